@@ -1,0 +1,24 @@
+# minicontainer: every target installs what it needs first (as root).
+PY := .venv/bin/python
+
+.PHONY: setup lab test bench doctor clean
+
+setup:
+	@MAKE_TARGET=$(or $(MAKECMDGOALS),setup) bash scripts/setup.sh
+
+lab: setup
+	$(PY) -m jupyter lab --allow-root --ip=127.0.0.1 --no-browser --notebook-dir=notebooks
+
+test: setup
+	$(PY) -m pytest
+
+bench:
+	@MAKE_TARGET=bench bash scripts/setup.sh bench
+	$(PY) bench/start_time.py
+
+doctor: setup
+	$(PY) -m minicontainer doctor
+
+clean:
+	-[ -x $(PY) ] && $(PY) -m minicontainer cleanup --all
+	rm -rf .venv results /var/cache/minicontainer

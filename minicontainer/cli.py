@@ -1,0 +1,164 @@
+"""The command line, with Docker's names: run, exec, ps, stop, rm, logs; plus doctor
+and cleanup. Every user error is one line on stderr and a non-zero exit, never a
+traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from .errors import MinicontainerError
+    try:
+        return args.handler(args)
+    except MinicontainerError as e:
+        print(f"minicontainer: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        print(f"minicontainer: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
+        return 125
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minicontainer", description=(
+        "Build a container layer by layer, and a VM beside it. As root."))
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a command in a new container")
+    run.add_argument("--name", help="the container's name (default: mc-<id>)")
+    run.add_argument("--hostname", help="hostname inside (default: the name)")
+    run.add_argument("--rootfs", help="image directory (default: the busybox image)")
+    run.add_argument("--init", action="store_true", help="run a tiny init as PID 1")
+    run.add_argument("--namespaces", help="comma-separated, e.g. mnt,pid (default: "
+                     "mnt,pid,uts,ipc,net)")
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="run in the background and print the name")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    run.set_defaults(handler=cmd_run)
+
+    exe = sub.add_parser("exec", help="run a command in a running container")
+    exe.add_argument("name")
+    exe.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    exe.set_defaults(handler=cmd_exec)
+
+    ps = sub.add_parser("ps", help="list containers")
+    ps.set_defaults(handler=cmd_ps)
+
+    stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after the grace period")
+    stop.add_argument("-t", "--time", type=float, default=10, help="grace period (s)")
+    stop.add_argument("names", nargs="+")
+    stop.set_defaults(handler=cmd_stop)
+
+    rm = sub.add_parser("rm", help="remove stopped containers")
+    rm.add_argument("-f", "--force", action="store_true", help="kill running ones first")
+    rm.add_argument("names", nargs="+")
+    rm.set_defaults(handler=cmd_rm)
+
+    logs = sub.add_parser("logs", help="what a detached container wrote")
+    logs.add_argument("name")
+    logs.set_defaults(handler=cmd_logs)
+
+    doctor = sub.add_parser("doctor", help="is this machine ready for the course?")
+    doctor.set_defaults(handler=cmd_doctor)
+
+    cleanup = sub.add_parser("cleanup", help="remove what crashed runs left behind")
+    cleanup.add_argument("--all", action="store_true", help="also stop running containers")
+    cleanup.set_defaults(handler=cmd_cleanup)
+    return p
+
+
+def command_of(args: argparse.Namespace) -> list[str]:
+    from .errors import InvalidArgument
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise InvalidArgument("no command given: minicontainer run [OPTIONS] -- COMMAND [ARG...]")
+    return command
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .container import Container
+    options = {"name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
+               "init": args.init}
+    if args.namespaces is not None:
+        options["namespaces"] = [n for n in args.namespaces.split(",") if n]
+    container = Container(command_of(args), **options)
+    if args.detach:
+        container.start(detach=True)
+        print(container.name)
+        return 0
+    try:
+        container.start(attach=True)
+        try:
+            result = container.wait()
+        except KeyboardInterrupt:
+            print(f"\nminicontainer: stopping {container.name} (Ctrl-C)", file=sys.stderr)
+            result = container.stop(timeout=3)
+        return result.exit_code
+    finally:
+        container.remove(force=True)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from .container import Container, check_host
+    check_host()
+    return Container.load(args.name).exec(command_of(args), timeout=None, attach=True).exit_code
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from . import state
+    from .container import status
+    rows = [status(name) for name in state.names() if (state.containers_dir() / name / "state.json").exists()]
+    print(f"{'NAME':20} {'STATUS':12} {'PID':>7}  {'CREATED':9} COMMAND")
+    for r in rows:
+        age = f"{time.time() - r['created']:.0f}s ago"
+        print(f"{r['name']:20} {r['status']:12} {r.get('main_pid') or '-':>7}  {age:9} "
+              f"{' '.join(r['command'])[:60]}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .container import Container, check_host
+    check_host()
+    for name in args.names:
+        container = Container.load(name)
+        if container.running:
+            container.stop(timeout=args.time)
+        print(name)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from .container import Container, check_host
+    check_host()
+    for name in args.names:
+        Container.load(name).remove(force=args.force)
+        print(name)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .container import Container
+    out, err = Container.load(args.name).logs()
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor
+    return doctor()
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .container import check_host, cleanup
+    check_host()
+    removed = cleanup(everything=args.all)
+    print(f"removed {len(removed)} container(s)" + (": " + ", ".join(removed) if removed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

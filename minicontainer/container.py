@@ -1,0 +1,358 @@
+"""All the layers composed: a container you can start, exec into, stop and remove.
+
+`Container` is a plain description (command, image, namespaces, name) until start()
+forks the child that builds it: a new session, then layer 2 (which uses layer 1 when
+there is no mount namespace), then optionally a tiny init, then exec. Each step runs
+in the child; this process only records what it started, waits and reads results.
+Later layers (cgroups, networking) plug in here as more steps.
+
+Everything the container leaves on the host lives in its state directory (see
+state.py) and goes with remove(); the mounts live in the container's own mount
+namespace and vanish with its last process.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from . import namespaces as ns
+from . import process, state
+from .errors import ContainerNotFound, InvalidArgument, MinicontainerError, NotLinuxError, NotRootError
+from .init import become_init
+from .rootfs import Overlay, check_rootfs, default_rootfs
+
+NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")            # as Docker's names
+HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62}[a-zA-Z0-9])?$")
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Result:
+    """How a command ended. exit_code is what a shell reports: 128+N if killed by signal N."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float              # seconds, from start to exit
+    signal: str | None = None    # "SIGKILL" etc. when the process was killed by a signal
+
+
+class Container:
+    """A command run in its own namespaces, on its own copy of an image."""
+
+    def __init__(self, command: str | Sequence[str] | Callable[[], None], *, name: str | None = None,
+                 rootfs: str | os.PathLike | None = None, hostname: str | None = None,
+                 namespaces: Iterable[str] = ns.DEFAULT, init: bool = False,
+                 env: dict[str, str] | None = None) -> None:
+        check_host()
+        # A Python function instead of a program: runs as the container's process,
+        # without exec (the notebooks use it to show an attacker's code).
+        self.main = command if callable(command) else None
+        self.command = [repr(command)] if self.main else as_argv(command)
+        self.id = secrets.token_hex(6)
+        self.name = check_name(name or f"mc-{self.id}")
+        self.hostname = check_hostname(hostname or self.name)
+        self.namespaces = check_namespaces(namespaces)
+        self.rootfs = check_rootfs(Path(rootfs)) if rootfs else default_rootfs()
+        self.init = init
+        self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
+        self.detached = False
+        self.directory: Path | None = None
+        self._child: process.Child | None = None
+        self._started = 0.0
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def start(self, attach: bool = False, detach: bool = False) -> "Container":
+        """Create the container and start its command; return once the command runs.
+
+        attach=True shares this process's stdin/stdout/stderr (the CLI in the
+        foreground); otherwise output goes to log files read by wait() and logs().
+        detach=True lets the container outlive this process (`run -d`); otherwise
+        `minicontainer cleanup` removes it once this process is gone.
+        """
+        self.detached = detach
+        self.directory = state.claim(self.name)
+        try:
+            self._save(pid=None)
+            layer = Overlay.create(self.rootfs, self.directory)
+            steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
+                     partial(ns.isolate, layer, self.namespaces, self.hostname,
+                             on_exit=partial(_record_exit, self.directory))]
+            if self.init:
+                steps.append(become_init)
+            with self._stdio(attach) as stdio:
+                self._started = time.monotonic()
+                self._child = process.spawn(self.command, steps, env=self.env, stdio=stdio,
+                                            main=self.main)
+            self._save(pid=self._child.pid, main_pid=self._child.main_pid)
+        except BaseException:
+            self.remove(force=True)
+            raise
+        return self
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait for the command to exit (Timeout after `timeout` seconds)."""
+        status = self._require_child().wait(timeout)
+        duration = time.monotonic() - self._started
+        if status is not None:
+            _record_exit(self.directory, status)
+        return self._result(duration)
+
+    def stop(self, timeout: float = 10) -> Result:
+        """SIGTERM, then SIGKILL if the command is still running after `timeout` s (docker stop)."""
+        child = self._require_child()
+        child.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except process.Timeout:
+            child.send_signal(signal.SIGKILL)
+            return self.wait()
+
+    def remove(self, force: bool = False) -> None:
+        """Delete the container's state, logs and writable layer (force: kill it first)."""
+        if self.running:
+            if not force:
+                raise MinicontainerError(f"container {self.name} is running: stop it first, or "
+                                         "use force (`rm -f`)")
+            self._child.send_signal(signal.SIGKILL)
+            self.wait()
+        if self._child is not None:
+            self._child.close()
+            self._child = None
+        if self.directory is not None:
+            state.release(self.directory)
+            self.directory = None
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove(force=True)
+
+    # -- looking inside ---------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """Host pid of the container's first process (PID 1 inside a pid namespace)."""
+        return self._child.main_pid if self._child else None
+
+    @property
+    def running(self) -> bool:
+        child = self._child
+        return child is not None and not child.exited and not process.wait_for_exit(child.pid, 0)
+
+    def exec(self, command: str | Sequence[str], timeout: float | None = 60,
+             attach: bool = False) -> Result:
+        """Run another command inside the running container (docker exec)."""
+        if not self.running:
+            raise MinicontainerError(f"container {self.name} is not running")
+        steps = [partial(ns.join, self.pid, self.namespaces)]
+        started = time.monotonic()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            stdio = (None, None, None) if attach else (os.open(os.devnull, os.O_RDONLY),
+                                                         out.fileno(), err.fileno())
+            try:
+                child = process.spawn(as_argv(command), steps, env=self.env, stdio=stdio)
+            finally:
+                if stdio[0] is not None:
+                    os.close(stdio[0])
+            try:
+                status = child.wait(timeout)
+            except process.Timeout:
+                child.send_signal(signal.SIGKILL)
+                child.wait()
+                raise
+            finally:
+                child.close()
+            return _result(status, _read(out), _read(err), time.monotonic() - started)
+
+    def logs(self) -> tuple[str, str]:
+        """What the command wrote so far to stdout and stderr (when not attached)."""
+        return tuple(_text(self.directory / name) for name in ("stdout", "stderr"))
+
+    # -- the details ------------------------------------------------------------------
+
+    def _require_child(self) -> process.Child:
+        if self._child is None:
+            raise MinicontainerError(f"container {self.name} was not started")
+        return self._child
+
+    def _result(self, duration: float) -> Result:
+        status = int(_text(self.directory / "exit_status") or -1)
+        out, err = self.logs()
+        return _result(status if status >= 0 else None, out, err, duration)
+
+    def _stdio(self, attach: bool):
+        if attach:
+            return _Files([])
+        return _Files([os.open(os.devnull, os.O_RDONLY)] + [
+            os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            for name in ("stdout", "stderr")])
+
+    def _save(self, **pids) -> None:
+        state.write(self.directory, {
+            "name": self.name, "id": self.id, "command": self.command,
+            "rootfs": str(self.rootfs), "hostname": self.hostname,
+            "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env, "detached": self.detached,
+            "created": time.time(), "owner": os.getpid(),
+            "owner_started": process.start_time(os.getpid()), **pids,
+            "pid_started": process.start_time(pids["pid"]) if pids.get("pid") else None})
+
+    @classmethod
+    def load(cls, name: str) -> "Container":
+        """The container `name`, started by this or another process (for the CLI)."""
+        record = state.read(name)
+        self = cls.__new__(cls)
+        self.name, self.id, self.command = record["name"], record["id"], record["command"]
+        self.main = None
+        self.rootfs, self.hostname = Path(record["rootfs"]), record["hostname"]
+        self.namespaces, self.init = frozenset(record["namespaces"]), record["init"]
+        self.detached = record["detached"]
+        self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
+        self._child = None
+        if record.get("pid") and process.start_time(record["pid"]) == record["pid_started"]:
+            self._child = process.Child(record["pid"], record["main_pid"], process.open_pidfd(
+                record["main_pid"], parent=record["pid"]))
+        return self
+
+
+def run(command: str | Sequence[str] | Callable[[], None], timeout: float | None = None, **options) -> Result:
+    """Run `command` in a new container to completion, then remove it (docker run --rm)."""
+    with Container(command, **options) as container:
+        container.start()
+        return container.wait(timeout)
+
+
+def status(name: str) -> dict:
+    """A container's record, plus `status`: "running", "exited (CODE)" or "dead"."""
+    record = state.read(name)
+    directory = state.containers_dir() / name
+    if record.get("pid") and process.start_time(record["pid"]) == record["pid_started"]:
+        record["status"] = "running"
+    elif (directory / "exit_status").exists():
+        record["status"] = f"exited ({_result(int(_text(directory / 'exit_status')), '', '', 0).exit_code})"
+    else:
+        record["status"] = "dead"
+    owner_alive = process.start_time(record["owner"]) == record["owner_started"]
+    record["orphaned"] = not record["detached"] and not owner_alive
+    return record
+
+
+def cleanup(everything: bool = False) -> list[str]:
+    """Remove what dead owners left behind; with `everything`, stop and remove all.
+
+    A container is left alone while it runs and either its owner (the process that
+    started it) is alive or it was started detached (`run -d`).
+    """
+    removed = []
+    for name in state.names():
+        try:
+            record = status(name)
+        except ContainerNotFound:       # claimed but never written: a crash, or just now
+            directory = state.containers_dir() / name
+            if time.time() - directory.stat().st_mtime > 10:
+                state.release(directory)
+                removed.append(name)
+            continue
+        if record["status"] == "running" and not (everything or record["orphaned"]):
+            continue
+        Container.load(name).remove(force=True)
+        removed.append(name)
+    for directory in (state.containers_dir(), state.containers_dir().parent):
+        try:
+            directory.rmdir()           # only if empty: other containers may be starting
+        except OSError:
+            pass
+    return removed
+
+
+# -- checks: refuse bad input before anything is created ---------------------------------
+
+def check_host() -> None:
+    if os.uname().sysname != "Linux":
+        raise NotLinuxError("containers need a Linux kernel: use the course's Vagrant VM "
+                            "(`vagrant up`, see the README)")
+    if os.geteuid() != 0:
+        raise NotRootError("namespaces and mounts need root: run with sudo")
+
+
+def as_argv(command: str | Sequence[str]) -> list[str]:
+    """A list is the program and its arguments; a string is a shell command line."""
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    if not argv or not all(isinstance(a, str) for a in argv) or not "".join(argv).strip():
+        raise InvalidArgument(f"the command must be a non-empty list of strings, got {command!r}")
+    return argv
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise InvalidArgument(f"invalid container name {name!r}: use letters, digits and "
+                              "_ . - (up to 63), starting with a letter or digit")
+    return name
+
+
+def check_hostname(hostname: str) -> str:
+    if not HOSTNAME.match(hostname):
+        raise InvalidArgument(f"invalid hostname {hostname!r}: use letters, digits, - and ."
+                              " (up to 64), starting and ending with a letter or digit")
+    return hostname
+
+
+def check_namespaces(kinds: Iterable[str]) -> frozenset[str]:
+    kinds = frozenset(kinds)
+    unknown = kinds - set(ns.FLAGS)
+    if unknown:
+        raise InvalidArgument(f"unknown namespace(s) {sorted(unknown)}: choose from "
+                              f"{sorted(ns.FLAGS)}")
+    return kinds
+
+
+# -- small helpers -------------------------------------------------------------------------
+
+def _record_exit(directory: Path, status: int) -> None:
+    """Write the command's wait status (called by the waiter, outside the namespaces)."""
+    fd = os.open(directory / "exit_status.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, b"%d" % status)
+    os.close(fd)
+    os.rename(directory / "exit_status.new", directory / "exit_status")
+
+
+def _result(status: int | None, out: str, err: str, duration: float) -> Result:
+    if status is None:
+        return Result(-1, out, err, duration)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return Result(128 - code, out, err, duration, signal.Signals(-code).name)
+    return Result(code, out, err, duration)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except (FileNotFoundError, TypeError):
+        return ""
+
+
+def _read(file) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")
+
+
+class _Files(list):
+    """File descriptors to hand to the child as stdio, closed here afterwards."""
+
+    def __enter__(self):
+        return self if self else (None, None, None)
+
+    def __exit__(self, *exc):
+        for fd in self:
+            os.close(fd)

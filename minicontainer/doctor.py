@@ -1,0 +1,174 @@
+"""Is this machine ready for the course? A checklist with a fix for every failure.
+
+Each check looks at the real thing (a namespace is tried, not assumed), says what it
+found in one line, and on failure says what to do. Required checks make the exit
+status non-zero; the others only warn, because the lessons that need them (the VM
+side, networking) can still be read on a machine without them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MIN_KERNEL = (5, 3)  # pidfd_open(2), used to wait for containers without polling
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    found: str
+    fix: str = ""
+    required: bool = True
+
+
+def run_checks() -> list[Check]:
+    checks = [check_linux()]
+    if not checks[0].ok:
+        return checks
+    checks += [check_root(), check_kernel(), *check_namespaces(), check_cgroups(),
+               check_busybox(), check_kvm(), check_qemu(), check_vm_kernel(),
+               check_module("pyroute2", "networking (layer 4)")]
+    return checks
+
+
+def check_linux() -> Check:
+    system = platform.system()
+    return Check("Linux", system == "Linux", system,
+                 "containers are a Linux kernel feature: use the course's Vagrant VM "
+                 "(`vagrant up`, see the README)")
+
+
+def check_root() -> Check:
+    return Check("running as root", os.geteuid() == 0, f"uid {os.geteuid()}",
+                 "run with sudo (namespaces, mounts and cgroups need root)")
+
+
+def check_kernel() -> Check:
+    release = platform.release()
+    version = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
+    return Check("kernel version", version >= MIN_KERNEL, release,
+                 f"a kernel {'.'.join(map(str, MIN_KERNEL))} or newer is needed: upgrade "
+                 "the distribution, or use the Vagrant VM")
+
+
+def check_namespaces() -> list[Check]:
+    """Try each kind of namespace for real, in a throwaway child process."""
+    from .namespaces import FLAGS
+    from .syscalls import unshare
+    checks = []
+    for kind, flag in FLAGS.items():
+        pid = os.fork()
+        if pid == 0:
+            try:
+                unshare(flag)
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        ok = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        checks.append(Check(f"{kind} namespace", ok, "unshare works" if ok else "unshare failed",
+                            f"the kernel refuses new {kind} namespaces: are you root? "
+                            "(CONFIG_" + kind.upper() + "_NS, sysctl user.max_*_namespaces)",
+                            required=kind in ("mnt", "pid", "uts", "ipc", "net")))
+    return checks
+
+
+def cgroup_mode() -> tuple[str, dict[str, str]]:
+    """'v2', 'v1' or 'hybrid', and for each controller the hierarchy that holds it."""
+    where: dict[str, str] = {}
+    for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
+        name, hierarchy, _, enabled = line.split()
+        if enabled == "1" and hierarchy != "0":
+            where[name] = "v1"
+    unified = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+               if line.split()[2] == "cgroup2"]
+    for mountpoint in unified:
+        for name in Path(mountpoint, "cgroup.controllers").read_text().split():
+            where[name] = "v2"
+    if not where or all(h == "v2" for h in where.values()):
+        return ("v2" if unified else "none"), where
+    return ("hybrid" if unified else "v1"), where
+
+
+def check_cgroups() -> Check:
+    mode, where = cgroup_mode()
+    needed = {"memory", "cpu", "pids"}
+    missing = needed - set(where)
+    found = f"{mode}: " + ", ".join(f"{c} ({where[c]})" for c in sorted(needed & set(where)))
+    return Check("cgroups (memory, cpu, pids)", not missing, found,
+                 f"controllers missing: {', '.join(sorted(missing))}; enable them on the kernel "
+                 "command line (cgroup_enable=memory) or use the Vagrant VM", required=False)
+
+
+def check_busybox() -> Check:
+    from .rootfs import RootfsError, find_busybox
+    try:
+        return Check("static busybox (the image)", True, str(find_busybox()))
+    except RootfsError as e:
+        return Check("static busybox (the image)", False, "missing", str(e))
+
+
+def qemu_binary() -> str:
+    return f"qemu-system-{'aarch64' if platform.machine() == 'aarch64' else platform.machine()}"
+
+
+def check_kvm() -> Check:
+    """KVM usable: /dev/kvm, the CPU's virtualization flag, and QEMU able to use it."""
+    name, fix = "KVM (fast VMs)", ("VMs will run under TCG, slower but fine for the course; "
+                                   "for KVM enable VT-x/AMD-V (or nested virtualization)")
+    if not Path("/dev/kvm").exists():
+        return Check(name, False, "no /dev/kvm", fix, required=False)
+    if platform.machine() in ("x86_64", "i686"):
+        flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("flags") for f in line.split(":")[1].split()}
+        if not flags & {"vmx", "svm"}:
+            return Check(name, False, "/dev/kvm exists, but the CPU shows no vmx/svm flag",
+                         fix, required=False)
+    qemu = shutil.which(qemu_binary())
+    if qemu is None:
+        return Check(name, False, "/dev/kvm present; QEMU missing to try it", fix, required=False)
+    probe = subprocess.run([qemu, "-accel", "kvm", "-M", "none", "-nodefaults", "-display",
+                            "none", "-monitor", "stdio"], input="quit\n", capture_output=True,
+                           text=True, timeout=20)
+    ok = probe.returncode == 0
+    return Check(name, ok, "QEMU started a KVM guest" if ok else probe.stderr.strip()[:80],
+                 fix, required=False)
+
+
+def check_qemu() -> Check:
+    qemu = shutil.which(qemu_binary())
+    return Check("QEMU (the VM side)", qemu is not None, qemu or "not found",
+                 f"install it: apt-get install {'qemu-system-arm' if platform.machine() == 'aarch64' else 'qemu-system-x86'}",
+                 required=False)
+
+
+def check_vm_kernel() -> Check:
+    candidates = [os.environ.get("MINICONTAINER_KERNEL", ""), f"/boot/vmlinuz-{platform.release()}"]
+    found = next((c for c in candidates if c and os.access(c, os.R_OK)), None)
+    return Check("a kernel image for the VM", found is not None, found or "none found",
+                 "set MINICONTAINER_KERNEL to a bzImage or vmlinux (the VM lessons need one)",
+                 required=False)
+
+
+def check_module(module: str, purpose: str) -> Check:
+    ok = importlib.util.find_spec(module) is not None
+    return Check(f"Python module {module}", ok, "importable" if ok else "missing",
+                 f"needed for {purpose}: run `make setup`", required=False)
+
+
+def main() -> int:
+    """Print the checklist; exit status 1 if a required check failed."""
+    checks = run_checks()
+    for c in checks:
+        mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+        print(f"[{mark}] {c.name:30} {c.found}")
+        if not c.ok:
+            print(f"       fix: {c.fix}")
+    failed = [c for c in checks if c.required and not c.ok]
+    print("ready." if not failed else f"not ready: {len(failed)} required check(s) failed.")
+    return 1 if failed else 0

@@ -1,0 +1,44 @@
+"""The exceptions minicontainer raises. The CLI prints their message as one line."""
+from __future__ import annotations
+
+
+class MinicontainerError(Exception):
+    """Something the user can fix; the message says how."""
+
+    exit_code = 125  # Docker's code for "the runtime itself failed"
+
+
+class NotRootError(MinicontainerError):
+    """Namespaces, mounts and cgroups need root (CAP_SYS_ADMIN)."""
+
+
+class NotLinuxError(MinicontainerError):
+    """Containers are a Linux kernel feature."""
+
+
+class CommandNotFound(MinicontainerError):
+    """The command does not exist inside the container (exit status 127, like a shell)."""
+
+    exit_code = 127
+
+
+class CommandNotExecutable(MinicontainerError):
+    """The command exists but cannot be run (exit status 126, like a shell)."""
+
+    exit_code = 126
+
+
+class ContainerNotFound(MinicontainerError):
+    """No container by that name."""
+
+
+class NameInUse(MinicontainerError):
+    """A container by that name exists already."""
+
+
+class InvalidArgument(MinicontainerError, ValueError):
+    """A value that makes no sense (an empty command, a bad hostname, ...)."""
+
+
+class Timeout(MinicontainerError, TimeoutError):
+    """A container or a command did not finish in time."""

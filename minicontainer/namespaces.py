@@ -1,0 +1,144 @@
+"""Layer 2: namespaces — give a process its own view of the machine.
+
+A namespace wraps one kind of global resource so that the processes inside see their
+own copy: `mnt` the mount table, `pid` the process ids, `uts` the hostname, `ipc`
+shared memory and message queues, `net` the network devices and ports, `user` the
+user ids. unshare(2) moves the caller into fresh namespaces of the kinds it names
+(CLONE_NEW* flags); setns(2) joins existing ones through their /proc/PID/ns/* files,
+and the inode number of such a file is the namespace's identity.
+
+Nothing is copied or emulated: the process still runs on the host's kernel, which
+checks the namespace at every system call. That is why a container is not a virtual
+machine: it virtualizes the operating system's names, not the hardware.
+
+With a mount namespace, the new root is entered with pivot_root(2) instead of
+chroot: the old root is moved aside and then detached, so unlike layer 1 there is
+nothing left to climb back to.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from . import syscalls
+from .chroot import chroot_into
+from .process import fork_and_wait
+from .rootfs import Overlay
+from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, mount
+
+# /proc/PID/ns/<name> → the unshare/setns flag for that kind of namespace.
+FLAGS = {
+    "user": syscalls.CLONE_NEWUSER, "cgroup": syscalls.CLONE_NEWCGROUP,
+    "ipc": syscalls.CLONE_NEWIPC, "uts": syscalls.CLONE_NEWUTS, "net": syscalls.CLONE_NEWNET,
+    "pid": syscalls.CLONE_NEWPID, "mnt": syscalls.CLONE_NEWNS,
+}  # in the order setns must join them: user first, mnt last (as nsenter does)
+DEFAULT = frozenset({"mnt", "pid", "uts", "ipc", "net"})  # what `docker run` unshares
+DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
+
+
+def ns_ids(pid: int | str = "self") -> dict[str, int]:
+    """The identity (inode number) of each namespace process `pid` is in."""
+    return {kind: os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in FLAGS}
+
+
+def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
+            on_exit: Callable[[int], None] | None = None) -> None:
+    """Everything a container's first process does to itself, in the kernel's order.
+
+    Runs in the child, between fork and exec. `on_exit` is called with the command's
+    wait status by the process left waiting outside the pid namespace.
+    """
+    namespaces = set(namespaces)
+    if "user" in namespaces:              # first: it owns the namespaces made after it
+        enter_user_namespace()
+    if "pid" in namespaces:               # a new pid namespace is for our children only:
+        syscalls.unshare(syscalls.CLONE_NEWPID)
+        fork_and_wait(on_exit)            # the child goes on as PID 1; we wait outside
+    syscalls.unshare(sum(FLAGS[kind] for kind in namespaces - {"user", "pid"}))
+    if "mnt" in namespaces:
+        make_mounts_private()             # nothing we mount may leak back to the host
+        rootfs.mount()                    # the image, plus a writable layer of our own
+        # sysfs shows network devices: a user namespace may mount it only with its own.
+        mount_kernel_filesystems(rootfs.merged, sysfs="net" in namespaces or "user" not in namespaces)
+        pivot_into(rootfs.merged)
+    else:
+        chroot_into(rootfs.lower)         # layer 1: all there is without a mount namespace
+    if "uts" in namespaces:
+        socket.sethostname(hostname)
+    if "net" in namespaces:
+        bring_up_loopback()               # a new network namespace starts with lo down
+
+
+def make_mounts_private() -> None:
+    """Stop mount events from propagating between our mount namespace and the host's."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
+def mount_kernel_filesystems(root: Path, sysfs: bool = True) -> None:
+    """Give the new root its own /proc (our pid namespace's), /sys, /dev and /tmp."""
+    mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if sysfs:
+        mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount_minimal_dev(root / "dev")
+    mount("tmpfs", root / "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+
+def mount_minimal_dev(dev: Path) -> None:
+    """A /dev with a few harmless devices borrowed from the host, not all of them."""
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k")
+    for name in DEVICES:
+        (dev / name).touch()
+        mount(f"/dev/{name}", dev / name, None, MS_BIND)  # the host's node, bind-mounted
+    (dev / "pts").mkdir()
+    mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666")
+    (dev / "ptmx").symlink_to("pts/ptmx")
+    (dev / "shm").mkdir()
+    mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for fd, name in enumerate(["stdin", "stdout", "stderr"]):
+        (dev / name).symlink_to(f"/proc/self/fd/{fd}")
+    (dev / "fd").symlink_to("/proc/self/fd")
+
+
+def pivot_into(new_root: Path) -> None:
+    """Swap / for new_root so the old root cannot be reached again (unlike chroot)."""
+    old = new_root / ".old_root"
+    old.mkdir(exist_ok=True)
+    syscalls.pivot_root(new_root, old)   # new_root must be a mount point: the overlay is
+    os.chdir("/")
+    syscalls.umount("/.old_root", detach=True)   # the host's / disappears from view
+    os.rmdir("/.old_root")
+
+
+def bring_up_loopback() -> None:
+    """Set the IFF_UP flag of `lo` with the classic SIOCSIFFLAGS ioctl."""
+    SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
+
+
+def enter_user_namespace() -> None:
+    """A new user namespace in which we are root: uid/gid 0 inside is ours outside."""
+    uid, gid = os.geteuid(), os.getegid()   # read first: once inside, unmapped ids read 65534
+    syscalls.unshare(syscalls.CLONE_NEWUSER)
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+
+
+def join(pid: int, namespaces: Iterable[str]) -> None:
+    """Enter the namespaces and root of running process `pid` (what `exec` does)."""
+    files = [(FLAGS[kind], os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY))
+             for kind in FLAGS if kind in set(namespaces)]
+    root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)  # before /proc changes
+    for flag, fd in files:
+        syscalls.setns(fd, flag)
+        os.close(fd)
+    os.fchdir(root)
+    chroot_into(".")
+    os.close(root)
+    if "pid" in set(namespaces):
+        fork_and_wait()

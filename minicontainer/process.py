@@ -1,0 +1,237 @@
+"""How every layer runs: in a child process, never in the caller.
+
+fork(2) copies the calling process. The copy runs a layer's steps on itself (chroot,
+unshare, mount, ...) and then execve(2) replaces its program with the container's
+command. The caller - in class, a Jupyter kernel - keeps its own root, mounts and
+namespaces, whatever the child does.
+
+Between fork and exec the child runs only system calls: the caller may have threads,
+fork copies just the one that called it, and a lock another thread held stays locked
+forever in the copy. So steps import nothing, log nothing and start no threads.
+
+A step that fails cannot raise into the parent, which is another process. The child
+writes the error to a pipe and exits; the pipe is close-on-exec, so when exec succeeds
+the parent just reads end-of-file. (subprocess works the same way.) The same pipe
+carries one more message: the pid of the command, when a pid namespace made us fork
+once more (see fork_and_wait).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .errors import CommandNotExecutable, CommandNotFound, Timeout
+from .syscalls import set_parent_death_signal
+
+Step = Callable[[], None]
+
+EXIT_SETUP_FAILED, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 125, 126, 127
+
+_report_fd = -1  # set in a child only: the write end of the pipe to the parent
+
+
+@dataclass
+class Child:
+    """A forked child: `pid` is ours to wait for; `main_pid` runs the command."""
+
+    pid: int
+    main_pid: int
+    pidfd: int  # refers to main_pid for good, even after its number is reused
+    exited: bool = False
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the command's process (safe even if it has already exited)."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the child to exit and return its wait status.
+
+        Returns None for a process started by another program (the CLI's `stop` of a
+        detached container): only its parent can collect the status.
+        """
+        if self.exited:
+            return None
+        if not wait_for_exit(self.pid, timeout):
+            raise Timeout(f"process {self.pid} still running after {timeout} s")
+        self.exited = True      # from here on its pid may be reused: never look at it again
+        try:
+            return os.waitpid(self.pid, 0)[1]
+        except ChildProcessError:
+            return None
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+
+
+def wait_for_exit(pid: int, timeout: float | None) -> bool:
+    """Block until process `pid` exits or `timeout` seconds pass; True if it exited."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    with os.fdopen(pidfd) as f:  # a pidfd becomes readable when its process exits
+        readable, _, _ = select.select([f], [], [], timeout)
+    return bool(readable)
+
+
+def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str] | None = None,
+          stdio: Sequence[int | None] = (None, None, None),
+          main: Callable[[], None] | None = None) -> Child:
+    """Fork, run `steps` in the child, then exec `argv` (or call `main`, for demos).
+
+    `stdio` gives the files for the child's fds 0, 1, 2 (None: keep the caller's).
+    Returns once the command runs; raises here what failed in the child.
+    """
+    read_end, write_end = os.pipe()          # both close-on-exec (PEP 446)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _child(argv, steps, env, stdio, write_end, main)  # execs or exits
+        finally:
+            os._exit(EXIT_SETUP_FAILED)  # never fall back into the caller's code
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()                  # end-of-file: the command is running
+    main_pid = pid
+    for line in report.splitlines():
+        kind, _, rest = line.partition(b" ")
+        if kind == b"pid":
+            main_pid = int(rest)
+        elif kind == b"error":
+            os.waitpid(pid, 0)
+            raise _error_from(rest)
+    return Child(pid, main_pid, open_pidfd(main_pid, parent=pid))
+
+
+def open_pidfd(pid: int, parent: int) -> int:
+    """A pidfd for `pid`, checked to be the process we started (a child of `parent`)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+        if pid != parent and _parent_of(pid) != parent:   # it exited, the pid was reused
+            os.close(pidfd)
+            raise ProcessLookupError
+    except ProcessLookupError:
+        pidfd = os.pidfd_open(parent)   # the command has exited already: signals go nowhere
+    return pidfd
+
+
+def _parent_of(pid: int) -> int:
+    return int(_stat_fields(pid)[1])
+
+
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot); None if there is no such
+    process, or only its zombie. A pid and its start time name one process for good."""
+    try:
+        fields = _stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None if fields[0] == b"Z" else int(fields[19])
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    """Fields of /proc/PID/stat after the command name (which may contain spaces)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
+def _child(argv, steps, env, stdio, report_fd, main) -> None:
+    """In the child: redirect stdio, run the steps, exec. Reports failure, never returns."""
+    global _report_fd
+    _report_fd = report_fd
+    try:
+        for fd, target in enumerate(stdio):
+            if target is not None:
+                os.dup2(target, fd)
+        for step in steps:
+            step()
+        restore_signals()
+    except BaseException as e:
+        _report(b"setup", e)
+        os._exit(EXIT_SETUP_FAILED)
+    if main is not None:
+        _call_as_program(main)
+    try:
+        os.execvpe(argv[0], list(argv), env if env is not None else os.environ)
+    except BaseException as e:
+        _report(b"exec", OSError(getattr(e, "errno", 0), f"{argv[0]}: {getattr(e, 'strerror', e)}"))
+        os._exit(EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else EXIT_CANNOT_EXECUTE)
+
+
+def _call_as_program(main: Callable[[], None]) -> None:
+    """Run `main` as if it were the exec'd program: errors to stderr, then exit."""
+    close_report()
+    try:
+        main()
+    except BaseException as e:
+        os.write(2, f"{type(e).__name__}: {e}\n".encode())
+        os._exit(1)
+    os._exit(0)
+
+
+def restore_signals() -> None:
+    """Undo what Python did to signals: ignored signals stay ignored across exec."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def close_report() -> None:
+    """Close this process's copy of the pipe, so the parent is not kept waiting on it."""
+    os.close(_report_fd)
+
+
+def fork_and_wait(on_exit: Callable[[int], None] | None = None) -> None:
+    """Fork; the child returns and carries on, this process waits for it and exits alike.
+
+    Needed after unshare(CLONE_NEWPID) or setns() into a pid namespace: both apply to
+    the caller's future children, never to the caller itself. The waiting process
+    tells the parent its child's pid, keeps nothing else open, and finally exits the
+    way its child did (same exit code, or killed by the same signal).
+    """
+    pid = os.fork()
+    if pid == 0:
+        # Should the waiter be killed, nobody could report our exit: die with it.
+        set_parent_death_signal(signal.SIGKILL)
+        return
+    os.write(_report_fd, b"pid %d\n" % pid)
+    os.closerange(3, 1 << 20)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)   # only the command decides when it ends
+    _, status = os.waitpid(pid, 0)
+    if on_exit is not None:
+        on_exit(status)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def _report(stage: bytes, error: BaseException) -> None:
+    if isinstance(error, OSError) and error.strerror:
+        code, text = error.errno or 0, error.strerror
+        if error.filename is not None:
+            text = f"{os.fsdecode(error.filename)}: {text}"
+    else:
+        code, text = 0, f"{type(error).__name__}: {error}"
+    message = text.replace("\n", " ").encode(errors="replace")
+    os.write(_report_fd, b"error %s %d %s\n" % (stage, code, message[:3000]))
+
+
+def _error_from(report: bytes) -> Exception:
+    stage, code, message = report.split(b" ", 2)
+    text, number = message.decode(), int(code)
+    if stage == b"exec" and number in (errno.ENOENT, errno.ENOTDIR):
+        return CommandNotFound(f"command not found in the container: {text}")
+    if stage == b"exec":
+        return CommandNotExecutable(f"cannot run the command in the container: {text}")
+    return OSError(number, f"container setup failed: {text}") if number else RuntimeError(
+        f"container setup failed: {text}")

@@ -1,0 +1,166 @@
+"""What an image is: a directory tree that becomes someone's `/`.
+
+A container image is nothing more than files: a shell, some programs, /etc/passwd,
+and empty directories where the kernel's own filesystems (/proc, /sys, /dev) will be
+mounted. Ours is built from the host's static busybox, one binary that is every basic
+Unix command at once (it looks at the name it was started as), so `ls`, `sh` and
+`hostname` are links to it. Being static, it needs no shared libraries: copying that
+one file is enough. No registry, no network.
+
+Several containers share one image without changing it thanks to overlayfs: a
+read-only lower directory (the image), a writable upper directory per container that
+receives every change, and a merged view mounted where the container's root will be.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MinicontainerError
+from .syscalls import mount
+
+BUSYBOX = Path(os.environ.get("MINICONTAINER_BUSYBOX", "/bin/busybox"))
+ROOTFS_LAYOUT_VERSION = "1"  # bump when the tree below changes, to rebuild caches
+
+EMPTY_DIRS = ["proc", "sys", "dev", "tmp", "root", "run", "var/tmp", "home", "mnt"]
+FILES = {
+    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/hostname": "minicontainer\n",
+    "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
+    "etc/os-release": 'NAME="minicontainer busybox"\nID=busybox\n',
+}
+
+
+class RootfsError(MinicontainerError):
+    """The root filesystem is missing, incomplete or cannot be built."""
+
+
+def cache_dir() -> Path:
+    """Where built images live (MINICONTAINER_CACHE, default /var/cache/minicontainer)."""
+    return Path(os.environ.get("MINICONTAINER_CACHE", "/var/cache/minicontainer"))
+
+
+def is_static(binary: Path) -> bool:
+    """True if the ELF file has no PT_INTERP header, i.e. needs no dynamic loader."""
+    with open(binary, "rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF":
+            return False
+        end = "<" if header[5] == 1 else ">"
+        if header[4] == 2:  # 64-bit
+            phoff, = struct.unpack_from(end + "Q", header, 32)
+            phentsize, phnum = struct.unpack_from(end + "HH", header, 54)
+        else:
+            phoff, = struct.unpack_from(end + "I", header, 28)
+            phentsize, phnum = struct.unpack_from(end + "HH", header, 42)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    PT_INTERP = 3
+    return all(struct.unpack_from(end + "I", table, i * phentsize)[0] != PT_INTERP
+               for i in range(phnum))
+
+
+def find_busybox() -> Path:
+    """The host's static busybox, or a RootfsError saying how to get one."""
+    if not BUSYBOX.is_file():
+        raise RootfsError(f"{BUSYBOX} not found: install it with `apt-get install busybox-static`"
+                          " (or run `make setup`)")
+    if not is_static(BUSYBOX):
+        raise RootfsError(f"{BUSYBOX} is dynamically linked and would not run inside the "
+                          "image: install the static one with `apt-get install busybox-static`")
+    return BUSYBOX
+
+
+def default_rootfs() -> Path:
+    """The busybox image, built once into the cache and reused afterwards."""
+    busybox = find_busybox()
+    stat = busybox.stat()  # a new busybox (size, time) or a new layout: a new image
+    key = f"{stat.st_size}:{stat.st_mtime_ns}:{ROOTFS_LAYOUT_VERSION}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    target = cache_dir() / "rootfs" / f"busybox-{digest[:12]}"
+    if not target.is_dir():
+        build_busybox_rootfs(target, busybox)
+    return target
+
+
+def build_busybox_rootfs(target: Path, busybox: Path | None = None) -> Path:
+    """Build the image into a temporary directory, then rename it into place.
+
+    rename(2) is atomic: an interrupted build leaves a `.building-*` directory that
+    the next build removes, never a half tree under the real name.
+    """
+    busybox = busybox or find_busybox()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(".building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tree = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    (tree / "bin").mkdir()
+    shutil.copy2(busybox, tree / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:            # e.g. "bin/sh", "usr/bin/wget"
+        link = tree / applet
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to("/bin/busybox")
+    for name in EMPTY_DIRS:
+        (tree / name).mkdir(parents=True, exist_ok=True)
+    (tree / "tmp").chmod(0o1777)
+    for name, text in FILES.items():
+        (tree / name).parent.mkdir(exist_ok=True)
+        (tree / name).write_text(text)
+    tree.chmod(0o755)
+    try:
+        tree.rename(target)
+    except OSError:               # another process finished the same build first
+        shutil.rmtree(tree, ignore_errors=True)
+        if not target.is_dir():
+            raise
+    return target
+
+
+def check_rootfs(rootfs: Path) -> Path:
+    """Refuse a rootfs that cannot work, with a message that says why."""
+    rootfs = Path(rootfs)
+    if not rootfs.exists():
+        raise RootfsError(f"rootfs {rootfs} does not exist (omit --rootfs to use the busybox image)")
+    if not rootfs.is_dir():
+        raise RootfsError(f"rootfs {rootfs} is not a directory")
+    if not os.path.lexists(rootfs / "bin" / "sh"):
+        raise RootfsError(f"rootfs {rootfs} has no /bin/sh: is it a root filesystem?")
+    return rootfs.resolve()
+
+
+@dataclass
+class Overlay:
+    """An image (`lower`, never changed) seen through a writable layer (`upper`).
+
+    `work` is overlayfs's scratch space, on the same filesystem as `upper`; `merged`
+    is where the combined tree appears once mounted.
+    """
+
+    lower: Path
+    upper: Path
+    work: Path
+    merged: Path
+
+    @classmethod
+    def create(cls, lower: Path, under: Path) -> "Overlay":
+        """Make the empty upper, work and merged directories below `under`."""
+        layer = cls(lower, under / "upper", under / "work", under / "rootfs")
+        for directory in (layer.upper, layer.work, layer.merged):
+            directory.mkdir()
+        return layer
+
+    def mount(self) -> None:
+        """Mount the merged view. Called inside the container's own mount namespace,
+        so the host never sees this mount; it vanishes with the namespace."""
+        options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+        mount("overlay", self.merged, "overlay", 0, options)

@@ -1,0 +1,60 @@
+"""Where containers are written down, so that another process can find them.
+
+`minicontainer ps` in a terminal must see the container a notebook started, and
+`minicontainer cleanup` must find what a crashed process left behind. So each
+container gets a directory, /run/minicontainer/containers/NAME, holding state.json
+(what was started and by which processes), its logs and its writable layer. It is
+written *before* anything else is created for the container and removed last.
+
+mkdir(2) is atomic, so two containers can never claim the same name. /run is a
+tmpfs on most systems: a reboot forgets everything, as it should.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import ContainerNotFound, NameInUse
+
+
+def containers_dir() -> Path:
+    return Path(os.environ.get("MINICONTAINER_RUN", "/run/minicontainer")) / "containers"
+
+
+def claim(name: str) -> Path:
+    """Create the container's directory, or fail if the name is taken."""
+    containers_dir().mkdir(parents=True, exist_ok=True)
+    directory = containers_dir() / name
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        raise NameInUse(f"the name {name!r} is already in use: choose another, or remove "
+                        f"that container with `minicontainer rm -f {name}`") from None
+    return directory
+
+
+def write(directory: Path, record: dict) -> None:
+    """Replace state.json atomically: readers see the old record or the new, never half."""
+    partial = directory / "state.json.new"
+    partial.write_text(json.dumps(record, indent=1))
+    partial.rename(directory / "state.json")
+
+
+def read(name: str) -> dict:
+    try:
+        return json.loads((containers_dir() / name / "state.json").read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        raise ContainerNotFound(f"no container named {name!r} (see `minicontainer ps`)") from None
+
+
+def names() -> list[str]:
+    if not containers_dir().is_dir():
+        return []
+    return sorted(p.name for p in containers_dir().iterdir() if p.is_dir())
+
+
+def release(directory: Path) -> None:
+    """Remove the container's directory (its logs and writable layer with it)."""
+    shutil.rmtree(directory, ignore_errors=True)

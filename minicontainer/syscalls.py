@@ -1,0 +1,107 @@
+"""The few Linux system calls Python 3.11 does not wrap, called through ctypes.
+
+Python's `os` module already has fork, execve, chroot, kill and waitpid, and `socket`
+has sethostname. What it lacks (before 3.12) are the calls containers are made of:
+
+- unshare(2)    leave some namespaces and enter fresh ones
+- setns(2)      join the namespace behind a /proc/PID/ns/* file
+- mount(2)      attach a filesystem (or change how a mount propagates)
+- umount2(2)    detach one
+- pivot_root(2) make another directory the root of the mount namespace
+- prctl(2)      here only to ask for a signal when our parent dies
+
+ctypes loads the C library and calls them directly. Each wrapper turns C's convention
+(return -1 and set errno) into a Python OSError that names the call and its arguments,
+so a failure reads like a sentence. This is the only module with ctypes in it.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# One bit per namespace type, for unshare(2) and setns(2) (from <linux/sched.h>).
+CLONE_NEWNS = 0x00020000      # mount points ("mnt")
+CLONE_NEWCGROUP = 0x02000000  # the cgroup tree seen as /
+CLONE_NEWUTS = 0x04000000     # hostname
+CLONE_NEWIPC = 0x08000000     # System V IPC, POSIX message queues
+CLONE_NEWUSER = 0x10000000    # user and group ids
+CLONE_NEWPID = 0x20000000     # process ids
+CLONE_NEWNET = 0x40000000     # network devices, addresses, routes, ports
+
+# Flags for mount(2) (from <linux/mount.h>).
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+MNT_DETACH = 0x2  # umount2(2): detach now, free when no longer busy ("lazy")
+
+# pivot_root has no wrapper in the C library: we call it by its number, which
+# differs between CPU architectures (the generic table is used by arm64 and riscv64).
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+
+_HINTS = {
+    errno.EPERM: "this needs CAP_SYS_ADMIN: are you root?",
+    errno.EACCES: "permission denied: are you root?",
+}
+
+
+def _check(result: int, call: str, *args: object) -> None:
+    """Raise an OSError naming `call(args)` if a C call returned -1."""
+    if result != -1:
+        return
+    code = ctypes.get_errno()
+    shown = ", ".join(repr(a) for a in args)
+    hint = f" ({_HINTS[code]})" if code in _HINTS else ""
+    raise OSError(code, f"{call}({shown}): {os.strerror(code)}{hint}")
+
+
+def _bytes(path: str | os.PathLike | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def unshare(flags: int) -> None:
+    """Move the calling process into new namespaces of the kinds in `flags`."""
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare", hex(flags))
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace that the open /proc/PID/ns/* file `fd` refers to."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns", fd)
+
+
+def mount(source: str | None, target: str | os.PathLike, fstype: str | None,
+          flags: int = 0, data: str | None = None) -> None:
+    """Attach filesystem `source` of type `fstype` at `target` (see mount(2))."""
+    result = _libc.mount(_bytes(source), _bytes(target), _bytes(fstype),
+                         ctypes.c_ulong(flags), _bytes(data))
+    _check(result, "mount", source, os.fspath(target), fstype)
+
+
+def umount(target: str | os.PathLike, detach: bool = False) -> None:
+    """Detach the filesystem at `target`; with detach=True even if it is busy."""
+    flags = MNT_DETACH if detach else 0
+    _check(_libc.umount2(_bytes(target), ctypes.c_int(flags)), "umount2", os.fspath(target))
+
+
+def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
+    """Make `new_root` the root of this mount namespace; the old root moves to `put_old`."""
+    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {platform.machine()}")
+    result = _libc.syscall(ctypes.c_long(number), _bytes(new_root), _bytes(put_old))
+    _check(result, "pivot_root", os.fspath(new_root), os.fspath(put_old))
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send us `sig` when our parent dies (prctl PR_SET_PDEATHSIG)."""
+    PR_SET_PDEATHSIG = 1
+    _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig)), "prctl", sig)

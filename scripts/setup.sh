@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Make this machine ready for minicontainer: Debian packages, .venv, the busybox image.
+# Shared by `make setup`, the Vagrantfile and CI. Idempotent: when nothing is missing
+# it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun and runc.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "setup: $*" >&2; exit 1; }
+
+# Refuse early, before anything is installed, when this cannot work.
+[ "$(uname -s)" = Linux ] ||
+  fail "minicontainer needs a Linux kernel: on macOS or Windows run 'vagrant up' (see README)"
+[ "$(id -u)" = 0 ] || fail "run as root: sudo make ${MAKE_TARGET:-setup}"
+command -v apt-get >/dev/null ||
+  fail "no apt-get: install static busybox, python3 >= 3.11 with venv and iproute2 by hand, or use the Vagrant VM"
+
+packages="busybox-static python3 python3-venv iproute2 util-linux"
+[ "${1:-}" = bench ] && packages="$packages crun runc"
+missing=""
+for p in $packages; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "setup: installing$missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+python=${MINICONTAINER_PYTHON:-/usr/bin/python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  fail "Python >= 3.11 is needed, $python is $("$python" -V 2>&1): use the Vagrant VM (Ubuntu 24.04)"
+
+# The stamp is written last: an interrupted install is simply done again next time.
+stamp=.venv/.installed
+if [ ! -f "$stamp" ]; then
+  echo "setup: creating .venv (JupyterLab and friends: a minute or two)"
+  "$python" -m venv --clear .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+
+.venv/bin/python -c 'from minicontainer.rootfs import default_rootfs; print("setup: image", default_rootfs())'
