@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import select
 import signal
 from collections.abc import Callable, Sequence
@@ -210,7 +211,9 @@ def fork_and_wait(on_exit: Callable[[int], None] | None = None) -> None:
         on_exit(status)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # the command dumped core already
+        if sig != signal.SIGKILL:                            # SIGKILL cannot be caught anyway
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status))
 

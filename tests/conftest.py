@@ -1,0 +1,85 @@
+"""Shared fixtures: a real kernel, as root, and two guards around every test.
+
+- The caller is never changed: after each test, this process (the test runner,
+  standing in for a Jupyter kernel) has the same namespaces, root, cwd, hostname and
+  mount table as before.
+- The host is never harmed: at the end of the session, nothing the project could
+  create (links, netns, cgroups, mounts, container state, qemu) is left over.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from minicontainer import state
+from minicontainer.namespaces import ns_ids
+from minicontainer.rootfs import default_rootfs
+
+if os.geteuid() != 0:
+    pytest.exit("the tests use real namespaces and mounts and must run as root: sudo make test",
+                returncode=2)
+
+
+def host_objects() -> dict[str, list[str]]:
+    """Everything named like the project's on this host, by kind."""
+    cgroups = [str(p) for depth in ("*", "*/*", "*/*/*", "*/*/*/*")
+               for p in Path("/sys/fs/cgroup").glob(depth)
+               if p.is_dir() and p.name.startswith(("mc-", "minicontainer"))]
+    netns = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
+              if "minicontainer" in line or "/mc-" in line]
+    qemu = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+            and _comm(p).startswith("qemu-system")]
+    return {
+        "links": sorted(n for n in os.listdir("/sys/class/net") if n.startswith("mc-")),
+        "netns": [n for n in netns if n.startswith("mc-")],
+        "cgroups": sorted(cgroups),
+        "mounts": mounts,
+        "containers": state.names(),
+        "qemu processes": qemu,
+    }
+
+
+def _comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_is_left_as_found():
+    before = host_objects()
+    yield
+    after = host_objects()
+    assert after == before, f"the tests left objects on the host: {after}"
+
+
+def caller_view() -> dict:
+    return {"namespaces": ns_ids("self"), "root": os.stat("/").st_ino, "cwd": os.getcwd(),
+            "hostname": socket.gethostname(),
+            "mounts": Path("/proc/self/mountinfo").read_text()}
+
+
+@pytest.fixture(autouse=True)
+def caller_is_unchanged():
+    before = caller_view()
+    yield
+    assert caller_view() == before, "a test changed the calling process itself"
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    return default_rootfs()
+
+
+@pytest.fixture
+def host_secret(tmp_path):
+    """A file on the host that no container should be able to read."""
+    secret = tmp_path / "host-secret"
+    token = f"host-only-{os.urandom(6).hex()}"
+    secret.write_text(token)
+    return secret, token
