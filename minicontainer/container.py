@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -57,7 +55,7 @@ class Container:
         # without exec (the notebooks use it to show an attacker's code).
         self.main = command if callable(command) else None
         self.command = [repr(command)] if self.main else as_argv(command)
-        self.id = secrets.token_hex(6)
+        self.id = os.urandom(6).hex()
         self.name = check_name(name or f"mc-{self.id}")
         self.hostname = check_hostname(hostname or self.name)
         self.namespaces = check_namespaces(namespaces)
@@ -81,6 +79,7 @@ class Container:
         """
         self.detached = detach
         self.directory = state.claim(self.name)
+        self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid())}
         try:
             self._save(pid=None)
             layer = Overlay.create(self.rootfs, self.directory)
@@ -103,8 +102,8 @@ class Container:
         """Wait for the command to exit (Timeout after `timeout` seconds)."""
         status = self._require_child().wait(timeout)
         duration = time.monotonic() - self._started
-        if status is not None:
-            _record_exit(self.directory, status)
+        if status is not None and not (self.directory / "exit_status").exists():
+            _record_exit(self.directory, status)   # no waiter wrote it: no pid namespace
         return self._result(duration)
 
     def stop(self, timeout: float = 10) -> Result:
@@ -155,6 +154,7 @@ class Container:
         """Run another command inside the running container (docker exec)."""
         if not self.running:
             raise MinicontainerError(f"container {self.name} is not running")
+        import tempfile
         steps = [partial(ns.join, self.pid, self.namespaces)]
         started = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -203,8 +203,7 @@ class Container:
             "name": self.name, "id": self.id, "command": self.command,
             "rootfs": str(self.rootfs), "hostname": self.hostname,
             "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env, "detached": self.detached,
-            "created": time.time(), "owner": os.getpid(),
-            "owner_started": process.start_time(os.getpid()), **pids,
+            "created": time.time(), **self._owner, **pids,
             "pid_started": process.start_time(pids["pid"]) if pids.get("pid") else None})
 
     @classmethod

@@ -104,13 +104,16 @@ def mount_minimal_dev(dev: Path) -> None:
 
 
 def pivot_into(new_root: Path) -> None:
-    """Swap / for new_root so the old root cannot be reached again (unlike chroot)."""
-    old = new_root / ".old_root"
-    old.mkdir(exist_ok=True)
-    syscalls.pivot_root(new_root, old)   # new_root must be a mount point: the overlay is
+    """Swap / for new_root so the old root cannot be reached again (unlike chroot).
+
+    pivot_root(".", ".") stacks the old root on top of the new one, at the same
+    place; unmounting "." then detaches the old root, and the host's / is gone from
+    this mount namespace for good (the idiom from pivot_root(2), as runc uses it).
+    """
+    os.chdir(new_root)
+    syscalls.pivot_root(".", ".")       # new_root must be a mount point: the overlay is
+    syscalls.umount(".", detach=True)   # the host's / disappears from view
     os.chdir("/")
-    syscalls.umount("/.old_root", detach=True)   # the host's / disappears from view
-    os.rmdir("/.old_root")
 
 
 def bring_up_loopback() -> None:

@@ -13,12 +13,8 @@ receives every change, and a merged view mounted where the container's root will
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import struct
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +78,7 @@ def default_rootfs() -> Path:
     """The busybox image, built once into the cache and reused afterwards."""
     busybox = find_busybox()
     stat = busybox.stat()  # a new busybox (size, time) or a new layout: a new image
-    key = f"{stat.st_size}:{stat.st_mtime_ns}:{ROOTFS_LAYOUT_VERSION}"
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    target = cache_dir() / "rootfs" / f"busybox-{digest[:12]}"
+    target = cache_dir() / "rootfs" / f"busybox-{stat.st_size}-{stat.st_mtime_ns}-v{ROOTFS_LAYOUT_VERSION}"
     if not target.is_dir():
         build_busybox_rootfs(target, busybox)
     return target
@@ -96,6 +90,7 @@ def build_busybox_rootfs(target: Path, busybox: Path | None = None) -> Path:
     rename(2) is atomic: an interrupted build leaves a `.building-*` directory that
     the next build removes, never a half tree under the real name.
     """
+    import shutil, subprocess, tempfile   # only needed on the rare rebuild
     busybox = busybox or find_busybox()
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(".building-*"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -94,10 +93,10 @@ def umount(target: str | os.PathLike, detach: bool = False) -> None:
 
 def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
     """Make `new_root` the root of this mount namespace; the old root moves to `put_old`."""
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
-    if number is None:
-        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {platform.machine()}")
-    result = _libc.syscall(ctypes.c_long(number), _bytes(new_root), _bytes(put_old))
+    machine = os.uname().machine
+    if machine not in _SYS_PIVOT_ROOT:
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {machine}")
+    result = _libc.syscall(ctypes.c_long(_SYS_PIVOT_ROOT[machine]), _bytes(new_root), _bytes(put_old))
     _check(result, "pivot_root", os.fspath(new_root), os.fspath(put_old))
 
 

@@ -1,0 +1,150 @@
+"""Start-to-exit of `/bin/true` in a fresh container: minicontainer against unshare,
+crun and runc, in one run, on the same busybox image, with the same namespaces
+(pid, mount, uts, ipc; no network). Reports medians, p95 and ratios.
+
+    make bench                      # or: .venv/bin/python bench/start_time.py --runs 200
+
+On a hybrid cgroup host (v1 controllers, an empty cgroup2 mount) crun refuses to
+start unless the cgroup2 mount at /sys/fs/cgroup/unified is out of sight, so the whole benchmark re-runs
+itself in a private mount namespace where that mount is detached. The host's mount
+table is untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from minicontainer import run
+from minicontainer.doctor import cgroup_mode
+from minicontainer.rootfs import default_rootfs
+
+NAMESPACES = {"mnt", "pid", "uts", "ipc"}
+CLI = str(Path(sys.executable).parent / "minicontainer")
+
+
+def enter_private_mount_namespace() -> None:
+    """Re-exec under `unshare --mount` once; then hide an empty cgroup2 mount from crun."""
+    if os.environ.get("MC_BENCH_PRIVATE") != "1":
+        os.environ["MC_BENCH_PRIVATE"] = "1"
+        os.execvp("unshare", ["unshare", "--mount", "--propagation", "private",
+                              sys.executable, *sys.argv])
+    unified = Path("/sys/fs/cgroup/unified")
+    if cgroup_mode()[0] == "hybrid" and unified.is_mount():
+        subprocess.run(["umount", str(unified)], check=True)
+
+
+def oci_bundle(directory: Path, rootfs: Path) -> Path:
+    """An OCI bundle (config.json + a copy of the image) equivalent to our container."""
+    shutil.copytree(rootfs, directory / "rootfs", symlinks=True)
+    subprocess.run(["runc", "spec"], cwd=directory, check=True)
+    config = json.loads((directory / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/true"]
+    config["linux"]["namespaces"] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def time_command(argv: list[str]) -> float:
+    """Seconds from spawn to exit of an external command (posix_spawn: vfork-fast)."""
+    with open(os.devnull, "wb") as null:
+        started = time.perf_counter()
+        pid = os.posix_spawnp(argv[0], argv, os.environ,
+                              file_actions=[(os.POSIX_SPAWN_DUP2, null.fileno(), 1)])
+        _, status = os.waitpid(pid, 0)
+        elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{argv[0]} failed (status {status}): {' '.join(argv)}")
+    return elapsed
+
+
+def time_api() -> float:
+    started = time.perf_counter()
+    result = run(["/bin/true"], namespaces=NAMESPACES)
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 0
+    return elapsed
+
+
+def contenders(rootfs: Path, bundle: Path, state: Path) -> dict:
+    counter = iter(range(10**9))
+    return {
+        "minicontainer (Python API)": time_api,
+        "minicontainer (CLI)": lambda: time_command(
+            [CLI, "run", "--namespaces", ",".join(sorted(NAMESPACES)), "--", "/bin/true"]),
+        "unshare + chroot": lambda: time_command(
+            ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "chroot", str(rootfs),
+             "/bin/true"]),
+        "crun": lambda: time_command(["crun", "--root", str(state / "crun"), "run", "--bundle",
+                                      str(bundle), f"mc-bench-{next(counter)}"]),
+        "runc": lambda: time_command(["runc", "--root", str(state / "runc"), "run", "--bundle",
+                                      str(bundle), f"mc-bench-{next(counter)}"]),
+    }
+
+
+def measure(runs: int) -> dict[str, list[float]]:
+    rootfs = default_rootfs()
+    with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
+        bundle = oci_bundle(Path(tmp) / "bundle", rootfs)
+        timers = contenders(rootfs, bundle, Path(tmp))
+        samples: dict[str, list[float]] = {name: [] for name in timers}
+        for timer in timers.values():          # warm up caches, pages, binaries
+            for _ in range(5):
+                timer()
+        for i in range(runs):                  # interleaved, so drift hits everyone alike
+            order = list(timers.items())
+            random.shuffle(order)
+            for name, timer in order:
+                samples[name].append(timer() * 1000)
+            if (i + 1) % 50 == 0:
+                print(f"  {i + 1}/{runs} rounds", file=sys.stderr)
+    return samples
+
+
+def report(samples: dict[str, list[float]]) -> dict:
+    median = {name: statistics.median(v) for name, v in samples.items()}
+    p95 = {name: statistics.quantiles(v, n=20)[18] for name, v in samples.items()}
+    crun, unshare = median["crun"], median["unshare + chroot"]
+    print(f"\nstart-to-exit of /bin/true, {len(samples['crun'])} runs each, in ms")
+    print(f"{'':28} {'median':>7} {'p95':>7} {'x crun':>7} {'x unshare':>9}")
+    for name in samples:
+        print(f"{name:28} {median[name]:7.2f} {p95[name]:7.2f} {median[name] / crun:7.2f} "
+              f"{median[name] / unshare:9.2f}")
+    api, cli = median["minicontainer (Python API)"], median["minicontainer (CLI)"]
+    targets = {
+        "API median <= crun median": api <= crun,
+        "API median <= 2.5 x unshare median": api <= 2.5 * unshare,
+        "CLI median <= 1.5 x crun median": cli <= 1.5 * crun,
+    }
+    print()
+    for target, ok in targets.items():
+        print(f"  [{'met' if ok else 'MISSED'}] {target}")
+    return {"median_ms": median, "p95_ms": p95, "targets": targets}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+    for tool in ("unshare", "crun", "runc"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: run `make bench` (it installs crun and runc)")
+    enter_private_mount_namespace()
+    summary = report(measure(args.runs))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
