@@ -39,8 +39,9 @@ class Result:
     exit_code: int
     stdout: str
     stderr: str
-    duration: float              # seconds, from start to exit
+    duration: float              # seconds, from start() to exit
     signal: str | None = None    # "SIGKILL" etc. when the process was killed by a signal
+    startup: float | None = None  # seconds, from start() until the command was running
 
 
 class Container:
@@ -66,6 +67,7 @@ class Container:
         self.directory: Path | None = None
         self._child: process.Child | None = None
         self._started = 0.0
+        self._startup: float | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class Container:
                 self._started = time.monotonic()
                 self._child = process.spawn(self.command, steps, env=self.env, stdio=stdio,
                                             main=self.main)
+                self._startup = time.monotonic() - self._started
             self._save(pid=self._child.pid, main_pid=self._child.main_pid)
         except BaseException:
             self.remove(force=True)
@@ -189,7 +192,9 @@ class Container:
     def _result(self, duration: float) -> Result:
         status = int(_text(self.directory / "exit_status") or -1)
         out, err = self.logs()
-        return _result(status if status >= 0 else None, out, err, duration)
+        result = _result(status if status >= 0 else None, out, err, duration)
+        result.startup = self._startup
+        return result
 
     def _stdio(self, attach: bool):
         if attach:
@@ -217,6 +222,7 @@ class Container:
         self.namespaces, self.init = frozenset(record["namespaces"]), record["init"]
         self.detached = record["detached"]
         self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
+        self._startup = None
         self._child = None
         if record.get("pid") and process.start_time(record["pid"]) == record["pid_started"]:
             self._child = process.Child(record["pid"], record["main_pid"], process.open_pidfd(
@@ -266,11 +272,6 @@ def cleanup(everything: bool = False) -> list[str]:
             continue
         Container.load(name).remove(force=True)
         removed.append(name)
-    for directory in (state.containers_dir(), state.containers_dir().parent):
-        try:
-            directory.rmdir()           # only if empty: other containers may be starting
-        except OSError:
-            pass
     return removed
 
 

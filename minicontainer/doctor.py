@@ -99,7 +99,9 @@ def check_cgroups() -> Check:
     mode, where = cgroup_mode()
     needed = {"memory", "cpu", "pids"}
     missing = needed - set(where)
-    found = f"{mode}: " + ", ".join(f"{c} ({where[c]})" for c in sorted(needed & set(where)))
+    found = f"{mode}: " + "; ".join(
+        f"{h}: " + " ".join(sorted(c for c in where if where[c] == h)) for h in ("v1", "v2")
+        if h in where.values())
     return Check("cgroups (memory, cpu, pids)", not missing, found,
                  f"controllers missing: {', '.join(sorted(missing))}; enable them on the kernel "
                  "command line (cgroup_enable=memory) or use the Vagrant VM", required=False)

@@ -25,14 +25,17 @@ def containers_dir() -> Path:
 
 def claim(name: str) -> Path:
     """Create the container's directory, or fail if the name is taken."""
-    containers_dir().mkdir(parents=True, exist_ok=True)
     directory = containers_dir() / name
-    try:
-        directory.mkdir(mode=0o700)
-    except FileExistsError:
-        raise NameInUse(f"the name {name!r} is already in use: choose another, or remove "
-                        f"that container with `minicontainer rm -f {name}`") from None
-    return directory
+    while True:
+        containers_dir().mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700)
+            return directory
+        except FileExistsError:
+            raise NameInUse(f"the name {name!r} is already in use: choose another, or remove "
+                            f"that container with `minicontainer rm -f {name}`") from None
+        except FileNotFoundError:   # the last container removed the parent just now
+            continue
 
 
 def write(directory: Path, record: dict) -> None:
@@ -56,5 +59,11 @@ def names() -> list[str]:
 
 
 def release(directory: Path) -> None:
-    """Remove the container's directory (its logs and writable layer with it)."""
+    """Remove the container's directory (its logs and writable layer with it), and
+    the directories above it once they are empty: the host is left as it was."""
     shutil.rmtree(directory, ignore_errors=True)
+    for parent in (directory.parent, directory.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:             # not empty: other containers live there
+            return

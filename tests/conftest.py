@@ -39,6 +39,7 @@ def host_objects() -> dict[str, list[str]]:
         "cgroups": sorted(cgroups),
         "mounts": mounts,
         "containers": state.names(),
+        "state directory": [str(d) for d in [state.containers_dir().parent] if d.exists()],
         "qemu processes": qemu,
     }
 

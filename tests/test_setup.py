@@ -1,0 +1,68 @@
+"""The one-command setup: refuses clearly what cannot work, and is idempotent."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from minicontainer.container import Container
+from minicontainer.errors import NotLinuxError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_setup_as_a_normal_user_says_sudo_and_installs_nothing():
+    stamp = ROOT / ".venv" / ".installed"
+    before = stamp.stat().st_mtime_ns
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == "setup: run as root: sudo make setup\n"
+    assert stamp.stat().st_mtime_ns == before
+
+
+def test_setup_again_changes_nothing():
+    stamp = ROOT / ".venv" / ".installed"
+    before = stamp.stat().st_mtime_ns
+    result = subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "installing" not in result.stdout and stamp.stat().st_mtime_ns == before
+
+
+def test_a_non_linux_host_is_pointed_to_vagrant(monkeypatch):
+    # No other kernel is at hand: only our decision is tested, with uname's answer changed.
+    monkeypatch.setattr(os, "uname", lambda: SimpleNamespace(sysname="Darwin"))
+    with pytest.raises(NotLinuxError, match="vagrant up"):
+        Container(["true"])
+
+
+def test_jupyterlab_starts_and_serves_its_api(tmp_path):
+    import json
+    import socket
+    import time
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(ROOT / ".venv/bin/jupyter"), "lab", "--allow-root", "--no-browser",
+         "--ip=127.0.0.1", f"--port={port}", "--IdentityProvider.token=test",
+         f"--notebook-dir={ROOT / 'notebooks'}"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token=test") as r:
+                    listing = json.load(r)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "JupyterLab did not answer in 60 s"
+                time.sleep(0.5)
+        assert any(item["name"].startswith("00_welcome") for item in listing["content"])
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
