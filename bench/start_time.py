@@ -2,12 +2,11 @@
 crun and runc, in one run, on the same busybox image, with the same namespaces
 (pid, mount, uts, ipc; no network). Reports medians, p95 and ratios.
 
-    make bench                      # or: .venv/bin/python bench/start_time.py --runs 200
+    make bench          # or: .venv/bin/python bench/start_time.py --runs 200
 
-On a hybrid cgroup host (v1 controllers, an empty cgroup2 mount) crun refuses to
-start unless the cgroup2 mount at /sys/fs/cgroup/unified is out of sight, so the whole benchmark re-runs
-itself in a private mount namespace where that mount is detached. The host's mount
-table is untouched.
+On a hybrid cgroup host (v1 controllers beside a cgroup2 mount) crun refuses to
+start while /sys/fs/cgroup/unified is in sight, so the benchmark re-runs itself in a
+private mount namespace where that mount is detached. The host's mounts are untouched.
 """
 from __future__ import annotations
 

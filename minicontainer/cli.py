@@ -109,8 +109,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     from . import state
-    from .container import status
-    rows = [status(name) for name in state.names() if (state.containers_dir() / name / "state.json").exists()]
+    from .errors import ContainerNotFound
+    rows = []
+    for name in state.names():
+        try:
+            rows.append(state.describe(name))
+        except ContainerNotFound:     # being created or removed right now
+            pass
     print(f"{'NAME':20} {'STATUS':12} {'PID':>7}  {'CREATED':9} COMMAND")
     for r in rows:
         age = f"{time.time() - r['created']:.0f}s ago"

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from . import namespaces as ns
 from . import process, state
-from .errors import ContainerNotFound, InvalidArgument, MinicontainerError, NotLinuxError, NotRootError
+from .errors import (ContainerNotFound, InvalidArgument, MinicontainerError, NotLinuxError,
+                     NotRootError, Timeout)
 from .init import become_init
 from .rootfs import Overlay, check_rootfs, default_rootfs
 
@@ -47,8 +48,9 @@ class Result:
 class Container:
     """A command run in its own namespaces, on its own copy of an image."""
 
-    def __init__(self, command: str | Sequence[str] | Callable[[], None], *, name: str | None = None,
-                 rootfs: str | os.PathLike | None = None, hostname: str | None = None,
+    def __init__(self, command: str | Sequence[str] | Callable[[], None], *,
+                 name: str | None = None, rootfs: str | os.PathLike | None = None,
+                 hostname: str | None = None,
                  namespaces: Iterable[str] = ns.DEFAULT, init: bool = False,
                  env: dict[str, str] | None = None) -> None:
         check_host()
@@ -71,7 +73,7 @@ class Container:
 
     # -- life cycle ------------------------------------------------------------------
 
-    def start(self, attach: bool = False, detach: bool = False) -> "Container":
+    def start(self, attach: bool = False, detach: bool = False) -> Container:
         """Create the container and start its command; return once the command runs.
 
         attach=True shares this process's stdin/stdout/stderr (the CLI in the
@@ -90,11 +92,14 @@ class Container:
                              on_exit=partial(_record_exit, self.directory))]
             if self.init:
                 steps.append(become_init)
-            with self._stdio(attach) as stdio:
+            stdio = self._open_stdio(attach)
+            try:
                 self._started = time.monotonic()
                 self._child = process.spawn(self.command, steps, env=self.env, stdio=stdio,
                                             main=self.main)
                 self._startup = time.monotonic() - self._started
+            finally:
+                _close(stdio)
             self._save(pid=self._child.pid, main_pid=self._child.main_pid)
         except BaseException:
             self.remove(force=True)
@@ -115,7 +120,7 @@ class Container:
         child.send_signal(signal.SIGTERM)
         try:
             return self.wait(timeout)
-        except process.Timeout:
+        except Timeout:
             child.send_signal(signal.SIGKILL)
             return self.wait()
 
@@ -134,7 +139,7 @@ class Container:
             state.release(self.directory)
             self.directory = None
 
-    def __enter__(self) -> "Container":
+    def __enter__(self) -> Container:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -161,16 +166,15 @@ class Container:
         steps = [partial(ns.join, self.pid, self.namespaces)]
         started = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            stdio = (None, None, None) if attach else (os.open(os.devnull, os.O_RDONLY),
-                                                         out.fileno(), err.fileno())
+            stdio = [None] * 3 if attach else [os.open(os.devnull, os.O_RDONLY),
+                                               os.dup(out.fileno()), os.dup(err.fileno())]
             try:
                 child = process.spawn(as_argv(command), steps, env=self.env, stdio=stdio)
             finally:
-                if stdio[0] is not None:
-                    os.close(stdio[0])
+                _close(stdio)
             try:
                 status = child.wait(timeout)
-            except process.Timeout:
+            except Timeout:
                 child.send_signal(signal.SIGKILL)
                 child.wait()
                 raise
@@ -196,23 +200,25 @@ class Container:
         result.startup = self._startup
         return result
 
-    def _stdio(self, attach: bool):
+    def _open_stdio(self, attach: bool) -> list[int | None]:
+        """The child's stdin, stdout, stderr: ours (attach), or nothing in, logs out."""
         if attach:
-            return _Files([])
-        return _Files([os.open(os.devnull, os.O_RDONLY)] + [
+            return [None, None, None]
+        return [os.open(os.devnull, os.O_RDONLY)] + [
             os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            for name in ("stdout", "stderr")])
+            for name in ("stdout", "stderr")]
 
     def _save(self, **pids) -> None:
         state.write(self.directory, {
             "name": self.name, "id": self.id, "command": self.command,
             "rootfs": str(self.rootfs), "hostname": self.hostname,
-            "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env, "detached": self.detached,
+            "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env,
+            "detached": self.detached,
             "created": time.time(), **self._owner, **pids,
             "pid_started": process.start_time(pids["pid"]) if pids.get("pid") else None})
 
     @classmethod
-    def load(cls, name: str) -> "Container":
+    def load(cls, name: str) -> Container:
         """The container `name`, started by this or another process (for the CLI)."""
         record = state.read(name)
         self = cls.__new__(cls)
@@ -230,26 +236,12 @@ class Container:
         return self
 
 
-def run(command: str | Sequence[str] | Callable[[], None], timeout: float | None = None, **options) -> Result:
+def run(command: str | Sequence[str] | Callable[[], None], timeout: float | None = None,
+        **options) -> Result:
     """Run `command` in a new container to completion, then remove it (docker run --rm)."""
     with Container(command, **options) as container:
         container.start()
         return container.wait(timeout)
-
-
-def status(name: str) -> dict:
-    """A container's record, plus `status`: "running", "exited (CODE)" or "dead"."""
-    record = state.read(name)
-    directory = state.containers_dir() / name
-    if record.get("pid") and process.start_time(record["pid"]) == record["pid_started"]:
-        record["status"] = "running"
-    elif (directory / "exit_status").exists():
-        record["status"] = f"exited ({_result(int(_text(directory / 'exit_status')), '', '', 0).exit_code})"
-    else:
-        record["status"] = "dead"
-    owner_alive = process.start_time(record["owner"]) == record["owner_started"]
-    record["orphaned"] = not record["detached"] and not owner_alive
-    return record
 
 
 def cleanup(everything: bool = False) -> list[str]:
@@ -261,7 +253,7 @@ def cleanup(everything: bool = False) -> list[str]:
     removed = []
     for name in state.names():
         try:
-            record = status(name)
+            record = state.describe(name)
         except ContainerNotFound:       # claimed but never written: a crash, or just now
             directory = state.containers_dir() / name
             if time.time() - directory.stat().st_mtime > 10:
@@ -327,18 +319,15 @@ def _record_exit(directory: Path, status: int) -> None:
 
 
 def _result(status: int | None, out: str, err: str, duration: float) -> Result:
-    if status is None:
+    if status is None:                       # not ours to wait for, and nobody wrote it
         return Result(-1, out, err, duration)
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        return Result(128 - code, out, err, duration, signal.Signals(-code).name)
-    return Result(code, out, err, duration)
+    return Result(process.exit_code(status), out, err, duration, process.killed_by(status))
 
 
 def _text(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
-    except (FileNotFoundError, TypeError):
+    except FileNotFoundError:
         return ""
 
 
@@ -347,12 +336,7 @@ def _read(file) -> str:
     return file.read().decode(errors="replace")
 
 
-class _Files(list):
-    """File descriptors to hand to the child as stdio, closed here afterwards."""
-
-    def __enter__(self):
-        return self if self else (None, None, None)
-
-    def __exit__(self, *exc):
-        for fd in self:
+def _close(fds: Iterable[int | None]) -> None:
+    for fd in fds:
+        if fd is not None:
             os.close(fd)

@@ -142,10 +142,14 @@ def check_kvm() -> Check:
                  fix, required=False)
 
 
+def qemu_package() -> str:
+    return "qemu-system-arm" if platform.machine() == "aarch64" else "qemu-system-x86"
+
+
 def check_qemu() -> Check:
     qemu = shutil.which(qemu_binary())
     return Check("QEMU (the VM side)", qemu is not None, qemu or "not found",
-                 f"install it: apt-get install {'qemu-system-arm' if platform.machine() == 'aarch64' else 'qemu-system-x86'}",
+                 f"install it: apt-get install {qemu_package()}",
                  required=False)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import signal
 
-from .process import close_report
+from .process import close_report, exit_code
 
 FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH}
@@ -46,8 +46,7 @@ def supervise(command: int) -> int:
             continue
         for pid, status in reap_children():
             if pid == command:
-                code = os.waitstatus_to_exitcode(status)
-                return code if code >= 0 else 128 - code   # killed by signal N: 128 + N
+                return exit_code(status)     # killed by signal N: 128 + N, as a shell says
 
 
 def reap_children() -> list[tuple[int, int]]:

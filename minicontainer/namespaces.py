@@ -63,7 +63,8 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
         make_mounts_private()             # nothing we mount may leak back to the host
         rootfs.mount()                    # the image, plus a writable layer of our own
         # sysfs shows network devices: a user namespace may mount it only with its own.
-        mount_kernel_filesystems(rootfs.merged, sysfs="net" in namespaces or "user" not in namespaces)
+        sysfs = "net" in namespaces or "user" not in namespaces
+        mount_kernel_filesystems(rootfs.merged, sysfs)
         pivot_into(rootfs.merged)
     else:
         chroot_into(rootfs.lower)         # layer 1: all there is without a mount namespace
@@ -120,7 +121,8 @@ def bring_up_loopback() -> None:
     """Set the IFF_UP flag of `lo` with the classic SIOCSIFFLAGS ioctl."""
     SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
+        flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))  # struct ifreq
 
 
 def enter_user_namespace() -> None:

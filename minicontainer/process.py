@@ -177,6 +177,17 @@ def _call_as_program(main: Callable[[], None]) -> None:
     os._exit(0)
 
 
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128+N if killed by signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def killed_by(status: int) -> str | None:
+    """The name of the signal that killed the process ("SIGKILL"), if one did."""
+    return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else None
+
+
 def restore_signals() -> None:
     """Undo what Python did to signals: ignored signals stay ignored across exec."""
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

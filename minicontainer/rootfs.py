@@ -78,7 +78,8 @@ def default_rootfs() -> Path:
     """The busybox image, built once into the cache and reused afterwards."""
     busybox = find_busybox()
     stat = busybox.stat()  # a new busybox (size, time) or a new layout: a new image
-    target = cache_dir() / "rootfs" / f"busybox-{stat.st_size}-{stat.st_mtime_ns}-v{ROOTFS_LAYOUT_VERSION}"
+    name = f"busybox-{stat.st_size}-{stat.st_mtime_ns}-v{ROOTFS_LAYOUT_VERSION}"
+    target = cache_dir() / "rootfs" / name
     if not target.is_dir():
         build_busybox_rootfs(target, busybox)
     return target
@@ -90,7 +91,9 @@ def build_busybox_rootfs(target: Path, busybox: Path | None = None) -> Path:
     rename(2) is atomic: an interrupted build leaves a `.building-*` directory that
     the next build removes, never a half tree under the real name.
     """
-    import shutil, subprocess, tempfile   # only needed on the rare rebuild
+    import shutil
+    import subprocess
+    import tempfile   # only needed on the rare rebuild
     busybox = busybox or find_busybox()
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(".building-*"):
@@ -125,7 +128,8 @@ def check_rootfs(rootfs: Path) -> Path:
     """Refuse a rootfs that cannot work, with a message that says why."""
     rootfs = Path(rootfs)
     if not rootfs.exists():
-        raise RootfsError(f"rootfs {rootfs} does not exist (omit --rootfs to use the busybox image)")
+        raise RootfsError(f"rootfs {rootfs} does not exist "
+                          "(omit --rootfs to use the busybox image)")
     if not rootfs.is_dir():
         raise RootfsError(f"rootfs {rootfs} is not a directory")
     if not os.path.lexists(rootfs / "bin" / "sh"):
@@ -147,7 +151,7 @@ class Overlay:
     merged: Path
 
     @classmethod
-    def create(cls, lower: Path, under: Path) -> "Overlay":
+    def create(cls, lower: Path, under: Path) -> Overlay:
         """Make the empty upper, work and merged directories below `under`."""
         layer = cls(lower, under / "upper", under / "work", under / "rootfs")
         for directory in (layer.upper, layer.work, layer.merged):

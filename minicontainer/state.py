@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ContainerNotFound, NameInUse
+from .process import exit_code, start_time
 
 
 def containers_dir() -> Path:
@@ -67,3 +68,19 @@ def release(directory: Path) -> None:
             parent.rmdir()
         except OSError:             # not empty: other containers live there
             return
+
+
+def describe(name: str) -> dict:
+    """A container's record, plus `status`: "running", "exited (CODE)" or "dead", and
+    `orphaned`: its owner is gone though it was not started detached."""
+    record = read(name)
+    exit_status = containers_dir() / name / "exit_status"
+    if record.get("pid") and start_time(record["pid"]) == record["pid_started"]:
+        record["status"] = "running"
+    elif exit_status.exists():
+        record["status"] = f"exited ({exit_code(int(exit_status.read_text()))})"
+    else:
+        record["status"] = "dead"
+    owner_alive = start_time(record["owner"]) == record["owner_started"]
+    record["orphaned"] = not record["detached"] and not owner_alive
+    return record

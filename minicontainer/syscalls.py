@@ -96,7 +96,8 @@ def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
     machine = os.uname().machine
     if machine not in _SYS_PIVOT_ROOT:
         raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {machine}")
-    result = _libc.syscall(ctypes.c_long(_SYS_PIVOT_ROOT[machine]), _bytes(new_root), _bytes(put_old))
+    number = ctypes.c_long(_SYS_PIVOT_ROOT[machine])
+    result = _libc.syscall(number, _bytes(new_root), _bytes(put_old))
     _check(result, "pivot_root", os.fspath(new_root), os.fspath(put_old))
 
 

@@ -73,7 +73,8 @@ def test_not_root_is_one_clear_line():
 
 
 def test_detached_container_ps_exec_stop_rm():
-    assert mc("run", "-d", "--name", "mc-cli-web", "--init", "--", "sleep", "30").stdout == "mc-cli-web\n"
+    started = mc("run", "-d", "--name", "mc-cli-web", "--init", "--", "sleep", "30")
+    assert started.stdout == "mc-cli-web\n"
     try:
         assert "running" in mc("ps").stdout
         assert mc("exec", "mc-cli-web", "--", "hostname").stdout == "mc-cli-web\n"
@@ -157,7 +158,7 @@ def test_doctor_passes_its_required_checks_here():
 
 def test_doctor_says_kvm_is_unusable_when_the_cpu_cannot_virtualize():
     flags = Path("/proc/cpuinfo").read_text()
-    line = next(l for l in mc("doctor").stdout.splitlines() if "KVM" in l)
+    line = next(row for row in mc("doctor").stdout.splitlines() if "KVM" in row)
     if os.path.exists("/dev/kvm") and " vmx" not in flags and " svm" not in flags:
         assert line.startswith("[warn]") and "no vmx/svm" in line
 

@@ -56,8 +56,9 @@ def test_jupyterlab_starts_and_serves_its_api(tmp_path):
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token=test") as r:
-                    listing = json.load(r)
+                url = f"http://127.0.0.1:{port}/api/contents?token=test"
+                with urllib.request.urlopen(url) as reply:
+                    listing = json.load(reply)
                 break
             except OSError:
                 assert time.monotonic() < deadline, "JupyterLab did not answer in 60 s"
@@ -66,3 +67,10 @@ def test_jupyterlab_starts_and_serves_its_api(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_the_code_reads_cleanly():
+    """Lint (ruff): the code is part of the course, students read it."""
+    result = subprocess.run([str(ROOT / ".venv/bin/ruff"), "check", "minicontainer", "tests",
+                             "bench"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
