@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from minicontainer import run
-from minicontainer.doctor import cgroup_mode
+from minicontainer.cgroups import mode as cgroup_mode
 from minicontainer.rootfs import default_rootfs
 
 NAMESPACES = {"mnt", "pid", "uts", "ipc"}
@@ -37,7 +37,7 @@ def enter_private_mount_namespace() -> None:
         os.execvp("unshare", ["unshare", "--mount", "--propagation", "private",
                               sys.executable, *sys.argv])
     unified = Path("/sys/fs/cgroup/unified")
-    if cgroup_mode()[0] == "hybrid" and unified.is_mount():
+    if cgroup_mode() == "hybrid" and unified.is_mount():
         subprocess.run(["umount", str(unified)], check=True)
 
 

@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--init", action="store_true", help="run a tiny init as PID 1")
     run.add_argument("--namespaces", help="comma-separated, e.g. mnt,pid (default: "
                      "mnt,pid,uts,ipc,net)")
+    run.add_argument("-m", "--memory", help="memory limit, e.g. 64M or 1G (swap off)")
+    run.add_argument("--cpus", help="CPU time limit in CPUs, e.g. 0.5")
+    run.add_argument("--pids-limit", help="at most this many processes")
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background and print the name")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
@@ -56,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
     rm.add_argument("-f", "--force", action="store_true", help="kill running ones first")
     rm.add_argument("names", nargs="+")
     rm.set_defaults(handler=cmd_rm)
+
+    stats = sub.add_parser("stats", help="memory, CPU and processes used by containers")
+    stats.add_argument("names", nargs="*", help="(default: all running)")
+    stats.set_defaults(handler=cmd_stats)
 
     logs = sub.add_parser("logs", help="what a detached container wrote")
     logs.add_argument("name")
@@ -81,7 +88,8 @@ def command_of(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from .container import Container
     options = {"name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
-               "init": args.init}
+               "init": args.init, "memory": args.memory, "cpus": args.cpus,
+               "pids_limit": args.pids_limit}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
     container = Container(command_of(args), **options)
@@ -96,6 +104,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"\nminicontainer: stopping {container.name} (Ctrl-C)", file=sys.stderr)
             result = container.stop(timeout=3)
+        if result.oom_killed:
+            from .cgroups import format_bytes
+            print(f"minicontainer: killed: out of memory, limit "
+                  f"{format_bytes(container.limits.memory)}", file=sys.stderr)
         return result.exit_code
     finally:
         container.remove(force=True)
@@ -141,6 +153,23 @@ def cmd_rm(args: argparse.Namespace) -> int:
     for name in args.names:
         Container.load(name).remove(force=args.force)
         print(name)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from . import state
+    from .cgroups import format_bytes
+    from .container import Container, check_host
+    check_host()
+    names = args.names or [n for n in state.names() if state.describe(n)["status"] == "running"]
+    print(f"{'NAME':20} {'MEM USAGE / LIMIT':>20} {'MEM PEAK':>9} {'CPU (s)':>8} "
+          f"{'THROTTLED':>9} {'PIDS':>5} {'OOM':>4}")
+    for name in names:
+        s = Container.load(name).stats()
+        usage = f"{format_bytes(s['memory'])} / {format_bytes(s['memory_limit'])}"
+        print(f"{name:20} {usage:>20} {format_bytes(s['memory_peak']):>9} "
+              f"{s['cpu_seconds']:8.2f} {s['throttled_seconds']:9.2f} {s['pids']:>5} "
+              f"{s['oom_kills']:>4}")
     return 0
 
 

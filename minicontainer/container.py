@@ -1,10 +1,11 @@
 """All the layers composed: a container you can start, exec into, stop and remove.
 
-`Container` is a plain description (command, image, namespaces, name) until start()
-forks the child that builds it: a new session, then layer 2 (which uses layer 1 when
-there is no mount namespace), then optionally a tiny init, then exec. Each step runs
-in the child; this process only records what it started, waits and reads results.
-Later layers (cgroups, networking) plug in here as more steps.
+`Container` is a plain description (command, image, namespaces, budget, name) until
+start() forks the child that builds it: a new session, then layer 2 (which uses layer 1
+when there is no mount namespace), then layer 3 (the child writes itself into its
+cgroup, so the command never runs outside its budget), optionally a tiny init, then
+exec. Each step runs in the child; this process only creates the host-side objects
+(state directory, cgroup), waits and reads results.
 
 Everything the container leaves on the host lives in its state directory (see
 state.py) and goes with remove(); the mounts live in the container's own mount
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from . import cgroups
 from . import namespaces as ns
 from . import process, state
+from .cgroups import Cgroup, Limits
 from .errors import (ContainerNotFound, InvalidArgument, MinicontainerError, NotLinuxError,
                      NotRootError, Timeout)
 from .init import become_init
@@ -43,6 +46,7 @@ class Result:
     duration: float              # seconds, from start() to exit
     signal: str | None = None    # "SIGKILL" etc. when the process was killed by a signal
     startup: float | None = None  # seconds, from start() until the command was running
+    oom_killed: bool = False     # killed by the kernel for going over its memory limit
 
 
 class Container:
@@ -52,7 +56,9 @@ class Container:
                  name: str | None = None, rootfs: str | os.PathLike | None = None,
                  hostname: str | None = None,
                  namespaces: Iterable[str] = ns.DEFAULT, init: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, memory: str | int | None = None,
+                 cpus: str | float | None = None, pids_limit: str | int | None = None,
+                 cgroup: bool = True) -> None:
         check_host()
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
@@ -64,6 +70,10 @@ class Container:
         self.namespaces = check_namespaces(namespaces)
         self.rootfs = check_rootfs(Path(rootfs)) if rootfs else default_rootfs()
         self.init = init
+        self.limits = Limits.parse(memory, cpus, pids_limit)
+        if not cgroup and self.limits != Limits():
+            raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
+        self.cgroup = Cgroup(f"mc-{self.id}", self.limits) if cgroup else None
         self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
         self.detached = False
         self.directory: Path | None = None
@@ -90,6 +100,11 @@ class Container:
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
                      partial(ns.isolate, layer, self.namespaces, self.hostname,
                              on_exit=partial(_record_exit, self.directory))]
+            procs: list[int] = []
+            if self.cgroup:
+                self.cgroup.create()
+                procs = self.cgroup.open_procs()
+                steps.append(partial(cgroups.join, procs))   # in its budget before exec
             if self.init:
                 steps.append(become_init)
             stdio = self._open_stdio(attach)
@@ -99,7 +114,7 @@ class Container:
                                             main=self.main)
                 self._startup = time.monotonic() - self._started
             finally:
-                _close(stdio)
+                _close(stdio + procs)
             self._save(pid=self._child.pid, main_pid=self._child.main_pid)
         except BaseException:
             self.remove(force=True)
@@ -135,6 +150,8 @@ class Container:
         if self._child is not None:
             self._child.close()
             self._child = None
+        if self.cgroup is not None and self.directory is not None:
+            self.cgroup.remove()
         if self.directory is not None:
             state.release(self.directory)
             self.directory = None
@@ -182,6 +199,12 @@ class Container:
                 child.close()
             return _result(status, _read(out), _read(err), time.monotonic() - started)
 
+    def stats(self) -> dict[str, float | int | None]:
+        """Memory, CPU time and processes used so far, from the container's cgroup."""
+        if self.cgroup is None:
+            raise MinicontainerError(f"container {self.name} has no cgroup to measure")
+        return self.cgroup.stats()
+
     def logs(self) -> tuple[str, str]:
         """What the command wrote so far to stdout and stderr (when not attached)."""
         return tuple(_text(self.directory / name) for name in ("stdout", "stderr"))
@@ -198,6 +221,8 @@ class Container:
         out, err = self.logs()
         result = _result(status if status >= 0 else None, out, err, duration)
         result.startup = self._startup
+        if self.cgroup is not None and result.signal == "SIGKILL":
+            result.oom_killed = self.cgroup.stats()["oom_kills"] > 0
         return result
 
     def _open_stdio(self, attach: bool) -> list[int | None]:
@@ -214,6 +239,9 @@ class Container:
             "rootfs": str(self.rootfs), "hostname": self.hostname,
             "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env,
             "detached": self.detached,
+            "cgroup": self.cgroup.name if self.cgroup else None,
+            "limits": {"memory": self.limits.memory, "cpus": self.limits.cpus,
+                       "pids": self.limits.pids},
             "created": time.time(), **self._owner, **pids,
             "pid_started": process.start_time(pids["pid"]) if pids.get("pid") else None})
 
@@ -227,6 +255,8 @@ class Container:
         self.rootfs, self.hostname = Path(record["rootfs"]), record["hostname"]
         self.namespaces, self.init = frozenset(record["namespaces"]), record["init"]
         self.detached = record["detached"]
+        self.limits = Limits(**record["limits"])
+        self.cgroup = Cgroup(record["cgroup"], self.limits) if record["cgroup"] else None
         self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
         self._startup = None
         self._child = None
@@ -264,7 +294,22 @@ def cleanup(everything: bool = False) -> list[str]:
             continue
         Container.load(name).remove(force=True)
         removed.append(name)
+    removed += remove_stray_cgroups()
     return removed
+
+
+def remove_stray_cgroups() -> list[str]:
+    """mc-* groups that no container record claims: left by a crash before the record."""
+    claimed = set()
+    for name in state.names():
+        try:
+            claimed.add(state.read(name)["cgroup"])
+        except (ContainerNotFound, KeyError):
+            pass
+    strays = {group.name for group in cgroups.leftover_groups()} - claimed
+    for name in sorted(strays):
+        Cgroup(name).remove()
+    return sorted(strays)
 
 
 # -- checks: refuse bad input before anything is created ---------------------------------

@@ -78,30 +78,13 @@ def check_namespaces() -> list[Check]:
     return checks
 
 
-def cgroup_mode() -> tuple[str, dict[str, str]]:
-    """'v2', 'v1' or 'hybrid', and for each controller the hierarchy that holds it."""
-    where: dict[str, str] = {}
-    for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
-        name, hierarchy, _, enabled = line.split()
-        if enabled == "1" and hierarchy != "0":
-            where[name] = "v1"
-    unified = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
-               if line.split()[2] == "cgroup2"]
-    for mountpoint in unified:
-        for name in Path(mountpoint, "cgroup.controllers").read_text().split():
-            where[name] = "v2"
-    if not where or all(h == "v2" for h in where.values()):
-        return ("v2" if unified else "none"), where
-    return ("hybrid" if unified else "v1"), where
-
-
 def check_cgroups() -> Check:
-    mode, where = cgroup_mode()
-    needed = {"memory", "cpu", "pids"}
-    missing = needed - set(where)
-    found = f"{mode}: " + "; ".join(
-        f"{h}: " + " ".join(sorted(c for c in where if where[c] == h)) for h in ("v1", "v2")
-        if h in where.values())
+    from .cgroups import hierarchies, mode
+    where = hierarchies()
+    missing = {"memory", "cpu", "pids"} - set(where)
+    found = f"{mode()}: " + "; ".join(
+        f"{v}: " + " ".join(sorted(c for c in where if where[c][0] == v and c != "cgroup2"))
+        for v in ("v1", "v2") if any(version == v for version, _ in where.values()))
     return Check("cgroups (memory, cpu, pids)", not missing, found,
                  f"controllers missing: {', '.join(sorted(missing))}; enable them on the kernel "
                  "command line (cgroup_enable=memory) or use the Vagrant VM", required=False)

@@ -1,0 +1,333 @@
+"""Layer 3: cgroups — a budget of memory, CPU time and processes.
+
+Namespaces change what a process *sees*; control groups limit what it may *use*. A
+cgroup is a directory in the cgroup filesystem (under /sys/fs/cgroup): mkdir creates
+a group, writing a pid into its `cgroup.procs` moves that process in (its children
+are born inside), files set the budget (`memory.max`) and report the spending
+(`memory.current`). A group over its memory budget meets the kernel's OOM killer,
+which picks a victim inside the group — and only there. There is no system call to
+learn: it is all mkdir, write, read and rmdir.
+
+Two generations exist. cgroup v2 is one tree holding every controller (Ubuntu >= 21.10,
+Debian >= 11). cgroup v1 has one tree per controller, with other file names; "hybrid"
+machines mount the v1 trees plus a v2 tree holding few or no controllers. This module
+finds the tree that holds each controller and speaks its dialect.
+
+Because a container is just processes in a group, the host can hand out budgets that
+add up to more than it has (over-provisioning), and still stop any one container from
+taking everything: the seed's "easier to over-provision containers".
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidArgument
+
+PARENT = "minicontainer"     # our groups live below this one, in each tree
+NEEDED = ("memory", "cpu", "cpuacct", "pids")   # cpuacct: v1's CPU-time counter
+CPU_PERIOD = 100_000         # microseconds; cpus=0.5 means 50 000 us of CPU per period
+MIN_MEMORY = 6 * 1024**2     # as Docker: below this a container cannot even start
+UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+# -- budgets: parsed and checked before anything is created ------------------------------
+
+@dataclass(frozen=True)
+class Limits:
+    """A container's budget; None means unlimited."""
+
+    memory: int | None = None   # bytes
+    cpus: float | None = None   # CPUs' worth of time, e.g. 0.5
+    pids: int | None = None     # processes (and threads) at once
+
+    @classmethod
+    def parse(cls, memory: str | int | None = None, cpus: str | float | None = None,
+              pids_limit: str | int | None = None) -> Limits:
+        """Docker's spellings: memory="64M", cpus=0.5, pids_limit=64."""
+        return cls(None if memory is None else parse_memory(memory),
+                   None if cpus is None else parse_cpus(cpus),
+                   None if pids_limit is None else parse_pids(pids_limit))
+
+
+def parse_memory(value: str | int) -> int:
+    """"64M", "1g", "512k" or a number of bytes → bytes (binary units, as Docker)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([bkmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+    if not match:
+        raise InvalidArgument(f"invalid memory limit {value!r}: use a number with an optional "
+                              "unit, like 64M or 1G")
+    amount = int(match[1]) * UNITS[match[2].lower()]
+    if amount < MIN_MEMORY:
+        raise InvalidArgument(f"memory limit {value!r} is too small: a container needs at "
+                              "least 6M")
+    return amount
+
+
+def parse_cpus(value: str | float) -> float:
+    """A (fractional) number of CPUs, between 0.01 and the machine's count."""
+    try:
+        cpus = float(value)
+    except (TypeError, ValueError):
+        cpus = -1.0
+    available = os.cpu_count() or 1
+    if not 0.01 <= cpus <= available:
+        raise InvalidArgument(f"invalid cpus {value!r}: choose from 0.01 to {available} "
+                              "(this machine's CPUs)")
+    return cpus
+
+
+def parse_pids(value: str | int) -> int:
+    try:
+        pids = int(value)
+    except (TypeError, ValueError):
+        pids = 0
+    if pids < 1:
+        raise InvalidArgument(f"invalid pids limit {value!r}: use a whole number of at least 1")
+    return pids
+
+
+def format_bytes(amount: int | None) -> str:
+    """1536 → "1.5K": short, binary units, as `docker stats` prints them."""
+    if amount is None:
+        return "-"
+    for unit in ("", "K", "M", "G"):
+        if amount < 1024 or unit == "G":
+            return f"{amount:.4g}{unit}" if unit else f"{amount}B"
+        amount /= 1024
+    return str(amount)
+
+
+# -- where the controllers are -------------------------------------------------------------
+
+def hierarchies() -> dict[str, tuple[str, Path]]:
+    """For each controller: ("v1" or "v2", the mount point of the tree that holds it)."""
+    where: dict[str, tuple[str, Path]] = {}
+    known = {line.split()[0] for line in Path("/proc/cgroups").read_text().splitlines()[1:]}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mountpoint, fstype, options, *_ = line.split()
+        if fstype == "cgroup":
+            for controller in set(options.split(",")) & known:
+                where[controller] = ("v1", Path(mountpoint))
+        elif fstype == "cgroup2":
+            for controller in (Path(mountpoint) / "cgroup.controllers").read_text().split():
+                where.setdefault(controller, ("v2", Path(mountpoint)))
+            where.setdefault("cgroup2", ("v2", Path(mountpoint)))  # the tree itself
+    return where
+
+
+def mode() -> str:
+    """"v2", "v1" or "hybrid": which cgroup generation(s) this machine mounts."""
+    versions = {version for version, _ in hierarchies().values()}
+    if versions == {"v2"}:
+        return "v2"
+    return "hybrid" if "v2" in versions else "v1"
+
+
+# -- one container's group -----------------------------------------------------------------
+
+class Cgroup:
+    """The group `name` (mc-<id>) below minicontainer/, in every tree it needs."""
+
+    def __init__(self, name: str, limits: Limits = Limits()) -> None:
+        self.name, self.limits = name, limits
+        where = hierarchies()
+        missing = [c for c in ("memory", "cpu", "pids") if c not in where]
+        if missing:
+            raise InvalidArgument(f"cgroup controllers missing: {', '.join(missing)} "
+                                  "(see `minicontainer doctor`)")
+        self.version = {c: where[c][0] for c in NEEDED if c in where}
+        self.dirs = {c: where[c][1] / PARENT / name for c in NEEDED if c in where}
+
+    def create(self) -> None:
+        """mkdir the group in each tree, then write the budget into it."""
+        for directory in dict.fromkeys(self.dirs.values()):   # one per tree, in order
+            parent = directory.parent
+            parent.mkdir(exist_ok=True)
+            if self.version["memory"] == "v2":   # v2: controllers must be handed down
+                enable_controllers(parent.parent, parent)
+            directory.mkdir()
+        self._write_limits()
+
+    def _write_limits(self) -> None:
+        memory, cpus, pids = self.limits.memory, self.limits.cpus, self.limits.pids
+        if self.version["memory"] == "v2":
+            write(self.dirs["memory"] / "memory.max", memory or "max")
+            write(self.dirs["memory"] / "memory.swap.max", 0 if memory else "max", missing_ok=True)
+            quota = f"{round(cpus * CPU_PERIOD)} {CPU_PERIOD}" if cpus else f"max {CPU_PERIOD}"
+            write(self.dirs["cpu"] / "cpu.max", quota)
+        else:
+            if memory:
+                write(self.dirs["memory"] / "memory.limit_in_bytes", memory)
+                # memory + swap = memory: no swap, so the limit is real
+                write(self.dirs["memory"] / "memory.memsw.limit_in_bytes", memory, missing_ok=True)
+            if cpus:
+                write(self.dirs["cpu"] / "cpu.cfs_period_us", CPU_PERIOD)
+                write(self.dirs["cpu"] / "cpu.cfs_quota_us", round(cpus * CPU_PERIOD))
+        write(self.dirs["pids"] / "pids.max", pids or "max")
+
+    def open_procs(self) -> list[int]:
+        """cgroup.procs of each tree, opened here for the child to write itself into.
+
+        Opened before fork: the child can still write them after pivot_root, when
+        /sys/fs/cgroup is no longer in its view.
+        """
+        paths = dict.fromkeys(d / "cgroup.procs" for d in self.dirs.values())
+        return [os.open(path, os.O_WRONLY) for path in paths]
+
+    def pids(self) -> list[int]:
+        return [int(pid) for pid in read(self.dirs["pids"] / "cgroup.procs").split()]
+
+    def stats(self) -> dict[str, float | int | None]:
+        """What the group has used so far: memory (bytes), CPU (s), processes."""
+        memory, cpu = self.dirs["memory"], self.dirs["cpu"]
+        if self.version["memory"] == "v2":
+            cpu_stat = keyed(read(cpu / "cpu.stat"))
+            stats = {"memory": int(read(memory / "memory.current")),
+                     "memory_peak": optional_int(memory / "memory.peak"),
+                     "memory_limit": self.limits.memory,
+                     "oom_kills": keyed(read(memory / "memory.events")).get("oom_kill", 0),
+                     "cpu_seconds": cpu_stat["usage_usec"] / 1e6,
+                     "throttled_seconds": cpu_stat.get("throttled_usec", 0) / 1e6}
+        else:
+            stats = {"memory": int(read(memory / "memory.usage_in_bytes")),
+                     "memory_peak": int(read(memory / "memory.max_usage_in_bytes")),
+                     "memory_limit": self.limits.memory,
+                     "oom_kills": keyed(read(memory / "memory.oom_control")).get("oom_kill", 0),
+                     "cpu_seconds": int(read(self.dirs["cpuacct"] / "cpuacct.usage")) / 1e9,
+                     "throttled_seconds": keyed(read(cpu / "cpu.stat"))["throttled_time"] / 1e9}
+        stats["pids"] = int(read(self.dirs["pids"] / "pids.current"))
+        return stats
+
+    def kill(self) -> None:
+        """SIGKILL every process in the group, and wait until it is empty."""
+        kill_file = self.dirs["pids"] / "cgroup.kill"   # v2, Linux >= 5.14: one write
+        if self.version["pids"] == "v2" and kill_file.exists() and self.dirs["pids"].exists():
+            write(kill_file, 1)
+        deadline = time.monotonic() + 10
+        while self.dirs["pids"].exists() and (pids := self.pids()):
+            for pid in pids:                # v1: one by one, until none is left
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cgroup {self.name} still has processes {pids}")
+            time.sleep(0.005)
+
+    def remove(self) -> None:
+        """Kill what is left, rmdir the group, and our parent group once it is empty."""
+        self.kill()
+        for directory in dict.fromkeys(self.dirs.values()):
+            remove_dir(directory)
+            try:
+                directory.parent.rmdir()    # only succeeds once the last group is gone
+            except OSError:
+                pass
+
+
+def join(procs_fds: list[int]) -> None:
+    """In the child: move this process into the group (writing "0" means "myself")."""
+    for fd in procs_fds:
+        os.write(fd, b"0")
+
+
+def enable_controllers(parent: Path, child: Path) -> None:
+    """v2: let `child`'s subgroups use memory, cpu and pids (via `parent` first).
+
+    A v2 group may only hand its children the controllers its own parent handed it,
+    and (the "no internal processes" rule) a group that hands them out holds no
+    processes itself: ours never does, only the mc-* groups below it do.
+    """
+    for directory in (parent, child):
+        wanted = {"memory", "cpu", "pids"} - set(read(directory / "cgroup.subtree_control").split())
+        if wanted:
+            write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+
+
+def remove_dir(directory: Path) -> None:
+    """rmdir a cgroup; the kernel may need a moment after its last process died."""
+    for _ in range(200):
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.005)
+    directory.rmdir()
+
+
+def leftover_groups() -> list[Path]:
+    """Every mc-* group below our parent, in every tree (for `minicontainer cleanup`)."""
+    trees = {mountpoint for _, mountpoint in hierarchies().values()}
+    return sorted(p for tree in trees for p in (tree / PARENT).glob("mc-*") if p.is_dir())
+
+
+# -- reading and writing cgroup files ------------------------------------------------------
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+def write(path: Path, value: object, missing_ok: bool = False) -> None:
+    """Write one value; a refusal names the file and the value, so it can be looked up."""
+    try:
+        path.write_text(str(value))
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+    except OSError as e:
+        raise OSError(e.errno, f"writing {value!r} to {path}: {e.strerror}") from None
+
+
+def keyed(text: str) -> dict[str, int]:
+    """Parse "key value" lines (cpu.stat, memory.events, memory.oom_control)."""
+    return {key: int(value) for key, value in (line.split() for line in text.splitlines())}
+
+
+def optional_int(path: Path) -> int | None:
+    try:
+        return int(read(path))
+    except FileNotFoundError:   # e.g. memory.peak before Linux 5.19
+        return None
+
+
+class Sampler:
+    """Record a group's stats about ten times a second, in a background thread.
+
+        with Sampler(container.cgroup) as sampler:
+            ...                                 # the container works
+        sampler.samples                         # [{"time": 0.0, "memory": ..., ...}, ...]
+    """
+
+    def __init__(self, cgroup: Cgroup, interval: float = 0.1) -> None:
+        import threading
+        self.cgroup, self.interval = cgroup, interval
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                sample = self.cgroup.stats()
+            except FileNotFoundError:           # the group is gone: nothing left to see
+                return
+            self.samples.append({"time": time.monotonic() - started, **sample})
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
