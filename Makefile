@@ -1,7 +1,7 @@
 # minicontainer: every target installs what it needs first (as root).
 PY := .venv/bin/python
 
-.PHONY: setup lab test bench doctor clean
+.PHONY: setup lab test test-cgroup-v2 bench doctor clean
 
 setup:
 	@MAKE_TARGET=$(or $(MAKECMDGOALS),setup) bash scripts/setup.sh
@@ -11,6 +11,9 @@ lab: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-cgroup-v2: setup
+	$(PY) -m pytest -s tests/test_cgroup_v2.py
 
 bench:
 	@MAKE_TARGET=bench bash scripts/setup.sh bench

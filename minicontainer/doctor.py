@@ -13,7 +13,6 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 MIN_KERNEL = (5, 3)  # pidfd_open(2), used to wait for containers without polling
 
@@ -98,25 +97,18 @@ def check_busybox() -> Check:
         return Check("static busybox (the image)", False, "missing", str(e))
 
 
-def qemu_binary() -> str:
-    return f"qemu-system-{'aarch64' if platform.machine() == 'aarch64' else platform.machine()}"
-
-
 def check_kvm() -> Check:
     """KVM usable: /dev/kvm, the CPU's virtualization flag, and QEMU able to use it."""
-    name, fix = "KVM (fast VMs)", ("VMs will run under TCG, slower but fine for the course; "
-                                   "for KVM enable VT-x/AMD-V (or nested virtualization)")
-    if not Path("/dev/kvm").exists():
-        return Check(name, False, "no /dev/kvm", fix, required=False)
-    if platform.machine() in ("x86_64", "i686"):
-        flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("flags") for f in line.split(":")[1].split()}
-        if not flags & {"vmx", "svm"}:
-            return Check(name, False, "/dev/kvm exists, but the CPU shows no vmx/svm flag",
-                         fix, required=False)
+    from .vm import accelerator, qemu_binary
+    name = "KVM (fast VMs)"
+    fix = ("VMs will run under TCG, slower but fine for the course; for KVM enable "
+           "VT-x/AMD-V in the firmware (or nested virtualization for this VM)")
+    accel, why = accelerator()
+    if accel != "kvm":
+        return Check(name, False, why, fix, required=False)
     qemu = shutil.which(qemu_binary())
     if qemu is None:
-        return Check(name, False, "/dev/kvm present; QEMU missing to try it", fix, required=False)
+        return Check(name, False, "/dev/kvm usable; QEMU missing to try it", fix, required=False)
     probe = subprocess.run([qemu, "-accel", "kvm", "-M", "none", "-nodefaults", "-display",
                             "none", "-monitor", "stdio"], input="quit\n", capture_output=True,
                            text=True, timeout=20)
@@ -125,22 +117,19 @@ def check_kvm() -> Check:
                  fix, required=False)
 
 
-def qemu_package() -> str:
-    return "qemu-system-arm" if platform.machine() == "aarch64" else "qemu-system-x86"
-
-
 def check_qemu() -> Check:
+    from .vm import qemu_binary
     qemu = shutil.which(qemu_binary())
     return Check("QEMU (the VM side)", qemu is not None, qemu or "not found",
-                 f"install it: apt-get install {qemu_package()}",
-                 required=False)
+                 "run `make setup` (it installs QEMU)", required=False)
 
 
 def check_vm_kernel() -> Check:
-    candidates = [os.environ.get("MINICONTAINER_KERNEL", ""), f"/boot/vmlinuz-{platform.release()}"]
-    found = next((c for c in candidates if c and os.access(c, os.R_OK)), None)
-    return Check("a kernel image for the VM", found is not None, found or "none found",
-                 "set MINICONTAINER_KERNEL to a bzImage or vmlinux (the VM lessons need one)",
+    from .vm import cached_kernel
+    kernel = cached_kernel()
+    return Check("a kernel for the VM", kernel is not None,
+                 f"{kernel.release} ({kernel.image})" if kernel else "none unpacked",
+                 "run `make setup` (it unpacks the distribution's kernel package)",
                  required=False)
 
 

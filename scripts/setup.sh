@@ -14,7 +14,12 @@ fail() { echo "setup: $*" >&2; exit 1; }
 command -v apt-get >/dev/null ||
   fail "no apt-get: install static busybox, python3 >= 3.11 with venv and iproute2 by hand, or use the Vagrant VM"
 
-packages="busybox-static python3 python3-venv iproute2 util-linux"
+case "$(uname -m)" in
+  x86_64) qemu=qemu-system-x86 ;;
+  aarch64) qemu=qemu-system-arm ;;
+  *) fail "unsupported CPU $(uname -m): use the Vagrant VM" ;;
+esac
+packages="busybox-static python3 python3-venv iproute2 util-linux $qemu"
 [ "${1:-}" = bench ] && packages="$packages crun runc"
 missing=""
 for p in $packages; do
@@ -44,3 +49,8 @@ fi
 # Byte-compile the package even where PYTHONDONTWRITEBYTECODE is set: the CLI starts faster.
 .venv/bin/python -m compileall -q minicontainer
 .venv/bin/python -c 'from minicontainer.rootfs import default_rootfs; print("setup: image", default_rootfs())'
+# The VM's kernel: the distribution's package, unpacked into the cache (not installed).
+if ! .venv/bin/python -c 'import sys; from minicontainer.vm import cached_kernel; sys.exit(not cached_kernel())'; then
+  apt-get update -qq     # the package is looked up in apt's lists
+  .venv/bin/python -c 'from minicontainer.vm import fetch_kernel; print("setup: VM kernel", fetch_kernel().image)'
+fi
