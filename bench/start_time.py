@@ -1,6 +1,8 @@
 """Start-to-exit of `/bin/true` in a fresh container: minicontainer against unshare,
 crun and runc, in one run, on the same busybox image, with the same namespaces
-(pid, mount, uts, ipc; no network). Reports medians, p95 and ratios.
+(pid, mount, uts, ipc; no network). Reports medians, p95 and ratios. minicontainer
+is timed without a cgroup (layers 1-2, like `unshare`) and, on the next line, with
+one (memory, cpus and pids limits: the cost of the cgroup step).
 
     make bench          # or: .venv/bin/python bench/start_time.py --runs 200
 
@@ -66,9 +68,9 @@ def time_command(argv: list[str]) -> float:
     return elapsed
 
 
-def time_api() -> float:
+def time_api(**budget) -> float:
     started = time.perf_counter()
-    result = run(["/bin/true"], namespaces=NAMESPACES)
+    result = run(["/bin/true"], namespaces=NAMESPACES, cgroup=bool(budget), **budget)
     elapsed = time.perf_counter() - started
     assert result.exit_code == 0
     return elapsed
@@ -78,8 +80,10 @@ def contenders(rootfs: Path, bundle: Path, state: Path) -> dict:
     counter = iter(range(10**9))
     return {
         "minicontainer (Python API)": time_api,
+        "  + cgroup (create/join/rm)": lambda: time_api(memory="64M", cpus=1, pids_limit=64),
         "minicontainer (CLI)": lambda: time_command(
-            [CLI, "run", "--namespaces", ",".join(sorted(NAMESPACES)), "--", "/bin/true"]),
+            [CLI, "run", "--no-cgroup", "--namespaces", ",".join(sorted(NAMESPACES)), "--",
+             "/bin/true"]),
         "unshare + chroot": lambda: time_command(
             ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "chroot", str(rootfs),
              "/bin/true"]),

@@ -131,26 +131,32 @@ def mode() -> str:
 # -- one container's group -----------------------------------------------------------------
 
 class Cgroup:
-    """The group `name` (mc-<id>) below minicontainer/, in every tree it needs."""
+    """The group `path` (minicontainer/mc-<id>), in every tree it needs.
 
-    def __init__(self, name: str, limits: Limits = Limits()) -> None:
-        self.name, self.limits = name, limits
+    A group may sit inside another of ours (minicontainer/mc-budget/mc-<id>): the
+    outer group's budget then caps all the groups inside it together.
+    """
+
+    def __init__(self, path: str, limits: Limits = Limits()) -> None:
+        if not path.startswith(f"{PARENT}/"):
+            path = f"{PARENT}/{path}"
+        self.path, self.name, self.limits = path, path.rsplit("/", 1)[1], limits
         where = hierarchies()
         missing = [c for c in ("memory", "cpu", "pids") if c not in where]
         if missing:
             raise InvalidArgument(f"cgroup controllers missing: {', '.join(missing)} "
                                   "(see `minicontainer doctor`)")
         self.version = {c: where[c][0] for c in NEEDED if c in where}
-        self.dirs = {c: where[c][1] / PARENT / name for c in NEEDED if c in where}
+        self.trees = {c: where[c][1] for c in NEEDED if c in where}
+        self.dirs = {c: self.trees[c] / path for c in self.trees}
 
     def create(self) -> None:
         """mkdir the group in each tree, then write the budget into it."""
-        for directory in dict.fromkeys(self.dirs.values()):   # one per tree, in order
-            parent = directory.parent
-            parent.mkdir(exist_ok=True)
+        for tree in dict.fromkeys(self.trees.values()):    # one per tree, in order
+            (tree / PARENT).mkdir(exist_ok=True)            # ours, made on first use
             if self.version["memory"] == "v2":   # v2: controllers must be handed down
-                enable_controllers(parent.parent, parent)
-            directory.mkdir()
+                enable_controllers(tree, (tree / self.path).parent)
+            (tree / self.path).mkdir()
         self._write_limits()
 
     def _write_limits(self) -> None:
@@ -222,10 +228,10 @@ class Cgroup:
     def remove(self) -> None:
         """Kill what is left, rmdir the group, and our parent group once it is empty."""
         self.kill()
-        for directory in dict.fromkeys(self.dirs.values()):
-            remove_dir(directory)
+        for tree in dict.fromkeys(self.trees.values()):
+            remove_dir(tree / self.path)
             try:
-                directory.parent.rmdir()    # only succeeds once the last group is gone
+                (tree / PARENT).rmdir()     # only succeeds once the last group is gone
             except OSError:
                 pass
 
@@ -236,14 +242,16 @@ def join(procs_fds: list[int]) -> None:
         os.write(fd, b"0")
 
 
-def enable_controllers(parent: Path, child: Path) -> None:
-    """v2: let `child`'s subgroups use memory, cpu and pids (via `parent` first).
+def enable_controllers(tree: Path, parent: Path) -> None:
+    """v2: let `parent`'s subgroups use memory, cpu and pids, enabling them on the way
+    down from the tree's root.
 
     A v2 group may only hand its children the controllers its own parent handed it,
     and (the "no internal processes" rule) a group that hands them out holds no
-    processes itself: ours never does, only the mc-* groups below it do.
+    processes itself: ours never do, only the leaf mc-* groups hold processes.
     """
-    for directory in (parent, child):
+    chain = [parent, *parent.parents]
+    for directory in reversed(chain[:chain.index(tree) + 1]):
         wanted = {"memory", "cpu", "pids"} - set(read(directory / "cgroup.subtree_control").split())
         if wanted:
             write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
@@ -264,10 +272,11 @@ def remove_dir(directory: Path) -> None:
     directory.rmdir()
 
 
-def leftover_groups() -> list[Path]:
-    """Every mc-* group below our parent, in every tree (for `minicontainer cleanup`)."""
-    trees = {mountpoint for _, mountpoint in hierarchies().values()}
-    return sorted(p for tree in trees for p in (tree / PARENT).glob("mc-*") if p.is_dir())
+def leftover_groups() -> list[str]:
+    """The paths of all our groups, nested ones first (for `minicontainer cleanup`)."""
+    found = {str(p.relative_to(tree)) for tree in {t for _, t in hierarchies().values()}
+             for p in (tree / PARENT).rglob("mc-*") if p.is_dir()}
+    return sorted(found, key=lambda path: (-path.count("/"), path))
 
 
 # -- reading and writing cgroup files ------------------------------------------------------

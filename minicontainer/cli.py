@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-m", "--memory", help="memory limit, e.g. 64M or 1G (swap off)")
     run.add_argument("--cpus", help="CPU time limit in CPUs, e.g. 0.5")
     run.add_argument("--pids-limit", help="at most this many processes")
+    run.add_argument("--no-cgroup", dest="cgroup", action="store_false",
+                     help="no cgroup at all (layers 1-2 only)")
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background and print the name")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
@@ -89,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .container import Container
     options = {"name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
                "init": args.init, "memory": args.memory, "cpus": args.cpus,
-               "pids_limit": args.pids_limit}
+               "pids_limit": args.pids_limit, "cgroup": args.cgroup}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
     container = Container(command_of(args), **options)

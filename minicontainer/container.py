@@ -58,7 +58,7 @@ class Container:
                  namespaces: Iterable[str] = ns.DEFAULT, init: bool = False,
                  env: dict[str, str] | None = None, memory: str | int | None = None,
                  cpus: str | float | None = None, pids_limit: str | int | None = None,
-                 cgroup: bool = True) -> None:
+                 cgroup: bool = True, cgroup_parent: Cgroup | None = None) -> None:
         check_host()
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
@@ -73,7 +73,8 @@ class Container:
         self.limits = Limits.parse(memory, cpus, pids_limit)
         if not cgroup and self.limits != Limits():
             raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
-        self.cgroup = Cgroup(f"mc-{self.id}", self.limits) if cgroup else None
+        parent = cgroup_parent.path if cgroup_parent else cgroups.PARENT   # docker --cgroup-parent
+        self.cgroup = Cgroup(f"{parent}/mc-{self.id}", self.limits) if cgroup else None
         self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
         self.detached = False
         self.directory: Path | None = None
@@ -239,7 +240,7 @@ class Container:
             "rootfs": str(self.rootfs), "hostname": self.hostname,
             "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env,
             "detached": self.detached,
-            "cgroup": self.cgroup.name if self.cgroup else None,
+            "cgroup": self.cgroup.path if self.cgroup else None,
             "limits": {"memory": self.limits.memory, "cpus": self.limits.cpus,
                        "pids": self.limits.pids},
             "created": time.time(), **self._owner, **pids,
@@ -299,17 +300,19 @@ def cleanup(everything: bool = False) -> list[str]:
 
 
 def remove_stray_cgroups() -> list[str]:
-    """mc-* groups that no container record claims: left by a crash before the record."""
+    """Groups no container claims (a crash before the record, a crashed experiment's
+    budget group); a group holding a claimed one is in use and stays."""
     claimed = set()
     for name in state.names():
         try:
             claimed.add(state.read(name)["cgroup"])
         except (ContainerNotFound, KeyError):
             pass
-    strays = {group.name for group in cgroups.leftover_groups()} - claimed
-    for name in sorted(strays):
-        Cgroup(name).remove()
-    return sorted(strays)
+    strays = [path for path in cgroups.leftover_groups()
+              if not any(c == path or (c or "").startswith(path + "/") for c in claimed)]
+    for path in strays:                      # nested ones first
+        Cgroup(path).remove()
+    return [path.rsplit("/", 1)[1] for path in strays]
 
 
 # -- checks: refuse bad input before anything is created ---------------------------------

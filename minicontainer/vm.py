@@ -199,47 +199,114 @@ def qemu_binary() -> str:
     return {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}[os.uname().machine]
 
 
-def run_on_host_files(command: str, *, kernel_args: str = "", memory: str = "512M",
-                      cpus: int = 2, timeout: float = 600) -> tuple[int, str]:
-    """Boot a VM whose init mounts the host's / read-only (9p) and runs `command` there.
+class VM:
+    """A QEMU virtual machine that boots, runs one shell command, and powers off.
 
-    The guest has its own kernel (with `kernel_args` on its command line, e.g.
-    cgroup_no_v1=all for a pure cgroup v2 machine) but the host's programs and files:
-    a way to run the host's tests on another kernel. Returns (exit code, console output).
+        with VM("uname -r", memory="128M") as vm:
+            vm.start()
+            code, console = vm.wait(timeout=60)
+
+    The guest's root is the container image, packed as its initramfs; with
+    host_files=True its init instead mounts the host's / read-only (9p) and runs the
+    command there, on the guest's own kernel.
     """
-    kernel = cached_kernel()
-    if kernel is None:
-        raise VMError("no VM kernel in the cache: run `make setup`")
-    qemu = shutil.which(qemu_binary())
-    if qemu is None:
-        raise VMError(f"{qemu_binary()} not found: run `make setup`")
-    modules = {f"lib/modules/{m}.ko": kernel.modules / f"{m}.ko" for m in GUEST_MODULES}
-    init = HOST_FILES_INIT.replace("@MODULES@", " ".join(GUEST_MODULES)).replace(
-        "@COMMAND@", command.replace("'", "'\"'\"'"))
-    with tempfile.TemporaryDirectory(prefix="mc-vm-") as tmp:
-        initrd = Path(tmp) / "initramfs.gz"
-        initrd.write_bytes(pack_initramfs(default_rootfs(), {"init": init.encode(), **modules}))
-        accel, _ = accelerator()
-        argv = [qemu, "-M", "q35", "-accel", accel, "-m", memory, "-smp", str(cpus),
-                "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-                "-no-reboot", "-kernel", str(kernel.image), "-initrd", str(initrd),
-                "-append", f"console=ttyS0 panic=-1 quiet reboot=t {kernel_args}".strip(),
-                "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
-                           "multidevs=remap"]
+
+    def __init__(self, command: str, *, memory: str = "128M", cpus: int = 1,
+                 kernel_args: str = "", host_files: bool = False) -> None:
+        self.kernel = cached_kernel()
+        if self.kernel is None:
+            raise VMError("no VM kernel in the cache: run `make setup`")
+        self.qemu = shutil.which(qemu_binary())
+        if self.qemu is None:
+            raise VMError(f"{qemu_binary()} not found: run `make setup`")
+        self.command, self.memory, self.cpus = command, memory, cpus
+        self.kernel_args, self.host_files = kernel_args, host_files
+        self.accel, self.accel_reason = accelerator()
+        self.process: subprocess.Popen | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def start(self) -> VM:
+        """Pack the initramfs and start QEMU; the guest boots in the background."""
+        self._tmp = tempfile.TemporaryDirectory(prefix="mc-vm-")
+        initrd = Path(self._tmp.name) / "initramfs.gz"
+        initrd.write_bytes(self.initramfs())
+        self.process = subprocess.Popen(self.qemu_argv(initrd), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return self
+
+    def initramfs(self) -> bytes:
+        template = HOST_FILES_INIT if self.host_files else IMAGE_INIT
+        modules = GUEST_MODULES if self.host_files else []
+        init = template.replace("@MODULES@", " ".join(modules)).replace(
+            "@COMMAND@", self.command.replace("'", "'\"'\"'"))
+        files = {f"lib/modules/{m}.ko": self.kernel.modules / f"{m}.ko" for m in modules}
+        return pack_initramfs(default_rootfs(), {"init": init.encode(), **files})
+
+    def qemu_argv(self, initrd: Path) -> list[str]:
+        argv = [self.qemu, "-M", "q35", "-accel", self.accel, "-m", self.memory,
+                "-smp", str(self.cpus), "-nodefaults", "-no-user-config", "-display", "none",
+                "-serial", "stdio", "-no-reboot", "-kernel", str(self.kernel.image),
+                "-initrd", str(initrd), "-append",
+                f"console=ttyS0 panic=-1 quiet reboot=t {self.kernel_args}".strip()]
+        if self.host_files:
+            argv += ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
+                                "multidevs=remap"]
+        return argv
+
+    def wait(self, timeout: float = 600) -> tuple[int, str]:
+        """Wait for the guest to power off: (the command's exit code, the console)."""
         try:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired as e:   # subprocess has killed QEMU already
-            tail = (e.stdout or b"").decode(errors="replace")[-2000:]
+            out, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.process.communicate()
+            tail = out.decode(errors="replace")[-2000:]
             raise Timeout(f"the VM did not finish in {timeout} s; its console ended with:\n"
                           f"{tail}") from None
-    console = done.stdout.decode(errors="replace").replace("\r\n", "\n")
-    match = re.search(r"^MC-EXIT=(\d+)$", console, re.M)
-    if match is None:
-        raise VMError(f"the guest stopped without reporting (QEMU exit {done.returncode}): "
-                      f"{done.stderr.decode(errors='replace')[-500:]}{console[-2000:]}")
-    return int(match[1]), console[:match.start()]
+        console = out.decode(errors="replace").replace("\r\n", "\n")
+        match = re.search(r"^MC-EXIT=(\d+)$", console, re.M)
+        if match is None:
+            raise VMError(f"the guest stopped without reporting (QEMU exit "
+                          f"{self.process.returncode}): {err.decode(errors='replace')[-500:]}"
+                          f"{console[-2000:]}")
+        return int(match[1]), console[:match.start()]
 
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> VM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+        if self.process:
+            for pipe in (self.process.stdout, self.process.stderr):
+                pipe.close()
+        if self._tmp:
+            self._tmp.cleanup()
+
+
+def run_on_host_files(command: str, *, kernel_args: str = "", memory: str = "512M",
+                      cpus: int = 2, timeout: float = 600) -> tuple[int, str]:
+    """Boot a VM with its own kernel (and `kernel_args`, e.g. cgroup_no_v1=all for a
+    pure cgroup v2 machine) that runs `command` in the host's files, read-only: a way
+    to run the host's tests on another kernel. Returns (exit code, console output)."""
+    with VM(command, memory=memory, cpus=cpus, kernel_args=kernel_args,
+            host_files=True) as vm:
+        return vm.start().wait(timeout)
+
+
+IMAGE_INIT = """#!/bin/sh
+# PID 1 of the guest: mount the kernel's filesystems, say when ready, run the command.
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o size=90% tmpfs /tmp
+echo "MC-READY $(cut -d' ' -f1 /proc/uptime)"
+sh -c '@COMMAND@'
+echo "MC-EXIT=$?"
+reboot -f
+"""
 
 HOST_FILES_INIT = """#!/bin/sh
 # PID 1 of the guest: mount the kernel's filesystems, load the drivers, and run the
