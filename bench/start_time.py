@@ -1,8 +1,9 @@
 """Start-to-exit of `/bin/true` in a fresh container: minicontainer against unshare,
 crun and runc, in one run, on the same busybox image, with the same namespaces
 (pid, mount, uts, ipc; no network). Reports medians, p95 and ratios. minicontainer
-is timed without a cgroup (layers 1-2, like `unshare`) and, on the next line, with
-one (memory, cpus and pids limits: the cost of the cgroup step).
+is timed without a cgroup (layers 1-2, like `unshare`), then with one (memory, cpus
+and pids limits: the cost of the cgroup step), then with a network attached (a net
+namespace, a veth pair into an existing bridge, an address and a route).
 
     make bench          # or: .venv/bin/python bench/start_time.py --runs 200
 
@@ -24,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from minicontainer import run
+from minicontainer import network, run
 from minicontainer.cgroups import mode as cgroup_mode
 from minicontainer.rootfs import default_rootfs
 
@@ -68,9 +69,10 @@ def time_command(argv: list[str]) -> float:
     return elapsed
 
 
-def time_api(**budget) -> float:
+def time_api(**options) -> float:
     started = time.perf_counter()
-    result = run(["/bin/true"], namespaces=NAMESPACES, cgroup=bool(budget), **budget)
+    namespaces = NAMESPACES | ({"net"} if "network" in options else set())
+    result = run(["/bin/true"], namespaces=namespaces, cgroup="memory" in options, **options)
     elapsed = time.perf_counter() - started
     assert result.exit_code == 0
     return elapsed
@@ -81,6 +83,7 @@ def contenders(rootfs: Path, bundle: Path, state: Path) -> dict:
     return {
         "minicontainer (Python API)": time_api,
         "  + cgroup (create/join/rm)": lambda: time_api(memory="64M", cpus=1, pids_limit=64),
+        "  + network (veth, address)": lambda: time_api(network="mc-bench"),
         "minicontainer (CLI)": lambda: time_command(
             [CLI, "run", "--no-cgroup", "--namespaces", ",".join(sorted(NAMESPACES)), "--",
              "/bin/true"]),
@@ -96,6 +99,7 @@ def contenders(rootfs: Path, bundle: Path, state: Path) -> dict:
 
 def measure(runs: int) -> dict[str, list[float]]:
     rootfs = default_rootfs()
+    network.create("mc-bench")
     with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
         bundle = oci_bundle(Path(tmp) / "bundle", rootfs)
         timers = contenders(rootfs, bundle, Path(tmp))
@@ -110,6 +114,7 @@ def measure(runs: int) -> dict[str, list[float]]:
                 samples[name].append(timer() * 1000)
             if (i + 1) % 50 == 0:
                 print(f"  {i + 1}/{runs} rounds", file=sys.stderr)
+    network.remove("mc-bench")
     return samples
 
 

@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-m", "--memory", help="memory limit, e.g. 64M or 1G (swap off)")
     run.add_argument("--cpus", help="CPU time limit in CPUs, e.g. 0.5")
     run.add_argument("--pids-limit", help="at most this many processes")
+    run.add_argument("--network", help="attach to this bridge network (e.g. mc-br0)")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:PORT",
+                     help="publish a container port on the host (needs --network)")
     run.add_argument("--no-cgroup", dest="cgroup", action="store_false",
                      help="no cgroup at all (layers 1-2 only)")
     run.add_argument("-d", "--detach", action="store_true",
@@ -70,6 +73,17 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("name")
     logs.set_defaults(handler=cmd_logs)
 
+    net = sub.add_parser("network", help="create, list and remove bridge networks")
+    net_sub = net.add_subparsers(required=True, metavar="ACTION")
+    create = net_sub.add_parser("create", help="a new bridge network")
+    create.add_argument("--subnet", help="e.g. 10.213.7.0/24 (default: a free /24)")
+    create.add_argument("name", help="mc-… (it names the bridge)")
+    create.set_defaults(handler=cmd_network_create)
+    net_sub.add_parser("ls", help="list networks").set_defaults(handler=cmd_network_ls)
+    remove = net_sub.add_parser("rm", help="remove a network without containers")
+    remove.add_argument("names", nargs="+")
+    remove.set_defaults(handler=cmd_network_rm)
+
     doctor = sub.add_parser("doctor", help="is this machine ready for the course?")
     doctor.set_defaults(handler=cmd_doctor)
 
@@ -91,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .container import Container
     options = {"name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
                "init": args.init, "memory": args.memory, "cpus": args.cpus,
-               "pids_limit": args.pids_limit, "cgroup": args.cgroup}
+               "pids_limit": args.pids_limit, "cgroup": args.cgroup,
+               "network": args.network, "ports": args.publish}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
     container = Container(command_of(args), **options)
@@ -180,6 +195,35 @@ def cmd_logs(args: argparse.Namespace) -> int:
     out, err = Container.load(args.name).logs()
     sys.stdout.write(out)
     sys.stderr.write(err)
+    return 0
+
+
+def cmd_network_create(args: argparse.Namespace) -> int:
+    from . import network
+    from .container import check_host
+    check_host()
+    record = network.create(args.name, args.subnet)
+    print(f"{record['name']} {record['subnet']}")
+    return 0
+
+
+def cmd_network_ls(args: argparse.Namespace) -> int:
+    from . import network
+    print(f"{'NAME':16} {'SUBNET':18} {'GATEWAY':15} CONTAINERS")
+    for name in network.names():
+        record = network.load(name)
+        members = ", ".join(lease["container"] for lease in record["leases"].values())
+        print(f"{name:16} {record['subnet']:18} {record['gateway']:15} {members or '-'}")
+    return 0
+
+
+def cmd_network_rm(args: argparse.Namespace) -> int:
+    from . import network
+    from .container import check_host
+    check_host()
+    for name in args.names:
+        network.remove(name)
+        print(name)
     return 0
 
 

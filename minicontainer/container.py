@@ -16,15 +16,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from . import cgroups
+from . import cgroups, process, state
+from . import network as networking
 from . import namespaces as ns
-from . import process, state
 from .cgroups import Cgroup, Limits
 from .errors import (ContainerNotFound, InvalidArgument, MinicontainerError, NotLinuxError,
                      NotRootError, Timeout)
@@ -58,7 +61,9 @@ class Container:
                  namespaces: Iterable[str] = ns.DEFAULT, init: bool = False,
                  env: dict[str, str] | None = None, memory: str | int | None = None,
                  cpus: str | float | None = None, pids_limit: str | int | None = None,
-                 cgroup: bool = True, cgroup_parent: Cgroup | None = None) -> None:
+                 cgroup: bool = True, cgroup_parent: Cgroup | None = None,
+                 network: str | None = None,
+                 ports: dict[int, int] | Iterable[str] | None = None) -> None:
         check_host()
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
@@ -75,6 +80,11 @@ class Container:
             raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
         parent = cgroup_parent.path if cgroup_parent else cgroups.PARENT   # docker --cgroup-parent
         self.cgroup = Cgroup(f"{parent}/mc-{self.id}", self.limits) if cgroup else None
+        self.network = network
+        self.ports = check_ports(ports or {}, network, self.namespaces)
+        self.attachment: networking.Attachment | None = None
+        self._proxy: list[int] | None = None
+        self._proxy_process: subprocess.Popen | None = None
         self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
         self.detached = False
         self.directory: Path | None = None
@@ -96,27 +106,33 @@ class Container:
         self.directory = state.claim(self.name)
         self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid())}
         try:
-            self._save(pid=None)
+            self._save()                     # written down before anything else exists
             layer = Overlay.create(self.rootfs, self.directory)
+            files = self._lease_address() if self.network else {}
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
                      partial(ns.isolate, layer, self.namespaces, self.hostname,
-                             on_exit=partial(_record_exit, self.directory))]
+                             on_exit=partial(_record_exit, self.directory), files=files)]
             procs: list[int] = []
             if self.cgroup:
                 self.cgroup.create()
                 procs = self.cgroup.open_procs()
                 steps.append(partial(cgroups.join, procs))   # in its budget before exec
+            if self.network:
+                steps.append(process.wait_for_parent)      # until the host plugs in eth0
             if self.init:
                 steps.append(become_init)
+            listeners = self._bind_ports()
             stdio = self._open_stdio(attach)
             try:
                 self._started = time.monotonic()
-                self._child = process.spawn(self.command, steps, env=self.env, stdio=stdio,
-                                            main=self.main)
+                self._child = process.spawn(
+                    self.command, steps, env=self.env, stdio=stdio, main=self.main,
+                    when_ready=self.attachment.connect if self.network else None)
                 self._startup = time.monotonic() - self._started
             finally:
                 _close(stdio + procs)
-            self._save(pid=self._child.pid, main_pid=self._child.main_pid)
+            self._start_proxy(listeners)
+            self._save()
         except BaseException:
             self.remove(force=True)
             raise
@@ -151,6 +167,10 @@ class Container:
         if self._child is not None:
             self._child.close()
             self._child = None
+        self._stop_proxy()
+        if self.attachment is not None:
+            networking.detach(self.attachment)
+            self.attachment = None
         if self.cgroup is not None and self.directory is not None:
             self.cgroup.remove()
         if self.directory is not None:
@@ -234,7 +254,60 @@ class Container:
             os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             for name in ("stdout", "stderr")]
 
-    def _save(self, **pids) -> None:
+    def _lease_address(self) -> dict[str, Path]:
+        """Layer 4, host side: an address on the network, and the /etc/hosts and
+        /etc/resolv.conf files the child will bind-mount into its root."""
+        hosts, resolv = self.directory / "hosts", self.directory / "resolv.conf"
+        resolv.write_text(networking.resolv_conf())
+        self.attachment = networking.attach(self.network, self.name, self.id, self.hostname, hosts)
+        self._save()
+        return {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
+
+    def _bind_ports(self) -> list[socket.socket]:
+        """Bind the published ports now, so a port in use fails before anything runs."""
+        listeners = []
+        try:
+            for host_ip, host_port, _ in self.ports:
+                listener = socket.socket()
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    listener.bind((host_ip, host_port))
+                except OSError as e:
+                    listener.close()
+                    raise MinicontainerError(f"cannot publish port {host_port}: {e.strerror}"
+                                             " (is it in use? choose another)") from None
+                listener.listen(128)
+                listeners.append(listener)
+        except BaseException:
+            _close(s.detach() for s in listeners)
+            raise
+        return listeners
+
+    def _start_proxy(self, listeners: list[socket.socket]) -> None:
+        """Hand the bound ports to a proxy process that lives as long as the container."""
+        if not listeners:
+            return
+        ports = [port for _, _, port in self.ports]
+        pairs = [f"{s.fileno()}:{port}" for s, port in zip(listeners, ports, strict=True)]
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "minicontainer.proxy", str(self.pid),
+             self.attachment.address, *pairs], pass_fds=[s.fileno() for s in listeners],
+            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        for listener in listeners:
+            listener.close()
+        self._proxy = [proxy.pid, process.start_time(proxy.pid)]
+        self._proxy_process = proxy
+
+    def _stop_proxy(self) -> None:
+        if self._proxy and process.start_time(self._proxy[0]) == self._proxy[1]:
+            os.kill(self._proxy[0], signal.SIGKILL)
+        if self._proxy_process is not None:
+            self._proxy_process.wait()
+            self._proxy_process = None
+        self._proxy = None
+
+    def _save(self) -> None:
+        child = self._child
         state.write(self.directory, {
             "name": self.name, "id": self.id, "command": self.command,
             "rootfs": str(self.rootfs), "hostname": self.hostname,
@@ -243,8 +316,11 @@ class Container:
             "cgroup": self.cgroup.path if self.cgroup else None,
             "limits": {"memory": self.limits.memory, "cpus": self.limits.cpus,
                        "pids": self.limits.pids},
-            "created": time.time(), **self._owner, **pids,
-            "pid_started": process.start_time(pids["pid"]) if pids.get("pid") else None})
+            "network": asdict(self.attachment) if self.attachment else None,
+            "ports": self.ports, "proxy": self._proxy,
+            "created": time.time(), **self._owner,
+            "pid": child.pid if child else None, "main_pid": child.main_pid if child else None,
+            "pid_started": process.start_time(child.pid) if child else None})
 
     @classmethod
     def load(cls, name: str) -> Container:
@@ -257,6 +333,9 @@ class Container:
         self.namespaces, self.init = frozenset(record["namespaces"]), record["init"]
         self.detached = record["detached"]
         self.limits = Limits(**record["limits"])
+        self.network = record["network"]["network"] if record["network"] else None
+        self.attachment = networking.Attachment(**record["network"]) if record["network"] else None
+        self.ports, self._proxy, self._proxy_process = record["ports"], record["proxy"], None
         self.cgroup = Cgroup(record["cgroup"], self.limits) if record["cgroup"] else None
         self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
         self._startup = None
@@ -296,6 +375,7 @@ def cleanup(everything: bool = False) -> list[str]:
         Container.load(name).remove(force=True)
         removed.append(name)
     removed += remove_stray_cgroups()
+    removed += networking.cleanup(set(state.names()))
     return removed
 
 
@@ -345,6 +425,28 @@ def check_hostname(hostname: str) -> str:
         raise InvalidArgument(f"invalid hostname {hostname!r}: use letters, digits, - and ."
                               " (up to 64), starting and ending with a letter or digit")
     return hostname
+
+
+def check_ports(ports: dict[int, int] | Iterable[str], network_name: str | None,
+                namespaces: frozenset[str]) -> list[tuple[str, int, int]]:
+    """{8080: 80} or ["8080:80", "127.0.0.1:8080:80"] → [(host ip, host port, port)]."""
+    if network_name is not None and "net" not in namespaces:
+        raise InvalidArgument("a network needs the net namespace")
+    if ports and network_name is None:
+        raise InvalidArgument("publishing ports needs a network (--network mc-br0)")
+    pairs = ports.items() if isinstance(ports, dict) else [p.rsplit(":", 1) for p in ports]
+    published = []
+    for host, inside in pairs:
+        host_ip, _, host_port = str(host).rpartition(":")
+        try:
+            numbers = int(host_port), int(inside)
+        except ValueError:
+            numbers = (0, 0)
+        if not all(1 <= n <= 65535 for n in numbers):
+            raise InvalidArgument(f"invalid port mapping {host}:{inside}: use HOST:CONTAINER "
+                                  "with ports from 1 to 65535")
+        published.append((host_ip or "0.0.0.0", *numbers))
+    return published
 
 
 def check_namespaces(kinds: Iterable[str]) -> frozenset[str]:

@@ -46,11 +46,13 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 
 
 def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
-            on_exit: Callable[[int], None] | None = None) -> None:
+            on_exit: Callable[[int], None] | None = None,
+            files: dict[str, Path] | None = None) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec. `on_exit` is called with the command's
-    wait status by the process left waiting outside the pid namespace.
+    wait status by the process left waiting outside the pid namespace. `files` are
+    host files to show at container paths (/etc/hosts), as Docker bind-mounts them.
     """
     namespaces = set(namespaces)
     if "user" in namespaces:              # first: it owns the namespaces made after it
@@ -65,6 +67,8 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
         mount_kernel_filesystems(rootfs.merged, sysfs)
+        for inside, outside in (files or {}).items():
+            bind_file(outside, rootfs.merged / inside.lstrip("/"))
         pivot_into(rootfs.merged)
     else:
         chroot_into(rootfs.lower)         # layer 1: all there is without a mount namespace
@@ -102,6 +106,12 @@ def mount_minimal_dev(dev: Path) -> None:
     for fd, name in enumerate(["stdin", "stdout", "stderr"]):
         (dev / name).symlink_to(f"/proc/self/fd/{fd}")
     (dev / "fd").symlink_to("/proc/self/fd")
+
+
+def bind_file(source: Path, target: Path) -> None:
+    """Show the host file `source` at `target` (its changes show through, live)."""
+    target.touch()
+    mount(str(source), target, None, MS_BIND)
 
 
 def pivot_into(new_root: Path) -> None:

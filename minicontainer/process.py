@@ -12,8 +12,9 @@ forever in the copy. So steps import nothing, log nothing and start no threads.
 A step that fails cannot raise into the parent, which is another process. The child
 writes the error to a pipe and exits; the pipe is close-on-exec, so when exec succeeds
 the parent just reads end-of-file. (subprocess works the same way.) The same pipe
-carries one more message: the pid of the command, when a pid namespace made us fork
-once more (see fork_and_wait).
+carries two more messages: the pid of the command, when a pid namespace made us fork
+once more (see fork_and_wait), and "ready", when a step waits for the parent to do
+its part on the host (plug in the network cable) before the command may run.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ Step = Callable[[], None]
 EXIT_SETUP_FAILED, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 125, 126, 127
 
 _report_fd = -1  # set in a child only: the write end of the pipe to the parent
+_go_fd = -1      # set in a child only: where wait_for_parent reads the go-ahead
 
 
 @dataclass
@@ -84,31 +86,49 @@ def wait_for_exit(pid: int, timeout: float | None) -> bool:
 
 def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str] | None = None,
           stdio: Sequence[int | None] = (None, None, None),
-          main: Callable[[], None] | None = None) -> Child:
+          main: Callable[[], None] | None = None,
+          when_ready: Callable[[int], None] | None = None) -> Child:
     """Fork, run `steps` in the child, then exec `argv` (or call `main`, for demos).
 
     `stdio` gives the files for the child's fds 0, 1, 2 (None: keep the caller's).
-    Returns once the command runs; raises here what failed in the child.
+    If a step calls wait_for_parent(), `when_ready(pid of the command)` runs here
+    meanwhile. Returns once the command runs; raises here what failed in the child.
     """
     read_end, write_end = os.pipe()          # both close-on-exec (PEP 446)
+    go_read, go_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            _child(argv, steps, env, stdio, write_end, main)  # execs or exits
+            _child(argv, steps, env, stdio, write_end, go_read, main)  # execs or exits
         finally:
             os._exit(EXIT_SETUP_FAILED)  # never fall back into the caller's code
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()                  # end-of-file: the command is running
+    os.close(go_read)
     main_pid = pid
-    for line in report.splitlines():
-        kind, _, rest = line.partition(b" ")
-        if kind == b"pid":
-            main_pid = int(rest)
-        elif kind == b"error":
-            os.waitpid(pid, 0)
-            raise _error_from(rest)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:                 # end-of-file: the command is running
+                kind, _, rest = line.rstrip(b"\n").partition(b" ")
+                if kind == b"pid":
+                    main_pid = int(rest)
+                elif kind == b"ready":
+                    when_ready(main_pid)      # if this raises, the child gets no go-ahead
+                    os.write(go_write, b"go")
+                elif kind == b"error":
+                    raise _error_from(rest)
+    except BaseException:
+        os.close(go_write)                    # a waiting child sees end-of-file and exits
+        os.waitpid(pid, 0)
+        raise
+    os.close(go_write)
     return Child(pid, main_pid, open_pidfd(main_pid, parent=pid))
+
+
+def wait_for_parent() -> None:
+    """A step: tell the parent we are ready, then wait until it has done its part."""
+    os.write(_report_fd, b"ready\n")
+    if os.read(_go_fd, 2) != b"go":            # end-of-file: the parent gave up
+        os._exit(EXIT_SETUP_FAILED)
 
 
 def open_pidfd(pid: int, parent: int) -> int:
@@ -143,10 +163,10 @@ def _stat_fields(pid: int) -> list[bytes]:
         return f.read().rsplit(b")", 1)[1].split()
 
 
-def _child(argv, steps, env, stdio, report_fd, main) -> None:
+def _child(argv, steps, env, stdio, report_fd, go_fd, main) -> None:
     """In the child: redirect stdio, run the steps, exec. Reports failure, never returns."""
-    global _report_fd
-    _report_fd = report_fd
+    global _report_fd, _go_fd
+    _report_fd, _go_fd = report_fd, go_fd
     try:
         for fd, target in enumerate(stdio):
             if target is not None:

@@ -11,9 +11,12 @@ tmpfs on most systems: a reboot forgets everything, as it should.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ContainerNotFound, NameInUse
@@ -63,11 +66,37 @@ def release(directory: Path) -> None:
     """Remove the container's directory (its logs and writable layer with it), and
     the directories above it once they are empty: the host is left as it was."""
     shutil.rmtree(directory, ignore_errors=True)
-    for parent in (directory.parent, directory.parent.parent):
+    with locked():
         try:
-            parent.rmdir()
+            directory.parent.rmdir()
         except OSError:             # not empty: other containers live there
-            return
+            pass
+
+
+@contextmanager
+def locked() -> Iterator[Path]:
+    """Hold an exclusive lock on /run/minicontainer while changing shared records.
+
+    flock(2) on the directory itself: nothing extra to leave behind. If the
+    directory was removed while we waited for the lock, make it again and retry; and
+    it is removed on the way out once empty, so the host is left as it was.
+    """
+    base = containers_dir().parent
+    while True:
+        base.mkdir(parents=True, exist_ok=True)
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:       # still there: the lock is good
+            break
+        os.close(fd)
+    try:
+        yield base
+    finally:
+        try:
+            base.rmdir()
+        except OSError:                     # not empty: in use
+            pass
+        os.close(fd)
 
 
 def describe(name: str) -> dict:

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,8 @@ def host_objects() -> dict[str, list[str]]:
               if "minicontainer" in line or "/mc-" in line]
     qemu = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
             and _comm(p).startswith("qemu-system")]
+    proxies = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+               and b"minicontainer.proxy" in _cmdline(p)]
     return {
         "links": sorted(n for n in os.listdir("/sys/class/net") if n.startswith("mc-")),
         "netns": [n for n in netns if n.startswith("mc-")],
@@ -41,7 +45,28 @@ def host_objects() -> dict[str, list[str]]:
         "containers": state.names(),
         "state directory": [str(d) for d in [state.containers_dir().parent] if d.exists()],
         "qemu processes": qemu,
+        "port proxies": proxies,
+        "firewall rules": firewall_rules(),
+        "ip_forward": [Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()],
     }
+
+
+def firewall_rules() -> list[str]:
+    rules = []
+    if shutil.which("iptables-save"):
+        dump = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        rules += [line for line in dump.splitlines() if "mc-" in line]
+    if shutil.which("nft"):
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+        rules += [line for line in tables.splitlines() if "mc-" in line]
+    return rules
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _comm(proc: Path) -> str:

@@ -1,0 +1,358 @@
+"""Layer 4: networking — a bridge, a virtual cable per container, addresses and NAT.
+
+A new network namespace holds only a loopback: the container is cut off. We wire it
+up the way Docker's default bridge does, with netlink messages (what `ip link`,
+`ip addr` and `ip route` send) through pyroute2:
+
+- a bridge on the host (mc-br0): a virtual switch, whose address is the gateway;
+- per container a veth pair, a virtual cable with two ends: one stays on the host,
+  plugged into the bridge; the other moves into the container's namespace as eth0;
+- an address for eth0 from the bridge's subnet, and a default route via the bridge;
+- NAT (MASQUERADE): what leaves the host seems to come from the host's own address,
+  with ip_forward on while a network exists; and a rule that lets nothing *new* into
+  a network from elsewhere, so two networks cannot reach each other.
+
+Published ports use a small userspace proxy (proxy.py) rather than DNAT rules. DNAT
+catches packets that arrive from outside, but not connections to 127.0.0.1 unless
+route_localnet is switched on, which loosens the host's own protection against
+spoofed local addresses. The proxy serves 127.0.0.1 and every other host address
+alike, and a port already in use is refused by bind(2) before anything starts.
+Docker uses the same kind of proxy (docker-proxy) for localhost.
+
+The registry of networks and addresses lives in /run/minicontainer/networks, changed
+only under a lock, so containers started at once never get the same address.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from . import state
+from .errors import InvalidArgument, MinicontainerError, NameInUse
+
+DEFAULT_NETWORK = "mc-br0"
+CANDIDATES = [ipaddress.ip_network(f"10.213.{i}.0/24") for i in range(256)]
+NAME = re.compile(r"^mc-[a-z0-9-]{1,12}$")   # a network's name is its bridge's: <= 15 chars
+
+
+@dataclass
+class Attachment:
+    """One container's place on a network."""
+
+    network: str
+    address: str
+    gateway: str
+    prefix: int
+    host_end: str    # the veth end left on the host, in the bridge
+    peer_end: str    # the end that becomes eth0 inside
+
+    def connect(self, pid: int) -> None:
+        """Plug the cable in: create the veth pair, move one end into the namespace of
+        process `pid`, then address it and route through the bridge from inside."""
+        with IPRoute() as host:
+            host.link("add", ifname=self.host_end, kind="veth", peer=self.peer_end)
+            peer = host.link_lookup(ifname=self.peer_end)[0]
+            host.link("set", index=peer, net_ns_pid=pid)         # now only inside
+            bridge = host.link_lookup(ifname=self.network)[0]
+            host.link("set", index=host.link_lookup(ifname=self.host_end)[0], master=bridge,
+                      state="up")
+        with IPRoute(netns=f"/proc/{pid}/ns/net", flags=0) as inside:
+            eth0 = inside.link_lookup(ifname=self.peer_end)[0]
+            inside.link("set", index=eth0, ifname="eth0")
+            inside.addr("add", index=eth0, address=self.address, prefixlen=self.prefix)
+            inside.link("set", index=eth0, state="up")
+            inside.route("add", gateway=self.gateway)            # the default route
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+def networks_dir() -> Path:
+    return state.containers_dir().parent / "networks"
+
+
+def load(name: str) -> dict:
+    try:
+        return json.loads((networks_dir() / f"{name}.json").read_text())
+    except FileNotFoundError:
+        raise MinicontainerError(f"no network named {name!r} (see `minicontainer network ls`)"
+                                 ) from None
+
+
+def save(record: dict) -> None:
+    networks_dir().mkdir(parents=True, exist_ok=True)
+    partial = networks_dir() / f"{record['name']}.json.new"
+    partial.write_text(json.dumps(record, indent=1))
+    partial.rename(networks_dir() / f"{record['name']}.json")
+
+
+def names() -> list[str]:
+    if not networks_dir().is_dir():
+        return []
+    return sorted(p.name.removesuffix(".json") for p in networks_dir().glob("*.json"))
+
+
+# -- networks -------------------------------------------------------------------------------
+
+def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: bool = True) -> dict:
+    """Create a bridge network (docker network create), or refuse a name in use."""
+    if not NAME.match(name):
+        raise InvalidArgument(f"invalid network name {name!r}: use mc- and then up to 12 of "
+                              "a-z 0-9 - (it names the bridge)")
+    with state.locked():
+        if name in names():
+            raise NameInUse(f"a network named {name!r} exists already")
+        return _create(name, subnet, explicit)
+
+
+def _create(name: str, subnet: str | None, explicit: bool) -> dict:
+    network = choose_subnet(subnet)
+    gateway = next(network.hosts())
+    record = {"name": name, "subnet": str(network), "gateway": str(gateway),
+              "explicit": explicit, "leases": {}, "firewall": firewall_tool()}
+    if not names():                                  # the first network: remember forwarding
+        before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+        (state.containers_dir().parent / "ip_forward.before").write_text(before)
+    save(record)                                     # recorded before it exists on the host
+    with IPRoute() as ip:
+        ip.link("add", ifname=name, kind="bridge")
+        bridge = ip.link_lookup(ifname=name)[0]
+        ip.addr("add", index=bridge, address=str(gateway), prefixlen=network.prefixlen)
+        ip.link("set", index=bridge, state="up")
+    add_rules(record)
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    return record
+
+
+def remove(name: str, force: bool = False) -> None:
+    """Delete the network's rules, bridge and record (docker network rm)."""
+    with state.locked():
+        _remove(load(name), force)
+
+
+def _remove(record: dict, force: bool = False) -> None:
+    if record["leases"] and not force:
+        raise MinicontainerError(f"network {record['name']} still has containers: "
+                                 f"{', '.join(v['container'] for v in record['leases'].values())}")
+    remove_rules(record["name"], record.get("firewall"))
+    with IPRoute() as ip:
+        if ip.link_lookup(ifname=record["name"]):
+            ip.link("del", ifname=record["name"])
+    (networks_dir() / f"{record['name']}.json").unlink(missing_ok=True)
+    if not names():                                  # the last one: forwarding as it was
+        before = state.containers_dir().parent / "ip_forward.before"
+        if before.exists():
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(before.read_text())
+            before.unlink()
+        try:
+            networks_dir().rmdir()
+        except OSError:
+            pass
+
+
+def choose_subnet(wanted: str | None) -> ipaddress.IPv4Network:
+    """`wanted`, or the first candidate /24 that overlaps no route of the host's."""
+    with IPRoute() as ip:
+        routes = [(ipaddress.ip_network(f"{r.get('RTA_DST')}/{r['dst_len']}", strict=False),
+                   ip.get_links(r.get("RTA_OIF"))[0].get("IFLA_IFNAME") if r.get("RTA_OIF")
+                   else "?")
+                  for r in ip.get_routes(family=2) if r.get("RTA_DST")]
+    if wanted is not None:
+        try:
+            network = ipaddress.ip_network(wanted)
+        except ValueError:
+            raise InvalidArgument(f"invalid subnet {wanted!r}: use e.g. 10.213.7.0/24") from None
+        for route, device in routes:
+            if network.overlaps(route):
+                raise InvalidArgument(f"subnet {network} overlaps the host's route {route} "
+                                      f"dev {device}: choose another")
+        return network
+    for network in CANDIDATES:
+        if not any(network.overlaps(route) for route, _ in routes):
+            return network
+    raise MinicontainerError("no free subnet left in 10.213.0.0/16")
+
+
+# -- addresses ------------------------------------------------------------------------------
+
+def attach(network: str, container: str, container_id: str, hostname: str,
+           hosts_file: Path) -> Attachment:
+    """Lease an address (creating the network on first use) and write /etc/hosts for
+    the container and for its neighbours."""
+    with state.locked():
+        if network not in names():
+            if network != DEFAULT_NETWORK:
+                raise MinicontainerError(f"no network named {network!r}: create it with "
+                                         f"`minicontainer network create {network}`")
+            _create(network, None, explicit=False)
+        record = load(network)
+        subnet = ipaddress.ip_network(record["subnet"])
+        taken = set(record["leases"]) | {record["gateway"]}
+        address = next((str(a) for a in subnet.hosts() if str(a) not in taken), None)
+        if address is None:
+            raise MinicontainerError(f"network {network} has no free address left")
+        record["leases"][address] = {"container": container, "hostname": hostname,
+                                     "hosts_file": str(hosts_file)}
+        save(record)
+        write_hosts_files(record)
+    return Attachment(network, address, record["gateway"], subnet.prefixlen,
+                      f"mc-{container_id}", f"mc-p{container_id[:11]}")
+
+
+def detach(attachment: Attachment) -> None:
+    """Give the address back; the last container of an implicit network removes it."""
+    with state.locked():
+        if attachment.network not in names():
+            return
+        record = load(attachment.network)
+        record["leases"].pop(attachment.address, None)
+        save(record)
+        write_hosts_files(record)
+        with IPRoute() as ip:          # normally gone with the namespace already
+            if ip.link_lookup(ifname=attachment.host_end):
+                ip.link("del", ifname=attachment.host_end)
+        if not record["leases"] and not record["explicit"]:
+            _remove(record)
+
+
+def write_hosts_files(record: dict) -> None:
+    """Every container's /etc/hosts lists its neighbours. Rewritten in place (same
+    inode), because each file is bind-mounted into its container."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost"] + [
+        f"{address}\t{lease['hostname']} {lease['container']}"
+        for address, lease in sorted(record["leases"].items())]
+    for lease in record["leases"].values():
+        path = Path(lease["hosts_file"])
+        if path.parent.exists():
+            with open(path, "w") as f:
+                f.write("\n".join(lines) + "\n")
+
+
+def resolv_conf() -> str:
+    """The host's name servers, minus those on loopback (unreachable from inside)."""
+    try:
+        host = Path("/etc/resolv.conf").read_text()
+    except FileNotFoundError:
+        host = ""
+    servers = [line for line in host.splitlines() if line.startswith("nameserver")
+               and not line.split()[1].startswith(("127.", "::1"))]
+    return "\n".join(servers or ["# the host has no name server reachable from here"]) + "\n"
+
+
+# -- firewall rules: iptables where it works, nft otherwise, every rule tagged ---------------
+
+def firewall_tool() -> str:
+    forced = os.environ.get("MINICONTAINER_FIREWALL")
+    if forced:
+        return forced
+    if shutil.which("iptables") and subprocess.run(["iptables", "-t", "nat", "-S"],
+                                                   capture_output=True).returncode == 0:
+        return "iptables"
+    if shutil.which("nft"):
+        return "nft"
+    raise MinicontainerError("neither iptables nor nft works here: run `make setup`")
+
+
+def add_rules(record: dict) -> None:
+    name, subnet = record["name"], record["subnet"]
+    if record["firewall"] == "nft":
+        run(["nft", "-f", "-"], input=f"""table ip {name} {{
+            chain postrouting {{ type nat hook postrouting priority srcnat;
+                ip saddr {subnet} oifname != "{name}" masquerade; }}
+            chain forward {{ type filter hook forward priority filter - 1;
+                oifname "{name}" iifname != "{name}" ct state new drop; }}
+        }}""")
+        return
+    tag = ["-m", "comment", "--comment", name]
+    run(["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o", name,
+         "-j", "MASQUERADE", *tag])
+    for rule in (["-i", name, "-j", "ACCEPT"], ["-o", name, "-j", "ACCEPT"],
+                 ["-o", name, "!", "-i", name, "-m", "conntrack", "--ctstate", "NEW",
+                  "-j", "DROP"]):                   # inserted last = checked first
+        run(["iptables", "-I", "FORWARD", *rule, *tag])
+
+
+def remove_rules(name: str, tool: str | None) -> None:
+    if (tool or firewall_tool()) == "nft":
+        listed = subprocess.run(["nft", "list", "table", "ip", name], capture_output=True)
+        if listed.returncode == 0:
+            run(["nft", "delete", "table", "ip", name])
+        return
+    for table, rule in tagged_iptables_rules(name):
+        run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
+
+
+def tagged_iptables_rules(tag: str | None = None) -> list[tuple[str, str]]:
+    """(table, rule) of every iptables rule tagged mc-… (or with exactly `tag`)."""
+    found = []
+    for table in ("nat", "filter"):
+        listing = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True,
+                                 text=True).stdout
+        for rule in listing.splitlines():
+            match = re.search(r'--comment "?(mc-[^" ]+)"?', rule)
+            if match and (tag is None or match[1] == tag):
+                found.append((table, rule))
+    return found
+
+
+def run(argv: list[str], input: str | None = None) -> None:
+    done = subprocess.run(argv, input=input, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise MinicontainerError(f"{' '.join(argv[:4])}… failed: {done.stderr.strip()}")
+
+
+# -- after a crash --------------------------------------------------------------------------
+
+def cleanup(live_containers: set[str]) -> list[str]:
+    """Free leases of containers that are gone, remove implicit networks left empty,
+    and delete mc-* veths, bridges and rules that no record explains."""
+    removed = []
+    with state.locked():
+        for name in names():
+            record = load(name)
+            for address, lease in list(record["leases"].items()):
+                if lease["container"] not in live_containers:
+                    del record["leases"][address]
+                    removed.append(f"lease {address}")
+            save(record)
+            if not record["leases"] and not record["explicit"]:
+                _remove(record)
+                removed.append(name)
+        known = set(names())
+        with IPRoute() as ip:
+            for link in ip.get_links():
+                ifname = link.get("IFLA_IFNAME")
+                is_bridge = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
+                if ifname.startswith("mc-") and (not is_bridge or ifname not in known):
+                    if not is_bridge and _veth_in_use(ifname, live_containers):
+                        continue
+                    ip.link("del", index=link["index"])
+                    removed.append(ifname)
+        if shutil.which("iptables"):
+            for table, rule in tagged_iptables_rules():
+                tag = re.search(r'--comment "?(mc-[^" ]+)"?', rule)[1]
+                if tag not in known:
+                    run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
+                    removed.append(f"rule {tag}")
+    return removed
+
+
+def _veth_in_use(ifname: str, live_containers: set[str]) -> bool:
+    ids = {state.read(name)["id"] for name in live_containers if _readable(name)}
+    return ifname.removeprefix("mc-") in ids
+
+
+def _readable(name: str) -> bool:
+    try:
+        state.read(name)
+        return True
+    except MinicontainerError:
+        return False

@@ -1,0 +1,175 @@
+"""Layer 4: a bridge, veth pairs and NAT wire containers to each other and the host.
+
+Traffic in these tests goes only to loopback and to addresses on the bridges the tests
+create; the NAT rule is inspected, never exercised toward the outside.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from minicontainer import network, state
+from minicontainer.container import Container, cleanup, run
+from minicontainer.errors import InvalidArgument, MinicontainerError
+
+HTTPD = ("mkdir -p /www && echo hello from $(hostname) > /www/index.html && "
+         "exec httpd -f -p 80 -h /www")
+
+
+def address_of(container: Container) -> str:
+    return container.attachment.address
+
+
+def wait_for_http(url: str, tries: int = 50) -> str:
+    import time
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return reply.read().decode()
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.fixture
+def two_networks():
+    for name in ("mc-test-a", "mc-test-b"):
+        network.create(name)
+    yield "mc-test-a", "mc-test-b"
+    for name in ("mc-test-a", "mc-test-b"):
+        network.remove(name)
+
+
+def test_two_containers_on_one_network_ping_and_talk_over_tcp():
+    with Container(HTTPD, name="mc-web", network="mc-br0") as web, \
+         Container(["sleep", "30"], name="mc-client", network="mc-br0") as client:
+        web.start()
+        client.start()
+        assert client.exec("ping -c 1 -W 2 mc-web").exit_code == 0
+        page = client.exec("for i in 1 2 3 4 5; do wget -qO- http://mc-web/ && break; "
+                           "sleep 0.2; done").stdout
+        assert page == "hello from mc-web\n"
+
+
+def test_each_container_gets_eth0_an_address_and_a_default_route():
+    result = run("ip -o -4 addr show eth0; ip route", network="mc-br0")
+    assert " eth0 " in result.stdout and "inet 10.213." in result.stdout
+    assert "default via 10.213." in result.stdout
+
+
+def test_the_host_reaches_a_container_on_the_bridge():
+    with Container(HTTPD, name="mc-hosted", network="mc-br0") as web:
+        web.start()
+        ping = subprocess.run(["busybox", "ping", "-c", "1", "-W", "2", address_of(web)],
+                              capture_output=True)
+        assert ping.returncode == 0
+        assert wait_for_http(f"http://{address_of(web)}/") == "hello from mc-hosted\n"
+
+
+def test_a_published_port_answers_on_loopback_and_on_the_bridge_address():
+    with Container(HTTPD, name="mc-published", network="mc-br0", ports={18090: 80}) as web:
+        web.start()
+        gateway = web.attachment.gateway
+        assert wait_for_http("http://127.0.0.1:18090/") == "hello from mc-published\n"
+        assert wait_for_http(f"http://{gateway}:18090/") == "hello from mc-published\n"
+
+
+def test_containers_on_two_networks_cannot_reach_each_other(two_networks):
+    net_a, net_b = two_networks
+    with Container(HTTPD, name="mc-far", network=net_b) as far, \
+         Container(["sleep", "30"], name="mc-near", network=net_a) as near, \
+         Container(["sleep", "30"], name="mc-mate", network=net_b) as mate:
+        for c in (far, near, mate):
+            c.start()
+        url = f"http://{address_of(far)}/"
+        assert mate.exec(f"for i in 1 2 3 4 5; do wget -qO- {url} && break; sleep 0.2; done"
+                         ).exit_code == 0, "same network: reachable"
+        assert near.exec(f"wget -T 2 -qO- {url}").exit_code != 0, "other network: cut off"
+        assert near.exec(f"ping -c 1 -W 1 {address_of(far)}").exit_code != 0
+
+
+def test_twenty_containers_at_once_get_distinct_addresses_and_leave_nothing():
+    def one(i: int) -> str:
+        return run("ip -o -4 addr show eth0", name=f"mc-many-{i}", network="mc-br0").stdout
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outputs = list(pool.map(one, range(20)))
+    addresses = [line.split()[3] for line in outputs]
+    assert len(set(addresses)) == 20
+    assert network.names() == [], "the implicit network goes with its last container"
+    assert not [n for n in Path("/sys/class/net").iterdir() if n.name.startswith("mc-")]
+
+
+@pytest.mark.parametrize("tool", ["iptables", "nft"])
+def test_the_nat_rule_exists_exactly_while_the_network_does(tool, monkeypatch):
+    monkeypatch.setenv("MINICONTAINER_FIREWALL", tool)
+    forwarding_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    record = network.create("mc-test-nat")
+    try:
+        if tool == "iptables":
+            rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True,
+                                   text=True).stdout
+        else:
+            rules = subprocess.run(["nft", "list", "table", "ip", "mc-test-nat"],
+                                   capture_output=True, text=True).stdout
+        assert record["subnet"] in rules and ("MASQUERADE" in rules or "masquerade" in rules)
+        assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    finally:
+        network.remove("mc-test-nat")
+    assert not network.tagged_iptables_rules("mc-test-nat")
+    assert subprocess.run(["nft", "list", "table", "ip", "mc-test-nat"],
+                          capture_output=True).returncode != 0
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forwarding_before
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: network.create("mc-test-clash", subnet="127.0.0.0/24"), "overlaps the host's route"),
+    (lambda: network.create("not-ours"), "invalid network name"),
+    (lambda: Container(["true"], ports={80: 80}), "needs a network"),
+    (lambda: Container(["true"], network="mc-br0", ports={70000: 80}), "invalid port mapping"),
+    (lambda: Container(["true"], network="mc-br0", namespaces=["mnt", "pid"]), "net namespace"),
+    (lambda: run(["true"], network="mc-nowhere"), "no network named"),
+])
+def test_bad_network_input_is_refused_and_changes_nothing(make, message):
+    with pytest.raises((InvalidArgument, MinicontainerError), match=message):
+        make()
+    assert network.names() == [] and state.names() == []
+
+
+def test_a_port_in_use_is_refused_before_the_container_starts():
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 18091))
+        taken.listen()
+        with pytest.raises(MinicontainerError, match="cannot publish port 18091"):
+            run(["true"], network="mc-br0", ports={18091: 80})
+    assert network.names() == [] and state.names() == []
+
+
+def test_cleanup_removes_the_network_a_killed_owner_left():
+    owner = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time
+        from minicontainer import Container
+        Container(["sleep", "60"], name="mc-netorphan", network="mc-br0",
+                  ports={18092: 80}).start()
+        print("started", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline() == "started\n"
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        assert network.names() == ["mc-br0"]
+        removed = cleanup()
+        assert "mc-netorphan" in removed
+    finally:
+        owner.kill()
+        owner.wait()
+    assert network.names() == [] and state.names() == []
+    assert not [n for n in Path("/sys/class/net").iterdir() if n.name.startswith("mc-")]
