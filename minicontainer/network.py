@@ -34,8 +34,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from . import state
 from .errors import InvalidArgument, MinicontainerError, NameInUse
 
@@ -53,24 +51,29 @@ class Attachment:
     gateway: str
     prefix: int
     host_end: str    # the veth end left on the host, in the bridge
-    peer_end: str    # the end that becomes eth0 inside
 
     def connect(self, pid: int) -> None:
-        """Plug the cable in: create the veth pair, move one end into the namespace of
-        process `pid`, then address it and route through the bridge from inside."""
-        with IPRoute() as host:
-            host.link("add", ifname=self.host_end, kind="veth", peer=self.peer_end)
-            peer = host.link_lookup(ifname=self.peer_end)[0]
-            host.link("set", index=peer, net_ns_pid=pid)         # now only inside
+        """Plug the cable in: a veth pair whose far end is born as eth0 inside the
+        namespace of process `pid`; the near end goes into the bridge. Then, from
+        inside, the address and the default route through the bridge."""
+        with ip_route() as host:
+            host.link("add", ifname=self.host_end, kind="veth",
+                      peer={"ifname": "eth0", "net_ns_pid": pid})
             bridge = host.link_lookup(ifname=self.network)[0]
             host.link("set", index=host.link_lookup(ifname=self.host_end)[0], master=bridge,
                       state="up")
-        with IPRoute(netns=f"/proc/{pid}/ns/net", flags=0) as inside:
-            eth0 = inside.link_lookup(ifname=self.peer_end)[0]
-            inside.link("set", index=eth0, ifname="eth0")
+        with ip_route(netns=f"/proc/{pid}/ns/net", flags=0) as inside:
+            eth0 = inside.link_lookup(ifname="eth0")[0]
             inside.addr("add", index=eth0, address=self.address, prefixlen=self.prefix)
             inside.link("set", index=eth0, state="up")
             inside.route("add", gateway=self.gateway)            # the default route
+
+
+def ip_route(**options):
+    """A pyroute2 netlink connection (`netns=` for another namespace's). The library is
+    large: it is loaded on first use, so containers without a network never pay."""
+    from pyroute2 import IPRoute
+    return IPRoute(**options)
 
 
 # -- the registry ---------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def _create(name: str, subnet: str | None, explicit: bool) -> dict:
         before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
         (state.containers_dir().parent / "ip_forward.before").write_text(before)
     save(record)                                     # recorded before it exists on the host
-    with IPRoute() as ip:
+    with ip_route() as ip:
         ip.link("add", ifname=name, kind="bridge")
         bridge = ip.link_lookup(ifname=name)[0]
         ip.addr("add", index=bridge, address=str(gateway), prefixlen=network.prefixlen)
@@ -143,7 +146,7 @@ def _remove(record: dict, force: bool = False) -> None:
         raise MinicontainerError(f"network {record['name']} still has containers: "
                                  f"{', '.join(v['container'] for v in record['leases'].values())}")
     remove_rules(record["name"], record.get("firewall"))
-    with IPRoute() as ip:
+    with ip_route() as ip:
         if ip.link_lookup(ifname=record["name"]):
             ip.link("del", ifname=record["name"])
     (networks_dir() / f"{record['name']}.json").unlink(missing_ok=True)
@@ -160,7 +163,7 @@ def _remove(record: dict, force: bool = False) -> None:
 
 def choose_subnet(wanted: str | None) -> ipaddress.IPv4Network:
     """`wanted`, or the first candidate /24 that overlaps no route of the host's."""
-    with IPRoute() as ip:
+    with ip_route() as ip:
         routes = [(ipaddress.ip_network(f"{r.get('RTA_DST')}/{r['dst_len']}", strict=False),
                    ip.get_links(r.get("RTA_OIF"))[0].get("IFLA_IFNAME") if r.get("RTA_OIF")
                    else "?")
@@ -204,7 +207,7 @@ def attach(network: str, container: str, container_id: str, hostname: str,
         save(record)
         write_hosts_files(record)
     return Attachment(network, address, record["gateway"], subnet.prefixlen,
-                      f"mc-{container_id}", f"mc-p{container_id[:11]}")
+                      f"mc-{container_id}")
 
 
 def detach(attachment: Attachment) -> None:
@@ -216,7 +219,7 @@ def detach(attachment: Attachment) -> None:
         record["leases"].pop(attachment.address, None)
         save(record)
         write_hosts_files(record)
-        with IPRoute() as ip:          # normally gone with the namespace already
+        with ip_route() as ip:          # normally gone with the namespace already
             if ip.link_lookup(ifname=attachment.host_end):
                 ip.link("del", ifname=attachment.host_end)
         if not record["leases"] and not record["explicit"]:
@@ -327,7 +330,7 @@ def cleanup(live_containers: set[str]) -> list[str]:
                 _remove(record)
                 removed.append(name)
         known = set(names())
-        with IPRoute() as ip:
+        with ip_route() as ip:
             for link in ip.get_links():
                 ifname = link.get("IFLA_IFNAME")
                 is_bridge = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
