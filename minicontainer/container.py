@@ -289,10 +289,11 @@ class Container:
             return
         ports = [port for _, _, port in self.ports]
         pairs = [f"{s.fileno()}:{port}" for s, port in zip(listeners, ports, strict=True)]
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "minicontainer.proxy", str(self.pid),
-             self.attachment.address, *pairs], pass_fds=[s.fileno() for s in listeners],
-            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        with open(self.directory / "proxy.log", "ab") as log:   # never our caller's pipes
+            proxy = subprocess.Popen(
+                [sys.executable, "-m", "minicontainer.proxy", str(self.pid),
+                 self.attachment.address, *pairs], pass_fds=[s.fileno() for s in listeners],
+                start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         for listener in listeners:
             listener.close()
         self._proxy = [proxy.pid, process.start_time(proxy.pid)]

@@ -173,3 +173,24 @@ def test_cleanup_removes_the_network_a_killed_owner_left():
         owner.wait()
     assert network.names() == [] and state.names() == []
     assert not [n for n in Path("/sys/class/net").iterdir() if n.name.startswith("mc-")]
+
+
+def test_the_command_line_creates_uses_and_removes_a_network():
+    def mc(*args):
+        return subprocess.run([sys.executable, "-m", "minicontainer", *args],
+                              capture_output=True, text=True, timeout=60)
+    assert mc("network", "create", "mc-test-cli").returncode == 0
+    try:
+        assert "mc-test-cli" in mc("network", "ls").stdout
+        web = mc("run", "-d", "--name", "mc-cli-net", "--network", "mc-test-cli",
+                 "-p", "127.0.0.1:18093:80", "--", "sh", "-c", HTTPD)
+        assert web.returncode == 0, web.stderr
+        try:
+            assert wait_for_http("http://127.0.0.1:18093/") == "hello from mc-cli-net\n"
+            busy = mc("network", "rm", "mc-test-cli")
+            assert busy.returncode != 0 and "still has containers" in busy.stderr
+        finally:
+            mc("rm", "-f", "mc-cli-net")
+    finally:
+        assert mc("network", "rm", "mc-test-cli").returncode == 0
+    assert network.names() == []
