@@ -11,7 +11,7 @@ import psutil
 
 from .cgroups import Cgroup, Limits, Sampler, format_bytes, parse_memory
 from .container import Container
-from .vm import VM
+from .vm import IDLE, VM
 
 MiB = 1024**2
 
@@ -58,18 +58,28 @@ def overprovision_vms(k: int = 6, memory: str = "160M", peak_mb: int = 64, hold:
                       gap: float = 0.7) -> dict:
     """The same K workloads as VMs: each guest gets its RAM up front, and what a guest
     once touched stays with its QEMU process, so the host's total only grows."""
-    vms = [VM(peak_workload(i * gap, peak_mb, hold, "/tmp"), memory=memory) for i in range(k)]
+    vms = [VM(memory=memory) for _ in range(k)]
     timeline: list[tuple[float, int]] = []
     try:
+        for i, vm in enumerate(vms):     # each works, says so, then stays up (and keeps its RAM)
+            workload = peak_workload(i * gap, peak_mb, hold, "/tmp")
+            vm.start(f"{workload}; echo MC-DONE=$?; {IDLE}")
+        for vm in vms:
+            vm.ready()
+        processes = [psutil.Process(vm.process.pid) for vm in vms]
         started = time.monotonic()
-        processes = [psutil.Process(vm.start().process.pid) for vm in vms]
-        while any(vm.process.poll() is None for vm in vms):
+        done = [None] * k
+        while None in done:
             timeline.append((time.monotonic() - started, sum(_rss(p) for p in processes)))
+            for i, vm in enumerate(vms):
+                vm.poll_console()
+                found = [line for line in vm.console if line.startswith("MC-DONE=")]
+                done[i] = int(found[0].split("=")[1]) if found else None
             time.sleep(0.05)
-        results = [vm.wait(timeout=120)[0] for vm in vms]
+        results = done
     finally:
         for vm in vms:
-            vm.__exit__()
+            vm.stop()
     return {"k": k, "memory_each": parse_memory(memory), "committed": k * parse_memory(memory),
             "exit_codes": results, "peak_in_use": max(m for _, m in timeline),
             "timeline": timeline}

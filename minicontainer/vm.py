@@ -1,169 +1,67 @@
-"""The other side: a virtual machine, booted with QEMU from files we pack ourselves.
+"""The other side: a virtual machine, booted with QEMU from the containers' own image.
 
 A container is host processes with a different view; a virtual machine is a whole
 computer made of software. QEMU gives the guest a CPU (KVM: the real one, switched
 into a guest mode by the processor's virtualization extensions; TCG: emulated, one
 translated block of instructions at a time), RAM carved out of QEMU's own memory,
-and devices (a serial port, virtio disks and network cards, ...). On that virtual
-hardware runs a *separate kernel*, which boots, finds its devices and starts init —
-none of which a container does.
+and devices (here just a serial port). On that virtual hardware runs a *separate
+kernel* (kernel.py finds one), which boots, finds its devices and starts init — none
+of which a container does.
 
-QEMU's direct kernel boot skips the firmware menus and the bootloader: `-kernel`
-loads a Linux kernel, `-initrd` its first root filesystem, `-append` its command
-line. The first root filesystem, the initramfs, is a cpio archive in the "newc"
-format: for each file a 110-byte header of hexadecimal ASCII fields (inode, mode,
-owner, size, name length, ...), then the name, then the data, each padded to a
-multiple of 4 bytes; an entry named TRAILER!!! ends it. pack_initramfs writes it in
-a few lines, from the very image the containers use.
+QEMU's direct kernel boot skips firmware menus and bootloaders: `-kernel` loads a
+Linux kernel, `-initrd` its first root filesystem, `-append` its command line. That
+first root filesystem, the initramfs, is a cpio archive in the "newc" format: per file
+a 110-byte header of hexadecimal ASCII fields (inode, mode, owner, size, name length,
+...), then the name, then the data, each padded to a multiple of 4 bytes; an entry
+named TRAILER!!! ends it. pack_initramfs writes the very image the containers use,
+plus an /init script, in a few lines: both sides run the same userland.
 
-The kernel is the distribution's own package, unpacked (never installed) into the
-cache by `make setup`. Its bzImage decompresses itself at boot, which under TCG
-costs seconds; the ELF `vmlinux` inside it can be booted directly (PVH entry point).
+The guest's console is its serial port, which QEMU connects to its own stdout: the
+guest's /init prints when it is ready, runs the command it was packed with, prints
+the exit code and powers the machine off. (Typing commands into a serial port under
+TCG loses characters; a command baked into the initramfs cannot be lost.)
 """
 from __future__ import annotations
 
 import gzip
-import lzma
+import json
 import os
+import queue
 import re
 import shutil
 import stat
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MinicontainerError, Timeout
-from .rootfs import cache_dir, default_rootfs
+from .cgroups import parse_memory
+from .errors import InvalidArgument, Timeout
+from .kernel import GUEST_MODULES, Kernel, VMError, find_kernel, kernel_dir
+from .rootfs import default_rootfs
 
-# The 9p filesystem over virtio (to see the host's files), in the order insmod needs.
-# Then overlayfs, for containers inside the guest.
-GUEST_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
-                 "virtio_pci", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "overlay"]
-KEPT_MODULES = GUEST_MODULES + ["virtio_net", "net_failover", "failover", "virtio_blk",
-                                "virtio_console"]
-KERNEL_LAYOUT_VERSION = "2"  # bump when KEPT_MODULES or the layout changes: unpacks anew
+__all__ = ["VM", "VMError", "Boot", "accelerator", "pack_initramfs"]
+MIN_MEMORY = 48 * 1024**2       # the kernel and the unpacked image must fit
 
 
-class VMError(MinicontainerError):
-    """QEMU or the guest failed; the message says where."""
-
-
-@dataclass
-class Kernel:
-    image: Path           # what QEMU boots: a vmlinux (fast) or a bzImage
-    modules: Path | None  # a directory of plain .ko files built for this kernel
-    release: str
-
-
-# -- the kernel: the distribution's package, unpacked into the cache ---------------------------
-
-def kernel_dir() -> Path:
-    return cache_dir() / "kernel"
-
-
-def cached_kernel() -> Kernel | None:
-    """The kernel `make setup` unpacked, if any."""
-    for image in sorted(kernel_dir().glob(f"*-v{KERNEL_LAYOUT_VERSION}/vmlinux")):
-        release = image.parent.name.removesuffix(f"-v{KERNEL_LAYOUT_VERSION}")
-        return Kernel(image, image.parent / "modules", release)
-    return None
-
-
-def kernel_package() -> str:
-    """The distribution's current kernel package for this CPU, e.g. linux-image-6.1.0-56-amd64."""
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
-    ids = Path("/etc/os-release").read_text()
-    meta = "linux-image-generic" if re.search(r"^ID=ubuntu", ids, re.M) else f"linux-image-{arch}"
-    depends = subprocess.run(["apt-cache", "depends", meta], capture_output=True, text=True).stdout
-    match = re.search(r"Depends: (linux-image-\S+)", depends)
-    if not match:
-        raise VMError(f"no kernel package found behind {meta}: run `apt-get update` first")
-    return match[1]
-
-
-def fetch_kernel() -> Kernel:
-    """Download and unpack the kernel package once (apt-get download, dpkg -x)."""
-    kernel = cached_kernel()
-    if kernel:
-        return kernel
-    package = kernel_package()
-    kernel_dir().mkdir(parents=True, exist_ok=True)
-    for old in kernel_dir().iterdir():      # older layouts, interrupted unpacks
-        shutil.rmtree(old)
-    with tempfile.TemporaryDirectory(dir=kernel_dir(), prefix=".unpacking-") as tmp:
-        tree = Path(tmp)
-        unpack(package, tree)
-        release = next((tree / "lib" / "modules").iterdir()).name if (
-            tree / "lib" / "modules").is_dir() else package.removeprefix("linux-image-")
-        if not list(tree.glob(f"lib/modules/{release}/kernel")):     # Ubuntu splits them out
-            unpack(f"linux-modules-{release}", tree)
-        target = tree / "out"
-        (target / "modules").mkdir(parents=True)
-        bzimage = next((tree / "boot").glob("vmlinuz-*"))
-        for module in KEPT_MODULES:
-            found = list(tree.glob(f"lib/modules/{release}/kernel/**/{module}.ko"))
-            if found:
-                shutil.copy(found[0], target / "modules")
-        shutil.copy(bzimage, target / "vmlinuz")
-        extract_vmlinux(bzimage, target / "vmlinux")
-        target.rename(kernel_dir() / f"{release}-v{KERNEL_LAYOUT_VERSION}")  # whole or not at all
-    return cached_kernel()
-
-
-def unpack(package: str, into: Path) -> None:
-    subprocess.run(["apt-get", "download", "-q", package], cwd=into, check=True,
-                   capture_output=True)
-    deb = next(into.glob(f"{package}_*.deb"))
-    subprocess.run(["dpkg", "-x", deb, into], check=True)
-    deb.unlink()
-
-
-def extract_vmlinux(bzimage: Path, target: Path) -> None:
-    """Find the compressed kernel inside a bzImage and decompress it (as the kernel's
-    own scripts/extract-vmlinux does), so the guest need not decompress itself."""
-    data = bzimage.read_bytes()
-    for magic, decompress in ((b"\xfd7zXZ\x00", _xz), (b"\x1f\x8b\x08", _gzip)):
-        offset = data.find(magic)
-        while offset != -1:
-            try:
-                elf = decompress(data[offset:])
-            except (lzma.LZMAError, OSError, EOFError):
-                elf = b""
-            if elf[:4] == b"\x7fELF":
-                target.write_bytes(elf)
-                return
-            offset = data.find(magic, offset + 1)
-    raise VMError(f"no compressed ELF kernel found in {bzimage}")
-
-
-def _xz(data: bytes) -> bytes:
-    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
-
-
-def _gzip(data: bytes) -> bytes:
-    import zlib
-    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
-
-
-# -- the initramfs: the container image, as a newc cpio archive ---------------------------------
+# -- the initramfs: the container image, as a newc cpio archive -------------------------------
 
 def pack_initramfs(rootfs: Path, extra: dict[str, bytes | Path]) -> bytes:
     """The tree at `rootfs` plus `extra` files (archive path → content), gzip'd newc cpio."""
     out = bytearray()
     inode = 1
     for path in sorted(rootfs.rglob("*")):
-        name = str(path.relative_to(rootfs))
-        info = path.lstat()
         data = os.readlink(path).encode() if path.is_symlink() else (
             path.read_bytes() if path.is_file() else b"")
-        _cpio_entry(out, inode, name, info.st_mode, data)
+        _cpio_entry(out, inode, str(path.relative_to(rootfs)), path.lstat().st_mode, data)
         inode += 1
     for name, content in extra.items():
         data = content.read_bytes() if isinstance(content, Path) else content
-        mode = 0o100755 if name == "init" or name.endswith(".sh") else 0o100644
         for parent in reversed(Path(name).parents[:-1]):
             _cpio_entry(out, inode := inode + 1, str(parent), stat.S_IFDIR | 0o755, b"")
+        mode = 0o100755 if name == "init" else 0o100644
         _cpio_entry(out, inode := inode + 1, name, mode, data)
     _cpio_entry(out, 0, "TRAILER!!!", 0, b"")
     return gzip.compress(bytes(out), compresslevel=1)
@@ -178,147 +76,269 @@ def _cpio_entry(out: bytearray, inode: int, name: str, mode: int, data: bytes) -
     out += b"\0" * (-len(out) % 4)
 
 
-# -- booting -----------------------------------------------------------------------------------
+INIT = """#!/bin/sh
+# PID 1 of the guest: say when the kernel handed over, mount the kernel's own
+# filesystems, say when ready, run the command, report, power off.
+mount -t proc proc /proc
+echo "MC-INIT $(cut -d' ' -f1 /proc/uptime)"
+mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o size=90% tmpfs /tmp
+@HOST_FILES@
+echo "MC-READY $(cut -d' ' -f1 /proc/uptime)"
+@ROOT@ /bin/sh -c '@COMMAND@' </dev/null 2>&1
+echo "MC-EXIT=$?"
+reboot -f
+"""
+IDLE = "while :; do sleep 3600; done"   # a VM that just stays up, for measuring
 
-def accelerator() -> tuple[str, str]:
-    """("kvm" or "tcg", why): KVM only where the CPU can virtualize and /dev/kvm opens."""
-    if not Path("/dev/kvm").exists():
-        return "tcg", "no /dev/kvm"
-    if os.uname().machine == "x86_64":
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        if not re.search(r"^flags\s*:.*\b(vmx|svm)\b", cpuinfo, re.M):
-            return "tcg", "/dev/kvm exists, but the CPU shows no vmx/svm flag"
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-    except OSError as e:
-        return "tcg", f"/dev/kvm cannot be opened: {e.strerror}"
-    return "kvm", "hardware virtualization available"
+HOST_FILES = """# The host's / over 9p (read-only), with fresh /tmp and /run, as the new root.
+for m in @MODULES@; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
+H=/mnt/host; mkdir -p $H
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host $H
+for d in proc sys dev; do mount -o rbind /$d $H/$d; done
+grep -q cgroup2 /proc/filesystems && mount -t cgroup2 cgroup2 $H/sys/fs/cgroup
+mount -t tmpfs tmpfs $H/tmp; mount -t tmpfs tmpfs $H/run"""
 
+
+# -- the accelerator and the machine --------------------------------------------------------
 
 def qemu_binary() -> str:
     return {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}[os.uname().machine]
 
 
+def accelerator() -> tuple[str, str]:
+    """("kvm" or "tcg", why): KVM only if the CPU can virtualize, /dev/kvm opens and
+    QEMU really starts a KVM guest (on some machines /dev/kvm exists and cannot)."""
+    if not Path("/dev/kvm").exists():
+        return "tcg", "no /dev/kvm"
+    if os.uname().machine == "x86_64":
+        if not re.search(r"^flags\s*:.*\b(vmx|svm)\b", Path("/proc/cpuinfo").read_text(), re.M):
+            return "tcg", "/dev/kvm exists, but the CPU shows no vmx/svm flag"
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+    except OSError as e:
+        return "tcg", f"/dev/kvm cannot be opened: {e.strerror}"
+    qemu = shutil.which(qemu_binary())
+    if qemu is None:
+        return "tcg", "QEMU is missing"
+    probe = subprocess.run([qemu, "-accel", "kvm", "-M", "none", "-nodefaults", "-display",
+                            "none", "-monitor", "stdio"], input="quit\n", capture_output=True,
+                           text=True, timeout=30)
+    if probe.returncode != 0:
+        return "tcg", f"QEMU could not start a KVM guest: {probe.stderr.strip()[:100]}"
+    return "kvm", "hardware virtualization works"
+
+
+# Fastest first: microvm has no PCI and no firmware tables to set up; q35/pc are full
+# PCs. An uncompressed vmlinux skips the kernel's self-decompression.
+MACHINES = {"microvm": (["-M", "microvm,acpi=off"], "vmlinux"),
+            "q35": (["-M", "q35"], "vmlinux"),
+            "q35-bzimage": (["-M", "q35"], "bzimage"),
+            "pc-bzimage": (["-M", "pc"], "bzimage")}
+
+
+def choose_machine(kernel: Kernel, accel: str) -> str:
+    """The fastest machine type that boots here, measured once and remembered."""
+    record = kernel_dir() / "machine.json"
+    version = subprocess.run([qemu_binary(), "--version"], capture_output=True, text=True)
+    key = f"{kernel.release} {accel} {version.stdout.splitlines()[0]}"
+    known = json.loads(record.read_text()) if record.exists() else {}
+    if key in known:
+        return known[key]
+    timings = {}
+    for name in MACHINES:
+        try:
+            with VM(memory="128M", accel=accel, machine=name, kernel=kernel) as vm:
+                timings[name] = vm.boot(timeout=60).total
+        except (VMError, Timeout):
+            continue
+    if not timings:
+        raise VMError("no machine type could boot the kernel: see `minicontainer doctor`")
+    known[key] = min(timings, key=timings.get)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(known))
+    return known[key]
+
+
+# -- a VM ---------------------------------------------------------------------------------
+
+@dataclass
+class Boot:
+    """Where the boot time went, in seconds (host's wall clock and guest's uptime)."""
+
+    total: float          # from starting QEMU to the guest's "ready"
+    qemu_start: float     # QEMU and firmware, before the guest kernel's clock starts
+    kernel: float         # the guest kernel, until it runs /init
+    init: float           # /init, until ready
+
+
 class VM:
-    """A QEMU virtual machine that boots, runs one shell command, and powers off.
+    """A QEMU virtual machine booted from the containers' image.
 
-        with VM("uname -r", memory="128M") as vm:
-            vm.start()
-            code, console = vm.wait(timeout=60)
+        with VM(memory="128M") as vm:
+            code, output = vm.run("uname -r")     # boot, run, power off
 
-    The guest's root is the container image, packed as its initramfs; with
-    host_files=True its init instead mounts the host's / read-only (9p) and runs the
-    command there, on the guest's own kernel.
+        with VM() as vm:
+            vm.boot()                             # up and idle, until stop()
+
+    host_files=True boots the guest into the host's own files instead (read-only,
+    over 9p): the host's programs on the guest's kernel.
     """
 
-    def __init__(self, command: str, *, memory: str = "128M", cpus: int = 1,
-                 kernel_args: str = "", host_files: bool = False) -> None:
-        self.kernel = cached_kernel()
-        if self.kernel is None:
-            raise VMError("no VM kernel in the cache: run `make setup`")
+    def __init__(self, *, memory: str = "128M", cpus: int = 1, accel: str = "auto",
+                 machine: str = "auto", kernel_args: str = "", host_files: bool = False,
+                 kernel: Kernel | None = None) -> None:
+        self.memory = parse_memory(memory)
+        if self.memory < MIN_MEMORY:
+            raise InvalidArgument(f"memory {memory!r} is too small for a VM: give it at least 48M")
+        if not isinstance(cpus, int) or not 1 <= cpus <= 64:
+            raise InvalidArgument(f"invalid cpus {cpus!r} for a VM: a whole number from 1 to 64")
+        if accel not in ("auto", "kvm", "tcg"):
+            raise InvalidArgument(f"invalid accel {accel!r}: choose auto, kvm or tcg")
+        if machine != "auto" and machine not in MACHINES:
+            raise InvalidArgument(f"invalid machine {machine!r}: choose from {list(MACHINES)}")
         self.qemu = shutil.which(qemu_binary())
         if self.qemu is None:
             raise VMError(f"{qemu_binary()} not found: run `make setup`")
-        self.command, self.memory, self.cpus = command, memory, cpus
-        self.kernel_args, self.host_files = kernel_args, host_files
-        self.accel, self.accel_reason = accelerator()
+        self.kernel = kernel or find_kernel(need_modules=host_files)
+        usable, self.accel_reason = accelerator() if accel != "tcg" else ("tcg", "asked for")
+        if accel == "kvm" and usable != "kvm":
+            raise VMError(f"KVM is not usable here: {self.accel_reason} (use accel='tcg')")
+        self.accel = usable
+        if host_files:          # 9p needs PCI devices; microvm has none
+            machine = "q35" if machine == "auto" else machine
+        self.machine = machine
+        self.cpus, self.kernel_args, self.host_files = cpus, kernel_args, host_files
         self.process: subprocess.Popen | None = None
+        self.console: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
         self._tmp: tempfile.TemporaryDirectory | None = None
 
-    def start(self) -> VM:
-        """Pack the initramfs and start QEMU; the guest boots in the background."""
+    # -- life cycle ---------------------------------------------------------------------
+
+    def boot(self, command: str = IDLE, timeout: float = 120) -> Boot:
+        """Start QEMU and wait until the guest's init says it is ready; the guest
+        then runs `command` (by default: nothing, until stop())."""
+        self.start(command)
+        return self.ready(timeout)
+
+    def start(self, command: str = IDLE) -> VM:
+        """Start QEMU and return at once (boot several VMs side by side, then ready())."""
+        if self.machine == "auto":
+            self.machine = choose_machine(self.kernel, self.accel)
         self._tmp = tempfile.TemporaryDirectory(prefix="mc-vm-")
         initrd = Path(self._tmp.name) / "initramfs.gz"
-        initrd.write_bytes(self.initramfs())
+        initrd.write_bytes(self.initramfs(command))
+        self._started = time.monotonic()
         self.process = subprocess.Popen(self.qemu_argv(initrd), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._read_console, daemon=True).start()
         return self
 
-    def initramfs(self) -> bytes:
-        template = HOST_FILES_INIT if self.host_files else IMAGE_INIT
-        modules = GUEST_MODULES if self.host_files else []
-        init = template.replace("@MODULES@", " ".join(modules)).replace(
-            "@COMMAND@", self.command.replace("'", "'\"'\"'"))
-        files = {f"lib/modules/{m}.ko": self.kernel.modules / f"{m}.ko" for m in modules}
-        return pack_initramfs(default_rootfs(), {"init": init.encode(), **files})
-
-    def qemu_argv(self, initrd: Path) -> list[str]:
-        argv = [self.qemu, "-M", "q35", "-accel", self.accel, "-m", self.memory,
-                "-smp", str(self.cpus), "-nodefaults", "-no-user-config", "-display", "none",
-                "-serial", "stdio", "-no-reboot", "-kernel", str(self.kernel.image),
-                "-initrd", str(initrd), "-append",
-                f"console=ttyS0 panic=-1 quiet reboot=t {self.kernel_args}".strip()]
-        if self.host_files:
-            argv += ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
-                                "multidevs=remap"]
-        return argv
+    def ready(self, timeout: float = 120) -> Boot:
+        """Wait for the guest's "ready", and say where the time went."""
+        at_init = float(self._wait_for(r"MC-INIT (\S+)", timeout, self._started)[1])
+        at_ready = float(self._wait_for(r"MC-READY (\S+)", timeout, self._started)[1])
+        total = time.monotonic() - self._started
+        return Boot(total, total - at_ready, at_init, at_ready - at_init)
 
     def wait(self, timeout: float = 600) -> tuple[int, str]:
-        """Wait for the guest to power off: (the command's exit code, the console)."""
-        try:
-            out, err = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            out, err = self.process.communicate()
-            tail = out.decode(errors="replace")[-2000:]
-            raise Timeout(f"the VM did not finish in {timeout} s; its console ended with:\n"
-                          f"{tail}") from None
-        console = out.decode(errors="replace").replace("\r\n", "\n")
-        match = re.search(r"^MC-EXIT=(\d+)$", console, re.M)
-        if match is None:
-            raise VMError(f"the guest stopped without reporting (QEMU exit "
-                          f"{self.process.returncode}): {err.decode(errors='replace')[-500:]}"
-                          f"{console[-2000:]}")
-        return int(match[1]), console[:match.start()]
+        """Wait for the guest's command to finish: its exit code and its output."""
+        start = len(self.console)
+        match = self._wait_for(r"^MC-EXIT=(\d+)$", timeout, time.monotonic())
+        output = self.console[start:-1]
+        self.process.wait(timeout=30)      # the guest powers off, and QEMU exits
+        return int(match[1]), "".join(line + "\n" for line in output)
 
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+    def run(self, command: str, timeout: float = 600) -> tuple[int, str]:
+        """Boot, run `command` in the guest, power off: (exit code, output)."""
+        self.boot(command, timeout)
+        return self.wait(timeout)
+
+    def stop(self) -> None:
+        """Switch the machine off (SIGTERM: QEMU exits at once) and tidy up."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait()
+        self.process.stdout.close()
+        if self._tmp:
+            self._tmp.cleanup()
 
     def __enter__(self) -> VM:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.kill()
-        if self.process:
-            for pipe in (self.process.stdout, self.process.stderr):
-                pipe.close()
-        if self._tmp:
-            self._tmp.cleanup()
+        self.stop()
+
+    # -- the pieces -----------------------------------------------------------------------
+
+    def initramfs(self, command: str) -> bytes:
+        modules = GUEST_MODULES if self.host_files else []
+        host_files = HOST_FILES.replace("@MODULES@", " ".join(modules))
+        init = INIT.replace("@HOST_FILES@", host_files if self.host_files else "").replace(
+            "@ROOT@", "chroot $H" if self.host_files else "").replace(
+            "@COMMAND@", command.replace("'", "'\"'\"'"))
+        files = {f"lib/modules/{m}.ko": self.kernel.modules / f"{m}.ko" for m in modules}
+        return pack_initramfs(default_rootfs(), {"init": init.encode(), **files})
+
+    def qemu_argv(self, initrd: Path) -> list[str]:
+        machine_args, image_kind = MACHINES[self.machine]
+        image = getattr(self.kernel, image_kind) or self.kernel.bzimage or self.kernel.vmlinux
+        argv = [self.qemu, *machine_args, "-accel", self.accel, "-m", f"{self.memory // 2**20}M",
+                "-smp", str(self.cpus), "-nodefaults", "-no-user-config", "-display", "none",
+                "-serial", "stdio", "-no-reboot", "-kernel", str(image), "-initrd", str(initrd),
+                "-append", f"console=ttyS0 panic=-1 quiet reboot=t {self.kernel_args}".strip()]
+        if self.host_files:
+            argv += ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
+                                "multidevs=remap"]
+        return argv
+
+    def _read_console(self) -> None:
+        for raw in self.process.stdout:
+            self._lines.put(raw.decode(errors="replace").rstrip("\r\n"))
+        self._lines.put(None)          # QEMU has exited
+
+    def _wait_for(self, pattern: str, timeout: float, since: float) -> re.Match:
+        """Read console lines until one matches; fail clearly on exit or time-out."""
+        while True:
+            left = timeout - (time.monotonic() - since)
+            try:
+                line = self._lines.get(timeout=max(left, 0))
+            except queue.Empty:
+                self.process.kill()
+                raise Timeout(f"the VM did not answer within {timeout} s; its console ended "
+                              f"with:\n{self.tail()}") from None
+            if line is None:
+                self._lines.put(None)
+                raise VMError(f"QEMU exited (status {self.process.wait()}) before the guest "
+                              f"answered; its console ended with:\n{self.tail()}")
+            self.console.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def poll_console(self) -> None:
+        """Move what the guest printed so far into .console, without waiting."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return
+            if line is None:
+                self._lines.put(None)
+                raise VMError(f"QEMU exited unexpectedly; its console ended with:\n{self.tail()}")
+            self.console.append(line)
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.console[-lines:])
 
 
 def run_on_host_files(command: str, *, kernel_args: str = "", memory: str = "512M",
                       cpus: int = 2, timeout: float = 600) -> tuple[int, str]:
     """Boot a VM with its own kernel (and `kernel_args`, e.g. cgroup_no_v1=all for a
     pure cgroup v2 machine) that runs `command` in the host's files, read-only: a way
-    to run the host's tests on another kernel. Returns (exit code, console output)."""
-    with VM(command, memory=memory, cpus=cpus, kernel_args=kernel_args,
-            host_files=True) as vm:
-        return vm.start().wait(timeout)
-
-
-IMAGE_INIT = """#!/bin/sh
-# PID 1 of the guest: mount the kernel's filesystems, say when ready, run the command.
-mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs -o size=90% tmpfs /tmp
-echo "MC-READY $(cut -d' ' -f1 /proc/uptime)"
-sh -c '@COMMAND@'
-echo "MC-EXIT=$?"
-reboot -f
-"""
-
-HOST_FILES_INIT = """#!/bin/sh
-# PID 1 of the guest: mount the kernel's filesystems, load the drivers, and run the
-# command in the host's files (read-only), with fresh /tmp and /run of its own.
-mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
-for m in @MODULES@; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-H=/mnt/host; mkdir -p $H
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host $H
-for d in proc sys dev; do mount -o rbind /$d $H/$d; done
-grep -q cgroup2 /proc/filesystems && mount -t cgroup2 cgroup2 $H/sys/fs/cgroup
-mount -t tmpfs tmpfs $H/tmp; mount -t tmpfs tmpfs $H/run
-chroot $H /bin/sh -c '@COMMAND@'
-echo "MC-EXIT=$?"
-reboot -f
-"""
+    to run the host's tests on another kernel. Returns (exit code, output)."""
+    with VM(memory=memory, cpus=cpus, kernel_args=kernel_args, host_files=True) as vm:
+        return vm.run(command, timeout)

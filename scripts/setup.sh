@@ -50,7 +50,7 @@ fi
 .venv/bin/python -m compileall -q minicontainer
 .venv/bin/python -c 'from minicontainer.rootfs import default_rootfs; print("setup: image", default_rootfs())'
 # The VM's kernel: the distribution's package, unpacked into the cache (not installed).
-if ! .venv/bin/python -c 'import sys; from minicontainer.vm import cached_kernel; sys.exit(not cached_kernel())'; then
+if ! .venv/bin/python -c 'import sys; from minicontainer.kernel import cached_kernel; sys.exit(not cached_kernel())'; then
   apt-get update -qq     # the package is looked up in apt's lists
-  .venv/bin/python -c 'from minicontainer.vm import fetch_kernel; print("setup: VM kernel", fetch_kernel().image)'
+  .venv/bin/python -c 'from minicontainer.kernel import fetch_kernel; print("setup: VM kernel", fetch_kernel().release)'
 fi
