@@ -27,7 +27,10 @@ from pathlib import Path
 
 from minicontainer import network, run
 from minicontainer.cgroups import mode as cgroup_mode
+from minicontainer.kernel import find_kernel
+from minicontainer.measure import memory_per_instance
 from minicontainer.rootfs import default_rootfs
+from minicontainer.vm import VM, pack_initramfs
 
 NAMESPACES = {"mnt", "pid", "uts", "ipc"}
 CLI = str(Path(sys.executable).parent / "minicontainer")
@@ -96,6 +99,48 @@ def contenders(rootfs: Path, bundle: Path, state: Path) -> dict:
     }
 
 
+HAND_MADE_INIT = b"""#!/bin/sh
+mount -t proc proc /proc
+echo ready
+reboot -f
+"""
+
+
+def hand_made_qemu(machine: list[str], kernel: Path, initrd: Path) -> list[str]:
+    """The best QEMU command line we could write by hand for the same job."""
+    return ["qemu-system-x86_64", *machine, "-accel", VM().accel, "-m", "128M", "-nodefaults",
+            "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+            "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", "console=ttyS0 panic=-1 quiet reboot=t"]
+
+
+def time_vm() -> float:
+    started = time.perf_counter()
+    with VM() as vm:
+        assert vm.run("true")[0] == 0
+    return time.perf_counter() - started
+
+
+def measure_vms(runs: int, tmp: Path) -> dict[str, list[float]]:
+    """The project's VM boot beside hand-made QEMU command lines, interleaved."""
+    kernel = find_kernel()
+    initrd = tmp / "initramfs.gz"
+    initrd.write_bytes(pack_initramfs(default_rootfs(), {"init": HAND_MADE_INIT}))
+    timers = {"minicontainer VM (boot, run true)": time_vm}
+    if os.uname().machine == "x86_64":
+        for name, machine in (("hand-made qemu, microvm", ["-M", "microvm,acpi=off"]),
+                              ("hand-made qemu, q35", ["-M", "q35"])):
+            argv = hand_made_qemu(machine, kernel.vmlinux, initrd)
+            timers[name] = lambda argv=argv: time_command(argv)
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for timer in timers.values():
+        timer()
+    for _ in range(runs):
+        for name, timer in random.sample(list(timers.items()), len(timers)):
+            samples[name].append(timer() * 1000)
+    return samples
+
+
 def measure(runs: int) -> dict[str, list[float]]:
     rootfs = default_rootfs()
     with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
@@ -118,6 +163,8 @@ def measure(runs: int) -> dict[str, list[float]]:
             with_network = [time_api(network="mc-bench") * 1000 for _ in range(runs // 4)]
         finally:
             network.remove("mc-bench")
+        print("  VMs...", file=sys.stderr)
+        samples.update(measure_vms(max(runs // 10, 5), Path(tmp)))
     samples["  + network (veth, address)"] = with_network
     return samples
 
@@ -127,17 +174,29 @@ def report(samples: dict[str, list[float]]) -> dict:
     p95 = {name: statistics.quantiles(v, n=20)[18] for name, v in samples.items()}
     crun, unshare = median["crun"], median["unshare + chroot"]
     print(f"\nstart-to-exit of /bin/true, {len(samples['crun'])} runs each (network: "
-          f"{len(samples['  + network (veth, address)'])}, after the others), in ms")
+          f"{len(samples['  + network (veth, address)'])}, VMs: "
+          f"{len(samples['minicontainer VM (boot, run true)'])}, after the others), in ms")
     print(f"{'':28} {'median':>7} {'p95':>7} {'x crun':>7} {'x unshare':>9}")
     for name in samples:
         print(f"{name:28} {median[name]:7.2f} {p95[name]:7.2f} {median[name] / crun:7.2f} "
               f"{median[name] / unshare:9.2f}")
     api, cli = median["minicontainer (Python API)"], median["minicontainer (CLI)"]
+    vm = median["minicontainer VM (boot, run true)"]
+    hand_made = min(m for name, m in median.items() if name.startswith("hand-made"))
     targets = {
         "API median <= crun median": api <= crun,
         "API median <= 2.5 x unshare median": api <= 2.5 * unshare,
         "CLI median <= 1.5 x crun median": cli <= 1.5 * crun,
+        f"VM boot <= 1.1 x the best hand-made QEMU line ({vm / hand_made:.2f}x)":
+            vm <= 1.1 * hand_made,
     }
+    memory = memory_per_instance()
+    overhead = (memory["container"]["pss"] - memory["bare_process"]["pss"]) / 2**20
+    print(f"\nmemory: `sleep` in a container {memory['container']['pss'] / 2**20:.2f} MiB PSS, "
+          f"bare {memory['bare_process']['pss'] / 2**20:.2f} MiB (+{overhead:.2f}); our waiter "
+          f"process {memory['runtime_waiter']['uss'] / 2**20:.1f} MiB USS; an idle VM "
+          f"{memory['vm']['pss'] / 2**20:.0f} MiB PSS")
+    targets["container memory <= bare process + 0.5 MiB PSS"] = overhead <= 0.5
     print()
     for target, ok in targets.items():
         print(f"  [{'met' if ok else 'MISSED'}] {target}")

@@ -84,6 +84,11 @@ def parser() -> argparse.ArgumentParser:
     remove.add_argument("names", nargs="+")
     remove.set_defaults(handler=cmd_network_rm)
 
+    compare = sub.add_parser("compare", help="measure containers against VMs, write plots")
+    compare.add_argument("--quick", action="store_true", help="fewer runs (about 30 s)")
+    compare.add_argument("--out", default="results", help="where to write (default: results/)")
+    compare.set_defaults(handler=cmd_compare)
+
     doctor = sub.add_parser("doctor", help="is this machine ready for the course?")
     doctor.set_defaults(handler=cmd_doctor)
 
@@ -224,6 +229,38 @@ def cmd_network_rm(args: argparse.Namespace) -> int:
     for name in args.names:
         network.remove(name)
         print(name)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from . import measure, plots
+    from .container import check_host
+    check_host()
+    bars = []
+
+    def progress(total: int, name: str):
+        for bar in bars:
+            bar.close()                     # one bar at a time, each left on screen
+        bars.append(tqdm(total=total, desc=f"{name:12}", unit="run", leave=True))
+        return lambda: bars[-1].update()
+
+    results = measure.compare(quick=args.quick, progress_factory=progress)
+    for bar in bars:
+        bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(results, indent=1))
+    plots.start_time_figure(results["start_time"]).savefig(out / "start_time.png", dpi=120)
+    plots.memory_figure(results["scaling"], results["memory"]).savefig(out / "memory.png", dpi=120)
+    plots.overprovision_figure(results["overprovision"]).savefig(out / "overprovision.png",
+                                                                dpi=120)
+    print(measure.summary(results))
+    print(f"\nwritten: {out}/compare.json, start_time.png, memory.png, overprovision.png")
     return 0
 
 

@@ -85,7 +85,8 @@ def default_rootfs() -> Path:
     return target
 
 
-def build_busybox_rootfs(target: Path, busybox: Path | None = None) -> Path:
+def build_busybox_rootfs(target: Path, busybox: Path | None = None,
+                         applets_from: Path | None = None) -> Path:
     """Build the image into a temporary directory, then rename it into place.
 
     rename(2) is atomic: an interrupted build leaves a `.building-*` directory that
@@ -101,8 +102,9 @@ def build_busybox_rootfs(target: Path, busybox: Path | None = None) -> Path:
     tree = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     (tree / "bin").mkdir()
     shutil.copy2(busybox, tree / "bin" / "busybox")
-    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
+    # The applet list comes from running busybox: `applets_from` for a foreign one.
+    applets = subprocess.run([applets_from or busybox, "--list-full"], capture_output=True,
+                             text=True, check=True).stdout.split()
     for applet in applets:            # e.g. "bin/sh", "usr/bin/wget"
         link = tree / applet
         link.parent.mkdir(parents=True, exist_ok=True)

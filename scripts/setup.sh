@@ -54,3 +54,8 @@ if ! .venv/bin/python -c 'import sys; from minicontainer.kernel import cached_ke
   apt-get update -qq     # the package is looked up in apt's lists
   .venv/bin/python -c 'from minicontainer.kernel import fetch_kernel; print("setup: VM kernel", fetch_kernel().release)'
 fi
+# Which QEMU machine boots fastest here: measured once (about 10 s), then remembered.
+.venv/bin/python -c 'from minicontainer.kernel import find_kernel; from minicontainer.vm import accelerator, choose_machine; print("setup: VM machine", choose_machine(find_kernel(), accelerator()[0]))'
+# The other CPU's busybox and qemu-user, for the architecture lesson (unpacked, not installed).
+.venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()' ||
+  { apt-get update -qq; .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()'; }

@@ -47,6 +47,9 @@ def host_objects() -> dict[str, list[str]]:
         "qemu processes": qemu,
         "port proxies": proxies,
         "firewall rules": firewall_rules(),
+        "binfmt handlers": sorted(p.name for p in Path("/proc/sys/fs/binfmt_misc").glob("mc-*")),
+        "binfmt_misc mounted": [line for line in Path("/proc/self/mounts").read_text().splitlines()
+                                if " binfmt_misc " in line],
         "ip_forward": [Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()],
     }
 

@@ -1,0 +1,68 @@
+"""The comparison's figures, drawn with matplotlib from measure.py's plain data.
+
+Each function returns a Figure: a notebook shows it, `minicontainer compare` saves it.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
+    matplotlib.use("Agg")            # no screen needed (CLI, CI); notebooks keep inline
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+MiB = 1024**2
+COLORS = {"container": "#2a7ab9", "vm": "#d9622b"}
+
+
+def start_time_figure(start_time: dict) -> Figure:
+    """Start-to-exit of `true`, every run a dot, on a log axis: milliseconds vs seconds."""
+    figure, axes = plt.subplots(figsize=(7, 3))
+    for row, side in enumerate(("container", "vm")):
+        times = start_time[side]
+        axes.scatter(times, [row] * len(times), alpha=0.6, color=COLORS[side])
+        axes.plot([sorted(times)[len(times) // 2]] * 2, [row - 0.25, row + 0.25], color="black")
+    axes.set_xscale("log")
+    axes.set_yticks([0, 1], ["container", f"VM ({start_time.get('vm_accel', '?')})"])
+    axes.set_ylim(-0.6, 1.6)
+    axes.set_xlabel("start to exit of `true`, seconds (log scale; bar: median)")
+    axes.set_title("Starting a container vs booting a VM, same image")
+    figure.tight_layout()
+    return figure
+
+
+def memory_figure(scaling: dict, per_instance: dict | None = None) -> Figure:
+    """Host memory used against the number of idle instances."""
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    for side, key in (("container", "containers"), ("vm", "vms")):
+        points = scaling[key]
+        axes.plot([n for n, _ in points], [used / MiB for _, used in points], "o-",
+                  color=COLORS[side], label=f"{side}s")
+    axes.set_xlabel("instances running (idle)")
+    axes.set_ylabel("host memory used, MiB")
+    if per_instance:
+        axes.set_title(f"One container: {per_instance['container']['pss'] / MiB:.1f} MiB PSS; "
+                       f"one VM: {per_instance['vm']['pss'] / MiB:.0f} MiB PSS")
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def overprovision_figure(overprovision: dict) -> Figure:
+    """Memory in use over time: containers sharing a budget vs VMs holding their RAM."""
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    containers, vms = overprovision["containers"], overprovision["vms"]
+    axes.plot([t for t, _ in containers["timeline"]], [m / MiB for _, m in containers["timeline"]],
+              color=COLORS["container"], label=f"{containers['k']} containers (one budget)")
+    axes.plot([t for t, _ in vms["timeline"]], [m / MiB for _, m in vms["timeline"]],
+              color=COLORS["vm"], label=f"{vms['k']} VMs (QEMU RSS)")
+    axes.axhline(containers["budget"] / MiB, color=COLORS["container"], linestyle="--",
+                 label="the containers' shared budget")
+    axes.axhline(containers["sum_of_limits"] / MiB, color="grey", linestyle=":",
+                 label="sum of the containers' limits")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("memory in use, MiB")
+    axes.set_title("Over-provisioning: budgets that add up to more than there is")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
