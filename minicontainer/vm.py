@@ -94,11 +94,13 @@ IDLE = "while :; do sleep 3600; done"   # a VM that just stays up, for measuring
 
 HOST_FILES = """# The host's / over 9p (read-only), with fresh /tmp and /run, as the new root.
 for m in @MODULES@; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-H=/mnt/host; mkdir -p $H
+H=/mnt/host; mkdir -p $H /mnt/seen
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host $H
+mount -o bind $H /mnt/seen                    # the host's /tmp, before a tmpfs hides it
 for d in proc sys dev; do mount -o rbind /$d $H/$d; done
 grep -q cgroup2 /proc/filesystems && mount -t cgroup2 cgroup2 $H/sys/fs/cgroup
-mount -t tmpfs tmpfs $H/tmp; mount -t tmpfs tmpfs $H/run"""
+mount -t tmpfs tmpfs $H/tmp; mount -t tmpfs tmpfs $H/run
+for p in @KEEP@; do mkdir -p $H$p && mount -o bind /mnt/seen$p $H$p; done"""
 
 
 # -- the accelerator and the machine --------------------------------------------------------
@@ -195,7 +197,7 @@ class VM:
 
     def __init__(self, *, memory: str = "128M", cpus: int = 1, accel: str = "auto",
                  machine: str = "auto", kernel_args: str = "", host_files: bool = False,
-                 kernel: Kernel | None = None) -> None:
+                 keep: tuple[str, ...] = (), kernel: Kernel | None = None) -> None:
         self.memory = parse_memory(memory)
         if self.memory < MIN_MEMORY:
             raise InvalidArgument(f"memory {memory!r} is too small for a VM: give it at least 48M")
@@ -217,6 +219,7 @@ class VM:
             machine = "q35" if machine == "auto" else machine
         self.machine = machine
         self.cpus, self.kernel_args, self.host_files = cpus, kernel_args, host_files
+        self.keep = tuple(str(Path(p).resolve()) for p in keep)   # host dirs in /tmp or /run
         self.process: subprocess.Popen | None = None
         self.console: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -283,7 +286,7 @@ class VM:
     # -- the pieces -----------------------------------------------------------------------
 
     def initramfs(self, command: str) -> bytes:
-        return _initramfs(command, self.kernel.modules if self.host_files else None)
+        return _initramfs(command, self.kernel.modules if self.host_files else None, self.keep)
 
     def qemu_argv(self, initrd: Path) -> list[str]:
         machine_args, image_kind = MACHINES[self.machine]
@@ -338,11 +341,13 @@ class VM:
 
 
 @functools.lru_cache(maxsize=16)
-def _initramfs(command: str, modules_dir: Path | None) -> bytes:
+def _initramfs(command: str, modules_dir: Path | None, keep: tuple[str, ...] = ()) -> bytes:
     """The image plus an /init that runs `command` (and mounts the host's files when
-    given the kernel's modules for 9p). Packed once per command: VMs are booted often."""
+    given the kernel's modules for 9p, keeping `keep` visible even under the guest's
+    own /tmp and /run). Packed once per command: VMs are booted often."""
     modules = GUEST_MODULES if modules_dir else []
-    host_files = HOST_FILES.replace("@MODULES@", " ".join(modules))
+    host_files = HOST_FILES.replace("@MODULES@", " ".join(modules)).replace(
+        "@KEEP@", " ".join(p for p in keep if p.startswith(("/tmp/", "/run/"))))
     init = INIT.replace("@HOST_FILES@", host_files if modules_dir else "").replace(
         "@ROOT@", "chroot $H" if modules_dir else "").replace(
         "@COMMAND@", command.replace("'", "'\"'\"'"))
@@ -351,9 +356,11 @@ def _initramfs(command: str, modules_dir: Path | None) -> bytes:
 
 
 def run_on_host_files(command: str, *, kernel_args: str = "", memory: str = "512M",
-                      cpus: int = 2, timeout: float = 600) -> tuple[int, str]:
+                      cpus: int = 2, timeout: float = 600,
+                      keep: tuple[str, ...] = ()) -> tuple[int, str]:
     """Boot a VM with its own kernel (and `kernel_args`, e.g. cgroup_no_v1=all for a
     pure cgroup v2 machine) that runs `command` in the host's files, read-only: a way
     to run the host's tests on another kernel. Returns (exit code, output)."""
-    with VM(memory=memory, cpus=cpus, kernel_args=kernel_args, host_files=True) as vm:
+    with VM(memory=memory, cpus=cpus, kernel_args=kernel_args, host_files=True,
+            keep=keep) as vm:
         return vm.run(command, timeout)

@@ -25,7 +25,8 @@ def test_the_cgroup_tests_pass_on_a_cgroup_v2_kernel():
     command = (f"export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp "
                f"PYTEST_DISABLE_PLUGIN_AUTOLOAD=1; cd {ROOT} && {sys.executable} -m pytest "
                "-p pytest_timeout -p no:cacheprovider --color=no -q -rA tests/test_cgroups.py 2>&1")
-    code, console = run_on_host_files(command, kernel_args="cgroup_no_v1=all", timeout=600)
+    code, console = run_on_host_files(command, kernel_args="cgroup_no_v1=all", timeout=600,
+                                      keep=(str(ROOT), sys.prefix))
     print(console)
     assert code == 0, console[-4000:]
     passed = [line for line in console.splitlines() if line.startswith("PASSED")]

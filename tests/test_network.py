@@ -96,12 +96,17 @@ def test_containers_on_two_networks_cannot_reach_each_other(two_networks):
 
 
 def test_twenty_containers_at_once_get_distinct_addresses_and_leave_nothing():
-    def one(i: int) -> str:
-        return run("ip -o -4 addr show eth0", name=f"mc-many-{i}", network="mc-br0").stdout
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        outputs = list(pool.map(one, range(20)))
-    addresses = [line.split()[3] for line in outputs]
-    assert len(set(addresses)) == 20
+    containers = [Container(["sleep", "60"], name=f"mc-many-{i}", network="mc-br0")
+                  for i in range(20)]
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:      # attached concurrently
+            list(pool.map(Container.start, containers))
+        addresses = [c.exec("ip -o -4 addr show eth0").stdout.split()[3] for c in containers]
+        assert len(set(addresses)) == 20, "all alive at once: 20 distinct addresses"
+        assert sorted(addresses) == sorted(f"{c.attachment.address}/24" for c in containers)
+    finally:
+        with ThreadPoolExecutor(max_workers=20) as pool:      # and detached concurrently
+            list(pool.map(lambda c: c.remove(force=True), containers))
     assert network.names() == [], "the implicit network goes with its last container"
     assert not [n for n in Path("/sys/class/net").iterdir() if n.name.startswith("mc-")]
 
