@@ -1,7 +1,7 @@
 # minicontainer: every target installs what it needs first (as root).
 PY := .venv/bin/python
 
-.PHONY: setup lab test test-cgroup-v2 compare bench doctor clean
+.PHONY: setup lab test test-cgroup-v2 check compare bench doctor clean
 
 setup:
 	@MAKE_TARGET=$(or $(MAKECMDGOALS),setup) bash scripts/setup.sh
@@ -14,6 +14,9 @@ test: setup
 
 test-cgroup-v2: setup
 	$(PY) -m pytest -s tests/test_cgroup_v2.py
+
+check: setup
+	$(PY) -m minicontainer.grade $(EX)
 
 compare: setup
 	$(PY) -m minicontainer compare $(if $(QUICK),--quick)

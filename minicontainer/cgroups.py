@@ -81,6 +81,12 @@ def parse_cpus(value: str | float) -> float:
     return cpus
 
 
+def cpu_max(cpus: float, period: int = CPU_PERIOD) -> str:
+    """cpus=0.5 → "50000 100000": this much CPU time (us) in every period (cgroup v2's
+    cpu.max; v1 splits it into cpu.cfs_quota_us and cpu.cfs_period_us)."""
+    return f"{round(cpus * period)} {period}"
+
+
 def parse_pids(value: str | int) -> int:
     try:
         pids = int(value)
@@ -164,16 +170,16 @@ class Cgroup:
         if self.version["memory"] == "v2":
             write(self.dirs["memory"] / "memory.max", memory or "max")
             write(self.dirs["memory"] / "memory.swap.max", 0 if memory else "max", missing_ok=True)
-            quota = f"{round(cpus * CPU_PERIOD)} {CPU_PERIOD}" if cpus else f"max {CPU_PERIOD}"
-            write(self.dirs["cpu"] / "cpu.max", quota)
+            write(self.dirs["cpu"] / "cpu.max", cpu_max(cpus) if cpus else f"max {CPU_PERIOD}")
         else:
             if memory:
                 write(self.dirs["memory"] / "memory.limit_in_bytes", memory)
                 # memory + swap = memory: no swap, so the limit is real
                 write(self.dirs["memory"] / "memory.memsw.limit_in_bytes", memory, missing_ok=True)
             if cpus:
-                write(self.dirs["cpu"] / "cpu.cfs_period_us", CPU_PERIOD)
-                write(self.dirs["cpu"] / "cpu.cfs_quota_us", round(cpus * CPU_PERIOD))
+                quota, period = cpu_max(cpus).split()     # v1 keeps them in two files
+                write(self.dirs["cpu"] / "cpu.cfs_period_us", period)
+                write(self.dirs["cpu"] / "cpu.cfs_quota_us", quota)
         write(self.dirs["pids"] / "pids.max", pids or "max")
 
     def open_procs(self) -> list[int]:

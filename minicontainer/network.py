@@ -197,17 +197,21 @@ def attach(network: str, container: str, container_id: str, hostname: str,
                                          f"`minicontainer network create {network}`")
             _create(network, None, explicit=False)
         record = load(network)
-        subnet = ipaddress.ip_network(record["subnet"])
-        taken = set(record["leases"]) | {record["gateway"]}
-        address = next((str(a) for a in subnet.hosts() if str(a) not in taken), None)
-        if address is None:
-            raise MinicontainerError(f"network {network} has no free address left")
+        address = free_address(record["subnet"], set(record["leases"]) | {record["gateway"]})
         record["leases"][address] = {"container": container, "hostname": hostname,
                                      "hosts_file": str(hosts_file)}
         save(record)
         write_hosts_files(record)
-    return Attachment(network, address, record["gateway"], subnet.prefixlen,
-                      f"mc-{container_id}")
+    prefix = ipaddress.ip_network(record["subnet"]).prefixlen
+    return Attachment(network, address, record["gateway"], prefix, f"mc-{container_id}")
+
+
+def free_address(subnet: str, taken: set[str]) -> str:
+    """The first host address of `subnet` that is not taken (the gateway counts as taken)."""
+    for address in ipaddress.ip_network(subnet).hosts():
+        if str(address) not in taken:
+            return str(address)
+    raise MinicontainerError(f"subnet {subnet} has no free address left")
 
 
 def detach(attachment: Attachment) -> None:

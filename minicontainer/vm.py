@@ -56,25 +56,27 @@ def pack_initramfs(rootfs: Path, extra: dict[str, bytes | Path]) -> bytes:
     for path in sorted(rootfs.rglob("*")):
         data = os.readlink(path).encode() if path.is_symlink() else (
             path.read_bytes() if path.is_file() else b"")
-        _cpio_entry(out, inode, str(path.relative_to(rootfs)), path.lstat().st_mode, data)
+        out += cpio_entry(inode, str(path.relative_to(rootfs)), path.lstat().st_mode, data)
         inode += 1
     for name, content in extra.items():
         data = content.read_bytes() if isinstance(content, Path) else content
         for parent in reversed(Path(name).parents[:-1]):
-            _cpio_entry(out, inode := inode + 1, str(parent), stat.S_IFDIR | 0o755, b"")
+            out += cpio_entry(inode := inode + 1, str(parent), stat.S_IFDIR | 0o755, b"")
         mode = 0o100755 if name == "init" else 0o100644
-        _cpio_entry(out, inode := inode + 1, name, mode, data)
-    _cpio_entry(out, 0, "TRAILER!!!", 0, b"")
+        out += cpio_entry(inode := inode + 1, name, mode, data)
+    out += cpio_entry(0, "TRAILER!!!", 0, b"")
     return gzip.compress(bytes(out), compresslevel=1)
 
 
-def _cpio_entry(out: bytearray, inode: int, name: str, mode: int, data: bytes) -> None:
-    """One newc record: "070701", 13 fields of 8 hex digits, name, data, 4-byte padding."""
+def cpio_entry(inode: int, name: str, mode: int, data: bytes) -> bytes:
+    """One newc record: "070701", 13 fields of 8 hex digits (inode, mode, uid, gid,
+    nlink, mtime, size, 4 device numbers, name size, checksum), the name and a NUL,
+    padding to a multiple of 4, the data, padding again."""
     encoded = name.encode() + b"\0"
     fields = [inode, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
-    out += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
-    out += b"\0" * (-len(out) % 4) + data
-    out += b"\0" * (-len(out) % 4)
+    header = b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
+    header += b"\0" * (-len(header) % 4)
+    return header + data + b"\0" * (-len(data) % 4)
 
 
 INIT = """#!/bin/sh

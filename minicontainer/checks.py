@@ -1,0 +1,239 @@
+"""The checks behind grade(): each runs the student's function on the real kernel.
+
+A check takes the student's module and raises Mismatch (what was expected, what
+happened, a hint) when something is off. Where the package has a function of the
+same job (pivot_into, cpu_max, free_address, cpio_entry), the check puts the
+student's in its place and builds a real container or VM with it: this runs in a
+child process of its own (see grade.py), so the swap never leaks anywhere.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+from . import cgroups, namespaces, network, process, syscalls, vm
+from .chroot import chroot_into, escape_chroot
+from .container import Container, run
+from .rootfs import default_rootfs
+
+
+class Mismatch(Exception):
+    def __init__(self, what: str, expected: object, got: object, hint: str) -> None:
+        super().__init__(what)
+        self.what, self.expected, self.got, self.hint = what, expected, got, hint
+
+
+def expect(what: str, expected: object, got: object, hint: str) -> None:
+    if expected != got:
+        raise Mismatch(what, expected, got, hint)
+
+
+def spawn_output(argv: list[str], steps: list) -> tuple[int, str]:
+    """Run argv after `steps` in a child; its exit code and stdout."""
+    out = os.memfd_create("out")
+    child = process.spawn(argv, steps, stdio=(None, out, None))
+    code = process.exit_code(child.wait(30))
+    child.close()
+    os.lseek(out, 0, 0)
+    text = os.read(out, 1 << 16).decode()
+    os.close(out)
+    return code, text
+
+
+@contextmanager
+def host_secret() -> Iterator[tuple[str, str]]:
+    """A file on the host that no container should be able to read, removed after."""
+    with tempfile.TemporaryDirectory(prefix="mc-grade-") as tmp:
+        token = f"host-only-{os.urandom(4).hex()}"
+        (Path(tmp) / "secret").write_text(token)
+        yield str(Path(tmp) / "secret"), token
+
+
+# -- 01 chroot -------------------------------------------------------------------------------
+
+def chroot_makes_the_image_the_root(student) -> None:
+    rootfs = str(default_rootfs())
+    steps = [partial(student.chroot_into, rootfs)]
+    _, release = spawn_output(["/bin/cat", "/etc/os-release"], steps)
+    expect("/etc/os-release after chroot_into", True, "minicontainer busybox" in release,
+           "os.chroot(rootfs) changes what `/` means for this process")
+    _, cwd = spawn_output(["/bin/pwd"], [partial(student.chroot_into, rootfs)])
+    expect("working directory after chroot_into", "/", cwd.strip(),
+           "after chroot, os.chdir('/') so the working directory is inside the new root")
+
+
+def escape_output(student, host_file: str, **options) -> str:
+    """What the student's escape printed as a container's process (its TODO re-raised)."""
+    result = run(partial(student.escape_chroot, host_file), **options)
+    if "NotImplementedError: " in result.stderr:
+        raise NotImplementedError(result.stderr.split("NotImplementedError: ", 1)[1].strip())
+    return result.stdout
+
+
+def a_root_process_climbs_out_of_a_chroot(student) -> None:
+    with host_secret() as (path, token):
+        printed = escape_output(student, path, namespaces=[])
+    expect("what escape_chroot printed from a chroot-only container", token, printed,
+           "it should print the host file's content")
+
+
+def pivot_root_stops_the_same_escape(student) -> None:
+    with host_secret() as (path, token):
+        expect("first, the escape from a chroot-only container", True,
+               escape_output(student, path, namespaces=[]) == token,
+               "make the previous check pass first: this one needs a working escape")
+        printed = escape_output(student, path)
+    expect("the escape in a container with a mount namespace and pivot_root", False,
+           token in printed, "nothing to fix here if the previous check passed")
+
+
+# -- 02 namespaces ---------------------------------------------------------------------------
+
+def flags_match_the_kernels(student) -> None:
+    cases = [({"uts"}, syscalls.CLONE_NEWUTS), (set(), 0),
+             ({"mnt", "pid", "net"}, syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID
+              | syscalls.CLONE_NEWNET)]
+    for kinds, flags in cases:
+        expect(f"namespace_flags({sorted(kinds)})", hex(flags), hex(student.namespace_flags(kinds)),
+               "each kind is one bit; combine with |")
+
+
+def a_new_uts_namespace_has_its_own_hostname(student) -> None:
+    steps = [lambda: syscalls.unshare(student.namespace_flags({"uts"})),
+             lambda: socket.sethostname("graded"), partial(chroot_into, default_rootfs())]
+    _, inside = spawn_output(["/bin/hostname"], steps)
+    expect("hostname inside a new uts namespace", "graded", inside.strip(),
+           "namespace_flags({'uts'}) must be CLONE_NEWUTS")
+    expect("the host's hostname afterwards", False, socket.gethostname() == "graded",
+           "only the child may change it")
+
+
+def pivot_into_hides_the_host(student) -> None:
+    namespaces.pivot_into = student.pivot_into          # ours replaced, in this process only
+    mounts = run("cat /proc/self/mounts")
+    expect("the container's first mount", "/", (mounts.stdout.split() or ["?", "?"])[1],
+           f"pivot_into should make the overlay `/`. stderr: {mounts.stderr.strip()}")
+    with host_secret() as (path, token):
+        escape = run(partial(escape_chroot, path))
+    expect("the chroot escape after your pivot_into", False, token in escape.stdout,
+           "detach the old root after pivot_root: umount it with detach=True")
+
+
+# -- 03 cgroups ------------------------------------------------------------------------------
+
+def memory_sizes_are_read_as_docker_does(student) -> None:
+    for text, value in (("64M", 64 * 2**20), ("1g", 2**30), ("512k", 512 * 1024),
+                        ("1024", 1024), (" 32m ", 32 * 2**20)):
+        expect(f"memory_bytes({text!r})", value, student.memory_bytes(text),
+               "binary units: k = 1024, m = 1024**2, g = 1024**3; no unit means bytes")
+    try:
+        got = student.memory_bytes("64Q")
+    except ValueError:
+        got = "ValueError"
+    expect("memory_bytes('64Q')", "ValueError", got, "refuse an unknown unit: raise ValueError")
+
+
+def cpu_max_is_quota_and_period(student) -> None:
+    for args, value in (((0.5,), "50000 100000"), ((0.25,), "25000 100000"),
+                        ((1.5, 200_000), "300000 200000")):
+        expect(f"cpu_max{args}", value, student.cpu_max(*args), "f'{quota} {period}'")
+
+
+def your_cpu_budget_holds_a_busy_loop(student) -> None:
+    cgroups.cpu_max = student.cpu_max
+    with Container(["sh", "-c", "while :; do :; done"], cpus=0.25) as c:
+        c.start()
+        time.sleep(1.5)
+        used = round(c.stats()["cpu_seconds"], 2)
+    expect("CPU seconds used in 1.5 s under cpus=0.25 (about 0.37)", True, 0.15 < used < 0.6,
+           f"got {used}: is the quota cpus * period?")
+
+
+def your_memory_budget_stops_a_hog(student) -> None:
+    result = run(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+                 memory=student.memory_bytes("32M"))
+    expect("a 64M dd under memory_bytes('32M')", "killed: out of memory",
+           "killed: out of memory" if result.oom_killed else f"exit {result.exit_code}",
+           "32M must come out as 33554432 bytes")
+
+
+# -- 04 networking ---------------------------------------------------------------------------
+
+def addresses_come_in_order(student) -> None:
+    expect("free_address('10.213.0.0/24', {'10.213.0.1'})", "10.213.0.2",
+           student.free_address("10.213.0.0/24", {"10.213.0.1"}), "the first host not taken")
+    expect("free_address with .1 .2 .3 taken", "10.213.0.4",
+           student.free_address("10.213.0.0/24", {"10.213.0.1", "10.213.0.2", "10.213.0.3"}),
+           "skip every taken address")
+    try:
+        got = student.free_address("10.213.0.0/30", {"10.213.0.1", "10.213.0.2"})
+    except ValueError:
+        got = "ValueError"
+    expect("free_address of a full /30", "ValueError", got, "no address left: ValueError")
+
+
+def two_containers_talk_with_your_addresses(student) -> None:
+    network.free_address = student.free_address
+    network.create("mc-grade-04")
+    try:
+        with Container(["sleep", "30"], name="mc-grade-a", network="mc-grade-04") as a, \
+             Container(["sleep", "30"], name="mc-grade-b", network="mc-grade-04") as b:
+            a.start()
+            b.start()
+            expect("addresses given out", ["10.213.0.2", "10.213.0.3"] if
+                   a.attachment.address.startswith("10.213.0.") else None,
+                   [a.attachment.address, b.attachment.address] if
+                   a.attachment.address.startswith("10.213.0.") else None,
+                   "the gateway .1 is taken; then in order")
+            ping = a.exec("ping -c 1 -W 2 mc-grade-b")
+            expect("ping from one container to the other", 0, ping.exit_code, ping.stdout)
+    finally:
+        network.remove("mc-grade-04")
+
+
+# -- 05 initramfs ----------------------------------------------------------------------------
+
+def one_record_is_byte_for_byte_right(student) -> None:
+    for args in ((1, "init", 0o100755, b"#!/bin/sh\n"), (7, "bin", 0o40755, b""),
+                 (0, "TRAILER!!!", 0, b"")):
+        expected, got = vm.cpio_entry(*args), student.cpio_entry(*args)
+        where = next((i for i, (x, y) in enumerate(zip(expected, got, strict=False)) if x != y),
+                     min(len(expected), len(got)))
+        expect(f"cpio_entry{args[:3]}", expected, got,
+               f"first difference at byte {where} (the header is 110 bytes, then the name)")
+
+
+def busybox_cpio_reads_your_archive(student) -> None:
+    vm.cpio_entry = student.cpio_entry
+    archive = vm.pack_initramfs(default_rootfs(), {"init": b"#!/bin/sh\n"})
+    listing = subprocess.run("zcat | busybox cpio -t", shell=True, input=archive,
+                             capture_output=True).stdout.decode().split()
+    expect("busybox cpio -t finds init and bin/sh", True,
+           {"init", "bin/sh"} <= set(listing), f"it listed {listing[:5]}…")
+
+
+def a_vm_boots_from_your_archive(student) -> None:
+    vm.cpio_entry = student.cpio_entry
+    with vm.VM() as machine:
+        expect("a VM booted from your initramfs", (0, "booted\n"),
+               machine.run("echo booted", timeout=120), "the previous checks must pass first")
+
+
+CHECKS = {
+    "01": [chroot_makes_the_image_the_root, a_root_process_climbs_out_of_a_chroot,
+           pivot_root_stops_the_same_escape],
+    "02": [flags_match_the_kernels, a_new_uts_namespace_has_its_own_hostname,
+           pivot_into_hides_the_host],
+    "03": [memory_sizes_are_read_as_docker_does, cpu_max_is_quota_and_period,
+           your_cpu_budget_holds_a_busy_loop, your_memory_budget_stops_a_hog],
+    "04": [addresses_come_in_order, two_containers_talk_with_your_addresses],
+    "05": [one_record_is_byte_for_byte_right, busybox_cpio_reads_your_archive,
+           a_vm_boots_from_your_archive],
+}

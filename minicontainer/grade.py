@@ -1,0 +1,128 @@
+"""Grading the exercises: every check in a child process of its own, with a time-out.
+
+    grade("02")                        # in a notebook
+    python -m minicontainer.grade 02   # in a terminal (or: make check EX=02)
+
+A student's code runs as root against the real kernel, so it never runs in the
+notebook's own process: each check starts a fresh Python that imports the student's
+file and runs one check (checks.py), and is killed if it takes too long. A broken
+exercise can fail or hang; it cannot take the notebook or the host down with it.
+Exercises are read from exercises/ (MINICONTAINER_EXERCISES points elsewhere, e.g.
+solutions/, as CI does).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+FILES = {"01": "ex01_chroot", "02": "ex02_namespaces", "03": "ex03_cgroups",
+         "04": "ex04_networking", "05": "ex05_initramfs"}
+TIMEOUT = 180
+
+
+def exercises_dir() -> Path:
+    default = Path(__file__).resolve().parent.parent / "exercises"
+    return Path(os.environ.get("MINICONTAINER_EXERCISES", default))
+
+
+def grade(number: str, directory: str | Path | None = None, quiet: bool = False) -> bool:
+    """Run every check of exercise `number`; print each as passed or failed, with what
+    was expected, what happened and a hint. True when all pass."""
+    from .checks import CHECKS
+    number = f"{int(number):02d}"
+    path = Path(directory or exercises_dir()) / f"{FILES[number]}.py"
+    results = [run_check(number, check.__name__, path) for check in CHECKS[number]]
+    if not quiet:
+        print(f"exercise {number} ({path}):")
+        for result in results:
+            print(describe(result))
+        passed = sum(r["ok"] for r in results)
+        print(f"{passed} of {len(results)} checks passed" + ("." if passed < len(results)
+                                                             else ": well done."))
+    return all(r["ok"] for r in results)
+
+
+def run_check(number: str, name: str, path: Path) -> dict:
+    """One check, in a child Python, killed after TIMEOUT seconds."""
+    argv = [sys.executable, "-m", "minicontainer.grade", "--one", number, name, str(path)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"name": name, "ok": False, "what": "the check", "expected": "an answer",
+                "got": f"nothing after {TIMEOUT} s", "hint": "does your code loop forever?"}
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"name": name, "ok": False, "what": "the check", "expected": "a result",
+                "got": f"the check process died (exit {done.returncode})",
+                "hint": done.stderr.strip()[-300:]}
+
+
+def describe(result: dict) -> str:
+    title = result["name"].replace("_", " ")
+    if result["ok"]:
+        return f"  passed  {title}"
+    return (f"  FAILED  {title}\n          {result['what']}: expected {result['expected']!r},"
+            f" got {result['got']!r}\n          hint: {result['hint']}")
+
+
+def one(number: str, name: str, path: str) -> dict:
+    """In the child: load the student's file, run one check, report as a dict."""
+    from . import checks
+    result = {"name": name, "ok": False}
+    try:
+        spec = importlib.util.spec_from_file_location(f"student_{number}", path)
+        student = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(student)
+        getattr(checks, name)(student)
+        result["ok"] = True
+    except checks.Mismatch as m:
+        result.update(what=m.what, expected=_short(m.expected), got=_short(m.got), hint=m.hint)
+    except NotImplementedError as e:
+        result.update(what="your function", expected="an implementation",
+                      got="NotImplementedError (a TODO is left)", hint=str(e))
+    except Exception as e:
+        if "NotImplementedError: " in str(e):      # raised in a container's setup step
+            result.update(what="your function", expected="an implementation",
+                          got="NotImplementedError (a TODO is left)",
+                          hint=str(e).split("NotImplementedError: ", 1)[1])
+            return result
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        result.update(what="your code", expected="no error",
+                      got=f"{type(e).__name__}: {e}",
+                      hint=f"raised at {Path(where.filename).name}:{where.lineno}")
+    return result
+
+
+def _short(value: object) -> object:
+    text = repr(value)
+    return value if len(text) < 200 and isinstance(value, str | int | bool | list | None) \
+        else text[:200]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minicontainer.grade",
+                                     description="check an exercise")
+    parser.add_argument("number", nargs="?", help="01 to 05")
+    parser.add_argument("--solutions", action="store_true", help="grade solutions/ instead")
+    parser.add_argument("--one", nargs=3, metavar=("NUMBER", "CHECK", "FILE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(*args.one), default=repr))
+        return 0
+    if args.number not in FILES and f"{args.number}".zfill(2) not in FILES:
+        parser.error(f"choose an exercise from {', '.join(FILES)}")
+    directory = exercises_dir().parent / "solutions" if args.solutions else None
+    return 0 if grade(args.number, directory) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Exercise 03 — cgroups: writing a budget the kernel understands.
+
+Check with `grade("03")` in the notebook or `make check EX=03`.
+"""
+import re
+
+UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(text: str) -> int:
+    """"64M" → 67108864: a number and an optional unit k, m or g (binary, any case)."""
+    match = re.fullmatch(r"(\d+)([kmg]?)", text.strip().lower())
+    if not match:
+        raise ValueError(f"not a memory size: {text!r}")
+    return int(match[1]) * UNITS[match[2]]
+
+
+def cpu_max(cpus: float, period: int = 100_000) -> str:
+    """cgroup v2's cpu.max for `cpus` CPUs: "QUOTA PERIOD" in microseconds."""
+    return f"{round(cpus * period)} {period}"
