@@ -1,7 +1,7 @@
 # minicontainer: every target installs what it needs first (as root).
 PY := .venv/bin/python
 
-.PHONY: setup lab test test-cgroup-v2 check compare bench doctor clean
+.PHONY: setup lab test test-cgroup-v2 check html compare bench doctor clean
 
 setup:
 	@MAKE_TARGET=$(or $(MAKECMDGOALS),setup) bash scripts/setup.sh
@@ -18,6 +18,10 @@ test-cgroup-v2: setup
 check: setup
 	$(PY) -m minicontainer.grade $(EX)
 
+html: setup
+	MINICONTAINER_EXERCISES=$(CURDIR)/solutions $(PY) -m jupyter nbconvert --execute \
+	  --to html --output-dir build/html notebooks/*.ipynb
+
 compare: setup
 	$(PY) -m minicontainer compare $(if $(QUICK),--quick)
 
@@ -30,4 +34,4 @@ doctor: setup
 
 clean:
 	-[ -x $(PY) ] && $(PY) -m minicontainer cleanup --all
-	rm -rf .venv results /var/cache/minicontainer
+	rm -rf .venv results build /var/cache/minicontainer

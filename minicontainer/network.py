@@ -24,6 +24,8 @@ only under a lock, so containers started at once never get the same address.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import json
 import os
@@ -31,15 +33,42 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from . import state
 from .errors import InvalidArgument, MinicontainerError, NameInUse
 
+P, T = ParamSpec("P"), TypeVar("T")
 DEFAULT_NETWORK = "mc-br0"
 CANDIDATES = [ipaddress.ip_network(f"10.213.{i}.0/24") for i in range(256)]
 NAME = re.compile(r"^mc-[a-z0-9-]{1,12}$")   # a network's name is its bridge's: <= 15 chars
+
+
+def ip_route(**options):
+    """A pyroute2 netlink connection (`netns=` for another namespace's). The library is
+    large: it is loaded on first use, so containers without a network never pay."""
+    from pyroute2 import IPRoute
+    return IPRoute(**options)
+
+
+def outside_event_loop(function: Callable[P, T]) -> Callable[P, T]:
+    """Run `function` in a thread of its own when this one runs an asyncio loop.
+
+    pyroute2 drives its own event loop, which cannot start inside a running one, and a
+    Jupyter kernel's main thread always runs one."""
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:                 # no loop here: call it directly
+            return function(*args, **kwargs)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(function, *args, **kwargs).result()
+    return wrapper
 
 
 @dataclass
@@ -52,6 +81,7 @@ class Attachment:
     prefix: int
     host_end: str    # the veth end left on the host, in the bridge
 
+    @outside_event_loop
     def connect(self, pid: int) -> None:
         """Plug the cable in: a veth pair whose far end is born as eth0 inside the
         namespace of process `pid`; the near end goes into the bridge. Then, from
@@ -67,13 +97,6 @@ class Attachment:
             inside.addr("add", index=eth0, address=self.address, prefixlen=self.prefix)
             inside.link("set", index=eth0, state="up")
             inside.route("add", gateway=self.gateway)            # the default route
-
-
-def ip_route(**options):
-    """A pyroute2 netlink connection (`netns=` for another namespace's). The library is
-    large: it is loaded on first use, so containers without a network never pay."""
-    from pyroute2 import IPRoute
-    return IPRoute(**options)
 
 
 # -- the registry ---------------------------------------------------------------------------
@@ -116,6 +139,7 @@ def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: boo
         return _create(name, subnet, explicit)
 
 
+@outside_event_loop
 def _create(name: str, subnet: str | None, explicit: bool) -> dict:
     network = choose_subnet(subnet)
     gateway = next(network.hosts())
@@ -141,6 +165,7 @@ def remove(name: str, force: bool = False) -> None:
         _remove(load(name), force)
 
 
+@outside_event_loop
 def _remove(record: dict, force: bool = False) -> None:
     if record["leases"] and not force:
         raise MinicontainerError(f"network {record['name']} still has containers: "
@@ -161,6 +186,7 @@ def _remove(record: dict, force: bool = False) -> None:
             pass
 
 
+@outside_event_loop
 def choose_subnet(wanted: str | None) -> ipaddress.IPv4Network:
     """`wanted`, or the first candidate /24 that overlaps no route of the host's."""
     with ip_route() as ip:
@@ -214,6 +240,7 @@ def free_address(subnet: str, taken: set[str]) -> str:
     raise MinicontainerError(f"subnet {subnet} has no free address left")
 
 
+@outside_event_loop
 def detach(attachment: Attachment) -> None:
     """Give the address back; the last container of an implicit network removes it."""
     with state.locked():
@@ -318,6 +345,7 @@ def run(argv: list[str], input: str | None = None) -> None:
 
 # -- after a crash --------------------------------------------------------------------------
 
+@outside_event_loop
 def cleanup(live_containers: set[str]) -> list[str]:
     """Free leases of containers that are gone, remove implicit networks left empty,
     and delete mc-* veths, bridges and rules that no record explains."""

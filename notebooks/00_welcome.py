@@ -14,10 +14,13 @@
 # %% [markdown]
 # # Why is a container not a virtual machine?
 #
-# Both seem to do the same thing: run a program in a box of its own. In this course
-# you build the container box yourself, layer by layer — a new `/`, namespaces,
-# budgets, a network — and boot a real virtual machine from the *same* files beside
-# it. Then you measure both, and the numbers answer the question.
+# > *"I'm not clear on the difference between a virtual machine and a container. They
+# > both seem to be trying to accomplish the same thing."* — a question on DEV Community
+#
+# Both run a program in a box of its own. In this course you build the container box
+# yourself, layer by layer — a new `/` (01), namespaces (02), budgets (03), a network
+# (04) — and boot a real virtual machine from the *same* files beside it (05). Then
+# you measure both (06), and the numbers answer the question.
 #
 # First: is this machine ready? Every line that fails says how to fix it.
 
@@ -27,18 +30,41 @@ from minicontainer import doctor
 doctor.main()
 
 # %% [markdown]
-# ## A first container
+# ## A container and a VM, side by side
 #
-# `run` starts a command in a new container and waits for it. Inside, the command has
-# its own hostname and is process number 1 — yet `uname -r` prints the *host's*
-# kernel version. Keep that in mind: it is the first half of the answer.
+# The same busybox image, the same command. Watch three things: how long each takes,
+# which kernel answers `uname -r`, and what the kernel's `boot_id` (a random number
+# chosen at every boot) says.
 
 # %%
 import os
+from pathlib import Path
 
 from minicontainer import run
 
-inside = run("hostname; echo my pid is $$; uname -r", hostname="box")
-print(inside.stdout)
-print("the host's kernel:", os.uname().release)
-print(f"start to exit: {inside.duration * 1000:.1f} ms")
+container = run("uname -r; cat /proc/sys/kernel/random/boot_id")
+print(f"container, {container.duration * 1000:6.1f} ms:", container.stdout.split())
+
+# %%
+import time
+
+from minicontainer.vm import VM
+
+started = time.monotonic()
+with VM(memory="128M") as vm:
+    code, output = vm.run("uname -r; cat /proc/sys/kernel/random/boot_id")
+print(f"VM ({vm.accel}), {time.monotonic() - started:5.2f} s:", output.split())
+
+# %%
+print("the host:", [os.uname().release, Path("/proc/sys/kernel/random/boot_id").read_text().strip()])
+
+# %% [markdown]
+# The container answered in milliseconds with the **host's** kernel and boot_id: it is
+# a process of this machine. The VM took seconds, because a whole second kernel booted
+# on emulated hardware, and it answers with a kernel and a boot of **its own**.
+#
+# ## What you know now
+# - A container shares the host's kernel; a VM runs its own.
+# - Starting a container is starting a process; starting a VM is booting a computer.
+#
+# Next, `01_chroot`: where containers come from.

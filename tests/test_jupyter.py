@@ -25,8 +25,9 @@ CELL = textwrap.dedent("""
         c.start()
         exec_out = c.exec("hostname").stdout.strip()
         stopped = c.stop(timeout=5).exit_code
+    wired = run("ip -o -4 addr show eth0", network="mc-br0").stdout  # pyroute2 under asyncio
     print(threading.active_count() > 1, first.stdout.split(), exec_out == c.name, stopped,
-          view() == before)
+          "inet 10.213." in wired, view() == before)
 """)
 
 
@@ -46,4 +47,5 @@ def test_a_jupyter_kernel_keeps_its_namespaces_and_mounts():
         client.stop_channels()
         manager.shutdown_kernel(now=True)
     assert reply["content"]["status"] == "ok", "".join(output)
-    assert "".join(output).split() == ["True", "['inside',", "'1']", "True", "143", "True"]
+    assert "".join(output).split() == ["True", "['inside',", "'1']", "True", "143", "True",
+                                       "True"]

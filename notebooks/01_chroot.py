@@ -1,0 +1,106 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 — chroot: a different `/`
+#
+# > *"Containers come as a solidification of functionality which Linux already
+# > supports, chroot."* — from the discussion this course answers
+#
+# An image is only a directory tree. Ours is built from the host's static busybox: one
+# binary that is `sh`, `ls`, `ps` and 300 other commands at once.
+
+# %%
+from minicontainer.rootfs import default_rootfs
+
+image = default_rootfs()
+print(image)
+print(sorted(p.name for p in image.iterdir()))
+print(len(list((image / "bin").iterdir())), "programs in /bin, all links to", (image / "bin/sh").readlink())
+
+# %% [markdown]
+# The layers of the course, each adding one thing to the process below it:
+
+# %%
+import matplotlib.pyplot as plt
+
+layers = ["a process (fork, exec)", "1 chroot: its own /", "2 namespaces: its own view",
+          "3 cgroups: its own budget", "4 network: its own wire"]
+figure, axes = plt.subplots(figsize=(6, 2.6))
+for i, layer in enumerate(layers):
+    axes.barh(i, 1, color=plt.cm.Blues(0.25 + 0.15 * i))
+    axes.text(0.02, i, layer, va="center")
+axes.set_axis_off()
+axes.set_title("A container, layer by layer (a VM: none of these, a whole machine)")
+plt.show()
+
+# %% [markdown]
+# ## chroot(2)
+# `chroot_into` is two system calls. The child process sees the image as `/`; this
+# notebook's own process is untouched.
+
+# %%
+import inspect
+
+from minicontainer import chroot
+
+print(inspect.getsource(chroot.chroot_into))
+
+# %%
+from minicontainer.container import run
+
+inside = run("cat /etc/os-release; hostname; ls /proc | wc -l", namespaces=[])
+print(inside.stdout)
+
+# %% [markdown]
+# Same hostname as the host, and `/proc` is empty in the image (nobody mounted it): a
+# chroot changes *paths*, nothing else. The processes, the hostname, the network, the
+# mounts: all still the host's.
+#
+# ## Not a jail
+# A root process inside a chroot can climb out: chroot again into a subdirectory, and
+# its working directory is now *above* its root, where `..` is never stopped. Here is
+# the attacker's code, run as the container's process:
+
+# %%
+print(inspect.getsource(chroot.escape_chroot))
+
+# %%
+import tempfile
+from functools import partial
+from pathlib import Path
+
+with tempfile.TemporaryDirectory() as tmp:
+    secret = Path(tmp) / "host-secret.txt"
+    secret.write_text("a file of the host's\n")
+    chroot_only = run(partial(chroot.escape_chroot, str(secret)), namespaces=[])
+    with_namespaces = run(partial(chroot.escape_chroot, str(secret)))
+print("chroot only:       ", repr(chroot_only.stdout), chroot_only.stderr.strip())
+print("with layer 2 added:", repr(with_namespaces.stdout), with_namespaces.stderr.strip())
+
+# %% [markdown]
+# The same code escapes a plain chroot and fails in a container with a mount namespace
+# and `pivot_root` (next notebook): the host's `/` is not under the container at all.
+#
+# ## What you know now
+# - Containers come from chroot: a different `/` for a process, nothing emulated.
+# - chroot alone is not isolation: root walks out.
+#
+# ## Exercise 01
+# Open `exercises/ex01_chroot.py`, write `chroot_into` and `escape_chroot`, then run
+# the check below. It says what it expected, what happened, and gives a hint.
+
+# %%
+from minicontainer.grade import grade
+
+grade("01")

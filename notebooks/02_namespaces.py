@@ -1,0 +1,125 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 — namespaces: the OS is virtualized, not the hardware
+#
+# > *"A virtual machine is virtualized at the hardware level, while a container is
+# > virtualized at the OS level (that is, the OS itself is virtualized)."*
+#
+# A namespace gives a process its own copy of one kind of name: mount points (`mnt`),
+# process ids (`pid`), the hostname (`uts`), IPC, the network (`net`), user ids
+# (`user`). The system call is `unshare(2)`; the code is `minicontainer/namespaces.py`.
+#
+# Tick namespaces and see what the container sees. (Run the cell, then change the boxes.)
+
+# %%
+import ipywidgets as widgets
+from IPython.display import display
+
+from minicontainer import run
+from minicontainer.namespaces import DEFAULT, FLAGS, ns_ids
+
+PROBE = "hostname; echo $$; ls /proc | grep -c '^[0-9]'; wc -l < /proc/self/mounts; ip -o link | wc -l"
+
+
+def what_it_sees(kinds: set[str]) -> dict:
+    result = run(PROBE, namespaces=kinds, hostname="inside")
+    hostname, pid, processes, mounts, links = result.stdout.split()
+    return {"hostname": hostname, "its own pid": pid, "processes it sees": processes,
+            "mounts it sees": mounts, "network links": links}
+
+
+boxes = {kind: widgets.Checkbox(value=kind in DEFAULT, description=kind, indent=False)
+         for kind in ["mnt", "pid", "uts", "ipc", "net"]}
+out = widgets.Output()
+
+
+def show(_=None):
+    with out:
+        out.clear_output()
+        kinds = {kind for kind, box in boxes.items() if box.value}
+        for key, value in what_it_sees(kinds).items():
+            print(f"{key:18} {value}")
+
+
+for box in boxes.values():
+    box.observe(show, "value")
+display(widgets.HBox(list(boxes.values())), out)
+show()
+
+# %% [markdown]
+# With all five: its own hostname, it is **PID 1**, it sees only itself, a short mount
+# table and only a loopback. Untick `pid` and it sees every process of the host;
+# untick `uts` and it gets the host's hostname.
+#
+# ## Namespaces have identities
+# Each namespace is an inode under `/proc/PID/ns/`. Same inode: same namespace.
+
+# %%
+from minicontainer import Container
+
+with Container(["sleep", "30"]) as c:
+    c.start()
+    inside, outside = ns_ids(c.pid), ns_ids()
+for kind in FLAGS:
+    print(f"{kind:7} host {outside[kind]}  container {inside[kind]}  "
+          f"{'its own' if inside[kind] != outside[kind] else 'shared'}")
+
+# %% [markdown]
+# ## The process tree, seen from inside and from outside
+# Inside, the container's first process is PID 1. On the host, the same process has
+# an ordinary PID, with a parent: our runtime's waiting process.
+
+# %%
+import psutil
+
+with Container("sleep 30 & sleep 30 & exec sleep 30", init=True) as c:
+    c.start()
+    import time
+    time.sleep(0.3)
+    print("inside:\n" + c.exec("ps -o pid,ppid,comm").stdout)
+    host = psutil.Process(c.pid)
+    print("on the host:")
+    for p in [host.parent(), host, *host.children(recursive=True)]:
+        print(f"  pid {p.pid:6}  parent {p.ppid():6}  {' '.join(p.cmdline())[:50]}")
+
+# %% [markdown]
+# ## Same kernel
+# > *"You can only run containers for the same OS as the host."*
+#
+# Nothing in a namespace is emulated: the host's kernel answers every system call.
+
+# %%
+import os
+from pathlib import Path
+
+inside = run("uname -r; cat /proc/sys/kernel/random/boot_id").stdout.split()
+host = [os.uname().release, Path("/proc/sys/kernel/random/boot_id").read_text().strip()]
+print("kernel release   container", inside[0], "| host", host[0])
+print("boot_id          container", inside[1], "| host", host[1])
+print("same kernel, same boot:", inside == host)
+
+# %% [markdown]
+# ## What you know now
+# - Namespaces virtualize the *operating system's names*: pids, hostnames, mounts,
+#   network devices. The hardware is not virtualized at all.
+# - The container runs on the host's kernel — same release, same boot.
+#
+# ## Exercise 02
+# `exercises/ex02_namespaces.py`: compute `unshare` flags, and write `pivot_into`.
+
+# %%
+from minicontainer.grade import grade
+
+grade("02")
