@@ -297,7 +297,7 @@ def summary(results: dict) -> str:
          f"{kernel['vm']['release']} (its own)"),
         ("boot_id same as the host's", *(str(kernel[side]["boot_id"] == kernel["host"]["boot_id"])
                                          for side in ("container", "vm"))),
-        (f"a {results['architecture']['foreign']} program",
+        (f"a program built for {results['architecture']['foreign']}",
          "runs only through qemu-user" if results["architecture"]["with_qemu_user"]
          else "fails", "a whole emulated machine could run it (qemu-system)"),
         ("what it can call on directly", f"{surface['container']['host_syscalls']} host syscalls",

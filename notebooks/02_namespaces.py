@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -78,8 +80,10 @@ for kind in FLAGS:
 
 # %% [markdown]
 # ## The process tree, seen from inside and from outside
-# Inside, the container's first process is PID 1. On the host, the same process has
-# an ordinary PID, with a parent: our runtime's waiting process.
+# Inside, the container's first process is PID 1 — here our tiny init (`init.py`, a
+# copy of this Python process, hence its name). On the host the same processes have
+# ordinary PIDs, and above them our runtime's waiting process, also a copy of this
+# notebook's kernel: it collects the container's exit status.
 
 # %%
 import psutil

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -97,6 +99,7 @@ print("devices:", ", ".join(surface["vm"]["device_types"]))
 import statistics
 
 start, mem, kernel = results["start_time"], results["memory"], results["kernel"]
+over_c = results["overprovision"]["containers"]
 claims = [
     ("containers come from chroot", "01: the escape", "chroot alone escaped; pivot_root stopped it"),
     ("the OS is virtualized, not the hardware", "02: namespace inodes; 05: devices",
@@ -106,11 +109,14 @@ claims = [
     ("a VM has virtual hardware", "05: its own kernel and devices", f"VM boot_id differs: "
      f"{kernel['vm']['boot_id'] != kernel['host']['boot_id']}"),
     ("containers must match the CPU architecture", "here: the foreign busybox",
-     arch["without"][:50]),
+     ("fails: Exec format error" if "Exec format" in arch["without"] else arch["without"][:40])
+     + f"; via qemu-user: {arch['with_qemu_user']}"),
     ("smaller attack surface than a VM?", "here: entry points",
      f"{surface['container']['host_syscalls']} syscalls vs {surface['vm']['emulated_devices']} devices"),
-    ("easier to over-provision containers", "03 and here", measure.describe_overprovision(
-        results["overprovision"]["containers"]).split(":")[1].split(",")[0].strip()),
+    ("easier to over-provision containers", "03 and here",
+     f"limits {over_c['sum_of_limits'] / 2**20:.0f} MiB > budget {over_c['budget'] / 2**20:.0f}: "
+     f"all done at {over_c['peak_in_use'] / 2**20:.0f} MiB; VMs held "
+     f"{results['overprovision']['vms']['peak_in_use'] / 2**20:.0f} MiB"),
     ("fast minimal VMs are possible", "05: boot phases",
      f"VM median start {statistics.median(start['vm']):.2f} s ({start['vm_accel']})"),
     ("30–50 servers on one platform", "here: scaling",
