@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -74,7 +76,7 @@ from minicontainer import Container
 from minicontainer.cgroups import Sampler
 
 quota = widgets.FloatSlider(value=0.3, min=0.1, max=1.0, step=0.1, description="cpus")
-display(quota)
+cpu_plot = widgets.Output()
 
 
 def busy_loop_under(cpus: float, seconds: float = 2.0) -> list[dict]:
@@ -85,14 +87,23 @@ def busy_loop_under(cpus: float, seconds: float = 2.0) -> list[dict]:
     return sampler.samples
 
 
-samples = busy_loop_under(quota.value)
-plt.figure(figsize=(6, 3))
-plt.plot([s["time"] for s in samples], [s["cpu_seconds"] for s in samples], label=f"cpus={quota.value}")
-plt.plot([0, 2], [0, 2], ":", color="grey", label="one whole CPU")
-plt.xlabel("seconds")
-plt.ylabel("CPU seconds used")
-plt.legend()
-plt.show()
+def plot_quota(_=None):
+    samples = busy_loop_under(quota.value)
+    with cpu_plot:
+        cpu_plot.clear_output(wait=True)
+        plt.figure(figsize=(6, 3))
+        plt.plot([s["time"] for s in samples], [s["cpu_seconds"] for s in samples],
+                 label=f"cpus={quota.value:.1f}")
+        plt.plot([0, 2], [0, 2], ":", color="grey", label="one whole CPU")
+        plt.xlabel("seconds")
+        plt.ylabel("CPU seconds used")
+        plt.legend()
+        plt.show()
+
+
+quota.observe(plot_quota, "value")
+display(quota, cpu_plot)
+plot_quota()
 
 # %% [markdown]
 # ## Processes: a fork bomb, stopped
