@@ -9,7 +9,8 @@ setup:
 lab: setup
 	$(PY) -m jupyter lab --allow-root --ip=127.0.0.1 --no-browser --notebook-dir=notebooks
 
-test: setup
+test:
+	@MAKE_TARGET=test bash scripts/setup.sh test
 	$(PY) -m pytest
 
 test-cgroup-v2: setup

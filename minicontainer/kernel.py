@@ -126,13 +126,28 @@ def fetch_kernel() -> Kernel:
         (target / "modules").mkdir(parents=True)
         bzimage = next((tree / "boot").glob("vmlinuz-*"))
         for module in KEPT_MODULES:
-            found = list(tree.glob(f"lib/modules/{release}/kernel/**/{module}.ko"))
+            found = list(tree.glob(f"lib/modules/{release}/kernel/**/{module}.ko*"))
             if found:
-                shutil.copy(found[0], target / "modules")
+                (target / "modules" / f"{module}.ko").write_bytes(plain_module(found[0]))
         shutil.copy(bzimage, target / "vmlinuz")
         extract_vmlinux(bzimage, target / "vmlinux")
         target.rename(kernel_dir() / f"{release}-v{KERNEL_LAYOUT_VERSION}")  # whole or not at all
     return cached_kernel()
+
+
+def plain_module(path: Path) -> bytes:
+    """A module as insmod in busybox wants it: uncompressed (Ubuntu ships .ko.zst,
+    newer Debian .ko.xz)."""
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    if path.suffix == ".gz":
+        import gzip
+        return gzip.decompress(data)
+    if path.suffix == ".zst":
+        return subprocess.run(["zstd", "-dc"], input=data, capture_output=True,
+                              check=True).stdout
+    return data
 
 
 def unpack(package: str, into: Path) -> None:

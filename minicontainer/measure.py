@@ -18,7 +18,8 @@ import psutil
 from .binfmt import foreign_binary_demo
 from .cgroups import Cgroup, Limits, Sampler, format_bytes, parse_memory
 from .container import Container, run
-from .vm import IDLE, MACHINES, VM, qemu_binary
+from .kernel import find_kernel
+from .vm import IDLE, MACHINES, VM, accelerator, choose_machine, qemu_binary
 
 MiB = 1024**2
 
@@ -225,7 +226,7 @@ def kernel_identity() -> dict:
             {"host": host, "container": container, "vm": guest}.items()}
 
 
-def attack_surface(machine: str = "q35") -> dict:
+def attack_surface(machine: str | None = None) -> dict:
     """What each side can call on directly, counted on this machine.
 
     A container's processes call the host kernel itself: every system call it
@@ -235,6 +236,7 @@ def attack_surface(machine: str = "q35") -> dict:
     interface. Fewer, narrower doors — but bugs in QEMU's device models have been real
     escapes too, so this is a count of doors, not a proof of safety.
     """
+    machine = machine or choose_machine(find_kernel(), accelerator()[0])  # the VMs we boot
     symbols = Path("/proc/kallsyms").read_text()
     prefix = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}[os.uname().machine]
     syscalls = sorted(set(re.findall(rf" T {prefix}(\w+)$", symbols, re.M)) - {"ni_syscall"})

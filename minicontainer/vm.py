@@ -135,11 +135,16 @@ def accelerator() -> tuple[str, str]:
 
 
 # Fastest first: microvm has no PCI and no firmware tables to set up; q35/pc are full
-# PCs. An uncompressed vmlinux skips the kernel's self-decompression.
-MACHINES = {"microvm": (["-M", "microvm,acpi=off"], "vmlinux"),
-            "q35": (["-M", "q35"], "vmlinux"),
-            "q35-bzimage": (["-M", "q35"], "bzimage"),
-            "pc-bzimage": (["-M", "pc"], "bzimage")}
+# PCs. An uncompressed vmlinux skips the kernel's self-decompression. On arm64 there
+# is one choice, QEMU's generic `virt` board, booting the distribution's image.
+MACHINES = {
+    "x86_64": {"microvm": (["-M", "microvm,acpi=off"], "vmlinux"),
+               "q35": (["-M", "q35"], "vmlinux"),
+               "q35-bzimage": (["-M", "q35"], "bzimage"),
+               "pc-bzimage": (["-M", "pc"], "bzimage")},
+    "aarch64": {"virt": (["-M", "virt", "-cpu", "max"], "bzimage")},
+}[os.uname().machine]
+CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}[os.uname().machine]
 
 
 def choose_machine(kernel: Kernel, accel: str) -> str:
@@ -217,7 +222,7 @@ class VM:
         if accel == "kvm" and usable != "kvm":
             raise VMError(f"KVM is not usable here: {self.accel_reason} (use accel='tcg')")
         self.accel = usable
-        if host_files:          # 9p needs PCI devices; microvm has none
+        if host_files and "q35" in MACHINES:    # 9p needs PCI devices; microvm has none
             machine = "q35" if machine == "auto" else machine
         self.machine = machine
         self.cpus, self.kernel_args, self.host_files = cpus, kernel_args, host_files
@@ -292,11 +297,13 @@ class VM:
 
     def qemu_argv(self, initrd: Path) -> list[str]:
         machine_args, image_kind = MACHINES[self.machine]
+        if self.accel == "kvm" and "-cpu" in machine_args:     # arm64: the real CPU's model
+            machine_args = [a if a != "max" else "host" for a in machine_args]
         image = getattr(self.kernel, image_kind) or self.kernel.bzimage or self.kernel.vmlinux
         argv = [self.qemu, *machine_args, "-accel", self.accel, "-m", f"{self.memory // 2**20}M",
                 "-smp", str(self.cpus), "-nodefaults", "-no-user-config", "-display", "none",
                 "-serial", "stdio", "-no-reboot", "-kernel", str(image), "-initrd", str(initrd),
-                "-append", f"console=ttyS0 panic=-1 quiet reboot=t {self.kernel_args}".strip()]
+                "-append", f"console={CONSOLE} panic=-1 quiet reboot=t {self.kernel_args}".strip()]
         if self.host_files:
             argv += ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
                                 "multidevs=remap"]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -27,7 +29,7 @@
 # %%
 from minicontainer import doctor
 
-doctor.main()
+status = doctor.main()   # 0: ready
 
 # %% [markdown]
 # ## A container and a VM, side by side

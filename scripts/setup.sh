@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make this machine ready for minicontainer: Debian packages, .venv, the busybox image.
 # Shared by `make setup`, the Vagrantfile and CI. Idempotent: when nothing is missing
-# it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun and runc.
+# it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun and
+# runc; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +20,9 @@ case "$(uname -m)" in
   aarch64) qemu=qemu-system-arm ;;
   *) fail "unsupported CPU $(uname -m): use the Vagrant VM" ;;
 esac
-packages="busybox-static python3 python3-venv iproute2 util-linux $qemu"
+packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd $qemu"
 [ "${1:-}" = bench ] && packages="$packages crun runc"
+[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

@@ -1,0 +1,116 @@
+"""JupyterLab in a real browser (Debian's headless Chromium, driven by Playwright):
+what a student sees when they open a notebook and press Run All.
+
+Screenshots are kept in results/screenshots/ for a human to look at.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "results" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+QUIET = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is installed by `make test`")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab as CI starts it: root, a token, 127.0.0.1, a free port; stopped after.
+    It serves a copy of the notebooks: JupyterLab saves what it runs."""
+    copies = tmp_path_factory.mktemp("notebooks")
+    for notebook in (ROOT / "notebooks").glob("*.ipynb"):
+        shutil.copy(notebook, copies)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(ROOT / ".venv/bin/jupyter"), "lab", "--allow-root", "--no-browser",
+         "--ip=127.0.0.1", f"--port={port}", "--IdentityProvider.token=test",
+         f"--notebook-dir={copies}"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path_factory.mktemp("runtime")),
+             # a fresh workspace: no tabs restored from an earlier session
+             "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("workspaces"))})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        yield chromium
+        chromium.close()
+
+
+def run_all(browser, lab: str, notebook: str):
+    """Open `notebook`, wait for an idle kernel, Run All, wait until it is done."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    workspace = notebook.removesuffix(".ipynb")      # its own, empty: no other tabs
+    page.goto(f"{lab}/lab/workspaces/{workspace}/tree/{notebook}?reset&token=test")
+    idle = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
+    page.wait_for_selector(idle, state="attached", timeout=90_000)
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
+    deadline = time.monotonic() + 200
+    while not every_cell_ran(page):             # each prompt shows [n], none [*] or [ ]
+        if time.monotonic() > deadline:
+            page.screenshot(path=SHOTS / f"{notebook}-unfinished.png", full_page=True)
+            raise AssertionError(f"{notebook} did not finish: see the screenshot")
+        time.sleep(0.5)
+    page.wait_for_selector(idle, state="attached", timeout=30_000)
+    return page
+
+
+def every_cell_ran(page) -> bool:
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    prompts = panel.locator(".jp-CodeCell .jp-InputPrompt").all_text_contents()
+    return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts)
+
+
+def test_the_welcome_notebook_runs_in_a_browser(browser, lab):
+    page = run_all(browser, lab, "00_welcome.ipynb")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / "00_welcome.png", full_page=True)
+    text = page.locator(".jp-Notebook").inner_text()
+    assert "ready." in text and "container," in text and "VM (" in text
+    assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                        ).count() == 0, "no cell raised"
+
+
+def test_the_cgroups_notebook_shows_widgets_and_plots_and_a_slider_acts(browser, lab):
+    page = run_all(browser, lab, "03_cgroups.ipynb")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / "03_cgroups.png", full_page=True)
+    assert page.locator(".widget-slider").count() >= 2, "the memory and CPU sliders render"
+    assert page.locator(".jp-OutputArea-output img").count() >= 2, "the plots appear"
+    verdict = page.get_by_text("limit 32 MiB")
+    verdict.wait_for(timeout=30_000)
+    handle = page.locator(".widget-slider .noUi-handle").first
+    handle.click()
+    handle.press("ArrowRight")                  # 32 → 48 MiB: the hog runs again
+    page.get_by_text("limit 48 MiB").wait_for(timeout=60_000)
+    page.screenshot(path=SHOTS / "03_cgroups_slider_moved.png")
