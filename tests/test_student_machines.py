@@ -33,9 +33,10 @@ def test_the_vagrant_vm_is_provisioned_by_the_same_setup_script():
 def test_the_provisioning_script_runs_here_and_writes_the_lab_service(tmp_path):
     """CI's machine is Debian: the provisioning runs for real (setup is idempotent);
     only the systemd unit goes to a scratch directory, and no service is started."""
+    env = {**os.environ, "REPO": str(ROOT), "UNIT_DIR": str(tmp_path),
+           "MINICONTAINER_TOKEN": "t0ken"}
     done = subprocess.run(["bash", "scripts/vagrant-provision.sh"], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "REPO": str(ROOT), "UNIT_DIR": str(tmp_path),
-                                          "MINICONTAINER_TOKEN": "t0ken"}, timeout=900)
+                          text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     unit = (tmp_path / "minicontainer-lab.service").read_text()
     assert f"ExecStart={ROOT}/.venv/bin/jupyter lab" in unit and "token=t0ken" in unit
