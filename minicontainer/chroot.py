@@ -27,10 +27,11 @@ def chroot_into(rootfs: str | os.PathLike) -> None:
     os.chdir("/")
 
 
-def spawn_chrooted(rootfs: Path, argv: Sequence[str], **options) -> process.Child:
-    """Start `argv` in a child whose `/` is `rootfs`: layer 1 and nothing else."""
+def run_chrooted(rootfs: Path, argv: Sequence[str], **options) -> tuple[int, str]:
+    """Run `argv` in a child whose `/` is `rootfs` (layer 1 and nothing else), to the
+    end: its exit code and its output."""
     rootfs = check_rootfs(rootfs)
-    return process.spawn(argv, [partial(chroot_into, rootfs)], **options)
+    return process.capture(argv, [partial(chroot_into, rootfs)], **options)
 
 
 def escape_chroot(host_file: str) -> None:

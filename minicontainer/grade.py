@@ -21,6 +21,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from .container import cleanup
+
 FILES = {"01": "ex01_chroot", "02": "ex02_namespaces", "03": "ex03_cgroups",
          "04": "ex04_networking", "05": "ex05_initramfs"}
 TIMEOUT = 180
@@ -54,8 +56,11 @@ def run_check(number: str, name: str, path: Path) -> dict:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
+        cleanup()        # the killed check cannot remove what it made: its owner is dead
         return {"name": name, "ok": False, "what": "the check", "expected": "an answer",
                 "got": f"nothing after {TIMEOUT} s", "hint": "does your code loop forever?"}
+    if done.returncode != 0:
+        cleanup()
     lines = done.stdout.strip().splitlines()
     try:
         return json.loads(lines[-1])

@@ -124,6 +124,20 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
     return Child(pid, main_pid, open_pidfd(main_pid, parent=pid))
 
 
+def capture(argv: Sequence[str], steps: Sequence[Step] = (), timeout: float = 30,
+            **options) -> tuple[int, str]:
+    """spawn() to the end: the exit code (as a shell says it) and what went to stdout."""
+    out = os.memfd_create("stdout")           # an anonymous file, gone when closed
+    try:
+        child = spawn(argv, steps, stdio=(None, out, None), **options)
+        code = exit_code(child.wait(timeout))
+        child.close()
+        os.lseek(out, 0, 0)
+        return code, os.read(out, 1 << 20).decode(errors="replace")
+    finally:
+        os.close(out)
+
+
 def wait_for_parent() -> None:
     """A step: tell the parent we are ready, then wait until it has done its part."""
     os.write(_report_fd, b"ready\n")

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,36 @@ def caller_is_unchanged():
     before = caller_view()
     yield
     assert caller_view() == before, "a test changed the calling process itself"
+
+
+@pytest.fixture(scope="session")
+def jupyterlab(tmp_path_factory):
+    """JupyterLab as CI starts it: root, a token ("test"), 127.0.0.1, a free port;
+    stopped after. It serves a copy of the notebooks: JupyterLab saves what it runs."""
+    root = Path(__file__).resolve().parent.parent
+    copies = tmp_path_factory.mktemp("notebooks")
+    for notebook in (root / "notebooks").glob("*.ipynb"):
+        shutil.copy(notebook, copies)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(root / ".venv/bin/jupyter"), "lab", "--allow-root", "--no-browser",
+         "--ip=127.0.0.1", f"--port={port}", "--IdentityProvider.token=test",
+         f"--notebook-dir={copies}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path_factory.mktemp("runtime")),
+             "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("workspaces"))})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,7 @@ Screenshots are kept in results/screenshots/ for a human to look at.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,37 +19,6 @@ QUIET = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian's chromium is installed by `make test`")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab as CI starts it: root, a token, 127.0.0.1, a free port; stopped after.
-    It serves a copy of the notebooks: JupyterLab saves what it runs."""
-    copies = tmp_path_factory.mktemp("notebooks")
-    for notebook in (ROOT / "notebooks").glob("*.ipynb"):
-        shutil.copy(notebook, copies)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/jupyter"), "lab", "--allow-root", "--no-browser",
-         "--ip=127.0.0.1", f"--port={port}", "--IdentityProvider.token=test",
-         f"--notebook-dir={copies}"], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path_factory.mktemp("runtime")),
-             # a fresh workspace: no tabs restored from an earlier session
-             "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("workspaces"))})
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +56,8 @@ def every_cell_ran(page) -> bool:
     return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts)
 
 
-def test_the_welcome_notebook_runs_in_a_browser(browser, lab):
+def test_the_welcome_notebook_runs_in_a_browser(browser, jupyterlab):
+    lab = jupyterlab
     page = run_all(browser, lab, "00_welcome.ipynb")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOTS / "00_welcome.png", full_page=True)
@@ -101,7 +67,8 @@ def test_the_welcome_notebook_runs_in_a_browser(browser, lab):
                         ).count() == 0, "no cell raised"
 
 
-def test_the_cgroups_notebook_shows_widgets_and_plots_and_a_slider_acts(browser, lab):
+def test_the_cgroups_notebook_shows_widgets_and_plots_and_a_slider_acts(browser, jupyterlab):
+    lab = jupyterlab
     page = run_all(browser, lab, "03_cgroups.ipynb")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOTS / "03_cgroups.png", full_page=True)

@@ -1,25 +1,12 @@
 """Layer 1: chroot gives a process a new `/`, and nothing else."""
 from __future__ import annotations
 
-import os
 import socket
 from functools import partial
 
 from minicontainer import process
-from minicontainer.chroot import escape_chroot, spawn_chrooted
+from minicontainer.chroot import escape_chroot, run_chrooted
 from minicontainer.container import run
-
-
-def run_chrooted(rootfs, argv, **options):
-    """spawn_chrooted to completion, returning (exit code, stdout)."""
-    out = os.memfd_create("stdout")
-    child = spawn_chrooted(rootfs, argv, stdio=(None, out, None), **options)
-    code = os.waitstatus_to_exitcode(child.wait(10))
-    child.close()
-    os.lseek(out, 0, 0)
-    text = os.read(out, 1 << 16).decode()
-    os.close(out)
-    return code, text
 
 
 def test_chroot_makes_the_image_the_root(rootfs):
@@ -53,7 +40,7 @@ def test_the_same_escape_fails_after_pivot_root(host_secret):
 
 def test_a_missing_command_is_reported_not_hidden(rootfs):
     try:
-        spawn_chrooted(rootfs, ["/bin/no-such-program"])
+        run_chrooted(rootfs, ["/bin/no-such-program"])
     except process.CommandNotFound as e:
         assert "no-such-program" in str(e)
     else:
