@@ -24,7 +24,6 @@ only under a lock, so containers started at once never get the same address.
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import json
@@ -34,7 +33,6 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -62,6 +60,8 @@ def outside_event_loop(function: Callable[P, T]) -> Callable[P, T]:
     Jupyter kernel's main thread always runs one."""
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        import asyncio                       # loaded with pyroute2, not before
+        from concurrent.futures import ThreadPoolExecutor
         try:
             asyncio.get_running_loop()
         except RuntimeError:                 # no loop here: call it directly

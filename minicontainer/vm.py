@@ -111,6 +111,7 @@ def qemu_binary() -> str:
     return {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}[os.uname().machine]
 
 
+@functools.cache                       # the machine does not change while we run
 def accelerator() -> tuple[str, str]:
     """("kvm" or "tcg", why): KVM only if the CPU can virtualize, /dev/kvm opens and
     QEMU really starts a KVM guest (on some machines /dev/kvm exists and cannot)."""
@@ -147,13 +148,18 @@ MACHINES = {
 CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}[os.uname().machine]
 
 
+@functools.cache
+def qemu_version() -> str:
+    return subprocess.run([qemu_binary(), "--version"], capture_output=True,
+                          text=True).stdout.splitlines()[0]
+
+
 def choose_machine(kernel: Kernel, accel: str) -> str:
     """The fastest machine type that boots here, measured once and remembered: the
     median of three boots for each vmlinux machine; the bzImage ones only if no
     vmlinux machine boots at all."""
     record = kernel_dir() / "machine.json"
-    version = subprocess.run([qemu_binary(), "--version"], capture_output=True, text=True)
-    key = f"{kernel.release} {accel} {version.stdout.splitlines()[0]}"
+    key = f"{kernel.release} {accel} {qemu_version()}"
     known = json.loads(record.read_text()) if record.exists() else {}
     if key in known:
         return known[key]
