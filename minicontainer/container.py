@@ -16,16 +16,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, process, state
+from . import cgroups, process, proxy, state
 from . import network as networking
 from . import namespaces as ns
 from .cgroups import Cgroup, Limits
@@ -121,7 +119,7 @@ class Container:
                 steps.append(process.wait_for_parent)      # until the host plugs in eth0
             if self.init:
                 steps.append(become_init)
-            listeners = self._bind_ports()
+            listeners = proxy.bind(self.ports)   # a port in use fails before anything runs
             stdio = self._open_stdio(attach)
             try:
                 self._started = time.monotonic()
@@ -131,7 +129,12 @@ class Container:
                 self._startup = time.monotonic() - self._started
             finally:
                 _close(stdio + procs)
-            self._start_proxy(listeners)
+            if listeners:
+                self._proxy_process = proxy.start(
+                    self.pid, self.attachment.address, listeners,
+                    [port for _, _, port in self.ports], self.directory / "proxy.log")
+                self._proxy = [self._proxy_process.pid,
+                               process.start_time(self._proxy_process.pid)]
             self._save()
         except BaseException:
             self.remove(force=True)
@@ -262,42 +265,6 @@ class Container:
         self.attachment = networking.attach(self.network, self.name, self.id, self.hostname, hosts)
         self._save()
         return {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
-
-    def _bind_ports(self) -> list[socket.socket]:
-        """Bind the published ports now, so a port in use fails before anything runs."""
-        listeners = []
-        try:
-            for host_ip, host_port, _ in self.ports:
-                listener = socket.socket()
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    listener.bind((host_ip, host_port))
-                except OSError as e:
-                    listener.close()
-                    raise MinicontainerError(f"cannot publish port {host_port}: {e.strerror}"
-                                             " (is it in use? choose another)") from None
-                listener.listen(128)
-                listeners.append(listener)
-        except BaseException:
-            _close(s.detach() for s in listeners)
-            raise
-        return listeners
-
-    def _start_proxy(self, listeners: list[socket.socket]) -> None:
-        """Hand the bound ports to a proxy process that lives as long as the container."""
-        if not listeners:
-            return
-        ports = [port for _, _, port in self.ports]
-        pairs = [f"{s.fileno()}:{port}" for s, port in zip(listeners, ports, strict=True)]
-        with open(self.directory / "proxy.log", "ab") as log:   # never our caller's pipes
-            proxy = subprocess.Popen(
-                [sys.executable, "-m", "minicontainer.proxy", str(self.pid),
-                 self.attachment.address, *pairs], pass_fds=[s.fileno() for s in listeners],
-                start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        for listener in listeners:
-            listener.close()
-        self._proxy = [proxy.pid, process.start_time(proxy.pid)]
-        self._proxy_process = proxy
 
     def _stop_proxy(self) -> None:
         if self._proxy and process.start_time(self._proxy[0]) == self._proxy[1]:
