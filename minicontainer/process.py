@@ -99,6 +99,8 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
     pid = os.fork()
     if pid == 0:
         try:
+            os.close(read_end)       # the child keeps only its ends of the pipes: were it to
+            os.close(go_write)       # hold the go-ahead's write end, it would wait forever
             _child(argv, steps, env, stdio, write_end, go_read, main)  # execs or exits
         finally:
             os._exit(EXIT_SETUP_FAILED)  # never fall back into the caller's code

@@ -1,0 +1,64 @@
+"""Everything the project could leave on the host, by kind: the tests compare it before
+and after (conftest.py for the whole session, test_faults.py around each fault)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from minicontainer import state
+
+
+def host_objects() -> dict[str, list[str]]:
+    """Everything named like the project's on this host, by kind."""
+    cgroups = [str(p) for depth in ("*", "*/*", "*/*/*", "*/*/*/*")
+               for p in Path("/sys/fs/cgroup").glob(depth)
+               if p.is_dir() and p.name.startswith(("mc-", "minicontainer"))]
+    netns = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
+              if "minicontainer" in line or "/mc-" in line]
+    qemu = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+            and _comm(p).startswith("qemu-system")]
+    proxies = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+               and b"minicontainer.proxy" in _cmdline(p)]
+    return {
+        "links": sorted(n for n in os.listdir("/sys/class/net") if n.startswith("mc-")),
+        "netns": [n for n in netns if n.startswith("mc-")],
+        "cgroups": sorted(cgroups),
+        "mounts": mounts,
+        "containers": state.names(),
+        "state directory": [str(d) for d in [state.containers_dir().parent] if d.exists()],
+        "qemu processes": qemu,
+        "port proxies": proxies,
+        "firewall rules": firewall_rules(),
+        "binfmt handlers": sorted(p.name for p in Path("/proc/sys/fs/binfmt_misc").glob("mc-*")),
+        "binfmt_misc mounted": [line for line in Path("/proc/self/mounts").read_text().splitlines()
+                                if " binfmt_misc " in line],
+        "ip_forward": [Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()],
+    }
+
+
+def firewall_rules() -> list[str]:
+    rules = []
+    if shutil.which("iptables-save"):
+        dump = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        rules += [line for line in dump.splitlines() if "mc-" in line]
+    if shutil.which("nft"):
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+        rules += [line for line in tables.splitlines() if "mc-" in line]
+    return rules
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:
+        return ""
