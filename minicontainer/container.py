@@ -1,11 +1,13 @@
 """All the layers composed: a container you can start, exec into, stop and remove.
 
-`Container` is a plain description (command, image, namespaces, budget, name) until
-start() forks the child that builds it: a new session, then layer 2 (which uses layer 1
-when there is no mount namespace), then layer 3 (the child writes itself into its
-cgroup, so the command never runs outside its budget), optionally a tiny init, then
-exec. Each step runs in the child; this process only creates the host-side objects
-(state directory, cgroup), waits and reads results.
+`Container` is a plain description (command, image, namespaces, budget, network,
+name) until start() forks the child that builds it, in this order: a new session;
+layer 2 (which uses layer 1 when there is no mount namespace); layer 3 (the child
+writes itself into its cgroup, so the command never runs outside its budget); layer 4
+(the child waits while this process plugs a veth into its network namespace);
+optionally a tiny init; then exec. Each step runs in the child; this process only
+creates the host-side objects (state directory, address, cgroup, published ports),
+waits and reads results.
 
 Everything the container leaves on the host lives in its state directory (see
 state.py) and goes with remove(); the mounts live in the container's own mount
