@@ -49,18 +49,21 @@ class Limits:
     @classmethod
     def parse(cls, memory: str | int | None = None, cpus: str | float | None = None,
               pids_limit: str | int | None = None) -> Limits:
-        """Docker's spellings: memory="64M", cpus=0.5, pids_limit=64."""
+        """Docker's spellings: memory="64M", cpus=0.5, pids_limit=64 ("max": none)."""
         return cls(None if memory is None else parse_memory(memory),
                    None if cpus is None else parse_cpus(cpus),
-                   None if pids_limit is None else parse_pids(pids_limit))
+                   None if pids_limit in (None, "max") else parse_pids(pids_limit))
 
 
 def parse_memory(value: str | int) -> int:
-    """"64M", "1g", "512k" or a number of bytes → bytes (binary units, as Docker)."""
+    """"64M", "1g", "512k", "4096b" or an int of bytes → bytes (binary units, as Docker)."""
     match = re.fullmatch(r"\s*(\d+)\s*([bkmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
     if not match:
         raise InvalidArgument(f"invalid memory limit {value!r}: use a number with an optional "
                               "unit, like 64M or 1G")
+    if isinstance(value, str) and not match[2]:    # "64" is far more often a slip than bytes
+        raise InvalidArgument(f"memory limit {value!r} has no unit: write {value.strip()}M "
+                              "(or G, k, b); a Python int means bytes")
     amount = int(match[1]) * UNITS[match[2].lower()]
     if amount < MIN_MEMORY:
         raise InvalidArgument(f"memory limit {value!r} is too small: a container needs at "

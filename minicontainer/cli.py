@@ -40,6 +40,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--network", help="attach to this bridge network (e.g. mc-br0)")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:PORT",
                      help="publish a container port on the host (needs --network)")
+    run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                     help="seccomp=unconfined, systempaths=unconfined, no-new-privileges=false")
+    run.add_argument("--cap-add", action="append", default=[], metavar="ALL",
+                     help="keep every capability (only ALL)")
+    run.add_argument("--privileged", action="store_true",
+                     help="switch every defence of layer 5 off (for the lesson)")
     run.add_argument("--no-cgroup", dest="cgroup", action="store_false",
                      help="no cgroup at all (layers 1-2 only)")
     run.add_argument("-d", "--detach", action="store_true",
@@ -108,7 +114,9 @@ def command_of(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .container import Container
-    options = {"name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
+    from .security import from_options
+    options = {"security": from_options(args.security_opt, args.privileged, args.cap_add),
+               "name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
                "init": args.init, "memory": args.memory, "cpus": args.cpus,
                "pids_limit": args.pids_limit, "cgroup": args.cgroup,
                "network": args.network, "ports": args.publish}
@@ -273,7 +281,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from .container import check_host, cleanup
     check_host()
     removed = cleanup(everything=args.all)
-    print(f"removed {len(removed)} container(s)" + (": " + ", ".join(removed) if removed else ""))
+    print(f"removed {len(removed)} leftover(s)" + (": " + ", ".join(removed) if removed else ""))
     return 0
 
 

@@ -5,7 +5,8 @@ name) until start() forks the child that builds it, in this order: a new session
 layer 2 (which uses layer 1 when there is no mount namespace); layer 3 (the child
 writes itself into its cgroup, so the command never runs outside its budget); layer 4
 (the child waits while this process plugs a veth into its network namespace);
-optionally a tiny init; then exec. Each step runs in the child; this process only
+layer 5 (system paths hidden, then seccomp and fewer capabilities); optionally a
+tiny init; then exec. Each step runs in the child; this process only
 creates the host-side objects (state directory, address, cgroup, published ports),
 waits and reads results.
 
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, process, proxy, state
+from . import cgroups, process, proxy, security, state
 from . import network as networking
 from . import namespaces as ns
 from .cgroups import Cgroup, Limits
@@ -33,10 +34,14 @@ from .errors import (ContainerNotFound, InvalidArgument, MinicontainerError, Not
                      NotRootError, Timeout)
 from .init import become_init
 from .rootfs import Overlay, check_rootfs, default_rootfs
+from .security import Security
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")            # as Docker's names
 HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62}[a-zA-Z0-9])?$")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A fork bomb must hit a wall, not the host: with a cgroup there is always a pids
+# limit (Podman's default is 2048; Docker has none). pids_limit="max" lifts it.
+DEFAULT_PIDS_LIMIT = 1024
 
 
 @dataclass
@@ -63,7 +68,8 @@ class Container:
                  cpus: str | float | None = None, pids_limit: str | int | None = None,
                  cgroup: bool = True, cgroup_parent: Cgroup | None = None,
                  network: str | None = None,
-                 ports: dict[int, int] | Iterable[str] | None = None) -> None:
+                 ports: dict[int, int] | Iterable[str] | None = None,
+                 security: Security | None = None) -> None:
         check_host()
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
@@ -75,9 +81,10 @@ class Container:
         self.namespaces = check_namespaces(namespaces)
         self.rootfs = check_rootfs(Path(rootfs)) if rootfs else default_rootfs()
         self.init = init
-        self.limits = Limits.parse(memory, cpus, pids_limit)
-        if not cgroup and self.limits != Limits():
+        if not cgroup and (memory, cpus, pids_limit) != (None, None, None):
             raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
+        self.limits = Limits.parse(memory, cpus, DEFAULT_PIDS_LIMIT if cgroup and pids_limit
+                                   is None else pids_limit)
         parent = cgroup_parent.path if cgroup_parent else cgroups.PARENT   # docker --cgroup-parent
         self.cgroup = Cgroup(f"{parent}/mc-{self.id}", self.limits) if cgroup else None
         self.network = network
@@ -85,6 +92,7 @@ class Container:
         self.attachment: networking.Attachment | None = None
         self._proxy: list[int] | None = None
         self._proxy_process: subprocess.Popen | None = None
+        self.security = security or Security()      # all defences on, as in `docker run`
         self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
         self.detached = False
         self.directory: Path | None = None
@@ -103,10 +111,9 @@ class Container:
         `minicontainer cleanup` removes it once this process is gone.
         """
         self.detached = detach
-        self.directory = state.claim(self.name)
         self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid())}
+        self.directory = state.claim(self.name, self._record())  # before anything else exists
         try:
-            self._save()                     # written down before anything else exists
             layer = Overlay.create(self.rootfs, self.directory)
             files = self._lease_address() if self.network else {}
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
@@ -119,6 +126,7 @@ class Container:
                 steps.append(partial(cgroups.join, procs))   # in its budget before exec
             if self.network:
                 steps.append(process.wait_for_parent)      # until the host plugs in eth0
+            steps += security.steps(self.security, "mnt" in self.namespaces)  # layer 5
             if self.init:
                 steps.append(become_init)
             listeners = proxy.bind(self.ports)   # a port in use fails before anything runs
@@ -131,13 +139,14 @@ class Container:
                 self._startup = time.monotonic() - self._started
             finally:
                 _close(stdio + procs)
+            self._save()                     # its pids, at once: cleanup must find them
             if listeners:
                 self._proxy_process = proxy.start(
                     self.pid, self.attachment.address, listeners,
                     [port for _, _, port in self.ports], self.directory / "proxy.log")
                 self._proxy = [self._proxy_process.pid,
                                process.start_time(self._proxy_process.pid)]
-            self._save()
+                self._save()
         except BaseException:
             self.remove(force=True)
             raise
@@ -206,7 +215,9 @@ class Container:
         if not self.running:
             raise MinicontainerError(f"container {self.name} is not running")
         import tempfile
-        steps = [partial(ns.join, self.pid, self.namespaces)]
+        procs = self.cgroup.open_procs() if self.cgroup else []   # in the same budget
+        steps = [partial(ns.join, self.pid, self.namespaces), partial(cgroups.join, procs),
+                 *security.steps(self.security, mount_namespace=False)]  # mounts: done
         started = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             stdio = [None] * 3 if attach else [os.open(os.devnull, os.O_RDONLY),
@@ -214,7 +225,7 @@ class Container:
             try:
                 child = process.spawn(as_argv(command), steps, env=self.env, stdio=stdio)
             finally:
-                _close(stdio)
+                _close(stdio + procs)
             try:
                 status = child.wait(timeout)
             except Timeout:
@@ -277,8 +288,11 @@ class Container:
         self._proxy = None
 
     def _save(self) -> None:
+        state.write(self.directory, self._record())
+
+    def _record(self) -> dict:
         child = self._child
-        state.write(self.directory, {
+        return {
             "name": self.name, "id": self.id, "command": self.command,
             "rootfs": str(self.rootfs), "hostname": self.hostname,
             "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env,
@@ -287,10 +301,10 @@ class Container:
             "limits": {"memory": self.limits.memory, "cpus": self.limits.cpus,
                        "pids": self.limits.pids},
             "network": asdict(self.attachment) if self.attachment else None,
-            "ports": self.ports, "proxy": self._proxy,
+            "ports": self.ports, "proxy": self._proxy, "security": self.security.as_dict(),
             "created": time.time(), **self._owner,
             "pid": child.pid if child else None, "main_pid": child.main_pid if child else None,
-            "pid_started": process.start_time(child.pid) if child else None})
+            "pid_started": process.start_time(child.pid) if child else None}
 
     @classmethod
     def load(cls, name: str) -> Container:
@@ -306,6 +320,7 @@ class Container:
         self.network = record["network"]["network"] if record["network"] else None
         self.attachment = networking.Attachment(**record["network"]) if record["network"] else None
         self.ports, self._proxy, self._proxy_process = record["ports"], record["proxy"], None
+        self.security = Security(**record["security"])
         self.cgroup = Cgroup(record["cgroup"], self.limits) if record["cgroup"] else None
         self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
         self._startup = None
@@ -330,15 +345,11 @@ def cleanup(everything: bool = False) -> list[str]:
     A container is left alone while it runs and either its owner (the process that
     started it) is alive or it was started detached (`run -d`).
     """
-    removed = []
+    removed = state.remove_stale_drafts()
     for name in state.names():
         try:
             record = state.describe(name)
-        except ContainerNotFound:       # claimed but never written: a crash, or just now
-            directory = state.containers_dir() / name
-            if time.time() - directory.stat().st_mtime > 10:
-                state.release(directory)
-                removed.append(name)
+        except ContainerNotFound:       # removed by its owner just now
             continue
         if record["status"] == "running" and not (everything or record["orphaned"]):
             continue
@@ -346,7 +357,8 @@ def cleanup(everything: bool = False) -> list[str]:
         removed.append(name)
     removed += remove_stray_cgroups()
     removed += networking.cleanup(set(state.names()))
-    return removed
+    from .vm import cleanup as cleanup_vms    # QEMU's imports only when needed
+    return removed + cleanup_vms()
 
 
 def remove_stray_cgroups() -> list[str]:
@@ -377,7 +389,10 @@ def check_host() -> None:
 
 def as_argv(command: str | Sequence[str]) -> list[str]:
     """A list is the program and its arguments; a string is a shell command line."""
-    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    if isinstance(command, str):
+        argv = ["/bin/sh", "-c", command] if command.strip() else []
+    else:
+        argv = list(command)
     if not argv or not all(isinstance(a, str) for a in argv) or not "".join(argv).strip():
         raise InvalidArgument(f"the command must be a non-empty list of strings, got {command!r}")
     return argv

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def run_check(number: str, name: str, path: Path) -> dict:
     """One check, in a child Python, killed after TIMEOUT seconds."""
     argv = [sys.executable, "-m", "minicontainer.grade", "--one", number, name, str(path)]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        # Its temporary files go in a directory of ours, removed even if it is killed.
+        with tempfile.TemporaryDirectory(prefix="mc-grade-") as tmp:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
+                                  env={**os.environ, "TMPDIR": tmp})
     except subprocess.TimeoutExpired:
         cleanup()        # the killed check cannot remove what it made: its owner is dead
         return {"name": name, "ok": False, "what": "the check", "expected": "an answer",

@@ -151,7 +151,7 @@ def open_pidfd(pid: int, parent: int) -> int:
     """A pidfd for `pid`, checked to be the process we started (a child of `parent`)."""
     try:
         pidfd = os.pidfd_open(pid)
-        if pid != parent and _parent_of(pid) != parent:   # it exited, the pid was reused
+        if pid != parent and _parent_of(pid) not in (parent, None):  # exited, pid reused
             os.close(pidfd)
             raise ProcessLookupError
     except ProcessLookupError:
@@ -159,8 +159,12 @@ def open_pidfd(pid: int, parent: int) -> int:
     return pidfd
 
 
-def _parent_of(pid: int) -> int:
-    return int(_stat_fields(pid)[1])
+def _parent_of(pid: int) -> int | None:
+    """The parent's pid; None once the process is gone (its pidfd then names the dead)."""
+    try:
+        return int(_stat_fields(pid)[1])
+    except FileNotFoundError:
+        return None
 
 
 def start_time(pid: int) -> int | None:
@@ -207,6 +211,8 @@ def _call_as_program(main: Callable[[], None]) -> None:
     close_report()
     try:
         main()
+    except SystemExit as e:
+        os._exit(e.code if isinstance(e.code, int) else 1)
     except BaseException as e:
         os.write(2, f"{type(e).__name__}: {e}\n".encode())
         os._exit(1)

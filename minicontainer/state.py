@@ -6,15 +6,20 @@ container gets a directory, /run/minicontainer/containers/NAME, holding state.js
 (what was started and by which processes), its logs and its writable layer. It is
 written *before* anything else is created for the container and removed last.
 
-mkdir(2) is atomic, so two containers can never claim the same name. /run is a
-tmpfs on most systems: a reboot forgets everything, as it should.
+The directory is made under a temporary name with its first record inside, then
+renamed into place: rename(2) is atomic and refuses a target that is not empty, so
+two containers never claim the same name, and a crash leaves a whole record or none.
+/run is a tmpfs on most systems: a reboot forgets everything, as it should.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,19 +32,36 @@ def containers_dir() -> Path:
     return Path(os.environ.get("MINICONTAINER_RUN", "/run/minicontainer")) / "containers"
 
 
-def claim(name: str) -> Path:
-    """Create the container's directory, or fail if the name is taken."""
+def claim(name: str, record: dict) -> Path:
+    """Create the container's directory holding `record`, or fail if the name is taken."""
     directory = containers_dir() / name
     while True:
-        containers_dir().mkdir(parents=True, exist_ok=True)
         try:
-            directory.mkdir(mode=0o700)
+            containers_dir().mkdir(parents=True, exist_ok=True)
+            draft = Path(tempfile.mkdtemp(prefix=f".claim-{name}-", dir=containers_dir()))
+        except (FileNotFoundError, FileExistsError):  # the last container removed it meanwhile
+            continue
+        try:
+            write(draft, record)
+            draft.rename(directory)
             return directory
-        except FileExistsError:
+        except BaseException as e:
+            release(draft)
+            if getattr(e, "errno", None) not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
             raise NameInUse(f"the name {name!r} is already in use: choose another, or remove "
                             f"that container with `minicontainer rm -f {name}`") from None
-        except FileNotFoundError:   # the last container removed the parent just now
-            continue
+
+
+def remove_stale_drafts(age: float = 10) -> list[str]:
+    """Drafts a crash left between mkdtemp and rename (older than `age` seconds)."""
+    if not containers_dir().is_dir():
+        return []
+    stale = [p for p in containers_dir().glob(".claim-*")
+             if time.time() - p.stat().st_mtime > age]
+    for draft in stale:
+        release(draft)
+    return [p.name for p in stale]
 
 
 def write(directory: Path, record: dict) -> None:
@@ -59,7 +81,8 @@ def read(name: str) -> dict:
 def names() -> list[str]:
     if not containers_dir().is_dir():
         return []
-    return sorted(p.name for p in containers_dir().iterdir() if p.is_dir())
+    return sorted(p.name for p in containers_dir().iterdir()
+                  if p.is_dir() and not p.name.startswith("."))
 
 
 def release(directory: Path) -> None:
@@ -73,6 +96,40 @@ def release(directory: Path) -> None:
             pass
 
 
+def vms_dir() -> Path:
+    return containers_dir().parent / "vms"
+
+
+def write_vm(vm_id: str, record: dict) -> None:
+    """A VM's record (its owner, QEMU's pid, its temporary files), written atomically
+    like a container's: before QEMU exists, and again once it runs."""
+    with locked():
+        vms_dir().mkdir(exist_ok=True)
+        partial = vms_dir() / f"{vm_id}.json.new"
+        partial.write_text(json.dumps(record))
+        partial.rename(vms_dir() / f"{vm_id}.json")
+
+
+def vm_records() -> dict[str, dict]:
+    if not vms_dir().is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in vms_dir().glob("*.json")}
+
+
+def release_vm(vm_id: str) -> None:
+    with locked():
+        (vms_dir() / f"{vm_id}.json").unlink(missing_ok=True)
+        try:
+            vms_dir().rmdir()
+        except OSError:
+            pass
+
+
+def owner_alive(record: dict) -> bool:
+    """Is the process that made this record still the one running under its pid?"""
+    return start_time(record["owner"]) == record["owner_started"]
+
+
 @contextmanager
 def locked() -> Iterator[Path]:
     """Hold an exclusive lock on /run/minicontainer while changing shared records.
@@ -83,8 +140,11 @@ def locked() -> Iterator[Path]:
     """
     base = containers_dir().parent
     while True:
-        base.mkdir(parents=True, exist_ok=True)
-        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, FileExistsError):   # the last user removed it meanwhile
+            continue
         fcntl.flock(fd, fcntl.LOCK_EX)
         if os.fstat(fd).st_nlink > 0:       # still there: the lock is good
             break
@@ -110,6 +170,5 @@ def describe(name: str) -> dict:
         record["status"] = f"exited ({exit_code(int(exit_status.read_text()))})"
     else:
         record["status"] = "dead"
-    owner_alive = start_time(record["owner"]) == record["owner_started"]
-    record["orphaned"] = not record["detached"] and not owner_alive
+    record["orphaned"] = not record["detached"] and not owner_alive(record)
     return record

@@ -8,7 +8,9 @@ has sethostname. What it lacks (before 3.12) are the calls containers are made o
 - mount(2)      attach a filesystem (or change how a mount propagates)
 - umount2(2)    detach one
 - pivot_root(2) make another directory the root of the mount namespace
-- prctl(2)      here only to ask for a signal when our parent dies
+- prctl(2)      a signal when our parent dies; no new privileges; the bounding set
+- capset(2)     the capabilities a process holds now
+- ptrace(2)     only for the escape lab: try to trace a process
 
 ctypes loads the C library and calls them directly. Each wrapper turns C's convention
 (return -1 and set errno) into a Python OSError that names the call and its arguments,
@@ -53,13 +55,13 @@ _HINTS = {
 }
 
 
-def _check(result: int, call: str, *args: object) -> None:
+def _check(result: int, call: str, *args: object, hint: bool = True) -> None:
     """Raise an OSError naming `call(args)` if a C call returned -1."""
     if result != -1:
         return
     code = ctypes.get_errno()
     shown = ", ".join(repr(a) for a in args)
-    hint = f" ({_HINTS[code]})" if code in _HINTS else ""
+    hint = f" ({_HINTS[code]})" if hint and code in _HINTS else ""
     raise OSError(code, f"{call}({shown}): {os.strerror(code)}{hint}")
 
 
@@ -105,3 +107,37 @@ def set_parent_death_signal(sig: int) -> None:
     """Ask the kernel to send us `sig` when our parent dies (prctl PR_SET_PDEATHSIG)."""
     PR_SET_PDEATHSIG = 1
     _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig)), "prctl", sig)
+
+
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
+
+
+def set_no_new_privs() -> None:
+    """From now on, execve never grants privileges (setuid bits, file capabilities)."""
+    _check(_libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), ctypes.c_ulong(1), 0, 0, 0),
+           "prctl", "PR_SET_NO_NEW_PRIVS")
+
+
+def drop_capabilities(keep: set[int]) -> None:
+    """Keep only the capabilities numbered in `keep`: drop the others from the bounding
+    set (for good, across execve), then set effective = permitted = keep (capset(2))."""
+    for cap in range(64):
+        if cap not in keep and _libc.prctl(ctypes.c_int(PR_CAPBSET_DROP), ctypes.c_ulong(cap),
+                                           0, 0, 0) == -1:
+            if ctypes.get_errno() == errno.EINVAL:   # past the last capability this kernel has
+                break
+            _check(-1, "prctl", "PR_CAPBSET_DROP", cap)
+    bits = sum(1 << cap for cap in keep)
+    low, high = bits & 0xFFFFFFFF, bits >> 32
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)     # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)(low, low, 0, high, high, 0)  # effective, permitted, inheritable
+    _check(_libc.capset(header, data), "capset", hex(bits))
+
+
+def ptrace_attach(pid: int) -> None:
+    """Become `pid`'s tracer (it stops), then let it go again (PTRACE_ATTACH, _DETACH)."""
+    PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+    _check(_libc.ptrace(ctypes.c_long(PTRACE_ATTACH), ctypes.c_long(pid), None, None),
+           "ptrace", "PTRACE_ATTACH", pid, hint=False)
+    os.waitpid(pid, 0)   # the tracee stops: wait for that before letting go
+    _libc.ptrace(ctypes.c_long(PTRACE_DETACH), ctypes.c_long(pid), None, None)

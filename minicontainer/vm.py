@@ -30,6 +30,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -38,9 +39,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import state
 from .cgroups import parse_memory
 from .errors import InvalidArgument, Timeout
 from .kernel import GUEST_MODULES, Kernel, VMError, find_kernel, kernel_dir
+from .process import start_time, wait_for_exit
 from .rootfs import default_rootfs
 
 __all__ = ["VM", "VMError", "Boot", "accelerator", "pack_initramfs"]
@@ -236,7 +239,7 @@ class VM:
         self.process: subprocess.Popen | None = None
         self.console: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.id = os.urandom(6).hex()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -250,12 +253,20 @@ class VM:
         """Start QEMU and return at once (boot several VMs side by side, then ready())."""
         if self.machine == "auto":
             self.machine = choose_machine(self.kernel, self.accel)
-        self._tmp = tempfile.TemporaryDirectory(prefix="mc-vm-")
-        initrd = Path(self._tmp.name) / "initramfs.gz"
+        # Written down before anything exists, so `minicontainer cleanup` can find
+        # QEMU and its files if this process dies without stop().
+        tmp = Path(tempfile.gettempdir()) / f"mc-vm-{self.id}"
+        record = {"owner": os.getpid(), "owner_started": start_time(os.getpid()),
+                  "tmp": str(tmp), "qemu": None}
+        state.write_vm(self.id, record)
+        tmp.mkdir(mode=0o700)
+        initrd = tmp / "initramfs.gz"
         initrd.write_bytes(self.initramfs(command))
         self._started = time.monotonic()
         self.process = subprocess.Popen(self.qemu_argv(initrd), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        state.write_vm(self.id, {**record, "qemu": [self.process.pid,
+                                                    start_time(self.process.pid)]})
         threading.Thread(target=self._read_console, daemon=True).start()
         return self
 
@@ -281,14 +292,13 @@ class VM:
 
     def stop(self) -> None:
         """Switch the machine off (SIGTERM: QEMU exits at once) and tidy up."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait()
-        self.process.stdout.close()
-        if self._tmp:
-            self._tmp.cleanup()
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+            self.process.wait()
+            self.process.stdout.close()
+        shutil.rmtree(Path(tempfile.gettempdir()) / f"mc-vm-{self.id}", ignore_errors=True)
+        state.release_vm(self.id)
 
     def __enter__(self) -> VM:
         return self
@@ -379,3 +389,18 @@ def run_on_host_files(command: str, *, kernel_args: str = "", memory: str = "512
     with VM(memory=memory, cpus=cpus, kernel_args=kernel_args, host_files=True,
             keep=keep) as vm:
         return vm.run(command, timeout)
+
+
+def cleanup() -> list[str]:
+    """Stop the QEMUs whose owner died without stop(), and remove their files."""
+    removed = []
+    for vm_id, record in state.vm_records().items():
+        if state.owner_alive(record):
+            continue
+        if record["qemu"] and start_time(record["qemu"][0]) == record["qemu"][1]:
+            os.kill(record["qemu"][0], signal.SIGKILL)
+            wait_for_exit(record["qemu"][0], 10)
+        shutil.rmtree(record["tmp"], ignore_errors=True)
+        state.release_vm(vm_id)
+        removed.append(f"vm {vm_id}")
+    return removed

@@ -20,7 +20,7 @@ case "$(uname -m)" in
   aarch64) qemu=qemu-system-arm ;;
   *) fail "unsupported CPU $(uname -m): use the Vagrant VM" ;;
 esac
-packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd $qemu"
+packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu"
 [ "${1:-}" = bench ] && packages="$packages crun runc"
 [ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt"
 missing=""

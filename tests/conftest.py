@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+import report
 from hostcheck import host_objects
+from minicontainer.container import Container
 from minicontainer.namespaces import ns_ids
 from minicontainer.rootfs import default_rootfs
 
@@ -31,7 +33,30 @@ def host_is_left_as_found():
     before = host_objects()
     yield
     after = host_objects()
+    report.leaked = sum(len(set(after[kind]) ^ set(before[kind])) for kind in after)
     assert after == before, f"the tests left objects on the host: {after}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def count_containers():
+    """Count every container this process starts, for the report."""
+    real = Container.start
+
+    def start(self, *args, **kwargs):
+        report.counts["containers run"] += 1
+        return real(self, *args, **kwargs)
+    Container.start = start
+    yield
+    Container.start = real
+
+
+def pytest_terminal_summary(terminalreporter):
+    c = report.counts
+    terminalreporter.write_line(
+        f"minicontainer: {c['containers run']} containers run (in the test process), "
+        f"{c['faults injected']} faults injected, {c['bad inputs tried']} bad inputs tried, "
+        f"{c['escapes tried']} escapes tried and {c['escapes blocked']} blocked, "
+        f"{'?' if report.leaked is None else report.leaked} objects leaked")
 
 
 def caller_view() -> dict:

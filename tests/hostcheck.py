@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from minicontainer import state
@@ -18,10 +19,10 @@ def host_objects() -> dict[str, list[str]]:
     netns = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
               if "minicontainer" in line or "/mc-" in line]
-    qemu = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-            and _comm(p).startswith("qemu-system")]
-    proxies = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-               and b"minicontainer.proxy" in _cmdline(p)]
+    # A zombie is gone but for its exit status, which init collects when it gets to it.
+    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and not _zombie(p)]
+    qemu = [p.name for p in alive if _comm(p).startswith("qemu-system")]
+    proxies = [p.name for p in alive if b"minicontainer.proxy" in _cmdline(p)]
     return {
         "links": sorted(n for n in os.listdir("/sys/class/net") if n.startswith("mc-")),
         "netns": [n for n in netns if n.startswith("mc-")],
@@ -36,6 +37,7 @@ def host_objects() -> dict[str, list[str]]:
         "binfmt_misc mounted": [line for line in Path("/proc/self/mounts").read_text().splitlines()
                                 if " binfmt_misc " in line],
         "ip_forward": [Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()],
+        "temporary files": sorted(str(p) for p in Path(tempfile.gettempdir()).glob("mc-*")),
     }
 
 
@@ -62,3 +64,10 @@ def _comm(proc: Path) -> str:
         return (proc / "comm").read_text().strip()
     except OSError:
         return ""
+
+
+def _zombie(proc: Path) -> bool:
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True       # gone already

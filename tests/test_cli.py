@@ -116,12 +116,12 @@ def test_cleanup_removes_what_a_killed_owner_left():
         """)], stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout.readline() == "started\n"
-        assert mc("cleanup").stdout == "removed 0 container(s)\n", "the owner is alive"
+        assert mc("cleanup").stdout == "removed 0 leftover(s)\n", "the owner is alive"
         owner.send_signal(signal.SIGKILL)
         owner.wait()
         assert "mc-orphan" in mc("ps").stdout
-        assert mc("cleanup").stdout == "removed 1 container(s): mc-orphan\n"
-        assert mc("cleanup").stdout == "removed 0 container(s)\n", "safe to run twice"
+        assert mc("cleanup").stdout == "removed 1 leftover(s): mc-orphan\n"
+        assert mc("cleanup").stdout == "removed 0 leftover(s)\n", "safe to run twice"
     finally:
         owner.kill()
         owner.wait()
@@ -131,8 +131,8 @@ def test_cleanup_removes_what_a_killed_owner_left():
 def test_cleanup_leaves_detached_containers_alone_unless_all():
     mc("run", "-d", "--name", "mc-cli-keep", "--", "sleep", "30")
     try:
-        assert mc("cleanup").stdout == "removed 0 container(s)\n"
-        assert mc("cleanup", "--all").stdout == "removed 1 container(s): mc-cli-keep\n"
+        assert mc("cleanup").stdout == "removed 0 leftover(s)\n"
+        assert mc("cleanup", "--all").stdout == "removed 1 leftover(s): mc-cli-keep\n"
     finally:
         mc("rm", "-f", "mc-cli-keep")
 

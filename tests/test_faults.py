@@ -1,15 +1,20 @@
-"""Fault injection, error path: an exception at each stage of starting a container
-must leave the host exactly as it was, with no `cleanup` run afterwards.
+"""Fault injection: whatever stage starting a container (or a VM) reaches, the host
+ends exactly as it was.
 
-(The SIGKILL half of the fault story — kill the owner after each stage, then
-`minicontainer cleanup` — is covered for a running container in test_cli.py and
-test_network.py; per-stage kills are future work.)
+- An exception at each stage, with no `cleanup` afterwards: the error path alone
+  must remove everything.
+- SIGKILL of the owning process right after each stage (nothing of ours runs after
+  that), then `minicontainer cleanup`: the records alone must lead it to everything.
 """
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
 from hostcheck import host_objects
+from report import counts
 from minicontainer.container import Container
 
 STAGES = [
@@ -39,6 +44,7 @@ def test_an_exception_at_each_stage_leaves_nothing_behind(stage, target, monkeyp
                           cpus=0.5, pids_limit=20)
     with pytest.raises(Injected):
         container.start()
+    counts["faults injected"] += 1
     assert host_objects() == before, f"after a fault while {stage}"
 
 
@@ -48,3 +54,54 @@ def test_a_failing_step_in_the_child_leaves_nothing_behind(monkeypatch):
     with pytest.raises(Exception, match="fault injected"):
         Container("sleep 30", network="mc-br0", memory="64M").start()
     assert host_objects() == before
+
+
+# The owner wraps one step so that it kills itself (SIGKILL) just before or after it.
+KILL_AT = """
+import os, pkgutil, signal, sys
+owner_name, attribute = sys.argv[1].rsplit(".", 1)
+owner = pkgutil.resolve_name(owner_name)
+real = getattr(owner, attribute)
+def die_there(*args, **kwargs):
+    if sys.argv[3] == "after":
+        real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr(owner, attribute, die_there)
+if sys.argv[2] == "vm":
+    from minicontainer.vm import VM
+    VM(accel="tcg").boot()
+else:
+    from minicontainer.container import Container
+    Container("sleep 30", network="mc-br0", ports={18099: 80}, memory="64M").start()
+print("the stage never ran")
+"""
+
+KILLS = [  # (the stage reached, the step to die at, container or VM, before or after it)
+    ("the record is written", "minicontainer.state.claim", "container", "after"),
+    ("the overlay directories exist", "minicontainer.rootfs.Overlay.create", "container",
+     "after"),
+    ("the bridge exists", "minicontainer.network.add_rules", "container", "before"),
+    ("the firewall rules are in", "minicontainer.network.add_rules", "container", "after"),
+    ("an address is leased", "minicontainer.network.attach", "container", "after"),
+    ("the cgroup exists", "minicontainer.cgroups.Cgroup.create", "container", "after"),
+    ("the veth is plugged in", "minicontainer.network.Attachment.connect", "container",
+     "after"),
+    ("the container runs (overlay mounted)", "minicontainer.process.spawn", "container",
+     "after"),
+    ("the port proxy runs", "minicontainer.proxy.start", "container", "after"),
+    ("QEMU runs", "minicontainer.vm.VM.start", "vm", "after"),
+]
+
+
+@pytest.mark.parametrize("stage, target, kind, when", KILLS, ids=[k[0] for k in KILLS])
+def test_sigkill_after_each_stage_then_cleanup_leaves_nothing(stage, target, kind, when):
+    before = host_objects()
+    owner = subprocess.run([sys.executable, "-c", KILL_AT, target, kind, when],
+                           capture_output=True, text=True, timeout=120)
+    assert owner.returncode == -9, f"the owner was not killed after {stage}: {owner.stderr}"
+    counts["faults injected"] += 1
+    assert host_objects() != before, "the stage left nothing to clean: the test proves nothing"
+    cleanup = subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"],
+                             capture_output=True, text=True, timeout=60)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert host_objects() == before, f"cleanup missed something after a kill once {stage}"

@@ -51,6 +51,8 @@ def dependencies_of_pyproject() -> dict[str, str]:
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = [d for d in environment["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    conda += [d for d in pip if not d.startswith("-")]
     listed = dict(re.match(r"([\w-]+)(.*)", d).groups() for d in conda)
     python = listed.pop("python")
     listed.pop("pip")

@@ -1,0 +1,193 @@
+"""Layer 5: security — take from root inside the container what it does not need.
+
+Namespaces change what a process can *see*; they do not change what root may *do*.
+Root in a container still holds every capability, may make every system call the
+kernel has, and finds files in /proc that reach into the host's kernel (kcore is its
+memory, sysrq-trigger reboots it). Docker closes those doors four ways, and so does
+this layer, each part switchable for the lesson:
+
+- capabilities: root's power is split into ~40 capabilities (CAP_SYS_ADMIN mounts,
+  CAP_SYS_MODULE loads modules, CAP_SYS_PTRACE traces any process...).
+  prctl(PR_CAPBSET_DROP) removes one from the bounding set for good, capset(2)
+  from the sets held now; we keep Docker's default set, minus MKNOD: Docker lets
+  root make device nodes and refuses to open them with the devices cgroup, which
+  this project does not set up, so a node for the host's disk would be readable.
+- no_new_privs: prctl(PR_SET_NO_NEW_PRIVS) — no setuid program or file capability
+  can hand them back.
+- seccomp: a small BPF program the kernel runs at every system call (seccomp(2)).
+  Ours answers EPERM to what Docker's default profile refuses: mount, unshare,
+  setns, module loading, reboot, kexec, the clock, keyrings... libseccomp writes the
+  BPF; pyseccomp calls it (pure Python over the system's libseccomp.so.2, the same
+  API as libseccomp's own binding, and on PyPI, which that one is not).
+- system paths: /proc/kcore and friends are hidden under /dev/null or an empty
+  tmpfs; /proc/sys, /proc/sysrq-trigger and a few more become read-only (a
+  read-only bind mount of each over itself). /sys is read-only from layer 2 on.
+
+The mounts need the container's own mount namespace (without one they would land on
+the host, so they are skipped); everything else works in any container, including
+`exec`, which gets the same confinement as the command.
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from functools import cache, partial
+from pathlib import Path
+
+from . import syscalls
+from .errors import InvalidArgument
+from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, mount
+
+# <linux/capability.h>: the numbers behind the names.
+CAPABILITIES = {
+    "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4,
+    "KILL": 5, "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9,
+    "NET_BIND_SERVICE": 10, "NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13,
+    "IPC_LOCK": 14, "IPC_OWNER": 15, "SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18,
+    "SYS_PTRACE": 19, "SYS_PACCT": 20, "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_NICE": 23,
+    "SYS_RESOURCE": 24, "SYS_TIME": 25, "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28,
+    "AUDIT_WRITE": 29, "AUDIT_CONTROL": 30, "SETFCAP": 31, "MAC_OVERRIDE": 32,
+    "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35, "BLOCK_SUSPEND": 36, "AUDIT_READ": 37,
+    "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
+}
+DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "NET_RAW",  # no MKNOD
+                        "SETGID", "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE",
+                        "SYS_CHROOT", "KILL", "AUDIT_WRITE")
+
+# What Docker's default seccomp profile refuses to a container without CAP_SYS_ADMIN
+# (moby profiles/seccomp/default.json is an allow-list; these are its notable gaps).
+DENIED_SYSCALLS = (
+    "mount", "umount2", "pivot_root", "unshare", "setns",          # leave the namespaces
+    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+    "init_module", "finit_module", "delete_module",                # the kernel's code
+    "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct",
+    "bpf", "perf_event_open", "userfaultfd", "lookup_dcookie", "quotactl",
+    "add_key", "keyctl", "request_key",                            # the kernel's keyrings
+    "clock_settime", "clock_adjtime", "settimeofday",              # the host's clock
+    "open_by_handle_at", "name_to_handle_at",                      # the 2014 "shocker" escape
+    "process_vm_readv", "process_vm_writev", "kcmp",
+    "iopl", "ioperm", "syslog", "sethostname", "setdomainname",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "mbind", "set_mempolicy", "move_pages", "uselib", "ustat", "sysfs", "personality",
+)
+NEW_NAMESPACE_FLAGS = (syscalls.CLONE_NEWNS, syscalls.CLONE_NEWCGROUP, syscalls.CLONE_NEWUTS,
+                       syscalls.CLONE_NEWIPC, syscalls.CLONE_NEWUSER, syscalls.CLONE_NEWPID,
+                       syscalls.CLONE_NEWNET)
+
+# Docker's defaults (moby oci/defaults.go): hidden, and read-only.
+MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap")
+READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+@dataclass(frozen=True)
+class Security:
+    """Which defences a container gets; all on by default, as in `docker run`."""
+
+    capabilities: bool = True    # keep only DEFAULT_CAPABILITIES
+    no_new_privs: bool = True
+    seccomp: bool = True         # refuse DENIED_SYSCALLS
+    system_paths: bool = True    # hide MASKED_PATHS, make READ_ONLY_PATHS read-only
+
+    @classmethod
+    def off(cls) -> Security:
+        """Every defence switched off (roughly `docker run --privileged`)."""
+        return cls(capabilities=False, no_new_privs=False, seccomp=False, system_paths=False)
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+def from_options(options: Iterable[str] = (), privileged: bool = False,
+                 cap_add: Iterable[str] = ()) -> Security:
+    """Docker's spellings: --privileged; --security-opt seccomp=unconfined,
+    systempaths=unconfined, no-new-privileges=false; --cap-add ALL."""
+    if privileged:
+        return Security.off()
+    switches = Security().as_dict()
+    for option in options:
+        key, _, value = option.partition("=")
+        if (key, value) in (("seccomp", "unconfined"), ("systempaths", "unconfined")):
+            switches[{"seccomp": "seccomp", "systempaths": "system_paths"}[key]] = False
+        elif key == "no-new-privileges" and value in ("", "true", "false"):
+            switches["no_new_privs"] = value != "false"
+        else:
+            raise InvalidArgument(f"unknown security option {option!r}: use seccomp=unconfined,"
+                                  " systempaths=unconfined or no-new-privileges=false")
+    for name in cap_add:
+        if name.upper() != "ALL":
+            raise InvalidArgument(f"--cap-add {name}: only ALL is supported (keep every "
+                                  "capability)")
+        switches["capabilities"] = False
+    return Security(**switches)
+
+
+def protect_system_paths() -> None:
+    """Hide and freeze the /proc and /sys files that reach into the host's kernel.
+
+    Runs in the child after pivot_root, so the paths are the container's own.
+    """
+    for path in map(Path, MASKED_PATHS):
+        if path.is_dir():
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        elif path.exists():
+            mount("/dev/null", path, None, MS_BIND)     # reads as empty, writes vanish
+    for path in filter(Path.exists, map(Path, READ_ONLY_PATHS)):
+        mount(str(path), path, None, MS_BIND | MS_REC)
+        # A bind mount starts writable; remounting it read-only must keep the flags of
+        # the /proc it came from (a user namespace may not drop them).
+        mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+              | MS_NOEXEC)
+
+
+@cache
+def seccomp_filter():
+    """The filter, built once in the parent: the child only loads it (no Python work
+    after fork). Calls it does not name are allowed."""
+    import pyseccomp as seccomp
+    refuse = seccomp.ERRNO(errno.EPERM)
+    f = seccomp.SyscallFilter(seccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            f.add_rule(refuse, name)
+        except (OSError, RuntimeError):   # not a system call on this architecture
+            pass
+    for flag in NEW_NAMESPACE_FLAGS:      # clone() may make processes, not namespaces
+        f.add_rule(refuse, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")  # its flags are out of reach: the
+    return f                                           # C library falls back to clone()
+
+
+def confine(security: Security, seccomp=None) -> None:
+    """The last step before exec: no new privileges, the filter, fewer capabilities.
+
+    The filter goes in while we still hold CAP_SYS_ADMIN (needed to load one without
+    no_new_privs); capset and prctl stay allowed by it.
+    """
+    if security.no_new_privs:
+        syscalls.set_no_new_privs()
+    if security.seccomp:
+        seccomp.set_attr(0x3, int(security.no_new_privs))  # SCMP_FLTATR_CTL_NNP
+        seccomp.load()
+    if security.capabilities:
+        keep = {CAPABILITIES[name] for name in DEFAULT_CAPABILITIES}
+        syscalls.drop_capabilities(keep)
+
+
+def steps(security: Security, mount_namespace: bool) -> list:
+    """The child's steps for `security`: the mounts (with a mount namespace), then confine."""
+    chosen = [protect_system_paths] if security.system_paths and mount_namespace else []
+    filter_ = seccomp_filter() if security.seccomp else None
+    return chosen + [partial(confine, security, filter_)]
+
+
+def capabilities_of(pid: int | str = "self") -> set[str]:
+    """The names of the capabilities process `pid` holds now (CapEff in its status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            bits = int(line.split()[1], 16)
+            return {name for name, n in CAPABILITIES.items() if bits >> n & 1}
+    return set()

@@ -1,0 +1,61 @@
+"""The escape lab: every attack fails against a default container, and the layer it
+names is the one doing the work — switched off, the attack succeeds (where that is
+safe to show), or the next layer behind it stops it."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from minicontainer import escapes
+from report import counts
+
+ATTACKS = escapes.ATTACKS
+
+
+@pytest.fixture(scope="module")
+def bait():
+    with escapes.target() as target:
+        yield target
+
+
+def tried(outcome: escapes.Outcome) -> escapes.Outcome:
+    counts["escapes tried"] += 1
+    counts["escapes blocked"] += not outcome.escaped
+    return outcome
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=[f"{a.name} - {a.stopped_by}" for a in ATTACKS])
+def test_a_default_container_stops_it(attack, bait):
+    outcome = tried(escapes.attempt(attack, bait))
+    assert not outcome.escaped, f"{attack.name} got through: {outcome.evidence}"
+
+
+SHOWN = [a for a in ATTACKS if a.shown_with]
+
+
+@pytest.mark.parametrize("attack", SHOWN, ids=[f"{a.name} - without {a.stopped_by}"
+                                               for a in SHOWN])
+def test_with_its_layer_off_it_works(attack, bait):
+    outcome = escapes.attempt(attack, bait, **attack.shown_with)
+    assert outcome.escaped, f"{attack.stopped_by} is not what stops it: {outcome.evidence}"
+
+
+BEHIND = [a for a in ATTACKS if a.behind_it]
+
+
+@pytest.mark.parametrize("attack", BEHIND, ids=[f"{a.name} - then {a.behind_it[1]}"
+                                                for a in BEHIND])
+def test_behind_the_first_layer_the_next_stops_it(attack, bait):
+    if "SYS_MODULE" in attack.behind_it[1] and not os.path.exists("/proc/modules"):
+        pytest.skip("this kernel has no loadable modules: init_module answers ENOSYS "
+                    "before it looks at capabilities")
+    outcome = tried(escapes.attempt(attack, bait, **attack.behind_it[0]))
+    assert not outcome.escaped, f"{attack.name} got through: {outcome.evidence}"
+    assert "not permitted" in outcome.evidence or "denied" in outcome.evidence
+
+
+def test_the_lab_reports_every_attack_blocked():
+    rows = escapes.run_lab()
+    assert [row["attack"] for row in rows] == [a.name for a in ATTACKS]
+    assert all(row["blocked"] for row in rows), rows
