@@ -4,6 +4,7 @@ traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -46,7 +47,9 @@ def parser() -> argparse.ArgumentParser:
                      help="keep every capability (only ALL)")
     run.add_argument("--privileged", action="store_true",
                      help="switch every defence of layer 5 off (for the lesson)")
-    run.add_argument("--no-cgroup", dest="cgroup", action="store_false",
+    run.add_argument("--rootless", action="store_true",
+                     help="as an ordinary user: a user namespace, no cgroup, no bridge")
+    run.add_argument("--no-cgroup", dest="cgroup", action="store_false", default=None,
                      help="no cgroup at all (layers 1-2 only)")
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background and print the name")
@@ -119,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                "name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
                "init": args.init, "memory": args.memory, "cpus": args.cpus,
                "pids_limit": args.pids_limit, "cgroup": args.cgroup,
-               "network": args.network, "ports": args.publish}
+               "network": args.network, "ports": args.publish, "rootless": args.rootless}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
     container = Container(command_of(args), **options)
@@ -145,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from .container import Container, check_host
-    check_host()
+    check_host(rootless=os.geteuid() != 0)   # a user: their own containers
     return Container.load(args.name).exec(command_of(args), timeout=None, attach=True).exit_code
 
 
@@ -168,7 +171,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from .container import Container, check_host
-    check_host()
+    check_host(rootless=os.geteuid() != 0)   # a user: their own containers
     for name in args.names:
         container = Container.load(name)
         if container.running:
@@ -179,7 +182,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from .container import Container, check_host
-    check_host()
+    check_host(rootless=os.geteuid() != 0)   # a user: their own containers
     for name in args.names:
         Container.load(name).remove(force=args.force)
         print(name)
@@ -279,7 +282,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from .container import check_host, cleanup
-    check_host()
+    check_host(rootless=os.geteuid() != 0)   # a user: their own containers
     removed = cleanup(everything=args.all)
     print(f"removed {len(removed)} leftover(s)" + (": " + ", ".join(removed) if removed else ""))
     return 0

@@ -66,11 +66,11 @@ class Container:
                  namespaces: Iterable[str] = ns.DEFAULT, init: bool = False,
                  env: dict[str, str] | None = None, memory: str | int | None = None,
                  cpus: str | float | None = None, pids_limit: str | int | None = None,
-                 cgroup: bool = True, cgroup_parent: Cgroup | None = None,
+                 cgroup: bool | None = None, cgroup_parent: Cgroup | None = None,
                  network: str | None = None,
                  ports: dict[int, int] | Iterable[str] | None = None,
-                 security: Security | None = None) -> None:
-        check_host()
+                 security: Security | None = None, rootless: bool = False) -> None:
+        check_host(rootless)
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
         self.main = command if callable(command) else None
@@ -78,7 +78,11 @@ class Container:
         self.id = os.urandom(6).hex()
         self.name = check_name(name or f"mc-{self.id}")
         self.hostname = check_hostname(hostname or self.name)
-        self.namespaces = check_namespaces(namespaces)
+        self.rootless = rootless
+        self.namespaces = check_namespaces(set(namespaces) | ({"user"} if rootless else set()))
+        cgroup = not rootless if cgroup is None else cgroup
+        if rootless:
+            check_rootless(cgroup, (memory, cpus, pids_limit), network)
         self.rootfs = check_rootfs(Path(rootfs)) if rootfs else default_rootfs()
         self.init = init
         if not cgroup and (memory, cpus, pids_limit) != (None, None, None):
@@ -296,6 +300,7 @@ class Container:
             "name": self.name, "id": self.id, "command": self.command,
             "rootfs": str(self.rootfs), "hostname": self.hostname,
             "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env,
+            "rootless": self.rootless,
             "detached": self.detached,
             "cgroup": self.cgroup.path if self.cgroup else None,
             "limits": {"memory": self.limits.memory, "cpus": self.limits.cpus,
@@ -315,6 +320,7 @@ class Container:
         self.main = None
         self.rootfs, self.hostname = Path(record["rootfs"]), record["hostname"]
         self.namespaces, self.init = frozenset(record["namespaces"]), record["init"]
+        self.rootless = record["rootless"]
         self.detached = record["detached"]
         self.limits = Limits(**record["limits"])
         self.network = record["network"]["network"] if record["network"] else None
@@ -379,12 +385,27 @@ def remove_stray_cgroups() -> list[str]:
 
 # -- checks: refuse bad input before anything is created ---------------------------------
 
-def check_host() -> None:
+def check_host(rootless: bool = False) -> None:
     if os.uname().sysname != "Linux":
         raise NotLinuxError("containers need a Linux kernel: use the course's Vagrant VM "
                             "(`vagrant up`, see the README)")
-    if os.geteuid() != 0:
-        raise NotRootError("namespaces and mounts need root: run with sudo")
+    if rootless and os.geteuid() != 0 and (why := ns.user_namespaces_refused()):
+        raise NotRootError(f"a rootless container needs a user namespace, and {why}")
+    if not rootless and os.geteuid() != 0:
+        raise NotRootError("namespaces and mounts need root: run with sudo, or ask for a "
+                           "rootless container (--rootless: no limits, no bridged network)")
+
+
+def check_rootless(cgroup: bool, limits: tuple, network: str | None) -> None:
+    """What a user namespace cannot give: said before anything is made."""
+    if cgroup or limits != (None, None, None):
+        raise InvalidArgument("a rootless container has no cgroup, so no memory, cpus or "
+                              "pids limits: creating cgroups needs root (or a cgroup "
+                              "delegated to you by systemd, which the course does not set up)")
+    if network is not None:
+        raise InvalidArgument("a rootless container cannot join a bridge network: a veth "
+                              "into a host bridge needs root (rootless Podman uses "
+                              "slirp4netns or pasta instead); it still has its own loopback")
 
 
 def as_argv(command: str | Sequence[str]) -> list[str]:

@@ -30,7 +30,7 @@ def run_checks() -> list[Check]:
     if not checks[0].ok:
         return checks
     checks += [check_root(), check_kernel(), *check_namespaces(), check_cgroups(),
-               check_busybox(), check_kvm(), check_qemu(), check_vm_kernel(),
+               check_rootless(), check_busybox(), check_kvm(), check_qemu(), check_vm_kernel(),
                check_module("pyroute2", "networking (layer 4)")]
     return checks
 
@@ -74,6 +74,16 @@ def check_namespaces() -> list[Check]:
                             "(CONFIG_" + kind.upper() + "_NS, sysctl user.max_*_namespaces)",
                             required=kind in ("mnt", "pid", "uts", "ipc", "net")))
     return checks
+
+
+def check_rootless() -> Check:
+    """Can an ordinary user run `minicontainer run --rootless`? And what it lacks."""
+    from .namespaces import user_namespaces_refused
+    why = user_namespaces_refused()
+    return Check("rootless containers (--rootless)", why is None,
+                 "user namespaces allowed; without root there are no cgroup limits (unless "
+                 "systemd delegates a cgroup) and no bridged network" if why is None else why,
+                 why or "", required=False)
 
 
 def check_cgroups() -> Check:

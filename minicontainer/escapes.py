@@ -173,12 +173,27 @@ def attempt(attack: Attack, bait: Target, **changes) -> Outcome:
     return Outcome(attack.name, result.exit_code == 0, evidence[:200])
 
 
-def run_lab(attacks: list[Attack] = ATTACKS) -> list[dict]:
-    """Every attack against a default container; a row per attack, for a table."""
+def run_lab(attacks: list[Attack] = ATTACKS, layers_off: bool = True) -> list[dict]:
+    """Every attack against a default container; a row per attack, for a table.
+
+    With `layers_off`, each attack is tried again with its layer switched off where
+    that is safe (it should get through), or else with the first layer off (the next
+    one should stop it).
+    """
     rows = []
     with target() as bait:
         for attack in attacks:
             outcome = attempt(attack, bait)
-            rows.append({"attack": attack.name, "blocked": not outcome.escaped,
-                         "stopped by": attack.stopped_by, "evidence": outcome.evidence})
+            row = {"attack": attack.name, "blocked": not outcome.escaped,
+                   "stopped by": attack.stopped_by, "evidence": outcome.evidence}
+            if layers_off and attack.shown_with:
+                off = attempt(attack, bait, **attack.shown_with)
+                row["with it off"] = "gets through" if off.escaped else "still blocked"
+            elif layers_off and attack.behind_it:
+                off = attempt(attack, bait, **attack.behind_it[0])
+                row["with it off"] = ("gets through" if off.escaped
+                                      else f"stopped by {attack.behind_it[1]}")
+            else:
+                row["with it off"] = "not tried: it would harm the host"
+            rows.append(row)
     return rows

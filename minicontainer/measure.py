@@ -230,8 +230,8 @@ def attack_surface(machine: str | None = None) -> dict:
     """What each side can call on directly, counted on this machine.
 
     A container's processes call the host kernel itself: every system call it
-    implements (counted from /proc/kallsyms) is within reach, minus what a seccomp
-    filter forbids. A guest never calls the host kernel: it talks to the devices QEMU
+    implements (counted from /proc/kallsyms) is within reach, minus what layer 5's
+    seccomp filter refuses. A guest never calls the host kernel: it talks to the devices QEMU
     emulates (listed by QEMU's own `info qtree`) and, under KVM, to the kernel's KVM
     interface. Fewer, narrower doors — but bugs in QEMU's device models have been real
     escapes too, so this is a count of doors, not a proof of safety.
@@ -246,7 +246,10 @@ def attack_surface(machine: str | None = None) -> dict:
                            "-monitor", "stdio"], input="info qtree\nquit\n",
                           capture_output=True, text=True, timeout=60).stdout
     devices = re.findall(r"dev: ([\w-]+)", tree)
-    return {"container": {"host_syscalls": len(syscalls), "examples": syscalls[:12]},
+    from .security import DENIED_SYSCALLS
+    refused = sorted(set(syscalls) & set(DENIED_SYSCALLS))  # layer 5's seccomp filter
+    return {"container": {"host_syscalls": len(syscalls), "examples": syscalls[:12],
+                          "refused_by_seccomp": len(refused)},
             "vm": {"machine": machine, "emulated_devices": len(devices),
                    "device_types": sorted(set(devices))},
             "explanation": " ".join(attack_surface.__doc__.split("\n\n")[1].split())}

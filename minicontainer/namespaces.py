@@ -144,6 +144,29 @@ def enter_user_namespace() -> None:
     Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
 
 
+def user_namespaces_refused() -> str | None:
+    """Why an unprivileged user may not make a user namespace here (None: they may).
+
+    Three switches can forbid it: a zero namespace budget, Debian's old
+    unprivileged_userns_clone, and Ubuntu's AppArmor restriction (24.04 on), which lets
+    unshare succeed but leaves the process without capabilities inside.
+    """
+    def value(path: str) -> str | None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+    if value("/proc/sys/user/max_user_namespaces") == "0":
+        return "user.max_user_namespaces is 0: `sudo sysctl user.max_user_namespaces=15000`"
+    if value("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return ("unprivileged user namespaces are off: "
+                "`sudo sysctl kernel.unprivileged_userns_clone=1`")
+    if value("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return ("AppArmor restricts unprivileged user namespaces (Ubuntu 24.04): "
+                "`sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0` for the lab")
+    return None
+
+
 def join(pid: int, namespaces: Iterable[str]) -> None:
     """Enter the namespaces and root of running process `pid` (what `exec` does)."""
     files = [(FLAGS[kind], os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY))

@@ -39,8 +39,13 @@ class RootfsError(MinicontainerError):
 
 
 def cache_dir() -> Path:
-    """Where built images live (MINICONTAINER_CACHE, default /var/cache/minicontainer)."""
-    return Path(os.environ.get("MINICONTAINER_CACHE", "/var/cache/minicontainer"))
+    """Where built images live: MINICONTAINER_CACHE, else /var/cache/minicontainer for
+    root and ~/.cache/minicontainer for a rootless user (an image the user owns)."""
+    if "MINICONTAINER_CACHE" in os.environ:
+        return Path(os.environ["MINICONTAINER_CACHE"])
+    if os.geteuid() == 0:
+        return Path("/var/cache/minicontainer")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minicontainer"
 
 
 def is_static(binary: Path) -> bool:

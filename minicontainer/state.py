@@ -29,7 +29,16 @@ from .process import exit_code, start_time
 
 
 def containers_dir() -> Path:
-    return Path(os.environ.get("MINICONTAINER_RUN", "/run/minicontainer")) / "containers"
+    """/run/minicontainer/containers for root; a user's own place for a rootless user."""
+    if "MINICONTAINER_RUN" in os.environ:
+        base = Path(os.environ["MINICONTAINER_RUN"])
+    elif os.geteuid() == 0:
+        base = Path("/run/minicontainer")
+    elif "XDG_RUNTIME_DIR" in os.environ:
+        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "minicontainer"
+    else:
+        base = Path(f"/tmp/minicontainer-{os.geteuid()}")
+    return base / "containers"
 
 
 def claim(name: str, record: dict) -> Path:
@@ -88,6 +97,9 @@ def names() -> list[str]:
 def release(directory: Path) -> None:
     """Remove the container's directory (its logs and writable layer with it), and
     the directories above it once they are empty: the host is left as it was."""
+    scratch = directory / "work" / "work"   # overlayfs leaves it mode 000: a rootless
+    if scratch.is_dir():                     # owner must let themselves in to empty it
+        scratch.chmod(0o700)
     shutil.rmtree(directory, ignore_errors=True)
     with locked():
         try:

@@ -37,7 +37,8 @@ def host_objects() -> dict[str, list[str]]:
         "binfmt_misc mounted": [line for line in Path("/proc/self/mounts").read_text().splitlines()
                                 if " binfmt_misc " in line],
         "ip_forward": [Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()],
-        "temporary files": sorted(str(p) for p in Path(tempfile.gettempdir()).glob("mc-*")),
+        "temporary files": sorted(str(p) for pattern in ("mc-*", "minicontainer-*")
+                                  for p in Path(tempfile.gettempdir()).glob(pattern)),
     }
 
 

@@ -55,7 +55,10 @@ def test_behind_the_first_layer_the_next_stops_it(attack, bait):
     assert "not permitted" in outcome.evidence or "denied" in outcome.evidence
 
 
-def test_the_lab_reports_every_attack_blocked():
+def test_the_lab_table_for_the_notebook():
     rows = escapes.run_lab()
     assert [row["attack"] for row in rows] == [a.name for a in ATTACKS]
     assert all(row["blocked"] for row in rows), rows
+    shown = {row["attack"]: row["with it off"] for row in rows}
+    assert all(shown[a.name] == "gets through" for a in SHOWN)
+    assert shown["fork bomb"].startswith("not tried")
