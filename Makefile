@@ -29,6 +29,7 @@ compare: setup
 bench:
 	@MAKE_TARGET=bench bash scripts/setup.sh bench
 	$(PY) bench/start_time.py
+	$(PY) bench/load.py
 
 doctor: setup
 	$(PY) -m minicontainer doctor

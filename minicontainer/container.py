@@ -117,13 +117,14 @@ class Container:
         self.detached = detach
         self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid())}
         self.directory = state.claim(self.name, self._record())  # before anything else exists
+        procs: list[int] = []
+        listeners: list = []
         try:
             layer = Overlay.create(self.rootfs, self.directory)
             files = self._lease_address() if self.network else {}
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
                      partial(ns.isolate, layer, self.namespaces, self.hostname,
                              on_exit=partial(_record_exit, self.directory), files=files)]
-            procs: list[int] = []
             if self.cgroup:
                 self.cgroup.create()
                 procs = self.cgroup.open_procs()
@@ -142,7 +143,7 @@ class Container:
                     when_ready=self.attachment.connect if self.network else None)
                 self._startup = time.monotonic() - self._started
             finally:
-                _close(stdio + procs)
+                _close(stdio)
             self._save()                     # its pids, at once: cleanup must find them
             if listeners:
                 self._proxy_process = proxy.start(
@@ -152,8 +153,12 @@ class Container:
                                process.start_time(self._proxy_process.pid)]
                 self._save()
         except BaseException:
+            for listener in listeners:       # the proxy never got them: free the ports
+                listener.close()
             self.remove(force=True)
             raise
+        finally:
+            _close(procs)
         return self
 
     def wait(self, timeout: float | None = None) -> Result:

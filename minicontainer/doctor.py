@@ -29,10 +29,15 @@ def run_checks() -> list[Check]:
     checks = [check_linux()]
     if not checks[0].ok:
         return checks
-    checks += [check_root(), check_kernel(), *check_namespaces(), check_cgroups(),
-               check_rootless(), check_busybox(), check_kvm(), check_qemu(), check_vm_kernel(),
-               check_module("pyroute2", "networking (layer 4)")]
-    return checks
+    checks += [check_root(), check_kernel(), *check_namespaces()]
+    for check in (check_cgroups, check_rootless, check_busybox, check_kvm, check_qemu,
+                  check_vm_kernel):
+        try:
+            checks.append(check())
+        except OSError as e:          # e.g. a cache directory an ordinary user cannot read
+            checks.append(Check(check.__name__.removeprefix("check_"), False,
+                                f"could not look: {e}", "run as root (sudo)", required=False))
+    return checks + [check_module("pyroute2", "networking (layer 4)")]
 
 
 def check_linux() -> Check:

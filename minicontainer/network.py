@@ -24,6 +24,7 @@ only under a lock, so containers started at once never get the same address.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import json
@@ -172,8 +173,7 @@ def _remove(record: dict, force: bool = False) -> None:
                                  f"{', '.join(v['container'] for v in record['leases'].values())}")
     remove_rules(record["name"], record.get("firewall"))
     with ip_route() as ip:
-        if ip.link_lookup(ifname=record["name"]):
-            ip.link("del", ifname=record["name"])
+        delete_link(ip, ifname=record["name"])
     (networks_dir() / f"{record['name']}.json").unlink(missing_ok=True)
     if not names():                                  # the last one: forwarding as it was
         before = state.containers_dir().parent / "ip_forward.before"
@@ -251,10 +251,21 @@ def detach(attachment: Attachment) -> None:
         save(record)
         write_hosts_files(record)
         with ip_route() as ip:          # normally gone with the namespace already
-            if ip.link_lookup(ifname=attachment.host_end):
-                ip.link("del", ifname=attachment.host_end)
+            delete_link(ip, ifname=attachment.host_end)
         if not record["leases"] and not record["explicit"]:
             _remove(record)
+
+
+def delete_link(ip, **which) -> None:
+    """Delete a link if it is still there. A veth goes by itself when its namespace
+    dies, which the kernel finishes a moment after the last process: it may vanish
+    between our look and our delete."""
+    from pyroute2.netlink.exceptions import NetlinkError
+    try:
+        ip.link("del", **which)
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise
 
 
 def write_hosts_files(record: dict) -> None:
@@ -369,7 +380,7 @@ def cleanup(live_containers: set[str]) -> list[str]:
                 if ifname.startswith("mc-") and (not is_bridge or ifname not in known):
                     if not is_bridge and _veth_in_use(ifname, live_containers):
                         continue
-                    ip.link("del", index=link["index"])
+                    delete_link(ip, index=link["index"])
                     removed.append(ifname)
         if shutil.which("iptables"):
             for table, rule in tagged_iptables_rules():

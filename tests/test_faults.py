@@ -8,6 +8,7 @@ ends exactly as it was.
 """
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -46,6 +47,7 @@ def test_an_exception_at_each_stage_leaves_nothing_behind(stage, target, monkeyp
         container.start()
     counts["faults injected"] += 1
     assert host_objects() == before, f"after a fault while {stage}"
+    socket.create_server(("0.0.0.0", 18099)).close()   # and the published port is free
 
 
 def test_a_failing_step_in_the_child_leaves_nothing_behind(monkeypatch):
