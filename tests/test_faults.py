@@ -8,6 +8,8 @@ ends exactly as it was.
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -107,3 +109,49 @@ def test_sigkill_after_each_stage_then_cleanup_leaves_nothing(stage, target, kin
                              capture_output=True, text=True, timeout=60)
     assert cleanup.returncode == 0, cleanup.stderr
     assert host_objects() == before, f"cleanup missed something after a kill once {stage}"
+
+
+STARTED = ('from minicontainer import Container\n'
+           'c = Container(["sleep", "60"], network="mc-br0", ports={18097: 80}, memory="64M")\n'
+           'c.start()\n'
+           'print("started", c.pid, flush=True)\n')
+
+
+def test_kill_9_of_a_notebook_kernel_then_cleanup_leaves_nothing():
+    from jupyter_client.manager import start_new_kernel
+    before = host_objects()
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        reply = client.execute_interactive(STARTED, timeout=60)
+        assert reply["content"]["status"] == "ok"
+        assert host_objects() != before
+        os.kill(manager.provisioner.pid, signal.SIGKILL)   # as a crashed kernel
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    counts["faults injected"] += 1
+    subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"], check=True,
+                   capture_output=True, timeout=60)
+    assert host_objects() == before
+
+
+def test_a_power_cut_of_the_whole_process_tree_then_cleanup_leaves_nothing():
+    """Every process of the owner's tree (it, the container, its waiter, the port proxy)
+    is frozen, then killed at once: nobody gets to tidy up."""
+    import psutil
+    before = host_objects()
+    owner = subprocess.Popen([sys.executable, "-c", STARTED + "import time; time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    assert owner.stdout.readline().startswith("started")
+    tree = [psutil.Process(owner.pid), *psutil.Process(owner.pid).children(recursive=True)]
+    assert len(tree) >= 4                       # owner, waiter, container, proxy
+    for process in tree:
+        process.suspend()
+    for process in tree:
+        process.kill()
+    owner.wait()
+    psutil.wait_procs(tree, timeout=10)
+    counts["faults injected"] += 1
+    subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"], check=True,
+                   capture_output=True, timeout=60)
+    assert host_objects() == before
