@@ -87,12 +87,10 @@ class Attachment:
         """Plug the cable in: a veth pair whose far end is born as eth0 inside the
         namespace of process `pid`; the near end goes into the bridge. Then, from
         inside, the address and the default route through the bridge."""
-        with ip_route() as host:
-            host.link("add", ifname=self.host_end, kind="veth",
-                      peer={"ifname": "eth0", "net_ns_pid": pid})
+        with ip_route() as host:             # one request: created in the bridge, up
             bridge = host.link_lookup(ifname=self.network)[0]
-            host.link("set", index=host.link_lookup(ifname=self.host_end)[0], master=bridge,
-                      state="up")
+            host.link("add", ifname=self.host_end, kind="veth", master=bridge, state="up",
+                      peer={"ifname": "eth0", "net_ns_pid": pid})
         with ip_route(netns=f"/proc/{pid}/ns/net", flags=0) as inside:
             eth0 = inside.link_lookup(ifname="eth0")[0]
             inside.addr("add", index=eth0, address=self.address, prefixlen=self.prefix)

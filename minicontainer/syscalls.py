@@ -8,7 +8,8 @@ has sethostname. What it lacks (before 3.12) are the calls containers are made o
 - mount(2)      attach a filesystem (or change how a mount propagates)
 - umount2(2)    detach one
 - pivot_root(2) make another directory the root of the mount namespace
-- prctl(2)      a signal when our parent dies; no new privileges; the bounding set
+- prctl(2)      a signal when our parent dies; no new privileges; the bounding set;
+                a seccomp filter
 - capset(2)     the capabilities a process holds now
 - ptrace(2)     only for the escape lab: try to trace a process
 
@@ -141,3 +142,24 @@ def ptrace_attach(pid: int) -> None:
            "ptrace", "PTRACE_ATTACH", pid, hint=False)
     os.waitpid(pid, 0)   # the tracee stops: wait for that before letting go
     _libc.ptrace(ctypes.c_long(PTRACE_DETACH), ctypes.c_long(pid), None, None)
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog: how many BPF instructions, and where they are."""
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_program(bpf: bytes) -> _SockFprog:
+    """Wrap BPF instructions (8 bytes each) for the kernel; keep the result alive."""
+    buffer = ctypes.create_string_buffer(bpf, len(bpf))
+    program = _SockFprog(len(bpf) // 8, ctypes.addressof(buffer))
+    program._buffer = buffer
+    return program
+
+
+def load_seccomp(program: _SockFprog) -> None:
+    """From now on the kernel runs `program` at each of our system calls, and our
+    children's, for good (prctl PR_SET_SECCOMP, SECCOMP_MODE_FILTER)."""
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+    _check(_libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                       ctypes.byref(program), 0, 0), "prctl", "PR_SET_SECCOMP")
