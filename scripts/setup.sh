@@ -51,6 +51,7 @@ fi
 # Byte-compile the package even where PYTHONDONTWRITEBYTECODE is set: the CLI starts faster.
 .venv/bin/python -m compileall -q minicontainer
 .venv/bin/python -c 'from minicontainer.rootfs import default_rootfs; print("setup: image", default_rootfs())'
+.venv/bin/python -c 'from minicontainer.security import seccomp_program; seccomp_program(); print("setup: seccomp filter compiled")'
 # The VM's kernel: the distribution's package, unpacked into the cache (not installed).
 if ! .venv/bin/python -c 'import sys; from minicontainer.kernel import cached_kernel; sys.exit(not cached_kernel())'; then
   apt-get update -qq     # the package is looked up in apt's lists
