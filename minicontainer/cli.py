@@ -281,7 +281,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from .container import check_host, cleanup
+    from .cleanup import cleanup
+    from .container import check_host
     check_host(rootless=os.geteuid() != 0)   # a user: their own containers
     removed = cleanup(everything=args.all)
     print(f"removed {len(removed)} leftover(s)" + (": " + ", ".join(removed) if removed else ""))

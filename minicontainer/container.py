@@ -30,7 +30,7 @@ from . import cgroups, process, proxy, security, state
 from . import network as networking
 from . import namespaces as ns
 from .cgroups import Cgroup, Limits
-from .errors import (ContainerNotFound, InvalidArgument, MinicontainerError, NotLinuxError,
+from .errors import (InvalidArgument, MinicontainerError, NotLinuxError,
                      NotRootError, Timeout)
 from .init import become_init
 from .rootfs import Overlay, check_rootfs, default_rootfs
@@ -348,44 +348,6 @@ def run(command: str | Sequence[str] | Callable[[], None], timeout: float | None
     with Container(command, **options) as container:
         container.start()
         return container.wait(timeout)
-
-
-def cleanup(everything: bool = False) -> list[str]:
-    """Remove what dead owners left behind; with `everything`, stop and remove all.
-
-    A container is left alone while it runs and either its owner (the process that
-    started it) is alive or it was started detached (`run -d`).
-    """
-    removed = state.remove_stale_drafts()
-    for name in state.names():
-        try:
-            record = state.describe(name)
-        except ContainerNotFound:       # removed by its owner just now
-            continue
-        if record["status"] == "running" and not (everything or record["orphaned"]):
-            continue
-        Container.load(name).remove(force=True)
-        removed.append(name)
-    removed += remove_stray_cgroups()
-    removed += networking.cleanup(set(state.names()))
-    from .vm import cleanup as cleanup_vms    # QEMU's imports only when needed
-    return removed + cleanup_vms()
-
-
-def remove_stray_cgroups() -> list[str]:
-    """Groups no container claims (a crash before the record, a crashed experiment's
-    budget group); a group holding a claimed one is in use and stays."""
-    claimed = set()
-    for name in state.names():
-        try:
-            claimed.add(state.read(name)["cgroup"])
-        except (ContainerNotFound, KeyError):
-            pass
-    strays = [path for path in cgroups.leftover_groups()
-              if not any(c == path or (c or "").startswith(path + "/") for c in claimed)]
-    for path in strays:                      # nested ones first
-        Cgroup(path).remove()
-    return [path.rsplit("/", 1)[1] for path in strays]
 
 
 # -- checks: refuse bad input before anything is created ---------------------------------

@@ -22,7 +22,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from .container import cleanup
+from .cleanup import cleanup
 
 FILES = {"01": "ex01_chroot", "02": "ex02_namespaces", "03": "ex03_cgroups",
          "04": "ex04_networking", "05": "ex05_initramfs"}

@@ -14,7 +14,8 @@ import pytest
 
 from minicontainer import cgroups, state
 from minicontainer.cgroups import Cgroup, Sampler
-from minicontainer.container import Container, cleanup, run
+from minicontainer.cleanup import cleanup
+from minicontainer.container import Container, run
 from minicontainer.errors import InvalidArgument
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from minicontainer import network, state
-from minicontainer.container import Container, cleanup, run
+from minicontainer.cleanup import cleanup
+from minicontainer.container import Container, run
 from minicontainer.errors import InvalidArgument, MinicontainerError
 
 HTTPD = ("mkdir -p /www && echo hello from $(hostname) > /www/index.html && "

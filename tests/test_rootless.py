@@ -90,3 +90,14 @@ def test_doctor_tells_a_user_what_rootless_gives_and_lacks(home):
     report = as_user(home, "doctor").stdout
     line = next(line for line in report.splitlines() if "rootless" in line)
     assert ("no cgroup limits" in line) or ("sysctl" in report)
+
+
+def test_a_users_cleanup_touches_only_their_own(home):
+    """With a root container running, the user's cleanup finds nothing of theirs."""
+    from minicontainer.container import Container
+    with Container(["sleep", "30"]) as roots:
+        roots.start()
+        result = as_user(home, "cleanup")
+        assert (result.returncode, result.stdout) == (0, "removed 0 leftover(s)\n"), \
+            result.stderr
+        assert roots.running

@@ -62,3 +62,21 @@ def test_system_paths_are_hidden_and_read_only():
     off = run(check, security=Security(system_paths=False)).stdout
     assert int(off.splitlines()[0]) > 0 and "/proc/sys" not in off
 
+
+
+@pytest.mark.parametrize("options, field, value", [
+    (["--security-opt", "seccomp=unconfined"], "Seccomp", 0),
+    (["--security-opt", "no-new-privileges=false"], "NoNewPrivs", 0),
+    (["--cap-add", "ALL"], "CapEff", None),
+    (["--privileged"], "Seccomp", 0),
+], ids=["seccomp=unconfined", "no-new-privileges=false", "cap-add ALL", "privileged"])
+def test_the_cli_switches_each_part_with_dockers_words(options, field, value):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "minicontainer", "run", *options, "--",
+                           "sh", "-c", STATUS], capture_output=True, text=True, timeout=60)
+    status = status_of(done.stdout)
+    if value is None:
+        assert status[field] > default_bits()     # more than Docker's set
+    else:
+        assert status[field] == value
