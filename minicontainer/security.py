@@ -200,11 +200,3 @@ def steps(security: Security, mount_namespace: bool) -> list:
     program = seccomp_program() if security.seccomp else None
     return chosen + [partial(confine, security, program)]
 
-
-def capabilities_of(pid: int | str = "self") -> set[str]:
-    """The names of the capabilities process `pid` holds now (CapEff in its status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            bits = int(line.split()[1], 16)
-            return {name for name, n in CAPABILITIES.items() if bits >> n & 1}
-    return set()
