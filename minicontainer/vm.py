@@ -397,10 +397,26 @@ def cleanup() -> list[str]:
     for vm_id, record in state.vm_records().items():
         if state.owner_alive(record):
             continue
-        if record["qemu"] and start_time(record["qemu"][0]) == record["qemu"][1]:
-            os.kill(record["qemu"][0], signal.SIGKILL)
-            wait_for_exit(record["qemu"][0], 10)
+        if record["qemu"]:
+            pids = [record["qemu"][0]] if start_time(record["qemu"][0]) == record["qemu"][1] else []
+        else:                          # died between starting QEMU and writing its pid:
+            pids = _running_with(record["tmp"])   # it is the one booting our initramfs
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            wait_for_exit(pid, 10)
         shutil.rmtree(record["tmp"], ignore_errors=True)
         state.release_vm(vm_id)
         removed.append(f"vm {vm_id}")
     return removed
+
+
+def _running_with(path: str) -> list[int]:
+    """The processes whose command line mentions `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and path.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:                # gone meanwhile
+            pass
+    return found

@@ -66,9 +66,14 @@ import os, pkgutil, signal, sys
 owner_name, attribute = sys.argv[1].rsplit(".", 1)
 owner = pkgutil.resolve_name(owner_name)
 real = getattr(owner, attribute)
+calls = 0
 def die_there(*args, **kwargs):
-    if sys.argv[3] == "after":
-        real(*args, **kwargs)
+    global calls
+    calls += 1
+    if sys.argv[3] == "after" or calls < int(sys.argv[4]):
+        result = real(*args, **kwargs)
+        if calls < int(sys.argv[4]):
+            return result
     os.kill(os.getpid(), signal.SIGKILL)
 setattr(owner, attribute, die_there)
 if sys.argv[2] == "vm":
@@ -80,7 +85,8 @@ else:
 print("the stage never ran")
 """
 
-KILLS = [  # (the stage reached, the step to die at, container or VM, before or after it)
+KILLS = [  # (the stage reached, the step to die at, container or VM, before or after it,
+           #  [at which of its calls])
     ("the record is written", "minicontainer.state.claim", "container", "after"),
     ("the overlay directories exist", "minicontainer.rootfs.Overlay.create", "container",
      "after"),
@@ -93,14 +99,16 @@ KILLS = [  # (the stage reached, the step to die at, container or VM, before or 
     ("the container runs (overlay mounted)", "minicontainer.process.spawn", "container",
      "after"),
     ("the port proxy runs", "minicontainer.proxy.start", "container", "after"),
+    ("QEMU runs, its pid not yet written", "minicontainer.state.write_vm", "vm", "before", 2),
     ("QEMU runs", "minicontainer.vm.VM.start", "vm", "after"),
 ]
+KILLS = [(*kill, 1) if len(kill) == 4 else kill for kill in KILLS]   # at its first call
 
 
-@pytest.mark.parametrize("stage, target, kind, when", KILLS, ids=[k[0] for k in KILLS])
-def test_sigkill_after_each_stage_then_cleanup_leaves_nothing(stage, target, kind, when):
+@pytest.mark.parametrize("stage, target, kind, when, nth", KILLS, ids=[k[0] for k in KILLS])
+def test_sigkill_after_each_stage_then_cleanup_leaves_nothing(stage, target, kind, when, nth):
     before = host_objects()
-    owner = subprocess.run([sys.executable, "-c", KILL_AT, target, kind, when],
+    owner = subprocess.run([sys.executable, "-c", KILL_AT, target, kind, when, str(nth)],
                            capture_output=True, text=True, timeout=120)
     assert owner.returncode == -9, f"the owner was not killed after {stage}: {owner.stderr}"
     counts["faults injected"] += 1
