@@ -42,6 +42,23 @@ def test_the_command_starts_inside_its_budget():
                            line.endswith(expected) for line in lines), (controller, lines)
 
 
+def test_exec_runs_inside_the_same_budget():
+    """docker exec joins the container's cgroup: what it starts counts against the limits."""
+    with Container(["sleep", "30"], memory="32M") as c:
+        c.start()
+        inside = c.exec("cat /proc/self/cgroup").stdout
+        assert f"/minicontainer/{c.cgroup.name}" in inside
+        assert c.exec("dd if=/dev/zero of=/dev/null bs=64M count=1").exit_code == 137
+
+
+def test_with_a_cgroup_there_is_always_a_pids_limit():
+    """A fork bomb must hit a wall even when nobody thought of one; "max" lifts it."""
+    for asked, written in ((None, "1024"), ("max", "max")):
+        with Container(["sleep", "30"], pids_limit=asked) as c:
+            c.start()
+            assert (c.cgroup.dirs["pids"] / "pids.max").read_text().strip() == written
+
+
 def test_a_memory_hog_is_oom_killed_and_reported_as_such():
     result = run(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], memory="32M")
     assert (result.exit_code, result.signal, result.oom_killed) == (137, "SIGKILL", True)
