@@ -9,6 +9,15 @@ cd "$repo"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq make git >/dev/null
 bash scripts/setup.sh
+# Ubuntu 24.04's AppArmor forbids unprivileged user namespaces, which the rootless
+# lesson (`minicontainer run --rootless` as the vagrant user) needs. This is a lab VM:
+# lift it here, persistently. Hosts without the switch (CI's Debian) are left alone.
+restrict=/proc/sys/kernel/apparmor_restrict_unprivileged_userns
+if [ -w "$restrict" ]; then
+  echo "kernel.apparmor_restrict_unprivileged_userns = 0" |
+    install -m 0644 /dev/stdin "${SYSCTL_DIR:-/etc/sysctl.d}/60-minicontainer-rootless.conf"
+  echo 0 > "$restrict"
+fi
 token=${MINICONTAINER_TOKEN:-minicontainer}
 install -m 0644 /dev/stdin "$unit_dir/minicontainer-lab.service" <<UNIT
 [Unit]
