@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, namespaces, network, process, syscalls, vm
+from . import cgroups, escapes, namespaces, network, process, security, syscalls, vm
 from .chroot import chroot_into, escape_chroot
 from .container import Container, run
 from .rootfs import default_rootfs
@@ -210,6 +210,31 @@ def a_vm_boots_from_your_archive(student) -> None:
                machine.run("echo booted", timeout=120), "the previous checks must pass first")
 
 
+# -- 06 security -----------------------------------------------------------------------------
+
+def capability_masks_are_the_kernels(student) -> None:
+    expect('capability_bits(["CHOWN", "KILL"])', 0x21, student.capability_bits(["CHOWN", "KILL"]),
+           "CHOWN is number 0, KILL number 5: bits 0 and 5")
+    expect("capability_bits([])", 0, student.capability_bits([]), "no names, no bits")
+
+
+def your_mask_is_what_a_default_container_holds(student) -> None:
+    status = run("grep CapEff /proc/self/status").stdout.split()
+    expect("CapEff of a default container, against your mask of Docker's set minus MKNOD",
+           int(status[1], 16), student.capability_bits(list(security.DEFAULT_CAPABILITIES)),
+           "the kernel prints the mask in hexadecimal: int(text, 16)")
+
+
+def your_attack_is_stopped_by_the_pid_namespace_alone(student) -> None:
+    attack = escapes.Attack("yours", student.see_a_host_process(), "pid namespace")
+    with escapes.target() as bait:
+        blocked = not escapes.attempt(attack, bait).escaped
+        through = escapes.attempt(attack, bait, namespaces=escapes.NOT_PID).escaped
+    expect("(blocked in a default container, gets through without a pid namespace)",
+           (True, True), (blocked, through),
+           "exit 0 only when /proc/$PID/cmdline mentions mc-escape-target")
+
+
 CHECKS = {
     "01": [chroot_makes_the_image_the_root, a_root_process_climbs_out_of_a_chroot,
            pivot_root_stops_the_same_escape],
@@ -220,4 +245,6 @@ CHECKS = {
     "04": [addresses_come_in_order, two_containers_talk_with_your_addresses],
     "05": [one_record_is_byte_for_byte_right, busybox_cpio_reads_your_archive,
            a_vm_boots_from_your_archive],
+    "06": [capability_masks_are_the_kernels, your_mask_is_what_a_default_container_holds,
+           your_attack_is_stopped_by_the_pid_namespace_alone],
 }

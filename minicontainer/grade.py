@@ -25,7 +25,7 @@ from pathlib import Path
 from .cleanup import cleanup
 
 FILES = {"01": "ex01_chroot", "02": "ex02_namespaces", "03": "ex03_cgroups",
-         "04": "ex04_networking", "05": "ex05_initramfs"}
+         "04": "ex04_networking", "05": "ex05_initramfs", "06": "ex06_security"}
 TIMEOUT = 180
 
 

@@ -155,3 +155,14 @@ claims = [
 ]
 for claim, where, number in claims:
     print(f"{claim:44} {where:34} {number}")
+
+# %% [markdown]
+# ## Exercise
+# Open `exercises/ex06_security.py`: turn capability names into the mask the kernel
+# prints (and compare it with what a default container holds), then write an attack
+# of your own for the escape lab — one the pid namespace, and nothing else, stops.
+
+# %%
+from minicontainer.grade import grade
+
+grade("06")

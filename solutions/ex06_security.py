@@ -1,0 +1,21 @@
+"""Exercise 06 — layer 5: what root in a container may still do, and an attack of your own.
+
+Check with `grade("06")` in the notebook or `make check EX=06`.
+"""
+from minicontainer.security import CAPABILITIES
+
+
+def capability_bits(names: list[str]) -> int:
+    """The mask the kernel shows as CapEff in /proc/PID/status for these capabilities:
+    bit N set for capability number N. ["CHOWN", "KILL"] → 0b100001 = 0x21."""
+    bits = 0
+    for name in names:
+        bits |= 1 << CAPABILITIES[name]
+    return bits
+
+
+def see_a_host_process() -> str:
+    """A shell command for the escape lab: it must exit 0 only if, from inside the
+    container, it can see the host process whose pid is in $PID and whose command
+    line contains "mc-escape-target". Harmless: it only reads."""
+    return "grep -q mc-escape-target /proc/$PID/cmdline"
