@@ -113,7 +113,7 @@ ATTACKS = [
     Attack("reach a host loopback service", "echo hello | nc -w 2 127.0.0.1 $PORT",
            "network namespace", shown_with={"namespaces": NOT_NET}),
     Attack("read the host kernel's internals",
-           "cat /proc/timer_list /proc/interrupts /proc/keys /proc/kcore 2>/dev/null | grep .",
+           "cat /proc/timer_list /proc/interrupts /proc/keys 2>/dev/null | grep .",
            "masked paths", shown_with={"security": Security(system_paths=False)}),
     Attack("find a writable kernel switch", find_writable_kernel_switches, "read-only paths",
            shown_with={"security": Security(system_paths=False)}),
