@@ -40,8 +40,7 @@ NOT_MNT = frozenset({"pid", "uts", "ipc", "net"})
 class Target:
     """What the lab puts on the host for the attacker to reach for."""
 
-    marker: str      # a host file with `token` in it
-    token: str
+    marker: str      # a host file no container should be able to read
     pid: int         # a host process (a sleep the lab started)
     port: int        # a host service on 127.0.0.1
     disk: str        # major:minor of the host's root filesystem device
@@ -59,7 +58,6 @@ class Attack:
 
 @dataclass
 class Outcome:
-    attack: str
     escaped: bool
     evidence: str     # the last lines it printed
 
@@ -128,16 +126,15 @@ ATTACKS = [
 @contextmanager
 def target() -> Iterator[Target]:
     """The bait on the host: a marker file, a sleeping process, a loopback service."""
-    token = f"host-only-{os.urandom(6).hex()}"
     sleeper = subprocess.Popen(["mc-escape-target", "600"], executable="sleep")
     listener = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=_answer, args=(listener,), daemon=True).start()
     disk = os.stat("/").st_dev
     with tempfile.TemporaryDirectory(prefix="mc-escape-") as directory:
         marker = Path(directory) / "marker"
-        marker.write_text(token)
+        marker.write_text(f"host-only-{os.urandom(6).hex()}")
         try:
-            yield Target(str(marker), token, sleeper.pid, listener.getsockname()[1],
+            yield Target(str(marker), sleeper.pid, listener.getsockname()[1],
                          f"{os.major(disk)}:{os.minor(disk)}")
         finally:
             sleeper.kill()
@@ -170,7 +167,7 @@ def attempt(attack: Attack, bait: Target, **changes) -> Outcome:
     evidence = " / ".join(text[-3:]).replace("\0", " ")
     if not evidence and result.signal:
         evidence = f"killed by {result.signal}"
-    return Outcome(attack.name, result.exit_code == 0, evidence[:200])
+    return Outcome(result.exit_code == 0, evidence[:200])
 
 
 def run_lab(attacks: list[Attack] = ATTACKS, layers_off: bool = True) -> list[dict]:
