@@ -147,8 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from .container import Container, check_host
-    check_host(rootless=os.geteuid() != 0)   # a user: their own containers
+    from .arguments import check_host
+    from .container import Container
+    check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
     return Container.load(args.name).exec(command_of(args), timeout=None, attach=True).exit_code
 
 
@@ -170,8 +171,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from .container import Container, check_host
-    check_host(rootless=os.geteuid() != 0)   # a user: their own containers
+    from .arguments import check_host
+    from .container import Container
+    check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
     for name in args.names:
         container = Container.load(name)
         if container.running:
@@ -181,8 +183,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from .container import Container, check_host
-    check_host(rootless=os.geteuid() != 0)   # a user: their own containers
+    from .arguments import check_host
+    from .container import Container
+    check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
     for name in args.names:
         Container.load(name).remove(force=args.force)
         print(name)
@@ -192,7 +195,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from . import state
     from .cgroups import format_bytes
-    from .container import Container, check_host
+    from .arguments import check_host
+    from .container import Container
     check_host()
     names = args.names or [n for n in state.names() if state.describe(n)["status"] == "running"]
     print(f"{'NAME':20} {'MEM USAGE / LIMIT':>20} {'MEM PEAK':>9} {'CPU (s)':>8} "
@@ -216,7 +220,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_network_create(args: argparse.Namespace) -> int:
     from . import network
-    from .container import check_host
+    from .arguments import check_host
     check_host()
     record = network.create(args.name, args.subnet)
     print(f"{record['name']} {record['subnet']}")
@@ -235,7 +239,7 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
 
 def cmd_network_rm(args: argparse.Namespace) -> int:
     from . import network
-    from .container import check_host
+    from .arguments import check_host
     check_host()
     for name in args.names:
         network.remove(name)
@@ -250,7 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import measure, plots
-    from .container import check_host
+    from .arguments import check_host
     check_host()
     bars = []
 
@@ -282,8 +286,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from .cleanup import cleanup
-    from .container import check_host
-    check_host(rootless=os.geteuid() != 0)   # a user: their own containers
+    from .arguments import check_host
+    check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
     removed = cleanup(everything=args.all)
     print(f"removed {len(removed)} leftover(s)" + (": " + ", ".join(removed) if removed else ""))
     return 0

@@ -195,6 +195,7 @@ class Container:
         if self.cgroup is not None and self.directory is not None:
             self.cgroup.remove()
         if self.directory is not None:
+            Overlay.make_removable(self.directory)
             state.release(self.directory)
             self.directory = None
 

@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from . import namespaces as ns
 from . import syscalls
 from .chroot import escape_chroot
 from .container import Container
 from .security import Security
 
-NOT_PID = frozenset({"mnt", "uts", "ipc", "net"})
-NOT_NET = frozenset({"mnt", "pid", "uts", "ipc"})
-NOT_MNT = frozenset({"pid", "uts", "ipc", "net"})
+# A default container's namespaces, less one: that layer switched off.
+NOT_PID, NOT_NET, NOT_MNT = (ns.DEFAULT - {kind} for kind in ("pid", "net", "mnt"))
 
 
 @dataclass(frozen=True)

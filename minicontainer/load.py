@@ -15,9 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .container import Container, Result
 
-ADDRESS = "ip -4 -o addr show eth0 2>/dev/null | awk '{print $4}'; exit 0"
-
-
 def life(command: str | list[str], options: dict) -> tuple[Result, str | None]:
     """One container's whole life: start, wait for its command, remove."""
     with Container(command, **options) as container:

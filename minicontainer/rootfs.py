@@ -165,6 +165,14 @@ class Overlay:
             directory.mkdir()
         return layer
 
+    @staticmethod
+    def make_removable(under: Path) -> None:
+        """overlayfs leaves work/work with mode 000: root may remove it anyway, a
+        rootless owner must first let themselves in."""
+        scratch = under / "work" / "work"
+        if scratch.is_dir():
+            scratch.chmod(0o700)
+
     def mount(self) -> None:
         """Mount the merged view. Called inside the container's own mount namespace,
         so the host never sees this mount; it vanishes with the namespace."""

@@ -75,9 +75,14 @@ def remove_stale_drafts(age: float = 10) -> list[str]:
 
 def write(directory: Path, record: dict) -> None:
     """Replace state.json atomically: readers see the old record or the new, never half."""
-    partial = directory / "state.json.new"
+    _write_json(directory / "state.json", record)
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """Write next to `path`, then rename(2) over it: the swap is atomic."""
+    partial = path.with_name(path.name + ".new")
     partial.write_text(json.dumps(record, indent=1))
-    partial.rename(directory / "state.json")
+    partial.rename(path)
 
 
 def read(name: str) -> dict:
@@ -97,9 +102,6 @@ def names() -> list[str]:
 def release(directory: Path) -> None:
     """Remove the container's directory (its logs and writable layer with it), and
     the directories above it once they are empty: the host is left as it was."""
-    scratch = directory / "work" / "work"   # overlayfs leaves it mode 000: a rootless
-    if scratch.is_dir():                     # owner must let themselves in to empty it
-        scratch.chmod(0o700)
     shutil.rmtree(directory, ignore_errors=True)
     with locked():
         try:
@@ -117,9 +119,7 @@ def write_vm(vm_id: str, record: dict) -> None:
     like a container's: before QEMU exists, and again once it runs."""
     with locked():
         vms_dir().mkdir(exist_ok=True)
-        partial = vms_dir() / f"{vm_id}.json.new"
-        partial.write_text(json.dumps(record))
-        partial.rename(vms_dir() / f"{vm_id}.json")
+        _write_json(vms_dir() / f"{vm_id}.json", record)
 
 
 def vm_records() -> dict[str, dict]:

@@ -255,12 +255,11 @@ class VM:
             self.machine = choose_machine(self.kernel, self.accel)
         # Written down before anything exists, so `minicontainer cleanup` can find
         # QEMU and its files if this process dies without stop().
-        tmp = Path(tempfile.gettempdir()) / f"mc-vm-{self.id}"
         record = {"owner": os.getpid(), "owner_started": start_time(os.getpid()),
-                  "tmp": str(tmp), "qemu": None}
+                  "tmp": str(self.scratch), "qemu": None}
         state.write_vm(self.id, record)
-        tmp.mkdir(mode=0o700)
-        initrd = tmp / "initramfs.gz"
+        self.scratch.mkdir(mode=0o700)
+        initrd = self.scratch / "initramfs.gz"
         initrd.write_bytes(self.initramfs(command))
         self._started = time.monotonic()
         self.process = subprocess.Popen(self.qemu_argv(initrd), stdin=subprocess.DEVNULL,
@@ -297,8 +296,13 @@ class VM:
                 self.process.terminate()
             self.process.wait()
             self.process.stdout.close()
-        shutil.rmtree(Path(tempfile.gettempdir()) / f"mc-vm-{self.id}", ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         state.release_vm(self.id)
+
+    @property
+    def scratch(self) -> Path:
+        """This VM's temporary files (the initramfs), removed by stop() or cleanup."""
+        return Path(tempfile.gettempdir()) / f"mc-vm-{self.id}"
 
     def __enter__(self) -> VM:
         return self

@@ -100,7 +100,8 @@ print(f"of the {surface['container']['host_syscalls']} system calls, layer 5's s
 # default container, tries the classic ways out. Each row names the layer that stopped
 # it, then tries again with that layer switched off — only where getting through harms
 # nothing (the attacks read a marker file, signal 0, or ask `access(2)` "could I
-# write?" without writing). Read them in `minicontainer/escapes.py`: each is one line.
+# write?" without writing). Read them in `minicontainer/escapes.py`: each is a line of
+# shell or a few lines of Python.
 
 # %%
 from minicontainer import escapes
