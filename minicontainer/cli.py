@@ -222,7 +222,7 @@ def cmd_network_create(args: argparse.Namespace) -> int:
     from . import network
     from .arguments import check_host
     check_host()
-    record = network.create(args.name, args.subnet)
+    record = network.create(args.name, args.subnet, keep=True)
     print(f"{record['name']} {record['subnet']}")
     return 0
 

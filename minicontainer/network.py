@@ -40,6 +40,7 @@ from typing import ParamSpec, TypeVar
 
 from . import state
 from .errors import InvalidArgument, MinicontainerError, NameInUse
+from .process import start_time
 
 P, T = ParamSpec("P"), TypeVar("T")
 DEFAULT_NETWORK = "mc-br0"
@@ -127,23 +128,30 @@ def names() -> list[str]:
 
 # -- networks -------------------------------------------------------------------------------
 
-def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: bool = True) -> dict:
-    """Create a bridge network (docker network create), or refuse a name in use."""
+def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: bool = True,
+           keep: bool = False) -> dict:
+    """Create a bridge network (docker network create), or refuse a name in use.
+
+    A network made from Python belongs to the process that made it: once that process
+    is gone (a notebook kernel restarted or killed), `cleanup` removes it. With `keep`
+    (the CLI's `network create`) it stays until `network rm`, as Docker's networks do.
+    """
     if not NAME.match(name):
         raise InvalidArgument(f"invalid network name {name!r}: use mc- and then up to 12 of "
                               "a-z 0-9 - (it names the bridge)")
     with state.locked():
         if name in names():
             raise NameInUse(f"a network named {name!r} exists already")
-        return _create(name, subnet, explicit)
+        return _create(name, subnet, explicit, owner=None if keep else os.getpid())
 
 
 @outside_event_loop
-def _create(name: str, subnet: str | None, explicit: bool) -> dict:
+def _create(name: str, subnet: str | None, explicit: bool, owner: int | None = None) -> dict:
     network = choose_subnet(subnet)
     gateway = next(network.hosts())
     record = {"name": name, "subnet": str(network), "gateway": str(gateway),
-              "explicit": explicit, "leases": {}, "firewall": firewall_tool()}
+              "explicit": explicit, "leases": {}, "firewall": firewall_tool(),
+              "owner": owner, "owner_started": owner and start_time(owner)}
     if not names():                                  # the first network: remember forwarding
         before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
         (state.containers_dir().parent / "ip_forward.before").write_text(before)
@@ -367,7 +375,7 @@ def cleanup(live_containers: set[str]) -> list[str]:
                     del record["leases"][address]
                     removed.append(f"lease {address}")
             save(record)
-            if not record["leases"] and not record["explicit"]:
+            if not record["leases"] and not _still_wanted(record):
                 _remove(record)
                 removed.append(name)
         known = set(names())
@@ -387,6 +395,13 @@ def cleanup(live_containers: set[str]) -> list[str]:
                     run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
                     removed.append(f"rule {tag}")
     return removed
+
+
+def _still_wanted(record: dict) -> bool:
+    """Kept by `network create`, or its owner still runs; an implicit one never is."""
+    if not record["explicit"]:
+        return False
+    return not record.get("owner") or state.owner_alive(record)
 
 
 def _veth_in_use(ifname: str, live_containers: set[str]) -> bool:

@@ -32,14 +32,21 @@ from IPython.display import display
 from minicontainer import run
 from minicontainer.namespaces import DEFAULT, FLAGS, ns_ids
 
-PROBE = "hostname; echo $$; ls /proc | grep -c '^[0-9]'; wc -l < /proc/self/mounts; ip -o link | wc -l"
+# Each line is NAME=VALUE. Without a mount namespace the container gets no /proc of its
+# own (mounting one would change the host's mount table), so it cannot count processes
+# or mounts: those lines are left out, and the table says why.
+PROBE = """echo hostname=$(hostname); echo pid=$$
+[ -r /proc/self/mounts ] && echo processes=$(ls /proc | grep -c '^[0-9]') mounts=$(wc -l < /proc/self/mounts)
+echo links=$(ip -o link | wc -l)"""
+NO_PROC = "- (no /proc without a mount namespace)"
 
 
 def what_it_sees(kinds: set[str]) -> dict:
-    result = run(PROBE, namespaces=kinds, hostname="inside")
-    hostname, pid, processes, mounts, links = result.stdout.split()
-    return {"hostname": hostname, "its own pid": pid, "processes it sees": processes,
-            "mounts it sees": mounts, "network links": links}
+    seen = dict(pair.split("=", 1) for pair in run(PROBE, namespaces=kinds,
+                                                   hostname="inside").stdout.split())
+    return {"hostname": seen["hostname"], "its own pid": seen["pid"],
+            "processes it sees": seen.get("processes", NO_PROC),
+            "mounts it sees": seen.get("mounts", NO_PROC), "network links": seen["links"]}
 
 
 boxes = {kind: widgets.Checkbox(value=kind in DEFAULT, description=kind, indent=False)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -21,7 +23,11 @@
 
 # %%
 from minicontainer import Container, network
+from minicontainer.cleanup import cleanup
 
+cleanup()                               # what a killed earlier run left (a dead owner's only)
+if "mc-lesson" in network.names():      # made by this kernel in an earlier run: start afresh
+    network.remove("mc-lesson", force=True)
 net = network.create("mc-lesson")
 print(net["name"], net["subnet"], "gateway", net["gateway"])
 
