@@ -202,7 +202,9 @@ class Cgroup:
         memory, cpu = self.dirs["memory"], self.dirs["cpu"]
         if self.version["memory"] == "v2":
             cpu_stat = keyed(read(cpu / "cpu.stat"))
+            memory_stat = keyed(read(memory / "memory.stat"))
             stats = {"memory": int(read(memory / "memory.current")),
+                     "kernel_memory": kernel_memory_v2(memory_stat),
                      "memory_peak": optional_int(memory / "memory.peak"),
                      "memory_limit": self.limits.memory,
                      "oom_kills": keyed(read(memory / "memory.events")).get("oom_kill", 0),
@@ -210,6 +212,7 @@ class Cgroup:
                      "throttled_seconds": cpu_stat.get("throttled_usec", 0) / 1e6}
         else:
             stats = {"memory": int(read(memory / "memory.usage_in_bytes")),
+                     "kernel_memory": optional_int(memory / "memory.kmem.usage_in_bytes"),
                      "memory_peak": int(read(memory / "memory.max_usage_in_bytes")),
                      "memory_limit": self.limits.memory,
                      "oom_kills": keyed(read(memory / "memory.oom_control")).get("oom_kill", 0),
@@ -308,6 +311,14 @@ def write(path: Path, value: object, missing_ok: bool = False) -> None:
 def keyed(text: str) -> dict[str, int]:
     """Parse "key value" lines (cpu.stat, memory.events, memory.oom_control)."""
     return {key: int(value) for key, value in (line.split() for line in text.splitlines())}
+
+
+def kernel_memory_v2(memory_stat: dict[str, int]) -> int:
+    """The kernel's own memory charged to a v2 group: "kernel" (Linux 5.18+), else its parts."""
+    if "kernel" in memory_stat:
+        return memory_stat["kernel"]
+    return sum(memory_stat.get(key, 0) for key in ("kernel_stack", "pagetables", "percpu",
+                                                    "sock", "slab"))
 
 
 def optional_int(path: Path) -> int | None:

@@ -183,15 +183,23 @@ def memory_per_instance(vm_memory: str = "128M") -> dict:
 
 def scaling(max_containers: int = 50, max_vms: int = 6, vm_memory: str = "128M",
             progress=None) -> dict:
-    """Host memory used with 1…N idle containers, then 1…M idle VMs (as memory allows)."""
+    """Memory that 1…N idle containers, then 1…M idle VMs (as memory allows), cost the host.
+
+    Each side is measured on its own processes, not as the host's "used" memory, which
+    moves with everything else the machine does. A container costs the USS of its
+    processes, our waiter included (the memory freed if they ended), plus the kernel
+    memory its cgroup is charged (page tables, kernel stacks, slab); a VM costs the USS
+    of its QEMU process (guest RAM is QEMU's own memory). USS, not PSS: the waiter is a
+    fork of this process and shares most pages with it, and PSS would bill this
+    notebook's own memory to the containers.
+    """
     tick = progress or (lambda: None)
     result = {"containers": [], "vms": []}
-    baseline = psutil.virtual_memory().used
     running: list[Container] = []
     try:
         for n in range(1, max_containers + 1):
-            running.append(Container(["sleep", "3600"], cgroup=False).start())
-            result["containers"].append((n, psutil.virtual_memory().used - baseline))
+            running.append(Container(["sleep", "3600"]).start())
+            result["containers"].append((n, sum(container_cost(c) for c in running)))
             tick()
     finally:
         for container in running:
@@ -199,18 +207,25 @@ def scaling(max_containers: int = 50, max_vms: int = 6, vm_memory: str = "128M",
     per_vm = parse_memory(vm_memory) + 150 * MiB          # guest RAM plus QEMU, roughly
     max_vms = max(1, min(max_vms, psutil.virtual_memory().available // 2 // per_vm))
     machines: list[VM] = []
-    baseline = psutil.virtual_memory().used
     try:
         for n in range(1, max_vms + 1):
             machines.append(VM(memory=vm_memory))
             machines[-1].boot()
             time.sleep(0.5)                                     # let the guest settle
-            result["vms"].append((n, psutil.virtual_memory().used - baseline))
+            result["vms"].append((n, sum(tree_memory(vm.process.pid)["uss"]
+                                         for vm in machines)))
             tick()
     finally:
         for vm in machines:
             vm.stop()
     return result
+
+
+def container_cost(container: Container) -> int:
+    """Bytes a running container costs the host: its processes' USS (our waiter
+    included) plus the kernel memory charged to its cgroup."""
+    kernel = (container.stats()["kernel_memory"] or 0) if container.cgroup else 0
+    return tree_memory(container._child.pid)["uss"] + kernel
 
 
 # -- the kernel, and what each side exposes of the host ---------------------------------------

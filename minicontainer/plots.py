@@ -39,7 +39,7 @@ def memory_figure(scaling: dict, per_instance: dict | None = None) -> Figure:
         axes.plot([n for n, _ in points], [used / MiB for _, used in points], "o-",
                   color=COLORS[side], label=f"{side}s")
     axes.set_xlabel("instances running (idle)")
-    axes.set_ylabel("host memory used, MiB")
+    axes.set_ylabel("memory they cost the host, MiB\n(USS, + kernel memory)")
     if per_instance:
         axes.set_title(f"One container: {per_instance['container']['pss'] / MiB:.1f} MiB PSS; "
                        f"one VM: {per_instance['vm']['pss'] / MiB:.0f} MiB PSS")

@@ -48,6 +48,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# JupyterLab's "get notified about news?" popup covers the first notebook, and the
+# answer would fetch from the internet: settled for the lab, as an admin override.
+mkdir -p .venv/share/jupyter/lab/settings
+printf '%s\n' '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+  > .venv/share/jupyter/lab/settings/overrides.json
+
 # Byte-compile the package even where PYTHONDONTWRITEBYTECODE is set: the CLI starts faster.
 .venv/bin/python -m compileall -q minicontainer
 .venv/bin/python -c 'from minicontainer.rootfs import default_rootfs; print("setup: image", default_rootfs())'

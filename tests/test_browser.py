@@ -38,8 +38,16 @@ def run_all(browser, lab: str, notebook: str):
     page.goto(f"{lab}/lab/workspaces/{workspace}/tree/{notebook}?reset&token=test")
     idle = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
     page.wait_for_selector(idle, state="attached", timeout=90_000)
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_text("Run All Cells", exact=True).click()
+    # The indicator can say idle before the kernel's connection is ready, and then
+    # Run All is dropped: every prompt stays [ ]. Press it again until a cell starts.
+    for _ in range(5):
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_text("Run All Cells", exact=True).click()
+        if some_cell_started(page, within=10):
+            break
+    else:
+        page.screenshot(path=SHOTS / f"{notebook}-never-started.png", full_page=True)
+        raise AssertionError(f"Run All never started {notebook}: see the screenshot")
     deadline = time.monotonic() + 200
     while not every_cell_ran(page):             # each prompt shows [n], none [*] or [ ]
         if time.monotonic() > deadline:
@@ -50,10 +58,24 @@ def run_all(browser, lab: str, notebook: str):
     return page
 
 
-def every_cell_ran(page) -> bool:
+def prompts(page) -> list[str]:
     panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-    prompts = panel.locator(".jp-CodeCell .jp-InputPrompt").all_text_contents()
-    return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts)
+    return [p.strip() for p in panel.locator(".jp-CodeCell .jp-InputPrompt").all_text_contents()]
+
+
+def some_cell_started(page, within: float) -> bool:
+    """True once a prompt shows [*] (running) or [n] (done) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if any(re.fullmatch(r"\[(\*|\d+)\]:", p) for p in prompts(page)):
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def every_cell_ran(page) -> bool:
+    shown = prompts(page)
+    return bool(shown) and all(re.fullmatch(r"\[\d+\]:", p) for p in shown)
 
 
 def test_the_welcome_notebook_runs_in_a_browser(browser, jupyterlab):
@@ -63,6 +85,7 @@ def test_the_welcome_notebook_runs_in_a_browser(browser, jupyterlab):
     page.screenshot(path=SHOTS / "00_welcome.png", full_page=True)
     text = page.locator(".jp-Notebook").inner_text()
     assert "ready." in text and "container," in text and "VM (" in text
+    assert page.get_by_text("official Jupyter news").count() == 0, "no news popup on top"
     assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
                         ).count() == 0, "no cell raised"
 
