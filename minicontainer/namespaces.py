@@ -38,6 +38,7 @@ FLAGS = {
 }  # in the order setns must join them: user first, mnt last (as nsenter does)
 DEFAULT = frozenset({"mnt", "pid", "uts", "ipc", "net"})  # what `docker run` unshares
 DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
+SHM_SIZE = 64 * 1024**2   # Docker's default /dev/shm: shared memory is memory, so bounded
 
 
 def ns_ids(pid: int | str = "self") -> dict[str, int]:
@@ -47,12 +48,13 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 
 def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
             on_exit: Callable[[int], None] | None = None,
-            files: dict[str, Path] | None = None) -> None:
+            files: dict[str, Path] | None = None, shm_size: int = SHM_SIZE) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec. `on_exit` is called with the command's
     wait status by the process left waiting outside the pid namespace. `files` are
     host files to show at container paths (/etc/hosts), as Docker bind-mounts them.
+    `shm_size` bounds /dev/shm, in bytes.
     """
     namespaces = set(namespaces)
     if "user" in namespaces:              # first: it owns the namespaces made after it
@@ -66,7 +68,7 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
         rootfs.mount()                    # the image, plus a writable layer of our own
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
-        mount_kernel_filesystems(rootfs.merged, sysfs)
+        mount_kernel_filesystems(rootfs.merged, sysfs, shm_size)
         for inside, outside in (files or {}).items():
             bind_file(outside, rootfs.merged / inside.lstrip("/"))
         pivot_into(rootfs.merged)
@@ -83,17 +85,19 @@ def make_mounts_private() -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def mount_kernel_filesystems(root: Path, sysfs: bool = True) -> None:
+def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM_SIZE) -> None:
     """Give the new root its own /proc (our pid namespace's), /sys, /dev and /tmp."""
     mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if sysfs:
         mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount_minimal_dev(root / "dev")
+    mount_minimal_dev(root / "dev", shm_size)
     mount("tmpfs", root / "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
 
 
-def mount_minimal_dev(dev: Path) -> None:
-    """A /dev with a few harmless devices borrowed from the host, not all of them."""
+def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE) -> None:
+    """A /dev with a few harmless devices borrowed from the host, not all of them, and a
+    /dev/shm of `shm_size` bytes (a tmpfs lives in memory: unbounded, it could take half
+    the host's, the kernel's default for tmpfs)."""
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k")
     for name in DEVICES:
         (dev / name).touch()
@@ -102,7 +106,8 @@ def mount_minimal_dev(dev: Path) -> None:
     mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666")
     (dev / "ptmx").symlink_to("pts/ptmx")
     (dev / "shm").mkdir()
-    mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+          f"mode=1777,size={shm_size}")
     for fd, name in enumerate(["stdin", "stdout", "stderr"]):
         (dev / name).symlink_to(f"/proc/self/fd/{fd}")
     (dev / "fd").symlink_to("/proc/self/fd")
