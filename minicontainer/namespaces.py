@@ -63,6 +63,8 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
         syscalls.unshare(syscalls.CLONE_NEWPID)
         fork_and_wait(on_exit)            # the child goes on as PID 1; we wait outside
     syscalls.unshare(sum(FLAGS[kind] for kind in namespaces - {"user", "pid"}))
+    if "net" in namespaces:               # while /proc/sys still answers for our netns:
+        refuse_router_advertisements()    # eth0, made later, takes no RA from a neighbour
     if "mnt" in namespaces:
         make_mounts_private()             # nothing we mount may leak back to the host
         rootfs.mount()                    # the image, plus a writable layer of our own
@@ -138,6 +140,22 @@ def bring_up_loopback() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))  # struct ifreq
+
+
+def refuse_router_advertisements(interface: str = "default") -> None:
+    """accept_ra=0 and autoconf=0 for `interface` in the caller's network namespace
+    ("default": for the interfaces made after this). Nothing to do without IPv6.
+
+    Layer 4 calls it for its bridges; a container calls it right after
+    unshare(CLONE_NEWNET), when /proc/sys/net already shows the new namespace's settings
+    and is still writable. The kernel already ignores advertisements on an interface
+    that forwards IPv6 (forwarding=1, unless accept_ra=2), but our bridges route only
+    IPv4: their IPv6 forwarding is the host's, 0 on most machines, so accept_ra=1 holds.
+    """
+    conf = Path("/proc/sys/net/ipv6/conf") / interface
+    if conf.is_dir():
+        (conf / "accept_ra").write_text("0")   # no routers, prefixes or routes from it
+        (conf / "autoconf").write_text("0")    # no addresses made up from a prefix
 
 
 def enter_user_namespace() -> None:
