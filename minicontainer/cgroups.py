@@ -30,7 +30,8 @@ from pathlib import Path
 from .errors import InvalidArgument
 
 PARENT = "minicontainer"     # our groups live below this one, in each tree
-NEEDED = ("memory", "cpu", "cpuacct", "pids")   # cpuacct: v1's CPU-time counter
+# cpuacct: v1's CPU-time counter; devices: v1's device allow-list (devices.py fills it)
+NEEDED = ("memory", "cpu", "cpuacct", "pids", "devices")
 CPU_PERIOD = 100_000         # microseconds; cpus=0.5 means 50 000 us of CPU per period
 MIN_MEMORY = 6 * 1024**2     # as Docker: below this a container cannot even start
 UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, process, proxy, security, state
+from . import cgroups, devices, process, proxy, security, state
 from . import network as networking
 from . import namespaces as ns
 from .arguments import (as_argv, check_host, check_hostname, check_name, check_namespaces,
@@ -120,7 +120,9 @@ class Container:
         procs: list[int] = []
         listeners: list = []
         try:
-            layer = Overlay.create(self.rootfs, self.directory)
+            if self.security.devices and "mnt" not in self.namespaces and not self.cgroup:
+                devices.refuse_device_nodes(self.rootfs)     # neither nodev nor an allow-list
+            layer = Overlay.create(self.rootfs, self.directory, nodev=self.security.devices)
             files = self._lease_address() if self.network else {}
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
                      partial(ns.isolate, layer, self.namespaces, self.hostname,
@@ -128,6 +130,8 @@ class Container:
                              shm_size=self.shm_size)]
             if self.cgroup:
                 self.cgroup.create()
+                if self.security.devices:
+                    devices.allow_only(self.cgroup)     # layer 5, but kept by the group
                 procs = self.cgroup.open_procs()
                 steps.append(partial(cgroups.join, procs))   # in its budget before exec
             if self.network:

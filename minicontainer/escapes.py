@@ -15,11 +15,14 @@ to a loopback port the lab opens, and probe the kernel's switches (/proc/sys,
 sysrq-trigger) only with access(2), which asks "could I write?" without writing.
 Router advertisements go only to bridges the lab made for them, with a prefix from
 the documentation range (2001:db8::/32) and no default route; the bridges go after.
+The device node an image brings names a loop device the lab attaches, read-only, to a
+file holding the marker: reading it proves the host's device, and cannot harm it.
 A fork bomb and a memory hog are only ever run under a limit.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -36,6 +39,7 @@ from . import namespaces as ns
 from . import network, syscalls
 from .chroot import escape_chroot
 from .container import Container
+from .rootfs import default_rootfs
 from .security import Security
 
 # A default container's namespaces, less one: that layer switched off.
@@ -52,6 +56,7 @@ class Target:
     disk: str        # major:minor of the host's root filesystem device
     network: str     # a bridge network of the lab's own (as the runtime makes them)
     network_taking_ras: str   # the same, but taking IPv6 router advertisements
+    image: str       # the busybox image plus /lab-disk, a node for a host loop device
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,11 @@ ATTACKS = [
            "echo $n processes; [ $n -gt 2000 ]", "cgroup pids limit (1024 by default)"),
     Attack("memory exhaustion", "tail /dev/zero", "cgroup memory limit (--memory)",
            options={"memory": "64M"}),
+    Attack("open a host device through a node the image brings",
+           "head -c 22 /lab-disk | grep host-only", "nodev on the image's mounts",
+           options={"rootfs": lambda bait: bait.image},
+           shown_with={"security": Security(devices=False)},
+           behind_it=({"namespaces": NOT_MNT}, "the cgroup's device allow-list")),
     Attack("configure the host's network (IPv6 router advertisement)", advertise_a_router,
            "bridge ignores router advertisements (accept_ra=0)",
            shown_with={"network": lambda bait: bait.network_taking_ras},
@@ -189,21 +199,45 @@ def target() -> Iterator[Target]:
     listener = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=_answer, args=(listener,), daemon=True).start()
     disk = os.stat("/").st_dev
-    networks = [f"mc-lab{os.getpid():x}", f"mc-labra{os.getpid():x}"]   # ours alone
+    tag = os.urandom(3).hex()
+    networks = [f"mc-lab{tag}", f"mc-labra{tag}"]     # ours alone, one pair per lab
     with tempfile.TemporaryDirectory(prefix="mc-escape-") as directory:
         marker = Path(directory) / "marker"
         marker.write_text(f"host-only-{os.urandom(6).hex()}")
+        loop = None
         try:
             network.create(networks[0])
             network.create(networks[1], router_advertisements=True)
+            loop = attach_loop_device(marker)
+            image = image_with_a_node(Path(directory) / "image", loop)
             yield Target(str(marker), sleeper.pid, listener.getsockname()[1],
-                         f"{os.major(disk)}:{os.minor(disk)}", *networks)
+                         f"{os.major(disk)}:{os.minor(disk)}", *networks, str(image))
         finally:
             sleeper.kill()
             sleeper.wait()
             listener.close()
             for name in set(networks) & set(network.names()):
                 network.remove(name, force=True)
+            if loop:
+                subprocess.run(["losetup", "--detach", loop], check=True)
+
+
+def attach_loop_device(marker: Path) -> str:
+    """A read-only loop device over a copy of the marker (a block device reads whole
+    512-byte sectors, so the copy is padded to one)."""
+    disk = marker.with_name("disk")
+    disk.write_bytes(marker.read_bytes().ljust(512, b"\0"))
+    return subprocess.run(["losetup", "--find", "--show", "--read-only", disk],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def image_with_a_node(image: Path, device: str) -> Path:
+    """A copy of the busybox image with /lab-disk: a node for `device`, as any image
+    from anywhere may hold one (made here, on the host, where mknod is allowed)."""
+    shutil.copytree(default_rootfs(), image, symlinks=True)
+    os.mknod(image / "lab-disk", 0o600 | os.stat(device).st_mode & 0o170000,
+             os.stat(device).st_rdev)
+    return image
 
 
 def _answer(listener: socket.socket) -> None:

@@ -10,8 +10,10 @@ this layer, each part switchable for the lesson:
   CAP_SYS_MODULE loads modules, CAP_SYS_PTRACE traces any process...).
   prctl(PR_CAPBSET_DROP) removes one from the bounding set for good, capset(2)
   from the sets held now; we keep Docker's default set, minus MKNOD: Docker lets
-  root make device nodes and refuses to open them with the devices cgroup, which
-  this project does not set up, so a node for the host's disk would be readable.
+  root make device nodes (and refuses to open them); we do not let it make them.
+- devices (devices.py): a node the *image* brings still names a host device, so the
+  image is mounted nodev, and the cgroup allows only a few harmless devices to open
+  (Docker's allow-list: the devices cgroup on v1, a BPF program on v2).
 - no_new_privs: prctl(PR_SET_NO_NEW_PRIVS) — no setuid program or file capability
   can hand them back.
 - seccomp: a small BPF program the kernel runs at every system call (seccomp(2)).
@@ -116,11 +118,13 @@ class Security:
     no_new_privs: bool = True
     seccomp: bool = True         # refuse DENIED_SYSCALLS
     system_paths: bool = True    # hide MASKED_PATHS, make READ_ONLY_PATHS read-only
+    devices: bool = True         # the image mounted nodev; devices.ALLOWED only
 
     @classmethod
     def off(cls) -> Security:
         """Every defence switched off (roughly `docker run --privileged`)."""
-        return cls(capabilities=False, no_new_privs=False, seccomp=False, system_paths=False)
+        return cls(capabilities=False, no_new_privs=False, seccomp=False, system_paths=False,
+                   devices=False)
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)

@@ -188,3 +188,26 @@ def test_a_denied_call_really_answers_eperm_inside_a_container():
     assert out == [str(get_mempolicy), "EPERM", str(socket_call), "EPERM"], out
     off = run(partial(_answers, calls), security=Security(seccomp=False)).stdout.split()
     assert "EPERM" not in off, off                               # the filter, nothing else
+
+
+# -- device nodes an image brings ------------------------------------------------------------
+
+READ_NODE = "head -c 40 /kmsg | wc -c"   # the image's node for the host's kernel log
+
+
+def test_the_image_is_mounted_nodev_so_its_device_nodes_do_not_open(image_with_a_device_node):
+    """No cgroup (so no allow-list), every capability: nodev alone refuses the open."""
+    options = {"rootfs": image_with_a_device_node, "cgroup": False}
+    on = run(READ_NODE, security=Security(capabilities=False), **options)
+    assert "Permission denied" in on.stderr and on.stdout.strip() == "0", on
+    off = run(READ_NODE, security=Security(capabilities=False, devices=False), **options)
+    assert off.stdout.strip() == "40", off
+
+
+def test_with_neither_nodev_nor_an_allow_list_an_image_with_nodes_is_refused(
+        image_with_a_device_node):
+    from minicontainer import namespaces as ns
+    from minicontainer.errors import InvalidArgument
+    with pytest.raises(InvalidArgument, match="device node"):
+        run(READ_NODE, rootfs=image_with_a_device_node, cgroup=False,
+            namespaces=ns.DEFAULT - {"mnt"})
