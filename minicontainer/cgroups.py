@@ -30,7 +30,8 @@ from pathlib import Path
 from .errors import InvalidArgument
 
 PARENT = "minicontainer"     # our groups live below this one, in each tree
-NEEDED = ("memory", "cpu", "cpuacct", "pids")   # cpuacct: v1's CPU-time counter
+# cpuacct: v1's CPU-time counter; devices: v1's device allow-list (devices.py fills it)
+NEEDED = ("memory", "cpu", "cpuacct", "pids", "devices")
 CPU_PERIOD = 100_000         # microseconds; cpus=0.5 means 50 000 us of CPU per period
 MIN_MEMORY = 6 * 1024**2     # as Docker: below this a container cannot even start
 UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -55,19 +56,19 @@ class Limits:
                    None if pids_limit in (None, "max") else parse_pids(pids_limit))
 
 
-def parse_memory(value: str | int) -> int:
+def parse_memory(value: str | int, what: str = "memory limit", minimum: int = MIN_MEMORY) -> int:
     """"64M", "1g", "512k", "4096b" or an int of bytes → bytes (binary units, as Docker)."""
     match = re.fullmatch(r"\s*(\d+)\s*([bkmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
     if not match:
-        raise InvalidArgument(f"invalid memory limit {value!r}: use a number with an optional "
+        raise InvalidArgument(f"invalid {what} {value!r}: use a number with an optional "
                               "unit, like 64M or 1G")
     if isinstance(value, str) and not match[2]:    # "64" is far more often a slip than bytes
-        raise InvalidArgument(f"memory limit {value!r} has no unit: write {value.strip()}M "
+        raise InvalidArgument(f"{what} {value!r} has no unit: write {value.strip()}M "
                               "(or G, k, b); a Python int means bytes")
     amount = int(match[1]) * UNITS[match[2].lower()]
-    if amount < MIN_MEMORY:
-        raise InvalidArgument(f"memory limit {value!r} is too small: a container needs at "
-                              "least 6M")
+    if amount < minimum:
+        raise InvalidArgument(f"{what} {value!r} is too small: use at least "
+                              f"{format_bytes(minimum)}")
     return amount
 
 

@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-m", "--memory", help="memory limit, e.g. 64M or 1G (swap off)")
     run.add_argument("--cpus", help="CPU time limit in CPUs, e.g. 0.5")
     run.add_argument("--pids-limit", help="at most this many processes")
+    run.add_argument("--shm-size", default="64M", help="size of /dev/shm (default: 64M)")
     run.add_argument("--network", help="attach to this bridge network (e.g. mc-br0)")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:PORT",
                      help="publish a container port on the host (needs --network)")
@@ -121,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = {"security": from_options(args.security_opt, args.privileged, args.cap_add),
                "name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
                "init": args.init, "memory": args.memory, "cpus": args.cpus,
-               "pids_limit": args.pids_limit, "cgroup": args.cgroup,
+               "pids_limit": args.pids_limit, "cgroup": args.cgroup, "shm_size": args.shm_size,
                "network": args.network, "ports": args.publish, "rootless": args.rootless}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, process, proxy, security, state
+from . import cgroups, devices, process, proxy, security, state
 from . import network as networking
 from . import namespaces as ns
 from .arguments import (as_argv, check_host, check_hostname, check_name, check_namespaces,
@@ -67,7 +67,8 @@ class Container:
                  cgroup: bool | None = None, cgroup_parent: Cgroup | None = None,
                  network: str | None = None,
                  ports: dict[int, int] | Iterable[str] | None = None,
-                 security: Security | None = None, rootless: bool = False) -> None:
+                 security: Security | None = None, rootless: bool = False,
+                 shm_size: str | int = ns.SHM_SIZE) -> None:
         check_host(rootless)
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
@@ -83,6 +84,7 @@ class Container:
             check_rootless(cgroup, (memory, cpus, pids_limit), network)
         self.rootfs = check_rootfs(Path(rootfs)) if rootfs else default_rootfs()
         self.init = init
+        self.shm_size = cgroups.parse_memory(shm_size, "shm size", 1)   # docker --shm-size
         if not cgroup and (memory, cpus, pids_limit) != (None, None, None):
             raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
         self.limits = Limits.parse(memory, cpus, DEFAULT_PIDS_LIMIT if cgroup and pids_limit
@@ -118,13 +120,18 @@ class Container:
         procs: list[int] = []
         listeners: list = []
         try:
-            layer = Overlay.create(self.rootfs, self.directory)
+            if self.security.devices and "mnt" not in self.namespaces and not self.cgroup:
+                devices.refuse_device_nodes(self.rootfs)     # neither nodev nor an allow-list
+            layer = Overlay.create(self.rootfs, self.directory, nodev=self.security.devices)
             files = self._lease_address() if self.network else {}
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
                      partial(ns.isolate, layer, self.namespaces, self.hostname,
-                             on_exit=partial(_record_exit, self.directory), files=files)]
+                             on_exit=partial(_record_exit, self.directory), files=files,
+                             shm_size=self.shm_size)]
             if self.cgroup:
                 self.cgroup.create()
+                if self.security.devices:
+                    devices.allow_only(self.cgroup)     # layer 5, but kept by the group
                 procs = self.cgroup.open_procs()
                 steps.append(partial(cgroups.join, procs))   # in its budget before exec
             if self.network:

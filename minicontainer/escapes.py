@@ -5,21 +5,30 @@ through. `stopped_by` names the layer that stops it; where it is safe, `shown_wi
 gives the container options (that layer switched off) under which the very same
 attack succeeds — proof that it is that layer doing the work. `behind_it` names
 the layer that still stops the attack when the first one is switched off (defence
-in depth), with the options that switch the first one off.
+in depth), with the options that switch the first one off. An option may be a
+function of the Target (the lab's own network, say). Where success shows only on the
+host, `seen_on_host` looks there after the attack, while its container still exists.
 
 Nothing here changes the host, even when an attack succeeds: escapes read a marker
 file, signal 0 and trace a sleeping process the lab starts for the purpose, connect
 to a loopback port the lab opens, and probe the kernel's switches (/proc/sys,
 sysrq-trigger) only with access(2), which asks "could I write?" without writing.
+Router advertisements go only to bridges the lab made for them, with a prefix from
+the documentation range (2001:db8::/32) and no default route; the bridges go after.
+The device node an image brings names a loop device the lab attaches, read-only, to a
+file holding the marker: reading it proves the host's device, and cannot harm it.
 A fork bomb and a memory hog are only ever run under a limit.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,9 +36,10 @@ from functools import partial
 from pathlib import Path
 
 from . import namespaces as ns
-from . import syscalls
+from . import network, syscalls
 from .chroot import escape_chroot
 from .container import Container
+from .rootfs import default_rootfs
 from .security import Security
 
 # A default container's namespaces, less one: that layer switched off.
@@ -44,6 +54,9 @@ class Target:
     pid: int         # a host process (a sleep the lab started)
     port: int        # a host service on 127.0.0.1
     disk: str        # major:minor of the host's root filesystem device
+    network: str     # a bridge network of the lab's own (as the runtime makes them)
+    network_taking_ras: str   # the same, but taking IPv6 router advertisements
+    image: str       # the busybox image plus /lab-disk, a node for a host loop device
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class Attack:
     shown_with: dict | None = None            # options under which it safely succeeds
     behind_it: tuple[dict, str] | None = None  # (first layer off, the layer that then stops it)
     options: dict = field(default_factory=dict)  # what this attack's container always gets
+    seen_on_host: Callable[[Container], str] | None = None   # the proof, if it is outside
 
 
 @dataclass
@@ -79,6 +93,51 @@ def find_writable_kernel_switches(target: Target) -> None:
     print("writable:", " ".join(writable) or "none", flush=True)
     if not writable:
         raise SystemExit(1)
+
+
+LAB_PREFIX = "2001:db8:6d63::"   # documentation range; 6d63 is "mc"
+
+
+def advertise_a_router(target: Target) -> None:
+    """Send eth0's neighbours an IPv6 router advertisement, as a router would: "take an
+    address from 2001:db8:6d63::/64, and the route to it through me"."""
+    wait_for_link_local("eth0")               # a router speaks from its link-local address
+    prefix_option = struct.pack("!BBBBIII16s", 3, 4, 64, 0xC0,   # on-link, autonomous
+                                600, 300, 0, socket.inet_pton(socket.AF_INET6, LAB_PREFIX))
+    # type 134, code 0, checksum (the kernel's), hop limit, flags, router lifetime 0 (no
+    # default route through us), reachable time, retransmit timer; then the prefix.
+    advertisement = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0) + prefix_option
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # as RFC 4861
+        s.sendto(advertisement, ("ff02::1", 0, 0, socket.if_nametoindex("eth0")))
+    print(f"advertised {LAB_PREFIX}/64 to ff02::1 on eth0", flush=True)
+
+
+def wait_for_link_local(interface: str, timeout: float = 5) -> None:
+    """Until `interface` has a link-local address past duplicate address detection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in open("/proc/net/if_inet6").read().splitlines():
+            address, _, _, scope, flags, name = line.split()
+            if name == interface and scope == "20" and not int(flags, 16) & 0x40:  # tentative
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"{interface} has no link-local address")
+
+
+def bridge_took_the_advertisement(container: Container) -> str:
+    """The addresses and routes from the lab's prefix on the container's bridge, if any."""
+    bridge = container.attachment.network
+    for _ in range(20):                       # the kernel acts on it within milliseconds
+        shown = subprocess.run(["ip", "-6", "addr", "show", "dev", bridge], capture_output=True,
+                               text=True).stdout + subprocess.run(
+            ["ip", "-6", "route", "show", "dev", bridge], capture_output=True, text=True).stdout
+        learnt = [line.strip().split()[1 if "inet6" in line else 0]
+                  for line in shown.splitlines() if LAB_PREFIX[:-1] in line]
+        if learnt:
+            return f"the host's {bridge} took " + ", ".join(learnt)
+        time.sleep(0.1)
+    return ""
 
 
 ATTACKS = [
@@ -120,6 +179,16 @@ ATTACKS = [
            "echo $n processes; [ $n -gt 2000 ]", "cgroup pids limit (1024 by default)"),
     Attack("memory exhaustion", "tail /dev/zero", "cgroup memory limit (--memory)",
            options={"memory": "64M"}),
+    Attack("open a host device through a node the image brings",
+           "head -c 22 /lab-disk | grep host-only", "nodev on the image's mounts",
+           options={"rootfs": lambda bait: bait.image},
+           shown_with={"security": Security(devices=False)},
+           behind_it=({"namespaces": NOT_MNT}, "the cgroup's device allow-list")),
+    Attack("configure the host's network (IPv6 router advertisement)", advertise_a_router,
+           "bridge ignores router advertisements (accept_ra=0)",
+           shown_with={"network": lambda bait: bait.network_taking_ras},
+           options={"network": lambda bait: bait.network},
+           seen_on_host=bridge_took_the_advertisement),
 ]
 
 
@@ -130,16 +199,45 @@ def target() -> Iterator[Target]:
     listener = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=_answer, args=(listener,), daemon=True).start()
     disk = os.stat("/").st_dev
+    tag = os.urandom(3).hex()
+    networks = [f"mc-lab{tag}", f"mc-labra{tag}"]     # ours alone, one pair per lab
     with tempfile.TemporaryDirectory(prefix="mc-escape-") as directory:
         marker = Path(directory) / "marker"
         marker.write_text(f"host-only-{os.urandom(6).hex()}")
+        loop = None
         try:
+            network.create(networks[0])
+            network.create(networks[1], router_advertisements=True)
+            loop = attach_loop_device(marker)
+            image = image_with_a_node(Path(directory) / "image", loop)
             yield Target(str(marker), sleeper.pid, listener.getsockname()[1],
-                         f"{os.major(disk)}:{os.minor(disk)}")
+                         f"{os.major(disk)}:{os.minor(disk)}", *networks, str(image))
         finally:
             sleeper.kill()
             sleeper.wait()
             listener.close()
+            for name in set(networks) & set(network.names()):
+                network.remove(name, force=True)
+            if loop:
+                subprocess.run(["losetup", "--detach", loop], check=True)
+
+
+def attach_loop_device(marker: Path) -> str:
+    """A read-only loop device over a copy of the marker (a block device reads whole
+    512-byte sectors, so the copy is padded to one)."""
+    disk = marker.with_name("disk")
+    disk.write_bytes(marker.read_bytes().ljust(512, b"\0"))
+    return subprocess.run(["losetup", "--find", "--show", "--read-only", disk],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def image_with_a_node(image: Path, device: str) -> Path:
+    """A copy of the busybox image with /lab-disk: a node for `device`, as any image
+    from anywhere may hold one (made here, on the host, where mknod is allowed)."""
+    shutil.copytree(default_rootfs(), image, symlinks=True)
+    os.mknod(image / "lab-disk", 0o600 | os.stat(device).st_mode & 0o170000,
+             os.stat(device).st_rdev)
+    return image
 
 
 def _answer(listener: socket.socket) -> None:
@@ -154,7 +252,8 @@ def _answer(listener: socket.socket) -> None:
 
 def attempt(attack: Attack, bait: Target, **changes) -> Outcome:
     """Run `attack` in a container with the attack's options, then `changes`."""
-    options = {**attack.options, **changes}
+    options = {key: value(bait) if callable(value) else value
+               for key, value in {**attack.options, **changes}.items()}
     if callable(attack.command):
         command = partial(attack.command, bait)
     else:
@@ -163,11 +262,12 @@ def attempt(attack: Attack, bait: Target, **changes) -> Outcome:
            "DISK": bait.disk}
     with Container(command, env=env, **options) as container:
         result = container.start().wait(timeout=60)
-    text = (result.stdout + result.stderr).strip().splitlines()
-    evidence = " / ".join(text[-3:]).replace("\0", " ")
+        seen = attack.seen_on_host(container) if attack.seen_on_host else None
+    text = (result.stdout + result.stderr).strip().splitlines() + [seen or ""]
+    evidence = " / ".join(filter(None, text[-3:])).replace("\0", " ")
     if not evidence and result.signal:
         evidence = f"killed by {result.signal}"
-    return Outcome(result.exit_code == 0, evidence[:200])
+    return Outcome(result.exit_code == 0 and seen != "", evidence[:200])
 
 
 def run_lab(attacks: list[Attack] = ATTACKS, layers_off: bool = True) -> list[dict]:

@@ -38,6 +38,7 @@ FLAGS = {
 }  # in the order setns must join them: user first, mnt last (as nsenter does)
 DEFAULT = frozenset({"mnt", "pid", "uts", "ipc", "net"})  # what `docker run` unshares
 DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
+SHM_SIZE = 64 * 1024**2   # Docker's default /dev/shm: shared memory is memory, so bounded
 
 
 def ns_ids(pid: int | str = "self") -> dict[str, int]:
@@ -47,12 +48,13 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 
 def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
             on_exit: Callable[[int], None] | None = None,
-            files: dict[str, Path] | None = None) -> None:
+            files: dict[str, Path] | None = None, shm_size: int = SHM_SIZE) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec. `on_exit` is called with the command's
     wait status by the process left waiting outside the pid namespace. `files` are
     host files to show at container paths (/etc/hosts), as Docker bind-mounts them.
+    `shm_size` bounds /dev/shm, in bytes.
     """
     namespaces = set(namespaces)
     if "user" in namespaces:              # first: it owns the namespaces made after it
@@ -61,12 +63,14 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
         syscalls.unshare(syscalls.CLONE_NEWPID)
         fork_and_wait(on_exit)            # the child goes on as PID 1; we wait outside
     syscalls.unshare(sum(FLAGS[kind] for kind in namespaces - {"user", "pid"}))
+    if "net" in namespaces:               # while /proc/sys still answers for our netns:
+        refuse_router_advertisements()    # eth0, made later, takes no RA from a neighbour
     if "mnt" in namespaces:
         make_mounts_private()             # nothing we mount may leak back to the host
         rootfs.mount()                    # the image, plus a writable layer of our own
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
-        mount_kernel_filesystems(rootfs.merged, sysfs)
+        mount_kernel_filesystems(rootfs.merged, sysfs, shm_size)
         for inside, outside in (files or {}).items():
             bind_file(outside, rootfs.merged / inside.lstrip("/"))
         pivot_into(rootfs.merged)
@@ -83,17 +87,19 @@ def make_mounts_private() -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def mount_kernel_filesystems(root: Path, sysfs: bool = True) -> None:
+def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM_SIZE) -> None:
     """Give the new root its own /proc (our pid namespace's), /sys, /dev and /tmp."""
     mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if sysfs:
         mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount_minimal_dev(root / "dev")
+    mount_minimal_dev(root / "dev", shm_size)
     mount("tmpfs", root / "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
 
 
-def mount_minimal_dev(dev: Path) -> None:
-    """A /dev with a few harmless devices borrowed from the host, not all of them."""
+def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE) -> None:
+    """A /dev with a few harmless devices borrowed from the host, not all of them, and a
+    /dev/shm of `shm_size` bytes (a tmpfs lives in memory: unbounded, it could take half
+    the host's, the kernel's default for tmpfs)."""
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k")
     for name in DEVICES:
         (dev / name).touch()
@@ -102,7 +108,8 @@ def mount_minimal_dev(dev: Path) -> None:
     mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666")
     (dev / "ptmx").symlink_to("pts/ptmx")
     (dev / "shm").mkdir()
-    mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+          f"mode=1777,size={shm_size}")
     for fd, name in enumerate(["stdin", "stdout", "stderr"]):
         (dev / name).symlink_to(f"/proc/self/fd/{fd}")
     (dev / "fd").symlink_to("/proc/self/fd")
@@ -133,6 +140,22 @@ def bring_up_loopback() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))  # struct ifreq
+
+
+def refuse_router_advertisements(interface: str = "default") -> None:
+    """accept_ra=0 and autoconf=0 for `interface` in the caller's network namespace
+    ("default": for the interfaces made after this). Nothing to do without IPv6.
+
+    Layer 4 calls it for its bridges; a container calls it right after
+    unshare(CLONE_NEWNET), when /proc/sys/net already shows the new namespace's settings
+    and is still writable. The kernel already ignores advertisements on an interface
+    that forwards IPv6 (forwarding=1, unless accept_ra=2), but our bridges route only
+    IPv4: their IPv6 forwarding is the host's, 0 on most machines, so accept_ra=1 holds.
+    """
+    conf = Path("/proc/sys/net/ipv6/conf") / interface
+    if conf.is_dir():
+        (conf / "accept_ra").write_text("0")   # no routers, prefixes or routes from it
+        (conf / "autoconf").write_text("0")    # no addresses made up from a prefix
 
 
 def enter_user_namespace() -> None:

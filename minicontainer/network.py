@@ -10,7 +10,12 @@ up the way Docker's default bridge does, with netlink messages (what `ip link`,
 - an address for eth0 from the bridge's subnet, and a default route via the bridge;
 - NAT (MASQUERADE): what leaves the host seems to come from the host's own address,
   with ip_forward on while a network exists; and a rule that lets nothing *new* into
-  a network from elsewhere, so two networks cannot reach each other.
+  a network from elsewhere, so two networks cannot reach each other;
+- no IPv6 router advertisements taken from a container: by default the kernel lets any
+  neighbour announce itself as a router (net.ipv6.conf.*.accept_ra=1), and a container
+  holds NET_RAW, enough to send one. Taken by the bridge, it would give the *host* new
+  addresses and routes (CVE-2020-13401); so accept_ra=0 on the bridge, and in every
+  container's namespace, so containers cannot do it to each other either.
 
 Published ports use a small userspace proxy (proxy.py) rather than DNAT rules. DNAT
 catches packets that arrive from outside, but not connections to 127.0.0.1 unless
@@ -40,6 +45,7 @@ from typing import ParamSpec, TypeVar
 
 from . import state
 from .errors import InvalidArgument, MinicontainerError, NameInUse
+from .namespaces import refuse_router_advertisements
 from .process import start_time
 
 P, T = ParamSpec("P"), TypeVar("T")
@@ -129,12 +135,14 @@ def names() -> list[str]:
 # -- networks -------------------------------------------------------------------------------
 
 def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: bool = True,
-           keep: bool = False) -> dict:
+           keep: bool = False, router_advertisements: bool = False) -> dict:
     """Create a bridge network (docker network create), or refuse a name in use.
 
     A network made from Python belongs to the process that made it: once that process
     is gone (a notebook kernel restarted or killed), `cleanup` removes it. With `keep`
     (the CLI's `network create`) it stays until `network rm`, as Docker's networks do.
+    router_advertisements=True leaves the bridge taking them, as the kernel would (the
+    escape lab uses it to show why not).
     """
     if not NAME.match(name):
         raise InvalidArgument(f"invalid network name {name!r}: use mc- and then up to 12 of "
@@ -142,11 +150,13 @@ def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: boo
     with state.locked():
         if name in names():
             raise NameInUse(f"a network named {name!r} exists already")
-        return _create(name, subnet, explicit, owner=None if keep else os.getpid())
+        return _create(name, subnet, explicit, router_advertisements,
+                       owner=None if keep else os.getpid())
 
 
 @outside_event_loop
-def _create(name: str, subnet: str | None, explicit: bool, owner: int | None = None) -> dict:
+def _create(name: str, subnet: str | None, explicit: bool,
+            router_advertisements: bool = False, owner: int | None = None) -> dict:
     network = choose_subnet(subnet)
     gateway = next(network.hosts())
     record = {"name": name, "subnet": str(network), "gateway": str(gateway),
@@ -158,6 +168,8 @@ def _create(name: str, subnet: str | None, explicit: bool, owner: int | None = N
     save(record)                                     # recorded before it exists on the host
     with ip_route() as ip:
         ip.link("add", ifname=name, kind="bridge")
+        if not router_advertisements:             # before it is up and can hear one
+            refuse_router_advertisements(name)
         bridge = ip.link_lookup(ifname=name)[0]
         ip.addr("add", index=bridge, address=str(gateway), prefixlen=network.prefixlen)
         ip.link("set", index=bridge, state="up")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MinicontainerError
-from .syscalls import mount
+from .syscalls import MS_NODEV, mount
 
 BUSYBOX = Path(os.environ.get("MINICONTAINER_BUSYBOX", "/bin/busybox"))
 ROOTFS_LAYOUT_VERSION = "1"  # bump when the tree below changes, to rebuild caches
@@ -149,18 +149,20 @@ class Overlay:
     """An image (`lower`, never changed) seen through a writable layer (`upper`).
 
     `work` is overlayfs's scratch space, on the same filesystem as `upper`; `merged`
-    is where the combined tree appears once mounted.
+    is where the combined tree appears once mounted. `nodev`: no device node in the
+    image opens (see devices.py).
     """
 
     lower: Path
     upper: Path
     work: Path
     merged: Path
+    nodev: bool = True
 
     @classmethod
-    def create(cls, lower: Path, under: Path) -> Overlay:
+    def create(cls, lower: Path, under: Path, nodev: bool = True) -> Overlay:
         """Make the empty upper, work and merged directories below `under`."""
-        layer = cls(lower, under / "upper", under / "work", under / "rootfs")
+        layer = cls(lower, under / "upper", under / "work", under / "rootfs", nodev)
         for directory in (layer.upper, layer.work, layer.merged):
             directory.mkdir()
         return layer
@@ -177,4 +179,4 @@ class Overlay:
         """Mount the merged view. Called inside the container's own mount namespace,
         so the host never sees this mount; it vanishes with the namespace."""
         options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
-        mount("overlay", self.merged, "overlay", 0, options)
+        mount("overlay", self.merged, "overlay", MS_NODEV if self.nodev else 0, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -114,3 +115,13 @@ def host_secret(tmp_path):
     token = f"host-only-{os.urandom(6).hex()}"
     secret.write_text(token)
     return secret, token
+
+
+@pytest.fixture
+def image_with_a_device_node(tmp_path, rootfs) -> Path:
+    """A copy of the busybox image holding /kmsg, a node for the host's kernel log (char
+    1:11), as an image from anywhere may. Reading it is harmless; it proves the host."""
+    image = tmp_path / "image"
+    shutil.copytree(rootfs, image, symlinks=True)
+    os.mknod(image / "kmsg", 0o600 | stat.S_IFCHR, os.makedev(1, 11))
+    return image

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from minicontainer import cgroups, state
+from minicontainer import namespaces as ns
 from minicontainer.cgroups import Cgroup, Sampler
 from minicontainer.cleanup import cleanup
 from minicontainer.container import Container, run
 from minicontainer.errors import InvalidArgument
+from minicontainer.security import Security
 
 
 @pytest.fixture(autouse=True, params=[cgroups.mode()], ids=lambda mode: f"cgroup-{mode}")
@@ -134,3 +136,30 @@ def test_cleanup_removes_a_group_left_by_a_crash():
     assert stray.dirs["memory"].exists()
     assert cleanup() == ["mc-crashed0000"]
     assert not stray.dirs["memory"].exists()
+
+
+# Read the image's node for the host's kernel log. All capabilities are kept (root
+# needs CAP_SYSLOG to read it where dmesg_restrict=1), and there is no mount namespace,
+# so no nodev either: the cgroup's device allow-list is the only thing in the way.
+READ_NODE = "head -c 40 /kmsg | wc -c"
+CHROOT_ONLY = {"namespaces": ns.DEFAULT - {"mnt"}}
+
+
+def test_the_cgroup_lets_a_container_open_only_the_devices_on_its_allow_list(
+        image_with_a_device_node):
+    on = run(READ_NODE, rootfs=image_with_a_device_node, **CHROOT_ONLY,
+             security=Security(capabilities=False))
+    assert "Operation not permitted" in on.stderr and on.stdout.strip() == "0", on
+    off = run(READ_NODE, rootfs=image_with_a_device_node, **CHROOT_ONLY,
+              security=Security(capabilities=False, devices=False))
+    assert off.stdout.strip() == "40", off                    # the host's kernel log
+    allowed = run("head -c 8 /dev/urandom | wc -c; echo x > /dev/null && echo written")
+    assert allowed.stdout.split() == ["8", "written"], allowed
+
+
+def test_exec_is_held_to_the_same_allow_list(image_with_a_device_node):
+    with Container("sleep 30", rootfs=image_with_a_device_node, **CHROOT_ONLY,
+                   security=Security(capabilities=False)) as c:
+        c.start()
+        result = c.exec(READ_NODE)
+    assert "Operation not permitted" in result.stderr and result.stdout.strip() == "0"

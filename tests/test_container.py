@@ -143,3 +143,25 @@ def test_killing_the_waiter_kills_the_container():
         assert not psutil.pid_exists(container_pid), "PR_SET_PDEATHSIG should end it too"
     finally:
         c.remove(force=True)
+
+
+FILL_SHM = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=65 2>&1; df -k /dev/shm | tail -1"
+
+
+def test_dev_shm_is_bounded_to_64_mib_as_in_docker():
+    """/dev/shm is memory: 65 MiB do not fit in Docker's default 64 MiB."""
+    result = run(FILL_SHM)
+    assert "No space left on device" in result.stdout
+    assert result.stdout.split()[-5] == str(64 * 1024)              # df: 1K-blocks
+
+
+def test_shm_size_raises_the_bound_in_dockers_spelling():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "minicontainer", "run", "--shm-size", "128m",
+                           "--", "sh", "-c", FILL_SHM], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "65+0 records out" in done.stdout, done.stdout
+    assert done.stdout.split()[-5] == str(128 * 1024)
+    with pytest.raises(InvalidArgument, match="shm size"):
+        Container("true", shm_size="64Q")

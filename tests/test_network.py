@@ -200,3 +200,17 @@ def test_the_command_line_creates_uses_and_removes_a_network():
     finally:
         assert mc("network", "rm", "mc-test-cli").returncode == 0
     assert network.names() == []
+
+
+def test_neither_the_bridge_nor_a_container_takes_router_advertisements():
+    """A container may send an IPv6 router advertisement (it holds NET_RAW): neither the
+    host's bridge nor eth0 inside listens to one (accept_ra=0, autoconf=0)."""
+    check = "cat /proc/sys/net/ipv6/conf/eth0/accept_ra /proc/sys/net/ipv6/conf/eth0/autoconf"
+    network.create("mc-test-ra")       # a bridge of our own: mc-br0 may be older than us
+    try:
+        bridge = Path("/proc/sys/net/ipv6/conf/mc-test-ra")
+        assert [(bridge / key).read_text().strip() for key in ("accept_ra", "autoconf")] == [
+            "0", "0"]
+        assert run(check, network="mc-test-ra").stdout.split() == ["0", "0"]
+    finally:
+        network.remove("mc-test-ra")

@@ -1,10 +1,17 @@
 """Layer 5 on a real kernel: what the container's root holds, part by part."""
 from __future__ import annotations
 
+import errno
+import json
+import os
 import re
+import socket
+from functools import partial
+from pathlib import Path
 
 import pytest
 
+from minicontainer import security
 from minicontainer.container import Container, run
 from minicontainer.security import DEFAULT_CAPABILITIES, Security
 
@@ -80,3 +87,127 @@ def test_the_cli_switches_each_part_with_dockers_words(options, field, value):
         assert status[field] > default_bits()     # more than Docker's set
     else:
         assert status[field] == value
+
+
+# -- parity with Docker's default seccomp profile ------------------------------------------
+
+MOBY_PROFILE = Path(__file__).parent / "data" / "moby-seccomp-default.json"   # see README
+MOBY_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "riscv64": "riscv64", "s390x": "s390x",
+             "ppc64le": "ppc64le"}
+OPS = {"SCMP_CMP_LT": lambda a, v, _: a < v, "SCMP_CMP_LE": lambda a, v, _: a <= v,
+       "SCMP_CMP_EQ": lambda a, v, _: a == v, "SCMP_CMP_NE": lambda a, v, _: a != v,
+       "SCMP_CMP_GE": lambda a, v, _: a >= v, "SCMP_CMP_GT": lambda a, v, _: a > v,
+       "SCMP_CMP_MASKED_EQ": lambda a, v, two: a & v == two}
+
+
+def kernel_calls() -> set[str]:
+    """Every system call of this architecture that libseccomp can name, plus the newer
+    ones security.py knows by number (a call unknown to both is invisible here)."""
+    import pyseccomp
+    names = set(security.NEWER_SYSCALLS)
+    for number in range(1024):
+        try:
+            name = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, number)
+        except (OSError, ValueError, RuntimeError):
+            continue
+        if name:
+            names.add(name.decode() if isinstance(name, bytes) else name)
+    return names
+
+
+def dockers_rules_for_us() -> list[dict]:
+    """The profile's allow rules that apply to a container with our capabilities here:
+    a rule for a capability we drop, or one excluded by one we keep, does not count."""
+    arch, ours = MOBY_ARCH[os.uname().machine], {f"CAP_{c}" for c in DEFAULT_CAPABILITIES}
+    profile = json.loads(MOBY_PROFILE.read_text())
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"      # an allow-list
+    kernel = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+    rules = []
+    for rule in profile["syscalls"]:
+        includes, excludes = rule.get("includes", {}), rule.get("excludes", {})
+        if (rule["action"] != "SCMP_ACT_ALLOW"
+                or arch not in includes.get("arches", [arch]) or arch in excludes.get("arches", [])
+                or not set(includes.get("caps", [])) <= ours or set(excludes.get("caps", [])) & ours
+                or kernel < tuple(int(n) for n in includes.get("minKernel", "0.0").split("."))):
+            continue
+        rules.append(rule)
+    return rules
+
+
+def test_we_deny_every_call_dockers_default_profile_denies():
+    rules = dockers_rules_for_us()
+    allowed = {name for rule in rules if not rule.get("args") for name in rule["names"]}
+    conditional = {name for rule in rules if rule.get("args") for name in rule["names"]}
+    refused = set(security.DENIED_SYSCALLS) | set(security.NOT_IMPLEMENTED) | set(
+        security.ALLOWED_ON_PURPOSE)
+    denied_by_docker = kernel_calls() - allowed - conditional
+    assert len(denied_by_docker) > 40, denied_by_docker           # the profile was read
+    assert sorted(denied_by_docker - refused) == []
+    # Calls Docker allows for some arguments: we refuse them whole, or match it exactly.
+    assert sorted(conditional - allowed - refused - {"socket", "clone"}) == []
+
+
+def test_we_deny_every_socket_family_docker_denies():
+    rules = [r for r in dockers_rules_for_us() if r["names"] == ["socket"] and r.get("args")]
+    assert rules, "the profile restricts socket(2) by family"
+
+    def docker_allows(family: int) -> bool:
+        return any(all(OPS[a["op"]](family, a["value"], a.get("valueTwo", 0))
+                       for a in rule["args"]) for rule in rules)
+    denied = {family for family in range(64) if not docker_allows(family)}
+    ours = set(security.DENIED_SOCKET_FAMILIES.values())
+    on_purpose = {security.SOCKET_FAMILY_NUMBERS[name] for name in security.ALLOWED_ON_PURPOSE
+                  if name in security.SOCKET_FAMILY_NUMBERS}
+    assert denied and sorted(denied - ours - on_purpose) == []
+
+
+def test_clone_may_make_processes_but_not_namespaces_as_in_docker():
+    rule, = [r for r in dockers_rules_for_us() if r["names"] == ["clone"]]
+    mask, = [a["value"] for a in rule["args"] if a["op"] == "SCMP_CMP_MASKED_EQ"]
+    assert mask == sum(security.NEW_NAMESPACE_FLAGS)
+
+
+def _answers(calls: list[tuple]) -> None:
+    """Inside the container: make each raw system call and print what the kernel said."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for number, *args in calls:
+        done = libc.syscall(number, *args)
+        answer = "ok" if done >= 0 else errno.errorcode[ctypes.get_errno()]
+        os.write(1, f"{number} {answer}\n".encode())   # fd 1: pytest swaps sys.stdout
+
+
+def test_a_denied_call_really_answers_eperm_inside_a_container():
+    """The filter is real BPF in the kernel: two calls Docker denies, made for real."""
+    import pyseccomp
+    get_mempolicy = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "get_mempolicy")
+    socket_call = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "socket")
+    calls = [(get_mempolicy, 0, 0, 0, 0, 0),                     # harmless: reads a policy
+             (socket_call, security.DENIED_SOCKET_FAMILIES["AF_VSOCK"], socket.SOCK_STREAM, 0)]
+    out = run(partial(_answers, calls)).stdout.split()
+    assert out == [str(get_mempolicy), "EPERM", str(socket_call), "EPERM"], out
+    off = run(partial(_answers, calls), security=Security(seccomp=False)).stdout.split()
+    assert "EPERM" not in off, off                               # the filter, nothing else
+
+
+# -- device nodes an image brings ------------------------------------------------------------
+
+READ_NODE = "head -c 40 /kmsg | wc -c"   # the image's node for the host's kernel log
+
+
+def test_the_image_is_mounted_nodev_so_its_device_nodes_do_not_open(image_with_a_device_node):
+    """No cgroup (so no allow-list), every capability: nodev alone refuses the open."""
+    options = {"rootfs": image_with_a_device_node, "cgroup": False}
+    on = run(READ_NODE, security=Security(capabilities=False), **options)
+    assert "Permission denied" in on.stderr and on.stdout.strip() == "0", on
+    off = run(READ_NODE, security=Security(capabilities=False, devices=False), **options)
+    assert off.stdout.strip() == "40", off
+
+
+def test_with_neither_nodev_nor_an_allow_list_an_image_with_nodes_is_refused(
+        image_with_a_device_node):
+    from minicontainer import namespaces as ns
+    from minicontainer.errors import InvalidArgument
+    with pytest.raises(InvalidArgument, match="device node"):
+        run(READ_NODE, rootfs=image_with_a_device_node, cgroup=False,
+            namespaces=ns.DEFAULT - {"mnt"})
