@@ -63,14 +63,22 @@ def claim(name: str, record: dict) -> Path:
 
 
 def remove_stale_drafts(age: float = 10) -> list[str]:
-    """Drafts a crash left between mkdtemp and rename (older than `age` seconds)."""
+    """Drafts a crash left between mkdtemp and rename: older than `age` seconds, and
+    their owner dead (a draft without a record yet is judged by its age alone)."""
     if not containers_dir().is_dir():
         return []
     stale = [p for p in containers_dir().glob(".claim-*")
-             if time.time() - p.stat().st_mtime > age]
+             if time.time() - p.stat().st_mtime > age and not _draft_owner_alive(p)]
     for draft in stale:
         release(draft)
     return [p.name for p in stale]
+
+
+def _draft_owner_alive(draft: Path) -> bool:
+    try:
+        return owner_alive(json.loads((draft / "state.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):   # not written yet, or gone
+        return False
 
 
 def write(directory: Path, record: dict) -> None:
