@@ -21,6 +21,7 @@ from . import network as networking
 from .cgroups import Cgroup
 from .container import Container
 from .errors import ContainerNotFound
+from .rootfs import Overlay
 
 
 def cleanup(everything: bool = False) -> list[str]:
@@ -37,11 +38,23 @@ def cleanup(everything: bool = False) -> list[str]:
             continue
         Container.load(name).remove(force=True)
         removed.append(name)
+    removed += remove_orphaned_data()
     if os.geteuid() == 0:               # a rootless user made no cgroups or networks
         removed += remove_stray_cgroups()
         removed += networking.cleanup(set(state.names()))
     from .vm import cleanup as cleanup_vms    # QEMU's imports only when needed
     return removed + cleanup_vms()
+
+
+def remove_orphaned_data() -> list[str]:
+    """Writable layers and logs whose records a reboot forgot (records live in /run,
+    data on disk)."""
+    with state.locked():
+        orphans = state.orphaned_data()
+        for directory in orphans:
+            Overlay.make_removable(directory)
+            state.release_data(directory, lock=False)
+    return [f"data of {directory.name}" for directory in orphans]
 
 
 def remove_stray_cgroups() -> list[str]:

@@ -10,9 +10,10 @@ tiny init; then exec. Each step runs in the child; this process only
 creates the host-side objects (state directory, address, cgroup, published ports),
 waits and reads results.
 
-Everything the container leaves on the host lives in its state directory (see
-state.py) and goes with remove(); the mounts live in the container's own mount
-namespace and vanish with its last process.
+Everything the container leaves on the host lives in its record (in /run) and its
+data directory (its writable layer and logs, on disk; see state.py) and goes with
+remove(); the mounts live in the container's own mount namespace and vanish with its
+last process.
 """
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ class Container:
         self.security = security or Security()      # all defences on, as in `docker run`
         self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
         self.detached = False
-        self.directory: Path | None = None
+        self.directory: Path | None = None     # the record, in /run
+        self.data: Path | None = None          # the writable layer and logs, on disk
         self._child: process.Child | None = None
         self._started = 0.0
         self._startup: float | None = None
@@ -118,7 +120,8 @@ class Container:
         procs: list[int] = []
         listeners: list = []
         try:
-            layer = Overlay.create(self.rootfs, self.directory)
+            self.data = state.make_data(self.name)
+            layer = Overlay.create(self.rootfs, self.data)
             files = self._lease_address() if self.network else {}
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
                      partial(ns.isolate, layer, self.namespaces, self.hostname,
@@ -146,7 +149,7 @@ class Container:
             if listeners:
                 self._proxy_process = proxy.start(
                     self.pid, self.attachment.address, listeners,
-                    [port for _, _, port in self.ports], self.directory / "proxy.log")
+                    [port for _, _, port in self.ports], self.data / "proxy.log")
                 self._proxy = [self._proxy_process.pid,
                                process.start_time(self._proxy_process.pid)]
                 self._save()
@@ -194,8 +197,11 @@ class Container:
             self.attachment = None
         if self.cgroup is not None and self.directory is not None:
             self.cgroup.remove()
+        if self.data is not None:
+            Overlay.make_removable(self.data)
+            state.release_data(self.data)
+            self.data = None
         if self.directory is not None:
-            Overlay.make_removable(self.directory)
             state.release(self.directory)
             self.directory = None
 
@@ -252,7 +258,7 @@ class Container:
 
     def logs(self) -> tuple[str, str]:
         """What the command wrote so far to stdout and stderr (when not attached)."""
-        return tuple(_text(self.directory / name) for name in ("stdout", "stderr"))
+        return tuple(_text(self.data / name) for name in ("stdout", "stderr"))
 
     # -- the details ------------------------------------------------------------------
 
@@ -275,13 +281,13 @@ class Container:
         if attach:
             return [None, None, None]
         return [os.open(os.devnull, os.O_RDONLY)] + [
-            os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.open(self.data / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             for name in ("stdout", "stderr")]
 
     def _lease_address(self) -> dict[str, Path]:
         """Layer 4, host side: an address on the network, and the /etc/hosts and
         /etc/resolv.conf files the child will bind-mount into its root."""
-        hosts, resolv = self.directory / "hosts", self.directory / "resolv.conf"
+        hosts, resolv = self.data / "hosts", self.data / "resolv.conf"
         resolv.write_text(networking.resolv_conf())
         self.attachment = networking.attach(self.network, self.name, self.id, self.hostname, hosts)
         self._save()
@@ -333,6 +339,7 @@ class Container:
         self.security = Security(**record["security"])
         self.cgroup = Cgroup(record["cgroup"], self.limits) if record["cgroup"] else None
         self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
+        self.data = state.data_dir() / name
         self._startup = None
         self._child = None
         if record.get("pid") and process.start_time(record["pid"]) == record["pid_started"]:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from minicontainer import state
 
 CLI = [sys.executable, "-m", "minicontainer"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def mc(*args: str, **options) -> subprocess.CompletedProcess:
@@ -105,3 +108,62 @@ def test_cleanup_leaves_a_live_owners_draft_alone():
         owner.wait()
         mc("rm", "-f", "mc-kept")
     assert "mc-kept" not in state.names()
+
+
+# -- where container data lives ---------------------------------------------------------------
+
+def test_writes_go_to_disk_and_cleanup_finds_layers_a_reboot_orphaned():
+    record, data = state.containers_dir() / "mc-rebooted", state.data_dir() / "mc-rebooted"
+    assert mc("run", "-d", "--no-cgroup", "--name", "mc-rebooted", "--", "sh", "-c",
+              "echo data > /written").returncode == 0
+    try:
+        deadline = time.monotonic() + 10
+        while not (record / "exit_status").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (data / "upper" / "written").read_text() == "data\n"   # on disk, not in /run
+        assert sorted(p.name for p in record.iterdir()) == ["exit_status", "state.json"]
+        shutil.rmtree(record)                     # a reboot: /run forgets, the disk does not
+        cleaned = mc("cleanup")
+        assert "mc-rebooted" not in cleaned.stdout, "too young: it may be being created"
+        assert data.exists()
+        os.utime(data, (time.time() - 60, time.time() - 60))
+        cleaned = mc("cleanup")
+        assert "data of mc-rebooted" in cleaned.stdout, cleaned.stdout + cleaned.stderr
+        assert not data.exists()
+    finally:
+        mc("rm", "-f", "mc-rebooted")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def in_own_mounts(script: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run a shell script in a mount namespace of its own: what it mounts (a filesystem
+    to put the data on) the host never sees."""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "CLI": " ".join(CLI)})
+
+
+def test_a_data_directory_overlayfs_cannot_use_is_named_in_one_line(tmp_path):
+    for directory in ("lower", "upper", "work", "on-overlay"):
+        (tmp_path / directory).mkdir()
+    result = in_own_mounts(
+        "mount -t overlay overlay -o lowerdir=lower,upperdir=upper,workdir=work on-overlay"
+        " && MINICONTAINER_DATA=$PWD/on-overlay/data $CLI run -- true", tmp_path)
+    line = one_line_error(result)
+    assert "overlayfs refused the writable layer in" in line and "on-overlay/data" in line
+    assert "MINICONTAINER_DATA" in line
+    assert not (tmp_path / "upper" / "data").exists(), "the failed container left its data"
+
+
+def test_a_full_disk_is_the_containers_problem_or_one_line(tmp_path):
+    (tmp_path / "small").mkdir()
+    inside = in_own_mounts(                  # full while the container writes: its problem
+        "mount -t tmpfs -o size=1M tmpfs small && MINICONTAINER_DATA=$PWD/small "
+        "$CLI run -- dd if=/dev/zero of=/big bs=64k count=64", tmp_path)
+    assert inside.returncode != 0 and "No space left on device" in inside.stderr
+    assert "Traceback" not in inside.stderr
+    ours = in_own_mounts(                    # no room for the container's own directory
+        "mount -t tmpfs -o size=1M,nr_inodes=1 tmpfs small && "
+        "MINICONTAINER_DATA=$PWD/small $CLI run -- true", tmp_path)
+    line = one_line_error(ours)
+    assert "no space left in" in line and "small" in line and "MINICONTAINER_DATA" in line
