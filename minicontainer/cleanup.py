@@ -68,8 +68,8 @@ def remove_stray_cgroups() -> list[str]:
     claimed = set()
     for name in state.names():
         try:
-            claimed.add(state.read(name)["cgroup"])
-        except (ContainerNotFound, KeyError):
+            claimed.add(str(state.read_unchecked(name)["cgroup"]))
+        except (ContainerNotFound, KeyError, TypeError):
             pass
     strays = [path for path in groups
               if not any(c == path or (c or "").startswith(path + "/") for c in claimed)]

@@ -294,7 +294,8 @@ class Container:
         return {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
 
     def _stop_proxy(self) -> None:
-        if self._proxy and process.start_time(self._proxy[0]) == self._proxy[1]:
+        if self._proxy and process.start_time(self._proxy[0]) == self._proxy[1] and (
+                b"minicontainer.proxy" in _cmdline(self._proxy[0])):   # a record is not trusted
             os.kill(self._proxy[0], signal.SIGKILL)
         if self._proxy_process is not None:
             self._proxy_process.wait()
@@ -342,7 +343,7 @@ class Container:
         self.data = state.data_dir() / name
         self._startup = None
         self._child = None
-        if record.get("pid") and process.start_time(record["pid"]) == record["pid_started"]:
+        if _still_its_own(record):
             self._child = process.Child(record["pid"], record["main_pid"], process.open_pidfd(
                 record["main_pid"], parent=record["pid"]))
         return self
@@ -364,6 +365,32 @@ def _record_exit(directory: Path, status: int) -> None:
     os.write(fd, b"%d" % status)
     os.close(fd)
     os.rename(directory / "exit_status.new", directory / "exit_status")
+
+
+def _still_its_own(record: dict) -> bool:
+    """Do the record's processes still run, and are they the container's? A pid names
+    one process only with its start time; and the command must have a root of its own
+    and sit in the container's cgroup, which no host process does: a record (checked
+    by state.read, but never trusted) cannot point us at a process of the host's."""
+    pid, main = record["pid"], record["main_pid"]
+    if not pid or not main or process.start_time(pid) != record["pid_started"]:
+        return False
+    try:
+        root, groups = os.stat(f"/proc/{main}/root"), Path(f"/proc/{main}/cgroup").read_text()
+    except OSError:          # the command is gone: let its waiter write exit_status first
+        process.wait_for_exit(pid, 2)
+        return False
+    own_root = (root.st_dev, root.st_ino) != (os.stat("/").st_dev, os.stat("/").st_ino)
+    in_group = record["cgroup"] is None or any(
+        line.split(":", 2)[2] == f"/{record['cgroup']}" for line in groups.splitlines())
+    return own_root and in_group
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _result(status: int | None, out: str, err: str, duration: float) -> Result:

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .arguments import check_name, check_record
 from .errors import ContainerNotFound, MinicontainerError, NameInUse
 from .process import exit_code, start_time
 
@@ -112,6 +113,15 @@ def _write_json(path: Path, record: dict) -> None:
 
 
 def read(name: str) -> dict:
+    """The record of container `name`, checked before anyone acts on it: a name is never
+    a path (`rm ../x` reads nothing outside our directory), a record never trusted."""
+    return check_record(name, read_unchecked(name))
+
+
+def read_unchecked(name: str) -> dict:
+    """The record as it is on disk: only to learn what must *not* be removed (a record
+    refused by read() still marks its cgroup as in use)."""
+    check_name(name)
     try:
         return json.loads((containers_dir() / name / "state.json").read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):

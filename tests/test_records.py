@@ -167,3 +167,100 @@ def test_a_full_disk_is_the_containers_problem_or_one_line(tmp_path):
         "MINICONTAINER_DATA=$PWD/small $CLI run -- true", tmp_path)
     line = one_line_error(ours)
     assert "no space left in" in line and "small" in line and "MINICONTAINER_DATA" in line
+
+
+# -- names and records are never trusted ------------------------------------------------------
+
+@pytest.mark.parametrize("verb", [["rm", "-f"], ["stop"], ["logs"], ["stats"],
+                                  ["exec"]], ids=lambda verb: verb[0])
+def test_a_name_is_never_a_path(verb):
+    result = mc(*verb, "mc-x/../../../tmp", *(["--", "true"] if verb == ["exec"] else []))
+    assert "invalid container name" in one_line_error(result)
+
+
+@pytest.fixture
+def bait(tmp_path):
+    """What a planted record points the host at, all of it the test's own: a sleeping
+    process in a cgroup outside ours, a spare interface, and a network of ours for the
+    record to name."""
+    from minicontainer import cgroups, network
+    from minicontainer.process import start_time
+    group = cgroups.hierarchies()["pids"][1] / f"mc-bait-{os.getpid()}"
+    group.mkdir()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    dummy = f"rbait{os.getpid() % 100000}"    # not mc-…: no cleanup of ours may take it
+    net = None
+    try:
+        (group / "cgroup.procs").write_text(str(sleeper.pid))
+        subprocess.run(["ip", "link", "add", dummy, "type", "veth", "peer", "name",
+                        f"{dummy}p"], check=True)
+        net = network.create(f"mc-rec{os.getpid() % 100000}")
+        yield {"pid": sleeper.pid, "started": start_time(sleeper.pid), "interface": dummy,
+               "cgroup": f"minicontainer/../{group.name}", "network": net}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        cgroups.remove_dir(group)          # waits while the kernel still counts the sleeper
+        subprocess.run(["ip", "link", "del", dummy], capture_output=True)
+        if net:
+            network.remove(net["name"], force=True)
+
+
+def crafted(name: str, bait: dict) -> dict:
+    """A record that names the bait everywhere the host acts: its pids, proxy, cgroup
+    and interface."""
+    net = bait["network"]
+    return {"name": name, "id": "0123456789ab", "command": ["true"], "rootfs": "/",
+            "hostname": "x", "namespaces": ["mnt"], "init": False, "env": {},
+            "rootless": False, "detached": True, "cgroup": bait["cgroup"],
+            "limits": {"memory": None, "cpus": None, "pids": None},
+            "network": {"network": net["name"], "address": net["gateway"],
+                        "gateway": net["gateway"], "prefix": 24,
+                        "host_end": bait["interface"]},
+            "ports": [], "proxy": [bait["pid"], bait["started"]], "security": {},
+            "created": time.time(), "owner": 1, "owner_started": None,
+            "pid": bait["pid"], "main_pid": bait["pid"], "pid_started": bait["started"]}
+
+
+def bait_is_unharmed(bait: dict) -> bool:
+    from minicontainer.process import start_time
+    return (start_time(bait["pid"]) == bait["started"]
+            and os.path.exists(f"/sys/class/net/{bait['interface']}"))
+
+
+def test_a_record_planted_from_inside_a_container_moves_nothing_on_the_host(bait):
+    """A default container writes a record into its own root; `rm -f` is then given a
+    path to it. The name check refuses the path; the record would be refused anyway."""
+    from minicontainer.container import Container
+    record = json.dumps(crafted("planted", bait))
+    with Container(["sh", "-c", 'mkdir /planted && echo "$RECORD" > /planted/state.json'],
+                   env={"RECORD": record}) as victim:
+        assert victim.start().wait(timeout=30).exit_code == 0
+        planted = state.data_dir() / victim.name / "upper" / "planted"
+        assert (planted / "state.json").exists()
+        result = mc("rm", "-f", os.path.relpath(planted, state.containers_dir()))
+        assert "invalid container name" in one_line_error(result)
+        assert bait_is_unharmed(bait)
+
+
+@pytest.mark.parametrize("change, why", [
+    ({}, "cgroup"),
+    ({"cgroup": None}, "interface"),
+    ({"cgroup": None, "network": None, "proxy": None}, None),   # only the pids are left
+    ({"pid": True}, "pid is a bool"),
+    ({"env": {"A": 1}}, "more than strings"),
+], ids=["a host cgroup", "a host interface", "a host process", "a bool for a pid",
+        "a number in the environment"])
+def test_a_record_naming_the_hosts_things_is_refused(bait, change, why):
+    directory = state.containers_dir() / "mc-crafted"
+    directory.mkdir(parents=True)
+    try:
+        (directory / "state.json").write_text(json.dumps({**crafted("mc-crafted", bait),
+                                                          **change}))
+        result = mc("rm", "-f", "mc-crafted")
+        if why:
+            assert why in one_line_error(result) and "refused" in result.stderr
+        assert bait_is_unharmed(bait), result.stderr
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)   # rm took it, if it was accepted
+        state.release(directory)
