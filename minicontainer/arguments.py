@@ -5,18 +5,25 @@ checked first and refused with one line that says what is wrong and what to do:
 a container that fails half-built is the very thing a classroom machine must not
 collect. The budget (cgroups.Limits.parse), the image (rootfs.check_rootfs) and the
 VM (vm.VM) check their own arguments the same way.
+
+A record read back from disk is input too. The host wrote it, but `rm -f` acts on
+what it names (a cgroup to empty, an interface to delete, processes to kill), so a
+record that was altered or planted must not be able to name anything of the host's:
+check_record() confines every such field to what a container of ours could own.
 """
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from . import namespaces as ns
-from .errors import InvalidArgument, NotLinuxError, NotRootError
+from .cgroups import PARENT
+from .errors import BadRecord, InvalidArgument, NotLinuxError, NotRootError
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")            # as Docker's names
 HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62}[a-zA-Z0-9])?$")
+ID = re.compile(r"^[0-9a-f]{12}$")
 
 
 def check_host(rootless: bool = False) -> None:
@@ -97,3 +104,72 @@ def check_namespaces(kinds: Iterable[str]) -> frozenset[str]:
         raise InvalidArgument(f"unknown namespace(s) {sorted(unknown)}: choose from "
                               f"{sorted(ns.FLAGS)}")
     return kinds
+
+
+# -- records read back from disk ------------------------------------------------------------
+
+Int, Str, Bool, Null = int, str, bool, type(None)
+RECORD = {   # field: the types it may have
+    "name": (Str,), "id": (Str,), "command": (list,), "rootfs": (Str,), "hostname": (Str,),
+    "namespaces": (list,), "init": (Bool,), "env": (dict,), "rootless": (Bool,),
+    "detached": (Bool,), "cgroup": (Str, Null), "limits": (dict,), "network": (dict, Null),
+    "ports": (list,), "proxy": (list, Null), "security": (dict,), "created": (float, Int),
+    "owner": (Int,), "owner_started": (Int, Null), "pid": (Int, Null),
+    "main_pid": (Int, Null), "pid_started": (Int, Null)}
+SECURITY_SWITCHES = ("capabilities", "no_new_privs", "seccomp", "system_paths")  # Security's
+
+
+def check_record(name: str, record: object) -> dict:
+    """A container's record from disk, refused (BadRecord) unless it has a record's
+    shape and everything the host acts on is one of ours: its cgroup below ours and
+    named after it, its interface its own veth `mc-<id>` on a network of ours. (Its
+    processes are checked against the kernel when they are looked up: Container.load.)"""
+    def refuse(why: str) -> BadRecord:
+        return BadRecord(f"the record of container {name!r} is refused, nothing was done: {why}")
+    _check_shape(record, refuse)
+    if record["name"] != name or not ID.match(record["id"]):
+        raise refuse(f"it is named {record['name']!r}, id {record['id']!r}")
+    cgroup = record["cgroup"]
+    if cgroup is not None and not _our_group(cgroup, record["id"]):
+        raise refuse(f"its cgroup {cgroup!r} is not {PARENT}/…/mc-{record['id']}")
+    if record["network"] is not None:
+        _check_attachment(record["network"], record["id"], refuse)
+    return record
+
+
+def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
+    """Every field we read, with its type (a bool is not a pid); others are ignored."""
+    if not isinstance(record, dict) or not set(RECORD) <= set(record):
+        raise refuse("its fields are not a container record's")
+    for field, types in RECORD.items():
+        if type(record[field]) not in types:
+            raise refuse(f"{field} is a {type(record[field]).__name__}")
+    strings = record["command"] + list(record["env"]) + list(record["env"].values())
+    if not all(isinstance(text, str) for text in strings + record["namespaces"]):
+        raise refuse("its command, environment or namespaces hold more than strings")
+    if not set(record["namespaces"]) <= set(ns.FLAGS):
+        raise refuse(f"it lists unknown namespaces {record['namespaces']}")
+    if set(record["limits"]) != {"memory", "cpus", "pids"} or not set(
+            record["security"]) <= set(SECURITY_SWITCHES):
+        raise refuse("its limits or security switches are not ours")
+    if record["proxy"] is not None and [type(n) for n in record["proxy"]] != [int, int]:
+        raise refuse("its proxy is not a pid and a start time")
+
+
+def _our_group(path: str, container_id: str) -> bool:
+    *parents, last = path.split("/")
+    return (parents[:1] == [PARENT] and all(NAME.match(p) for p in parents[1:])
+            and last == f"mc-{container_id}")
+
+
+def _check_attachment(attachment: dict, container_id: str,
+                      refuse: Callable[[str], BadRecord]) -> None:
+    """Only our veth (`mc-<id>`, never a bridge) on a network of ours is ever deleted."""
+    from . import network
+    if set(attachment) != {"network", "address", "gateway", "prefix", "host_end"}:
+        raise refuse("its network attachment has other fields")   # Attachment(**it) follows
+    name, veth = attachment["network"], attachment["host_end"]
+    if not (isinstance(name, str) and network.NAME.match(name)):
+        raise refuse(f"its network {name!r} is not one of ours (mc-…)")
+    if veth != f"mc-{container_id}" or veth in network.names():
+        raise refuse(f"its interface {veth!r} is not its own veth mc-{container_id}")

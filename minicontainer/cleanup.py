@@ -6,9 +6,11 @@ up. That is why every host object is written down before it exists (state.py: a
 record per container and per VM, network.py: a record per network): cleanup needs
 nothing but the records and the kernel's own lists.
 
-It removes only what belongs to a dead owner. A container whose owner still runs,
-or one started detached (`run -d`), is left alone unless `everything` is asked for,
-so it is safe to run at any time, twice, while other containers work.
+It removes only what belongs to a dead owner, whatever the container's status: a
+live owner may still be creating its container, or about to collect its exit status
+with wait(). A running container started detached (`run -d`) is left alone too. With
+`everything` it removes all, so without it it is safe to run at any time, twice,
+while other containers work.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from . import network as networking
 from .cgroups import Cgroup
 from .container import Container
 from .errors import ContainerNotFound
+from .rootfs import Overlay
 
 
 def cleanup(everything: bool = False) -> list[str]:
@@ -29,10 +32,13 @@ def cleanup(everything: bool = False) -> list[str]:
             record = state.describe(name)
         except ContainerNotFound:       # removed by its owner just now
             continue
-        if record["status"] == "running" and not (everything or record["orphaned"]):
+        still_wanted = state.owner_alive(record) or (record["detached"] and
+                                                     record["status"] == "running")
+        if still_wanted and not everything:
             continue
         Container.load(name).remove(force=True)
         removed.append(name)
+    removed += remove_orphaned_data()
     if os.geteuid() == 0:               # a rootless user made no cgroups or networks
         removed += remove_stray_cgroups()
         removed += networking.cleanup(set(state.names()))
@@ -40,16 +46,32 @@ def cleanup(everything: bool = False) -> list[str]:
     return removed + cleanup_vms()
 
 
+def remove_orphaned_data() -> list[str]:
+    """Writable layers and logs whose records a reboot forgot (records live in /run,
+    data on disk)."""
+    with state.locked():
+        orphans = state.orphaned_data()
+        for directory in orphans:
+            Overlay.make_removable(directory)
+            state.release_data(directory, lock=False)
+    return [f"data of {directory.name}" for directory in orphans]
+
+
 def remove_stray_cgroups() -> list[str]:
-    """Groups no container claims (a crash before the record, a crashed experiment's
-    budget group); a group holding a claimed one is in use and stays."""
+    """Groups no container claims (a crashed experiment's budget group); a group
+    holding a claimed one is in use and stays.
+
+    The groups are listed *before* the records are read: a container writes its
+    record before it makes its group, so every group we list has its record by then.
+    """
+    groups = cgroups.leftover_groups()
     claimed = set()
     for name in state.names():
         try:
-            claimed.add(state.read(name)["cgroup"])
-        except (ContainerNotFound, KeyError):
+            claimed.add(str(state.read_unchecked(name)["cgroup"]))
+        except (ContainerNotFound, KeyError, TypeError):
             pass
-    strays = [path for path in cgroups.leftover_groups()
+    strays = [path for path in groups
               if not any(c == path or (c or "").startswith(path + "/") for c in claimed)]
     for path in strays:                      # nested ones first
         Cgroup(path).remove()

@@ -10,9 +10,10 @@ tiny init; then exec. Each step runs in the child; this process only
 creates the host-side objects (state directory, address, cgroup, published ports),
 waits and reads results.
 
-Everything the container leaves on the host lives in its state directory (see
-state.py) and goes with remove(); the mounts live in the container's own mount
-namespace and vanish with its last process.
+Everything the container leaves on the host lives in its record (in /run) and its
+data directory (its writable layer and logs, on disk; see state.py) and goes with
+remove(); the mounts live in the container's own mount namespace and vanish with its
+last process.
 """
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ class Container:
         self.security = security or Security()      # all defences on, as in `docker run`
         self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
         self.detached = False
-        self.directory: Path | None = None
+        self.directory: Path | None = None     # the record, in /run
+        self.data: Path | None = None          # the writable layer and logs, on disk
         self._child: process.Child | None = None
         self._started = 0.0
         self._startup: float | None = None
@@ -122,7 +124,8 @@ class Container:
         try:
             if self.security.devices and "mnt" not in self.namespaces and not self.cgroup:
                 devices.refuse_device_nodes(self.rootfs)     # neither nodev nor an allow-list
-            layer = Overlay.create(self.rootfs, self.directory, nodev=self.security.devices)
+            self.data = state.make_data(self.name)
+            layer = Overlay.create(self.rootfs, self.data, nodev=self.security.devices)
             files = self._lease_address() if self.network else {}
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
                      partial(ns.isolate, layer, self.namespaces, self.hostname,
@@ -153,7 +156,7 @@ class Container:
             if listeners:
                 self._proxy_process = proxy.start(
                     self.pid, self.attachment.address, listeners,
-                    [port for _, _, port in self.ports], self.directory / "proxy.log")
+                    [port for _, _, port in self.ports], self.data / "proxy.log")
                 self._proxy = [self._proxy_process.pid,
                                process.start_time(self._proxy_process.pid)]
                 self._save()
@@ -201,8 +204,11 @@ class Container:
             self.attachment = None
         if self.cgroup is not None and self.directory is not None:
             self.cgroup.remove()
+        if self.data is not None:
+            Overlay.make_removable(self.data)
+            state.release_data(self.data)
+            self.data = None
         if self.directory is not None:
-            Overlay.make_removable(self.directory)
             state.release(self.directory)
             self.directory = None
 
@@ -259,7 +265,7 @@ class Container:
 
     def logs(self) -> tuple[str, str]:
         """What the command wrote so far to stdout and stderr (when not attached)."""
-        return tuple(_text(self.directory / name) for name in ("stdout", "stderr"))
+        return tuple(_text(self.data / name) for name in ("stdout", "stderr"))
 
     # -- the details ------------------------------------------------------------------
 
@@ -282,20 +288,21 @@ class Container:
         if attach:
             return [None, None, None]
         return [os.open(os.devnull, os.O_RDONLY)] + [
-            os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.open(self.data / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             for name in ("stdout", "stderr")]
 
     def _lease_address(self) -> dict[str, Path]:
         """Layer 4, host side: an address on the network, and the /etc/hosts and
         /etc/resolv.conf files the child will bind-mount into its root."""
-        hosts, resolv = self.directory / "hosts", self.directory / "resolv.conf"
+        hosts, resolv = self.data / "hosts", self.data / "resolv.conf"
         resolv.write_text(networking.resolv_conf())
         self.attachment = networking.attach(self.network, self.name, self.id, self.hostname, hosts)
         self._save()
         return {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
 
     def _stop_proxy(self) -> None:
-        if self._proxy and process.start_time(self._proxy[0]) == self._proxy[1]:
+        if self._proxy and process.start_time(self._proxy[0]) == self._proxy[1] and (
+                b"minicontainer.proxy" in _cmdline(self._proxy[0])):   # a record is not trusted
             os.kill(self._proxy[0], signal.SIGKILL)
         if self._proxy_process is not None:
             self._proxy_process.wait()
@@ -340,9 +347,10 @@ class Container:
         self.security = Security(**record["security"])
         self.cgroup = Cgroup(record["cgroup"], self.limits) if record["cgroup"] else None
         self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
+        self.data = state.data_dir() / name
         self._startup = None
         self._child = None
-        if record.get("pid") and process.start_time(record["pid"]) == record["pid_started"]:
+        if _still_its_own(record):
             self._child = process.Child(record["pid"], record["main_pid"], process.open_pidfd(
                 record["main_pid"], parent=record["pid"]))
         return self
@@ -364,6 +372,32 @@ def _record_exit(directory: Path, status: int) -> None:
     os.write(fd, b"%d" % status)
     os.close(fd)
     os.rename(directory / "exit_status.new", directory / "exit_status")
+
+
+def _still_its_own(record: dict) -> bool:
+    """Do the record's processes still run, and are they the container's? A pid names
+    one process only with its start time; and the command must have a root of its own
+    and sit in the container's cgroup, which no host process does: a record (checked
+    by state.read, but never trusted) cannot point us at a process of the host's."""
+    pid, main = record["pid"], record["main_pid"]
+    if not pid or not main or process.start_time(pid) != record["pid_started"]:
+        return False
+    try:
+        root, groups = os.stat(f"/proc/{main}/root"), Path(f"/proc/{main}/cgroup").read_text()
+    except OSError:          # the command is gone: let its waiter write exit_status first
+        process.wait_for_exit(pid, 2)
+        return False
+    own_root = (root.st_dev, root.st_ino) != (os.stat("/").st_dev, os.stat("/").st_ino)
+    in_group = record["cgroup"] is None or any(
+        line.split(":", 2)[2] == f"/{record['cgroup']}" for line in groups.splitlines())
+    return own_root and in_group
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _result(status: int | None, out: str, err: str, duration: float) -> Result:

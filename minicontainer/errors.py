@@ -32,6 +32,10 @@ class ContainerNotFound(MinicontainerError):
     """No container by that name."""
 
 
+class BadRecord(ContainerNotFound):
+    """A record on disk the host will not act on: it names what is not the container's."""
+
+
 class NameInUse(MinicontainerError):
     """A container by that name exists already."""
 

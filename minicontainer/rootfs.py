@@ -179,4 +179,11 @@ class Overlay:
         """Mount the merged view. Called inside the container's own mount namespace,
         so the host never sees this mount; it vanishes with the namespace."""
         options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
-        mount("overlay", self.merged, "overlay", MS_NODEV if self.nodev else 0, options)
+        try:
+            mount("overlay", self.merged, "overlay", MS_NODEV if self.nodev else 0, options)
+        except OSError as e:     # most often: the upper's filesystem cannot hold a layer
+            raise OSError(e.errno, f"overlayfs refused the writable layer in "
+                          f"{self.upper.parent} ({e.strerror}): overlayfs cannot write to "
+                          "some filesystems (overlayfs itself, NFS, FUSE, vfat); set "
+                          "MINICONTAINER_DATA to a directory on ext4, xfs, btrfs or tmpfs"
+                          ) from None

@@ -2,17 +2,23 @@
 
 `minicontainer ps` in a terminal must see the container a notebook started, and
 `minicontainer cleanup` must find what a crashed process left behind. So each
-container gets a directory, /run/minicontainer/containers/NAME, holding state.json
-(what was started and by which processes), its logs and its writable layer. It is
-written *before* anything else is created for the container and removed last.
+container gets a record, /run/minicontainer/containers/NAME/state.json (what was
+started and by which processes), written *before* anything else is created for the
+container and removed last.
 
 The directory is made under a temporary name with its first record inside, then
 renamed into place: rename(2) is atomic and refuses a target that is not empty, so
 two containers never claim the same name, and a crash leaves a whole record or none.
-/run is a tmpfs on most systems: a reboot forgets everything, as it should.
+/run is a small tmpfs on most systems: a reboot forgets every record, as it should.
+
+What a container writes (its writable layer, its logs) can be gigabytes, so it lives
+on disk, in /var/lib/minicontainer/containers/NAME (as Docker keeps /var/lib/docker),
+made just after the record and removed just before it. After a reboot these outlive
+their records: a data directory without a record is an orphan that cleanup removes.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -24,7 +30,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ContainerNotFound, NameInUse
+from .arguments import check_name, check_record
+from .errors import ContainerNotFound, MinicontainerError, NameInUse
 from .process import exit_code, start_time
 
 
@@ -38,6 +45,18 @@ def containers_dir() -> Path:
         base = Path(os.environ["XDG_RUNTIME_DIR"]) / "minicontainer"
     else:
         base = Path(f"/tmp/minicontainer-{os.geteuid()}")
+    return base / "containers"
+
+
+def data_dir() -> Path:
+    """/var/lib/minicontainer/containers for root; the user's own data directory (as
+    XDG says, ~/.local/share) for a rootless user; MINICONTAINER_DATA if set."""
+    if "MINICONTAINER_DATA" in os.environ:
+        base = Path(os.environ["MINICONTAINER_DATA"])
+    elif os.geteuid() == 0:
+        base = Path("/var/lib/minicontainer")
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "minicontainer"
     return base / "containers"
 
 
@@ -63,14 +82,22 @@ def claim(name: str, record: dict) -> Path:
 
 
 def remove_stale_drafts(age: float = 10) -> list[str]:
-    """Drafts a crash left between mkdtemp and rename (older than `age` seconds)."""
+    """Drafts a crash left between mkdtemp and rename: older than `age` seconds, and
+    their owner dead (a draft without a record yet is judged by its age alone)."""
     if not containers_dir().is_dir():
         return []
     stale = [p for p in containers_dir().glob(".claim-*")
-             if time.time() - p.stat().st_mtime > age]
+             if time.time() - p.stat().st_mtime > age and not _draft_owner_alive(p)]
     for draft in stale:
         release(draft)
     return [p.name for p in stale]
+
+
+def _draft_owner_alive(draft: Path) -> bool:
+    try:
+        return owner_alive(json.loads((draft / "state.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):   # not written yet, or gone
+        return False
 
 
 def write(directory: Path, record: dict) -> None:
@@ -86,6 +113,15 @@ def _write_json(path: Path, record: dict) -> None:
 
 
 def read(name: str) -> dict:
+    """The record of container `name`, checked before anyone acts on it: a name is never
+    a path (`rm ../x` reads nothing outside our directory), a record never trusted."""
+    return check_record(name, read_unchecked(name))
+
+
+def read_unchecked(name: str) -> dict:
+    """The record as it is on disk: only to learn what must *not* be removed (a record
+    refused by read() still marks its cgroup as in use)."""
+    check_name(name)
     try:
         return json.loads((containers_dir() / name / "state.json").read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
@@ -100,14 +136,56 @@ def names() -> list[str]:
 
 
 def release(directory: Path) -> None:
-    """Remove the container's directory (its logs and writable layer with it), and
-    the directories above it once they are empty: the host is left as it was."""
+    """Remove the container's record, and the directory above it once it is empty:
+    the host is left as it was."""
     shutil.rmtree(directory, ignore_errors=True)
     with locked():
         try:
             directory.parent.rmdir()
         except OSError:             # not empty: other containers live there
             pass
+
+
+def make_data(name: str) -> Path:
+    """The container's data directory, once its record is claimed (so the name is
+    ours: one a reboot orphaned under the same name is removed first)."""
+    directory = data_dir() / name
+    with locked():
+        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700)     # setuid files in its layer: for root's eyes only
+        except FileExistsError:
+            raise NameInUse(f"{directory} is left from an earlier container named {name!r}: "
+                            "remove it with `minicontainer cleanup`") from None
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise MinicontainerError(f"no space left in {data_dir()} for the container's "
+                                     "writable layer and logs: free some, or set "
+                                     "MINICONTAINER_DATA to a directory with room") from None
+    return directory
+
+
+def release_data(directory: Path, lock: bool = True) -> None:
+    """Remove a data directory, and the ones above it once they are empty."""
+    shutil.rmtree(directory, ignore_errors=True)
+    with locked() if lock else contextlib.nullcontext():
+        for parent in (directory.parent, directory.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:             # not empty: other containers live there
+                break
+
+
+def orphaned_data(age: float = 10) -> list[Path]:
+    """Data directories without a record (their records went with a reboot), older
+    than `age` seconds. Call it holding locked(), as make_data() does: a container
+    claims its record before its data, so no record then means none is coming."""
+    if not data_dir().is_dir():
+        return []
+    return [p for p in data_dir().iterdir() if not (containers_dir() / p.name).exists()
+            and time.time() - p.lstat().st_mtime > age]
 
 
 def vms_dir() -> Path:

@@ -30,6 +30,8 @@ def host_objects() -> dict[str, list[str]]:
         "mounts": mounts,
         "containers": state.names(),
         "state directory": [str(d) for d in [state.containers_dir().parent] if d.exists()],
+        "data directory": [str(d) for d in [state.data_dir().parent] if d.exists()],
+        "container data": sorted(p.name for p in _entries(state.data_dir())),
         "qemu processes": qemu,
         "port proxies": proxies,
         "firewall rules": firewall_rules(),
@@ -51,6 +53,10 @@ def firewall_rules() -> list[str]:
         tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
         rules += [line for line in tables.splitlines() if "mc-" in line]
     return rules
+
+
+def _entries(directory: Path) -> list[Path]:
+    return list(directory.iterdir()) if directory.is_dir() else []
 
 
 def _cmdline(proc: Path) -> bytes:

@@ -1,0 +1,265 @@
+"""The records: who may remove them, why none is trusted, and where containers' data lives.
+
+- `cleanup` removes only what a dead owner left: a live owner's container stays,
+  whether it runs, has exited or is still being created.
+- Names are checked and records are checked before the host acts on them: a record a
+  container planted cannot make the host kill, delete or unplug anything of the host's.
+- Records (small) live in /run; writable layers and logs on disk, where cleanup still
+  finds them after a reboot forgot their records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minicontainer import state
+
+CLI = [sys.executable, "-m", "minicontainer"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mc(*args: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=60,
+                          **options)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# An owner that stops at a stage and waits for a line on stdin before going on.
+OWNER = """
+import pkgutil, sys
+from minicontainer import Container
+stage = sys.argv[1]
+if stage != "exited":
+    owner_name, attribute = stage.rsplit(".", 1)
+    owner = pkgutil.resolve_name(owner_name)
+    real = getattr(owner, attribute)
+    def pause_after(*args, **kwargs):
+        result = real(*args, **kwargs)
+        print("paused", flush=True)
+        sys.stdin.readline()
+        return result
+    setattr(owner, attribute, pause_after)
+container = Container(["sh", "-c", "echo done"], name="mc-kept")
+container.start()
+result = container.wait(timeout=30)
+if stage == "exited":
+    print("paused", flush=True)
+    sys.stdin.readline()
+    result = container.wait()
+print("result", result.exit_code, result.stdout.strip(), flush=True)
+container.remove()
+"""
+
+
+@pytest.mark.parametrize("stage", ["exited", "minicontainer.state.claim",
+                                   "minicontainer.cgroups.Cgroup.create"],
+                         ids=["it has exited", "its record is written",
+                              "its cgroup exists"])
+def test_cleanup_leaves_a_live_owners_container_alone(stage):
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, stage], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline() == "paused\n"
+        cleaned = mc("cleanup")
+        assert cleaned.returncode == 0 and "mc-kept" not in cleaned.stdout, "its owner lives"
+        owner.stdin.write("go on\n")
+        owner.stdin.flush()
+        assert owner.stdout.readline() == "result 0 done\n", "the owner lost its container"
+    finally:
+        owner.kill()
+        owner.wait()
+        mc("rm", "-f", "mc-kept")
+    assert "mc-kept" not in state.names()
+
+
+def test_cleanup_leaves_a_live_owners_draft_alone():
+    """A draft record (claimed but not yet renamed into place) of a live owner stays."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, "minicontainer.state.write"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline() == "paused\n"       # in claim(), before the rename
+        assert list(state.containers_dir().glob(".claim-mc-kept-*"))
+        assert not [d for d in state.remove_stale_drafts(age=0) if "mc-kept" in d]
+        owner.stdin.write("go on\n")
+        owner.stdin.flush()
+        for _ in range(5):                                  # each later write pauses too
+            line = owner.stdout.readline()
+            if line != "paused\n":
+                break
+            owner.stdin.write("go on\n")
+            owner.stdin.flush()
+        assert line == "result 0 done\n"
+    finally:
+        owner.kill()
+        owner.wait()
+        mc("rm", "-f", "mc-kept")
+    assert "mc-kept" not in state.names()
+
+
+# -- where container data lives ---------------------------------------------------------------
+
+def test_writes_go_to_disk_and_cleanup_finds_layers_a_reboot_orphaned():
+    record, data = state.containers_dir() / "mc-rebooted", state.data_dir() / "mc-rebooted"
+    assert mc("run", "-d", "--no-cgroup", "--name", "mc-rebooted", "--", "sh", "-c",
+              "echo data > /written").returncode == 0
+    try:
+        deadline = time.monotonic() + 10
+        while not (record / "exit_status").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (data / "upper" / "written").read_text() == "data\n"   # on disk, not in /run
+        assert sorted(p.name for p in record.iterdir()) == ["exit_status", "state.json"]
+        shutil.rmtree(record)                     # a reboot: /run forgets, the disk does not
+        cleaned = mc("cleanup")
+        assert "mc-rebooted" not in cleaned.stdout, "too young: it may be being created"
+        assert data.exists()
+        os.utime(data, (time.time() - 60, time.time() - 60))
+        cleaned = mc("cleanup")
+        assert "data of mc-rebooted" in cleaned.stdout, cleaned.stdout + cleaned.stderr
+        assert not data.exists()
+    finally:
+        mc("rm", "-f", "mc-rebooted")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def in_own_mounts(script: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run a shell script in a mount namespace of its own: what it mounts (a filesystem
+    to put the data on) the host never sees."""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "CLI": " ".join(CLI)})
+
+
+def test_a_data_directory_overlayfs_cannot_use_is_named_in_one_line(tmp_path):
+    for directory in ("lower", "upper", "work", "on-overlay"):
+        (tmp_path / directory).mkdir()
+    result = in_own_mounts(
+        "mount -t overlay overlay -o lowerdir=lower,upperdir=upper,workdir=work on-overlay"
+        " && MINICONTAINER_DATA=$PWD/on-overlay/data $CLI run -- true", tmp_path)
+    line = one_line_error(result)
+    assert "overlayfs refused the writable layer in" in line and "on-overlay/data" in line
+    assert "MINICONTAINER_DATA" in line
+    assert not (tmp_path / "upper" / "data").exists(), "the failed container left its data"
+
+
+def test_a_full_disk_is_the_containers_problem_or_one_line(tmp_path):
+    (tmp_path / "small").mkdir()
+    inside = in_own_mounts(                  # full while the container writes: its problem
+        "mount -t tmpfs -o size=1M tmpfs small && MINICONTAINER_DATA=$PWD/small "
+        "$CLI run -- dd if=/dev/zero of=/big bs=64k count=64", tmp_path)
+    assert inside.returncode != 0 and "No space left on device" in inside.stderr
+    assert "Traceback" not in inside.stderr
+    ours = in_own_mounts(                    # no room for the container's own directory
+        "mount -t tmpfs -o size=1M,nr_inodes=1 tmpfs small && "
+        "MINICONTAINER_DATA=$PWD/small $CLI run -- true", tmp_path)
+    line = one_line_error(ours)
+    assert "no space left in" in line and "small" in line and "MINICONTAINER_DATA" in line
+
+
+# -- names and records are never trusted ------------------------------------------------------
+
+@pytest.mark.parametrize("verb", [["rm", "-f"], ["stop"], ["logs"], ["stats"],
+                                  ["exec"]], ids=lambda verb: verb[0])
+def test_a_name_is_never_a_path(verb):
+    result = mc(*verb, "mc-x/../../../tmp", *(["--", "true"] if verb == ["exec"] else []))
+    assert "invalid container name" in one_line_error(result)
+
+
+@pytest.fixture
+def bait(tmp_path):
+    """What a planted record points the host at, all of it the test's own: a sleeping
+    process in a cgroup outside ours, a spare interface, and a network of ours for the
+    record to name."""
+    from minicontainer import cgroups, network
+    from minicontainer.process import start_time
+    group = cgroups.hierarchies()["pids"][1] / f"mc-bait-{os.getpid()}"
+    group.mkdir()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    dummy = f"rbait{os.getpid() % 100000}"    # not mc-…: no cleanup of ours may take it
+    net = None
+    try:
+        (group / "cgroup.procs").write_text(str(sleeper.pid))
+        subprocess.run(["ip", "link", "add", dummy, "type", "veth", "peer", "name",
+                        f"{dummy}p"], check=True)
+        net = network.create(f"mc-rec{os.getpid() % 100000}")
+        yield {"pid": sleeper.pid, "started": start_time(sleeper.pid), "interface": dummy,
+               "cgroup": f"minicontainer/../{group.name}", "network": net}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        cgroups.remove_dir(group)          # waits while the kernel still counts the sleeper
+        subprocess.run(["ip", "link", "del", dummy], capture_output=True)
+        if net:
+            network.remove(net["name"], force=True)
+
+
+def crafted(name: str, bait: dict) -> dict:
+    """A record that names the bait everywhere the host acts: its pids, proxy, cgroup
+    and interface."""
+    net = bait["network"]
+    return {"name": name, "id": "0123456789ab", "command": ["true"], "rootfs": "/",
+            "hostname": "x", "namespaces": ["mnt"], "init": False, "env": {},
+            "rootless": False, "detached": True, "cgroup": bait["cgroup"],
+            "limits": {"memory": None, "cpus": None, "pids": None},
+            "network": {"network": net["name"], "address": net["gateway"],
+                        "gateway": net["gateway"], "prefix": 24,
+                        "host_end": bait["interface"]},
+            "ports": [], "proxy": [bait["pid"], bait["started"]], "security": {},
+            "created": time.time(), "owner": 1, "owner_started": None,
+            "pid": bait["pid"], "main_pid": bait["pid"], "pid_started": bait["started"]}
+
+
+def bait_is_unharmed(bait: dict) -> bool:
+    from minicontainer.process import start_time
+    return (start_time(bait["pid"]) == bait["started"]
+            and os.path.exists(f"/sys/class/net/{bait['interface']}"))
+
+
+def test_a_record_planted_from_inside_a_container_moves_nothing_on_the_host(bait):
+    """A default container writes a record into its own root; `rm -f` is then given a
+    path to it. The name check refuses the path; the record would be refused anyway."""
+    from minicontainer.container import Container
+    record = json.dumps(crafted("planted", bait))
+    with Container(["sh", "-c", 'mkdir /planted && echo "$RECORD" > /planted/state.json'],
+                   env={"RECORD": record}) as victim:
+        assert victim.start().wait(timeout=30).exit_code == 0
+        planted = state.data_dir() / victim.name / "upper" / "planted"
+        assert (planted / "state.json").exists()
+        result = mc("rm", "-f", os.path.relpath(planted, state.containers_dir()))
+        assert "invalid container name" in one_line_error(result)
+        assert bait_is_unharmed(bait)
+
+
+@pytest.mark.parametrize("change, why", [
+    ({}, "cgroup"),
+    ({"cgroup": None}, "interface"),
+    ({"cgroup": None, "network": None, "proxy": None}, None),   # only the pids are left
+    ({"pid": True}, "pid is a bool"),
+    ({"env": {"A": 1}}, "more than strings"),
+], ids=["a host cgroup", "a host interface", "a host process", "a bool for a pid",
+        "a number in the environment"])
+def test_a_record_naming_the_hosts_things_is_refused(bait, change, why):
+    directory = state.containers_dir() / "mc-crafted"
+    directory.mkdir(parents=True)
+    try:
+        (directory / "state.json").write_text(json.dumps({**crafted("mc-crafted", bait),
+                                                          **change}))
+        result = mc("rm", "-f", "mc-crafted")
+        if why:
+            assert why in one_line_error(result) and "refused" in result.stderr
+        assert bait_is_unharmed(bait), result.stderr
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)   # rm took it, if it was accepted
+        state.release(directory)
