@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields
 
 from . import namespaces as ns
 from .cgroups import PARENT
+from .security import Security
 from .errors import BadRecord, InvalidArgument, NotLinuxError, NotRootError
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")            # as Docker's names
@@ -97,6 +99,14 @@ def check_ports(ports: dict[int, int] | Iterable[str], network_name: str | None,
     return published
 
 
+def check_count(value: int | str, what: str, minimum: int = 1) -> int:
+    """A whole number of something: 3 or "3", not 3.5, True, "3\\n", "" or a negative."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < minimum:
+        raise InvalidArgument(f"invalid {what} {value!r}: give a whole number, at least {minimum}")
+    return int(text)
+
+
 def check_namespaces(kinds: Iterable[str]) -> frozenset[str]:
     kinds = frozenset(kinds)
     unknown = kinds - set(ns.FLAGS)
@@ -116,7 +126,7 @@ RECORD = {   # field: the types it may have
     "ports": (list,), "proxy": (list, Null), "security": (dict,), "created": (float, Int),
     "owner": (Int,), "owner_started": (Int, Null), "pid": (Int, Null),
     "main_pid": (Int, Null), "pid_started": (Int, Null)}
-SECURITY_SWITCHES = ("capabilities", "no_new_privs", "seccomp", "system_paths")  # Security's
+SECURITY_SWITCHES = tuple(switch.name for switch in fields(Security))
 
 
 def check_record(name: str, record: object) -> dict:

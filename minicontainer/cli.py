@@ -52,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
                      help="as an ordinary user: a user namespace, no cgroup, no bridge")
     run.add_argument("--no-cgroup", dest="cgroup", action="store_false", default=None,
                      help="no cgroup at all (layers 1-2 only)")
+    run.add_argument("--preserve-fds", default=0, metavar="N",
+                     help="pass on the caller's fds 3 to 3+N-1 (podman's option; default none)")
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background and print the name")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
@@ -123,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                "name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
                "init": args.init, "memory": args.memory, "cpus": args.cpus,
                "pids_limit": args.pids_limit, "cgroup": args.cgroup, "shm_size": args.shm_size,
+               "preserve_fds": args.preserve_fds,
                "network": args.network, "ports": args.publish, "rootless": args.rootless}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
@@ -133,11 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         container.start(attach=True)
-        try:
-            result = container.wait()
-        except KeyboardInterrupt:
-            print(f"\nminicontainer: stopping {container.name} (Ctrl-C)", file=sys.stderr)
-            result = container.stop(timeout=3)
+        result = wait_in_foreground(container)
         if result.oom_killed:
             from .cgroups import format_bytes
             print(f"minicontainer: killed: out of memory, limit "
@@ -145,6 +144,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return result.exit_code
     finally:
         container.remove(force=True)
+
+
+def wait_in_foreground(container) -> object:
+    """Wait as `docker run` does: SIGTERM, SIGHUP and Ctrl-C go to the container's
+    PID 1 (a trap there sees them) and we go on waiting for its exit code. PID 1
+    ignores a signal it has no handler for, so a second Ctrl-C stops the container."""
+    from .process import signals_passed_to
+    try:
+        with signals_passed_to(container._require_child()):
+            return container.wait()
+    except KeyboardInterrupt:
+        print(f"\nminicontainer: stopping {container.name} (Ctrl-C twice)", file=sys.stderr)
+        return container.stop(timeout=3)
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -166,7 +178,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     print(f"{'NAME':20} {'STATUS':12} {'PID':>7}  {'CREATED':9} COMMAND")
     for r in rows:
         age = f"{time.time() - r['created']:.0f}s ago"
-        print(f"{r['name']:20} {r['status']:12} {r.get('main_pid') or '-':>7}  {age:9} "
+        status = r["status"] + (" orphaned" if r["orphaned"] else "")
+        print(f"{r['name']:20} {status:12} {r.get('main_pid') or '-':>7}  {age:9} "
               f"{' '.join(r['command'])[:60]}")
     return 0
 

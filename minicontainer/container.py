@@ -22,15 +22,16 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, devices, process, proxy, security, state
+from . import cgroups, devices, process, proxy, security, state, syscalls
 from . import network as networking
 from . import namespaces as ns
-from .arguments import (as_argv, check_host, check_hostname, check_name, check_namespaces,
-                        check_ports, check_rootless)
+from .arguments import (as_argv, check_count, check_host, check_hostname, check_name,
+                        check_namespaces, check_ports, check_rootless)
 from .cgroups import Cgroup, Limits
 from .errors import InvalidArgument, MinicontainerError, Timeout
 from .init import become_init
@@ -69,7 +70,7 @@ class Container:
                  network: str | None = None,
                  ports: dict[int, int] | Iterable[str] | None = None,
                  security: Security | None = None, rootless: bool = False,
-                 shm_size: str | int = ns.SHM_SIZE) -> None:
+                 shm_size: str | int = ns.SHM_SIZE, preserve_fds: int = 0) -> None:
         check_host(rootless)
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
@@ -86,6 +87,7 @@ class Container:
         self.rootfs = check_rootfs(Path(rootfs)) if rootfs else default_rootfs()
         self.init = init
         self.shm_size = cgroups.parse_memory(shm_size, "shm size", 1)   # docker --shm-size
+        self.preserve_fds = check_count(preserve_fds, "preserve_fds", 0)  # podman's option
         if not cgroup and (memory, cpus, pids_limit) != (None, None, None):
             raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
         self.limits = Limits.parse(memory, cpus, DEFAULT_PIDS_LIMIT if cgroup and pids_limit
@@ -148,7 +150,8 @@ class Container:
                 self._started = time.monotonic()
                 self._child = process.spawn(
                     self.command, steps, env=self.env, stdio=stdio, main=self.main,
-                    when_ready=self.attachment.connect if self.network else None)
+                    when_ready=self.attachment.connect if self.network else None,
+                    preserve_fds=self.preserve_fds)
                 self._startup = time.monotonic() - self._started
             finally:
                 _close(stdio)
@@ -230,32 +233,50 @@ class Container:
         child = self._child
         return child is not None and not child.exited and not process.wait_for_exit(child.pid, 0)
 
-    def exec(self, command: str | Sequence[str], timeout: float | None = 60,
-             attach: bool = False) -> Result:
-        """Run another command inside the running container (docker exec)."""
+    def exec(self, command: str | Sequence[str] | Callable[[], None],
+             timeout: float | None = 60, attach: bool = False, hardened: bool = True
+             ) -> Result:
+        """Run another command inside the running container (docker exec).
+
+        The joining process is a copy of this one until it execs: it is made
+        non-dumpable first, so the container cannot open its /proc/PID/exe (the
+        host's Python: CVE-2019-5736) or its fds, and it starts a session of its own, so
+        it never holds our terminal as its controlling tty (TIOCSTI would type into the
+        host's shell). Attached (the CLI), our SIGTERM, SIGHUP and Ctrl-C are passed on.
+        A Python function as `command` runs in there without exec (for demos).
+        hardened=False leaves both out, as runtimes did before 2019 (the escape lab).
+        """
         if not self.running:
             raise MinicontainerError(f"container {self.name} is not running")
         import tempfile
         procs = self.cgroup.open_procs() if self.cgroup else []   # in the same budget
-        steps = [partial(ns.join, self.pid, self.namespaces), partial(cgroups.join, procs),
+        steps = [partial(syscalls.set_dumpable, False), os.setsid] if hardened else []
+        steps += [partial(ns.join, self.pid, self.namespaces), partial(cgroups.join, procs),
                  *security.steps(self.security, mount_namespace=False)]  # mounts: done
+        main = command if callable(command) else None
         started = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             stdio = [None] * 3 if attach else [os.open(os.devnull, os.O_RDONLY),
                                                os.dup(out.fileno()), os.dup(err.fileno())]
             try:
-                child = process.spawn(as_argv(command), steps, env=self.env, stdio=stdio)
+                child = process.spawn([repr(main)] if main else as_argv(command), steps,
+                                      env=self.env, stdio=stdio, main=main)
             finally:
                 _close(stdio + procs)
             try:
-                status = child.wait(timeout)
-            except Timeout:
+                with process.signals_passed_to(child) if attach else nullcontext():
+                    status = child.wait(timeout)
+            except BaseException:            # a time-out, a second Ctrl-C: not left behind
                 child.send_signal(signal.SIGKILL)
                 child.wait()
                 raise
             finally:
                 child.close()
             return _result(status, _read(out), _read(err), time.monotonic() - started)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the container's first process (docker kill --signal)."""
+        self._require_child().send_signal(sig)
 
     def stats(self) -> dict[str, float | int | None]:
         """Memory, CPU time and processes used so far, from the container's cgroup."""

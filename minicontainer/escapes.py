@@ -26,6 +26,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -57,6 +58,7 @@ class Target:
     network: str     # a bridge network of the lab's own (as the runtime makes them)
     network_taking_ras: str   # the same, but taking IPv6 router advertisements
     image: str       # the busybox image plus /lab-disk, a node for a host loop device
+    fd: int          # an open directory fd of the caller's, on the marker's directory
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Attack:
     behind_it: tuple[dict, str] | None = None  # (first layer off, the layer that then stops it)
     options: dict = field(default_factory=dict)  # what this attack's container always gets
     seen_on_host: Callable[[Container], str] | None = None   # the proof, if it is outside
+    # What the host does meanwhile, from another thread (an `exec` into it), given the
+    # container and the lab's own switches (e.g. hardened=False).
+    meanwhile: Callable[..., None] | None = None
 
 
 @dataclass
@@ -140,7 +145,84 @@ def bridge_took_the_advertisement(container: Container) -> str:
     return ""
 
 
+def open_a_joining_process_exe(target: Target, seconds: float = 8) -> None:
+    """Wait for a process to join us (`exec`) and open its /proc/PID/exe: before it execs,
+    that is the host's Python. CVE-2019-5736 then waits for it to be idle and writes
+    into it; this attack stops at reading its first bytes, which proves it reachable."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/exe", "rb") as exe:
+                    head = exe.read(4)
+                path = os.readlink(f"/proc/{entry}/exe")
+            except OSError:
+                continue
+            if head == b"\x7fELF" and not path.startswith("/bin/busybox"):
+                print(f"opened the host's {path} through /proc/{entry}/exe", flush=True)
+                return
+        time.sleep(0.01)
+    print("no joining process could be opened", flush=True)
+    raise SystemExit(1)
+
+
+def join_with_exec(container: Container, hardened: bool = True) -> None:
+    """The host runs `exec` into the container, a Python function that takes 3 s: a
+    wide version of the moment before a real exec's execve."""
+    time.sleep(0.5)
+    container.exec(partial(time.sleep, 3), hardened=hardened)
+
+
+TYPED = b"echo mc-typed-on-the-host\n"
+
+
+def exec_from_a_terminal(container: Container, hardened: bool = True) -> str:
+    """A person runs `exec` from their shell's terminal (a pty of the lab's here), and
+    the exec'd command pushes keys into that terminal's input with ioctl(TIOCSTI):
+    keys their shell would read and run, as root, once `exec` returns. Nothing reads
+    them here: the lab takes them back out of the terminal and shows them."""
+    terminal, shell_side = os.openpty()
+    try:
+        code = ("from minicontainer.escapes import _type_keys; "
+                f"_type_keys({container.name!r}, {hardened})")
+        subprocess.run(["setsid", "--ctty", "--wait", sys.executable, "-c", code], timeout=60,
+                       stdin=shell_side, stdout=shell_side, stderr=shell_side)
+        os.set_blocking(shell_side, False)
+        try:
+            waiting = os.read(shell_side, 4096)    # what the shell would read next
+        except BlockingIOError:
+            waiting = b""
+    finally:
+        os.close(terminal)
+        os.close(shell_side)
+    return f"the host shell would read: {TYPED.decode().strip()}" if TYPED in waiting else ""
+
+
+def _type_keys(name: str, hardened: bool) -> None:
+    """In the person's `exec` (a process whose controlling terminal is the pty)."""
+    import fcntl
+    import termios      # imported here: inside, the container's / has no Python library
+
+    def push_keys() -> None:
+        for key in TYPED:
+            fcntl.ioctl(0, termios.TIOCSTI, bytes([key]))
+    Container.load(name).exec(push_keys, attach=True, hardened=hardened, timeout=20)
+
+
 ATTACKS = [
+    Attack("use a directory fd the caller left open",
+           "for fd in /proc/self/fd/*; do cat $fd/marker 2>/dev/null && exit 0; done; "
+           "echo no inherited fd reaches the host; exit 1",
+           "inherited fds closed before exec (close_range)",
+           shown_with={"preserve_fds": lambda t: t.fd - 2}),
+    Attack("type into the terminal that ran exec (TIOCSTI)", "sleep 4",
+           "exec's process in a session of its own (no controlling terminal)",
+           shown_with={"hardened": False}, meanwhile=exec_from_a_terminal),
+    Attack("open the host binary of a joining exec (CVE-2019-5736)",
+           open_a_joining_process_exe, "exec's process non-dumpable until it execs",
+           shown_with={"hardened": False}, meanwhile=join_with_exec),
     Attack("chroot breakout", break_out_of_chroot, "mount namespace (pivot_root)",
            shown_with={"namespaces": NOT_MNT}),
     Attack("mount the host's disk",
@@ -205,17 +287,21 @@ def target() -> Iterator[Target]:
         marker = Path(directory) / "marker"
         marker.write_text(f"host-only-{os.urandom(6).hex()}")
         loop = None
+        # A shell's `exec 7< DIR`, a kernel's open directory: inheritable, as they are.
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        os.set_inheritable(fd, True)
         try:
             network.create(networks[0])
             network.create(networks[1], router_advertisements=True)
             loop = attach_loop_device(marker)
             image = image_with_a_node(Path(directory) / "image", loop)
             yield Target(str(marker), sleeper.pid, listener.getsockname()[1],
-                         f"{os.major(disk)}:{os.minor(disk)}", *networks, str(image))
+                         f"{os.major(disk)}:{os.minor(disk)}", *networks, str(image), fd)
         finally:
             sleeper.kill()
             sleeper.wait()
             listener.close()
+            os.close(fd)
             for name in set(networks) & set(network.names()):
                 network.remove(name, force=True)
             if loop:
@@ -254,6 +340,7 @@ def attempt(attack: Attack, bait: Target, **changes) -> Outcome:
     """Run `attack` in a container with the attack's options, then `changes`."""
     options = {key: value(bait) if callable(value) else value
                for key, value in {**attack.options, **changes}.items()}
+    lab_switches = {key: options.pop(key) for key in ("hardened",) if key in options}
     if callable(attack.command):
         command = partial(attack.command, bait)
     else:
@@ -261,8 +348,18 @@ def attempt(attack: Attack, bait: Target, **changes) -> Outcome:
     env = {"MARKER": bait.marker, "PID": str(bait.pid), "PORT": str(bait.port),
            "DISK": bait.disk}
     with Container(command, env=env, **options) as container:
-        result = container.start().wait(timeout=60)
+        container.start()
+        host, proof = None, []
+        if attack.meanwhile:
+            host = threading.Thread(target=lambda: proof.append(
+                attack.meanwhile(container, **lab_switches)))
+            host.start()
+        result = container.wait(timeout=60)
+        if host:
+            host.join()
         seen = attack.seen_on_host(container) if attack.seen_on_host else None
+        if proof and isinstance(proof[0], str):     # the host saw it: that is the proof
+            seen = proof[0]
     text = (result.stdout + result.stderr).strip().splitlines() + [seen or ""]
     evidence = " / ".join(filter(None, text[-3:])).replace("\0", " ")
     if not evidence and result.signal:

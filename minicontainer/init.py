@@ -21,6 +21,7 @@ import os
 import signal
 
 from .process import close_report, exit_code
+from .syscalls import set_dumpable
 
 FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH}
@@ -34,6 +35,9 @@ def become_init() -> None:
         return                    # the signal mask is restored just before exec
     close_report()
     os.closerange(3, 1 << 20)
+    # This init is the host's Python, and never execs: non-dumpable, the container's
+    # processes cannot open its /proc/1/exe (the host's interpreter) or /proc/1/mem.
+    set_dumpable(False)
     os._exit(supervise(command))
 
 

@@ -15,6 +15,13 @@ the parent just reads end-of-file. (subprocess works the same way.) The same pip
 carries two more messages: the pid of the command, when a pid namespace made us fork
 once more (see fork_and_wait), and "ready", when a step waits for the parent to do
 its part on the host (plug in the network cable) before the command may run.
+
+Only fds 0, 1 and 2 reach the command. Whatever else the caller has open - a
+shell's `exec 7</`, a Jupyter kernel's sockets - would otherwise be inherited, and a
+directory fd to the host's / is the whole host filesystem through /proc/self/fd/7
+(CVE-2016-9962 and CVE-2024-21626 are this class in runc). So the last step before
+exec marks every other fd close-on-exec, as runc does; `preserve_fds` passes on
+3, 4, ... on purpose, as `podman run --preserve-fds` does.
 """
 from __future__ import annotations
 
@@ -23,11 +30,13 @@ import os
 import resource
 import select
 import signal
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import CommandNotExecutable, CommandNotFound, Timeout
-from .syscalls import set_parent_death_signal
+from .syscalls import close_on_exec_from, set_parent_death_signal
 
 Step = Callable[[], None]
 
@@ -87,10 +96,11 @@ def wait_for_exit(pid: int, timeout: float | None) -> bool:
 def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str] | None = None,
           stdio: Sequence[int | None] = (None, None, None),
           main: Callable[[], None] | None = None,
-          when_ready: Callable[[int], None] | None = None) -> Child:
+          when_ready: Callable[[int], None] | None = None, preserve_fds: int = 0) -> Child:
     """Fork, run `steps` in the child, then exec `argv` (or call `main`, for demos).
 
-    `stdio` gives the files for the child's fds 0, 1, 2 (None: keep the caller's).
+    `stdio` gives the files for the child's fds 0, 1, 2 (None: keep the caller's);
+    no other fd of the caller's reaches the command, but for `preserve_fds` from 3 on.
     If a step calls wait_for_parent(), `when_ready(pid of the command)` runs here
     meanwhile. Returns once the command runs; raises here what failed in the child.
     """
@@ -101,7 +111,7 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
         try:
             os.close(read_end)       # the child keeps only its ends of the pipes: were it to
             os.close(go_write)       # hold the go-ahead's write end, it would wait forever
-            _child(argv, steps, env, stdio, write_end, go_read, main)  # execs or exits
+            _child(argv, steps, env, stdio, write_end, go_read, main, 3 + preserve_fds)
         finally:
             os._exit(EXIT_SETUP_FAILED)  # never fall back into the caller's code
     os.close(write_end)
@@ -183,7 +193,7 @@ def _stat_fields(pid: int) -> list[bytes]:
         return f.read().rsplit(b")", 1)[1].split()
 
 
-def _child(argv, steps, env, stdio, report_fd, go_fd, main) -> None:
+def _child(argv, steps, env, stdio, report_fd, go_fd, main, first_closed) -> None:
     """In the child: redirect stdio, run the steps, exec. Reports failure, never returns."""
     global _report_fd, _go_fd
     _report_fd, _go_fd = report_fd, go_fd
@@ -194,11 +204,12 @@ def _child(argv, steps, env, stdio, report_fd, go_fd, main) -> None:
         for step in steps:
             step()
         restore_signals()
+        close_on_exec_from(first_closed)     # the report pipe is close-on-exec already
     except BaseException as e:
         _report(b"setup", e)
         os._exit(EXIT_SETUP_FAILED)
     if main is not None:
-        _call_as_program(main)
+        _call_as_program(main, first_closed)
     try:
         os.execvpe(argv[0], list(argv), env if env is not None else os.environ)
     except BaseException as e:
@@ -206,9 +217,11 @@ def _child(argv, steps, env, stdio, report_fd, go_fd, main) -> None:
         os._exit(EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else EXIT_CANNOT_EXECUTE)
 
 
-def _call_as_program(main: Callable[[], None]) -> None:
-    """Run `main` as if it were the exec'd program: errors to stderr, then exit."""
+def _call_as_program(main: Callable[[], None], first_closed: int) -> None:
+    """Run `main` as if it were the exec'd program: errors to stderr, then exit.
+    No exec closes the caller's fds here, so they are closed now."""
     close_report()
+    os.closerange(first_closed, 1 << 20)
     try:
         main()
     except SystemExit as e:
@@ -217,6 +230,37 @@ def _call_as_program(main: Callable[[], None]) -> None:
         os.write(2, f"{type(e).__name__}: {e}\n".encode())
         os._exit(1)
     os._exit(0)
+
+
+PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def signals_passed_to(child: Child) -> Iterator[None]:
+    """While the caller waits in the foreground, SIGTERM, SIGHUP and Ctrl-C go to the
+    command instead (docker run's --sig-proxy): a `trap` there sees them, and the caller
+    keeps waiting for its exit code. A second Ctrl-C raises KeyboardInterrupt here, for
+    a command that ignores the first (PID 1 without a handler does). Only the main
+    thread may set signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupts = 0
+
+    def pass_on(sig: int, frame) -> None:
+        nonlocal interrupts
+        if sig == signal.SIGINT:
+            interrupts += 1
+            if interrupts > 1:
+                raise KeyboardInterrupt
+        child.send_signal(sig)
+
+    before = {sig: signal.signal(sig, pass_on) for sig in PASSED_ON}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def exit_code(status: int) -> int:

@@ -137,16 +137,65 @@ def test_cleanup_leaves_detached_containers_alone_unless_all():
         mc("rm", "-f", "mc-cli-keep")
 
 
-def test_ctrl_c_stops_a_foreground_container():
-    run = subprocess.Popen(CLI + ["run", "--name", "mc-cli-fg", "--", "sleep", "30"],
-                           stderr=subprocess.PIPE, text=True)
+def start_in_foreground(name: str, *command: str) -> subprocess.Popen:
+    run = subprocess.Popen(CLI + ["run", "--name", name, "--", *command],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 5
-    while "mc-cli-fg" not in mc("ps").stdout and time.monotonic() < deadline:
+    while "running" not in mc("ps").stdout and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.2)
+    time.sleep(0.3)
+    return run
+
+
+def test_ctrl_c_twice_stops_a_foreground_container_whose_pid_1_ignores_it():
+    run = start_in_foreground("mc-cli-fg", "sleep", "30")
+    run.send_signal(signal.SIGINT)           # passed on: sleep as PID 1 has no handler
+    time.sleep(0.5)
+    assert run.poll() is None, "one Ctrl-C is only passed on"
     run.send_signal(signal.SIGINT)
     assert run.wait(timeout=10) == 137     # sleep as PID 1 ignores SIGTERM: killed
     assert "stopping mc-cli-fg" in run.stderr.read()
+    assert state.names() == []
+
+
+TRAP = "trap 'echo got $0; exit 3' TERM HUP INT; echo trapping; while :; do sleep 0.1; done"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
+                         ids=lambda s: s.name)
+def test_a_signal_to_a_foreground_run_reaches_the_containers_pid_1(sig):
+    """As `docker run` does (--sig-proxy): a trap in PID 1 sees it, the CLI keeps
+    waiting and returns the container's exit code, and nothing is left behind."""
+    run = start_in_foreground("mc-cli-trap", "sh", "-c", TRAP.replace("$0", sig.name))
+    run.send_signal(sig)
+    assert run.wait(timeout=10) == 3
+    assert run.stdout.read() == f"trapping\ngot {sig.name}\n"
+    assert state.names() == []
+
+
+def test_a_killed_cli_leaves_an_orphan_that_ps_shows_and_cleanup_removes():
+    run = start_in_foreground("mc-cli-orphan", "sleep", "30")
+    run.kill()
+    run.wait()
+    line = next(row for row in mc("ps").stdout.splitlines() if "mc-cli-orphan" in row)
+    assert "orphaned" in line
+    assert "mc-cli-orphan" in mc("cleanup").stdout
+    assert state.names() == []
+
+
+@pytest.mark.parametrize("how", ["run", "run -d", "exec"])
+def test_a_shells_open_fd_does_not_reach_the_container(how):
+    """`exec 7</` in the shell that runs us: fd 7 is the host's / (runc's CVE-2016-9962)."""
+    cli = " ".join(CLI)
+    probe = "ls /proc/self/fd/7/ 2>&1 || echo closed"
+    script = {"run": f"{cli} run -- sh -c '{probe}'",
+              "run -d": f"{cli} run -d --name mc-cli-fd -- sh -c '{probe}' >/dev/null; "
+                        f"sleep 1; {cli} logs mc-cli-fd; {cli} rm -f mc-cli-fd >/dev/null",
+              "exec": f"{cli} run -d --name mc-cli-fd -- sleep 30 >/dev/null; "
+                      f"{cli} exec mc-cli-fd -- sh -c '{probe}'; {cli} rm -f mc-cli-fd >/dev/null"}
+    result = subprocess.run(["bash", "-c", f"exec 7</; {script[how]}"], capture_output=True,
+                            text=True, timeout=60)
+    assert "closed" in result.stdout and "etc" not in result.stdout, result.stdout
     assert state.names() == []
 
 
