@@ -64,14 +64,14 @@ def as_argv(command: str | Sequence[str]) -> list[str]:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise InvalidArgument(f"invalid container name {name!r}: use letters, digits and "
                               "_ . - (up to 63), starting with a letter or digit")
     return name
 
 
 def check_hostname(hostname: str) -> str:
-    if not HOSTNAME.match(hostname):
+    if not HOSTNAME.fullmatch(hostname):
         raise InvalidArgument(f"invalid hostname {hostname!r}: use letters, digits, - and ."
                               " (up to 64), starting and ending with a letter or digit")
     return hostname
@@ -137,7 +137,7 @@ def check_record(name: str, record: object) -> dict:
     def refuse(why: str) -> BadRecord:
         return BadRecord(f"the record of container {name!r} is refused, nothing was done: {why}")
     _check_shape(record, refuse)
-    if record["name"] != name or not ID.match(record["id"]):
+    if record["name"] != name or not ID.fullmatch(record["id"]):
         raise refuse(f"it is named {record['name']!r}, id {record['id']!r}")
     cgroup = record["cgroup"]
     if cgroup is not None and not _our_group(cgroup, record["id"]):
@@ -168,7 +168,7 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
 
 def _our_group(path: str, container_id: str) -> bool:
     *parents, last = path.split("/")
-    return (parents[:1] == [PARENT] and all(NAME.match(p) for p in parents[1:])
+    return (parents[:1] == [PARENT] and all(NAME.fullmatch(p) for p in parents[1:])
             and last == f"mc-{container_id}")
 
 
@@ -179,7 +179,7 @@ def _check_attachment(attachment: dict, container_id: str,
     if set(attachment) != {"network", "address", "gateway", "prefix", "host_end"}:
         raise refuse("its network attachment has other fields")   # Attachment(**it) follows
     name, veth = attachment["network"], attachment["host_end"]
-    if not (isinstance(name, str) and network.NAME.match(name)):
+    if not (isinstance(name, str) and network.NAME.fullmatch(name)):
         raise refuse(f"its network {name!r} is not one of ours (mc-…)")
     if veth != f"mc-{container_id}" or veth in network.names():
         raise refuse(f"its interface {veth!r} is not its own veth mc-{container_id}")

@@ -58,7 +58,8 @@ class Limits:
 
 def parse_memory(value: str | int, what: str = "memory limit", minimum: int = MIN_MEMORY) -> int:
     """"64M", "1g", "512k", "4096b" or an int of bytes → bytes (binary units, as Docker)."""
-    match = re.fullmatch(r"\s*(\d+)\s*([bkmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+    # No spaces or newlines anywhere: every input is checked the same strict way.
+    match = re.fullmatch(r"(\d{1,15})([bkmgt]?)(?:i?b)?", str(value), re.IGNORECASE)
     if not match:
         raise InvalidArgument(f"invalid {what} {value!r}: use a number with an optional "
                               "unit, like 64M or 1G")
@@ -66,6 +67,10 @@ def parse_memory(value: str | int, what: str = "memory limit", minimum: int = MI
         raise InvalidArgument(f"{what} {value!r} has no unit: write {value.strip()}M "
                               "(or G, k, b); a Python int means bytes")
     amount = int(match[1]) * UNITS[match[2].lower()]
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if amount > physical:
+        raise InvalidArgument(f"{what} {value!r} is more than this machine's memory "
+                              f"({format_bytes(physical)})")
     if amount < minimum:
         raise InvalidArgument(f"{what} {value!r} is too small: use at least "
                               f"{format_bytes(minimum)}")
@@ -74,9 +79,10 @@ def parse_memory(value: str | int, what: str = "memory limit", minimum: int = MI
 
 def parse_cpus(value: str | float) -> float:
     """A (fractional) number of CPUs, between 0.01 and the machine's count."""
-    try:
-        cpus = float(value)
-    except (TypeError, ValueError):
+    text = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if isinstance(text, str) and re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,6})?", text):
+        cpus = float(text)
+    else:
         cpus = -1.0
     available = os.cpu_count() or 1
     if not 0.01 <= cpus <= available:
@@ -92,10 +98,8 @@ def cpu_max(cpus: float, period: int = CPU_PERIOD) -> str:
 
 
 def parse_pids(value: str | int) -> int:
-    try:
-        pids = int(value)
-    except (TypeError, ValueError):
-        pids = 0
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    pids = int(text) if isinstance(text, str) and re.fullmatch(r"[0-9]{1,9}", text) else 0
     if pids < 1:
         raise InvalidArgument(f"invalid pids limit {value!r}: use a whole number of at least 1")
     return pids

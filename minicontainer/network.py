@@ -144,7 +144,7 @@ def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: boo
     router_advertisements=True leaves the bridge taking them, as the kernel would (the
     escape lab uses it to show why not).
     """
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise InvalidArgument(f"invalid network name {name!r}: use mc- and then up to 12 of "
                               "a-z 0-9 - (it names the bridge)")
     with state.locked():

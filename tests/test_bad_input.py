@@ -37,6 +37,19 @@ def busy_port():
 CLI_CASES = [
     # (what, argv with {placeholders}, a word the message must contain)
     ("missing rootfs", ["run", "--rootfs", "/nonexistent", "--", "true"], "does not exist"),
+    # Input at the edges (issue 12, item 10): a trailing newline is never a name or number.
+    ("name with a newline", ["run", "--name", "abc\n", "--", "true"], "invalid container name"),
+    ("hostname with a newline", ["run", "--hostname", "ab\n", "--", "true"], "invalid hostname"),
+    ("memory with a newline", ["run", "-m", "64M\n", "--", "true"], "invalid memory"),
+    ("cpus with a newline", ["run", "--cpus", "0.5\n", "--", "true"], "invalid cpus"),
+    ("pids with a newline", ["run", "--pids-limit", "10\n", "--", "true"], "invalid pids"),
+    ("absurd memory", ["run", "-m", "99999G", "--", "true"], "more than this machine"),
+    ("absurd shm size", ["run", "--shm-size", "1T", "--", "true"], "more than this machine"),
+    ("half a port spec", ["run", "--network", "mc-br0", "-p", "8080:", "--", "true"],
+     "invalid port"),
+    ("fds to preserve, not a number", ["run", "--preserve-fds", "x", "--", "true"],
+     "invalid preserve_fds"),
+    ("exec into a path", ["exec", "../../etc", "--", "true"], "invalid container name"),
     ("rootfs is a file", ["run", "--rootfs", "{file}", "--", "true"], "not a directory"),
     ("rootfs without /bin/sh", ["run", "--rootfs", "{no-shell}", "--", "true"], "/bin/sh"),
     ("no command", ["run"], "no command given"),
