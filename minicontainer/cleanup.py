@@ -42,11 +42,13 @@ def cleanup(everything: bool = False) -> list[str]:
 
 def remove_stray_cgroups() -> list[str]:
     """Groups no container claims (a crash before the record, a crashed experiment's
-    budget group); a group holding a claimed one is in use and stays."""
+    budget group); a group holding a claimed one is in use and stays. A container
+    claims its own group and its port proxy's."""
     claimed = set()
     for name in state.names():
         try:
-            claimed.add(state.read(name)["cgroup"])
+            record = state.read(name)
+            claimed |= {record["cgroup"], record.get("proxy_cgroup")}
         except (ContainerNotFound, KeyError):
             pass
     strays = [path for path in cgroups.leftover_groups()
