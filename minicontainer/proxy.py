@@ -201,6 +201,9 @@ class Relay:
                 print(f"proxy: accept: {e.strerror}; pausing", file=sys.stderr, flush=True)
                 self.retry_at = time.monotonic() + 0.1
                 return
+            if client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                client.close()        # it reset while it waited: do not bother the container
+                continue
             self.connect(client, self.listeners[listener])
 
     def connect(self, client: socket.socket, port: int) -> None:
