@@ -142,6 +142,9 @@ def check_record(name: str, record: object) -> dict:
     cgroup = record["cgroup"]
     if cgroup is not None and not _our_group(cgroup, record["id"]):
         raise refuse(f"its cgroup {cgroup!r} is not {PARENT}/…/mc-{record['id']}")
+    proxy_group = record.get("proxy_cgroup")
+    if proxy_group is not None and proxy_group != f"{PARENT}/mc-{record['id']}-proxy":
+        raise refuse(f"its proxy's cgroup {proxy_group!r} is not {PARENT}/mc-{record['id']}-proxy")
     if record["network"] is not None:
         _check_attachment(record["network"], record["id"], refuse)
     return record

@@ -59,7 +59,8 @@ def remove_orphaned_data() -> list[str]:
 
 def remove_stray_cgroups() -> list[str]:
     """Groups no container claims (a crashed experiment's budget group); a group
-    holding a claimed one is in use and stays.
+    holding a claimed one is in use and stays. A container claims its own group and
+    its port proxy's.
 
     The groups are listed *before* the records are read: a container writes its
     record before it makes its group, so every group we list has its record by then.
@@ -68,7 +69,8 @@ def remove_stray_cgroups() -> list[str]:
     claimed = set()
     for name in state.names():
         try:
-            claimed.add(str(state.read_unchecked(name)["cgroup"]))
+            record = state.read_unchecked(name)
+            claimed |= {str(record["cgroup"]), str(record.get("proxy_cgroup"))}
         except (ContainerNotFound, KeyError, TypeError):
             pass
     strays = [path for path in groups

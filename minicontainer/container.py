@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
@@ -97,8 +96,12 @@ class Container:
         self.network = network
         self.ports = check_ports(ports or {}, network, self.namespaces)
         self.attachment: networking.Attachment | None = None
+        # The relay of the published ports gets a budget of its own: a flood of
+        # connections spends the proxy's memory and pids, never the host's or ours.
+        self.proxy_cgroup = (Cgroup(f"{cgroups.PARENT}/mc-{self.id}-proxy", proxy.LIMITS)
+                             if self.ports else None)
         self._proxy: list[int] | None = None
-        self._proxy_process: subprocess.Popen | None = None
+        self._proxy_process: process.Child | None = None
         self.security = security or Security()      # all defences on, as in `docker run`
         self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
         self.detached = False
@@ -157,9 +160,11 @@ class Container:
                 _close(stdio)
             self._save()                     # its pids, at once: cleanup must find them
             if listeners:
+                self.proxy_cgroup.create()
                 self._proxy_process = proxy.start(
                     self.pid, self.attachment.address, listeners,
-                    [port for _, _, port in self.ports], self.data / "proxy.log")
+                    [port for _, _, port in self.ports], self.data / "proxy.log",
+                    self.proxy_cgroup)
                 self._proxy = [self._proxy_process.pid,
                                process.start_time(self._proxy_process.pid)]
                 self._save()
@@ -325,10 +330,13 @@ class Container:
         if self._proxy and process.start_time(self._proxy[0]) == self._proxy[1] and (
                 b"minicontainer.proxy" in _cmdline(self._proxy[0])):   # a record is not trusted
             os.kill(self._proxy[0], signal.SIGKILL)
-        if self._proxy_process is not None:
+        if self._proxy_process is not None:        # ours: collect its exit status
             self._proxy_process.wait()
+            self._proxy_process.close()
             self._proxy_process = None
         self._proxy = None
+        if self.proxy_cgroup is not None and self.directory is not None:
+            self.proxy_cgroup.remove()    # and whatever it left there (a crash: cleanup)
 
     def _save(self) -> None:
         state.write(self.directory, self._record())
@@ -342,6 +350,7 @@ class Container:
             "rootless": self.rootless,
             "detached": self.detached,
             "cgroup": self.cgroup.path if self.cgroup else None,
+            "proxy_cgroup": self.proxy_cgroup.path if self.proxy_cgroup else None,
             "limits": {"memory": self.limits.memory, "cpus": self.limits.cpus,
                        "pids": self.limits.pids},
             "network": asdict(self.attachment) if self.attachment else None,
@@ -367,6 +376,8 @@ class Container:
         self.ports, self._proxy, self._proxy_process = record["ports"], record["proxy"], None
         self.security = Security(**record["security"])
         self.cgroup = Cgroup(record["cgroup"], self.limits) if record["cgroup"] else None
+        self.proxy_cgroup = (Cgroup(record["proxy_cgroup"], proxy.LIMITS)
+                             if record.get("proxy_cgroup") else None)
         self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
         self.data = state.data_dir() / name
         self._startup = None

@@ -98,6 +98,8 @@ KILLS = [  # (the stage reached, the step to die at, container or VM, before or 
      "after"),
     ("the container runs (overlay mounted)", "minicontainer.process.spawn", "container",
      "after"),
+    ("the port proxy's cgroup exists", "minicontainer.cgroups.Cgroup.create", "container",
+     "after", 2),
     ("the port proxy runs", "minicontainer.proxy.start", "container", "after"),
     ("QEMU runs, its pid not yet written", "minicontainer.state.write_vm", "vm", "before", 2),
     ("QEMU runs", "minicontainer.vm.VM.start", "vm", "after"),
