@@ -19,6 +19,7 @@ close), and memory and processes (the relay runs in a cgroup of its own, LIMITS)
 """
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import selectors
@@ -152,6 +153,7 @@ class Relay:
         self.retry_at = 0.0                   # after EMFILE: when to try accept() again
         for listener in listeners:
             listener.setblocking(False)
+        # What we hold before the first client (stdio, listeners, pidfd, epoll), and spare.
         self.reserved = len(os.listdir("/proc/self/fd")) + SPARE_FDS
 
     def room(self) -> int:
@@ -207,6 +209,7 @@ class Relay:
             self.connect(client, self.listeners[listener])
 
     def connect(self, client: socket.socket, port: int) -> None:
+        """Begin the connection to the container's `port`, without waiting for it."""
         try:
             upstream = socket.socket()
         except OSError:
@@ -214,13 +217,17 @@ class Relay:
             return
         for s in (client, upstream):
             s.setblocking(False)
-        upstream.connect_ex((self.address, port))       # EINPROGRESS: done when writable
+        if upstream.connect_ex((self.address, port)) not in (0, errno.EINPROGRESS):
+            client.close()            # the container cannot be reached at all
+            upstream.close()
+            return
         connection = Connection(client, upstream)
         for s in (client, upstream):
             self.connections[s] = connection
         self.watch(connection)
 
     def step(self, connection: Connection, s: socket.socket, events: int) -> None:
+        """Let `connection` use what socket s is ready for; whatever fails closes it."""
         try:
             connection.on_ready(s, events)
         except BlockingIOError:   # a spurious wake-up: nothing to move after all
@@ -250,6 +257,7 @@ class Relay:
                 self.selector.unregister(s)
 
     def close(self, connection: Connection) -> None:
+        """Forget both sockets: their two fds make room for the next client."""
         for s in connection.peer:
             if s in self.selector.get_map():
                 self.selector.unregister(s)
