@@ -96,11 +96,13 @@ def wait_for_exit(pid: int, timeout: float | None) -> bool:
 def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str] | None = None,
           stdio: Sequence[int | None] = (None, None, None),
           main: Callable[[], None] | None = None,
-          when_ready: Callable[[int], None] | None = None, preserve_fds: int = 0) -> Child:
+          when_ready: Callable[[int], None] | None = None, preserve_fds: int = 0,
+          pass_fds: Sequence[int] = ()) -> Child:
     """Fork, run `steps` in the child, then exec `argv` (or call `main`, for demos).
 
     `stdio` gives the files for the child's fds 0, 1, 2 (None: keep the caller's);
-    no other fd of the caller's reaches the command, but for `preserve_fds` from 3 on.
+    no other fd of the caller's reaches the command, but for `preserve_fds` from 3 on
+    and the fds in `pass_fds` (as subprocess's pass_fds).
     If a step calls wait_for_parent(), `when_ready(pid of the command)` runs here
     meanwhile. Returns once the command runs; raises here what failed in the child.
     """
@@ -111,7 +113,8 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
         try:
             os.close(read_end)       # the child keeps only its ends of the pipes: were it to
             os.close(go_write)       # hold the go-ahead's write end, it would wait forever
-            _child(argv, steps, env, stdio, write_end, go_read, main, 3 + preserve_fds)
+            _child(argv, steps, env, stdio, write_end, go_read, main, 3 + preserve_fds,
+                   pass_fds)
         finally:
             os._exit(EXIT_SETUP_FAILED)  # never fall back into the caller's code
     os.close(write_end)
@@ -193,7 +196,7 @@ def _stat_fields(pid: int) -> list[bytes]:
         return f.read().rsplit(b")", 1)[1].split()
 
 
-def _child(argv, steps, env, stdio, report_fd, go_fd, main, first_closed) -> None:
+def _child(argv, steps, env, stdio, report_fd, go_fd, main, first_closed, pass_fds) -> None:
     """In the child: redirect stdio, run the steps, exec. Reports failure, never returns."""
     global _report_fd, _go_fd
     _report_fd, _go_fd = report_fd, go_fd
@@ -205,6 +208,8 @@ def _child(argv, steps, env, stdio, report_fd, go_fd, main, first_closed) -> Non
             step()
         restore_signals()
         close_on_exec_from(first_closed)     # the report pipe is close-on-exec already
+        for fd in pass_fds:
+            os.set_inheritable(fd, True)
     except BaseException as e:
         _report(b"setup", e)
         os._exit(EXIT_SETUP_FAILED)

@@ -76,22 +76,16 @@ def start(pid: int, address: str, listeners: list[socket.socket], container_port
         # write to cgroup.procs is a plain system call, safe in a copy of a threaded
         # process (subprocess's preexec_fn is not), and the relay never runs outside
         # its budget (writing its pid in after Popen would leave a moment when it does).
-        steps = [os.setsid, partial(cgroups.join, procs),
-                 partial(_keep_open, [s.fileno() for s in listeners])]
+        steps = [os.setsid, partial(cgroups.join, procs)]
         child = process.spawn([sys.executable, "-m", "minicontainer.proxy", str(pid),
-                               address, *pairs], steps, stdio=stdio)
+                               address, *pairs], steps, stdio=stdio,
+                              pass_fds=[s.fileno() for s in listeners])
     finally:
         for fd in {*stdio, *procs}:
             os.close(fd)
     for listener in listeners:
         listener.close()                          # the proxy has them now
     return child
-
-
-def _keep_open(fds: list[int]) -> None:
-    """A step: let these fds survive exec (Python opens every fd close-on-exec)."""
-    for fd in fds:
-        os.set_inheritable(fd, True)
 
 
 # -- the relay, in the proxy process ----------------------------------------------------------
