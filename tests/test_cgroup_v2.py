@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_cgroup_tests_pass_on_a_cgroup_v2_kernel():
     if cgroups.mode() == "v2":
         pytest.skip("this host is cgroup v2 itself: test_cgroups.py ran on v2 already")
+    # The guest sees the host's / read-only: writable layers go to its own tmpfs /run.
     command = (f"export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp "
-               f"PYTEST_DISABLE_PLUGIN_AUTOLOAD=1; cd {ROOT} && {sys.executable} -m pytest "
+               "MINICONTAINER_DATA=/run/minicontainer-data PYTEST_DISABLE_PLUGIN_AUTOLOAD=1; "
+               f"cd {ROOT} && {sys.executable} -m pytest "
                "-o addopts= -p pytest_timeout --timeout=120 -p no:cacheprovider --color=no -q -rA "
                "tests/test_cgroups.py 2>&1")
     code, console = run_on_host_files(command, kernel_args="cgroup_no_v1=all", timeout=600,
