@@ -165,6 +165,10 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
     if set(record["limits"]) != {"memory", "cpus", "pids"} or not set(
             record["security"]) <= set(SECURITY_SWITCHES):
         raise refuse("its limits or security switches are not ours")
+    pids = [record[key] for key in ("pid", "main_pid", "pid_started", "owner") if
+            record[key] is not None]
+    if any(n <= 0 for n in pids) or (record["pid"] is None) != (record["pid_started"] is None):
+        raise refuse("its pids are not positive, or a pid comes without its start time")
     if record["proxy"] is not None and [type(n) for n in record["proxy"]] != [int, int]:
         raise refuse("its proxy is not a pid and a start time")
 

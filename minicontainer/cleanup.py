@@ -20,7 +20,7 @@ from . import cgroups, state
 from . import network as networking
 from .cgroups import Cgroup
 from .container import Container
-from .errors import ContainerNotFound
+from .errors import BadRecord, ContainerNotFound
 from .rootfs import Overlay
 
 
@@ -32,6 +32,8 @@ def cleanup(everything: bool = False) -> list[str]:
             record = state.describe(name)
         except ContainerNotFound:       # removed by its owner just now
             continue
+        except BadRecord:               # names what is not its own: act on nothing of it
+            continue                    # (refused_records() tells the user which)
         still_wanted = state.owner_alive(record) or (record["detached"] and
                                                      record["status"] == "running")
         if still_wanted and not everything:
@@ -55,6 +57,20 @@ def remove_orphaned_data() -> list[str]:
             Overlay.make_removable(directory)
             state.release_data(directory, lock=False)
     return [f"data of {directory.name}" for directory in orphans]
+
+
+def refused_records() -> dict[str, str]:
+    """Containers whose record is refused (altered or planted), with the reason: cleanup
+    leaves them alone, since acting on what they name is the attack."""
+    refused = {}
+    for name in state.names():
+        try:
+            state.read(name)
+        except BadRecord as e:
+            refused[name] = str(e)
+        except ContainerNotFound:
+            pass
+    return refused
 
 
 def remove_stray_cgroups() -> list[str]:

@@ -168,13 +168,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     from . import state
-    from .errors import ContainerNotFound
+    from .errors import BadRecord, ContainerNotFound
     rows = []
     for name in state.names():
         try:
             rows.append(state.describe(name))
         except ContainerNotFound:     # being created or removed right now
             pass
+        except BadRecord:             # shown, never acted on (see SECURITY.md)
+            rows.append({"name": name, "status": "bad record", "created": time.time(),
+                         "command": ["-"], "orphaned": False})
     print(f"{'NAME':20} {'STATUS':12} {'PID':>7}  {'CREATED':9} COMMAND")
     for r in rows:
         age = f"{time.time() - r['created']:.0f}s ago"
@@ -299,11 +302,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from .cleanup import cleanup
+    from .cleanup import cleanup, refused_records
     from .arguments import check_host
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
     removed = cleanup(everything=args.all)
     print(f"removed {len(removed)} leftover(s)" + (": " + ", ".join(removed) if removed else ""))
+    for why in refused_records().values():
+        print(f"minicontainer: left alone: {why}", file=sys.stderr)
     return 0
 
 

@@ -127,8 +127,6 @@ class Container:
         procs: list[int] = []
         listeners: list = []
         try:
-            if self.security.devices and "mnt" not in self.namespaces and not self.cgroup:
-                devices.refuse_device_nodes(self.rootfs)     # neither nodev nor an allow-list
             self.data = state.make_data(self.name)
             layer = Overlay.create(self.rootfs, self.data, nodev=self.security.devices)
             files = self._lease_address() if self.network else {}
@@ -136,12 +134,14 @@ class Container:
                      partial(ns.isolate, layer, self.namespaces, self.hostname,
                              on_exit=partial(_record_exit, self.directory), files=files,
                              shm_size=self.shm_size)]
+            listed = False                  # a device allow-list in force (layer 5, in layer 3)
             if self.cgroup:
                 self.cgroup.create()
-                if self.security.devices:
-                    devices.allow_only(self.cgroup)     # layer 5, but kept by the group
+                listed = self.security.devices and devices.allow_only(self.cgroup)
                 procs = self.cgroup.open_procs()
                 steps.append(partial(cgroups.join, procs))   # in its budget before exec
+            if self.security.devices and "mnt" not in self.namespaces and not listed:
+                devices.refuse_device_nodes(self.rootfs)     # neither nodev nor an allow-list
             if self.network:
                 steps.append(process.wait_for_parent)      # until the host plugs in eth0
             steps += security.steps(self.security, "mnt" in self.namespaces)  # layer 5

@@ -45,16 +45,20 @@ ALLOWED = (
 )
 
 
-def allow_only(cgroup: Cgroup, rules=ALLOWED) -> None:
-    """Let the processes in `cgroup` open (and make) only the devices in `rules`."""
+def allow_only(cgroup: Cgroup, rules=ALLOWED) -> bool:
+    """Let the processes in `cgroup` open (and make) only the devices in `rules`; False
+    where this cannot be done (a v1 machine without the devices controller mounted):
+    then only nodev holds, and the caller must know it."""
     if cgroup.version.get("devices") == "v1":
         directory = cgroup.dirs["devices"]
         write(directory / "devices.deny", "a")          # start from nothing
         for kind, major, minor, access in rules:
             write(directory / "devices.allow", f"{kind} {_star(major)}:{_star(minor)} {access}")
-    elif cgroup.version["memory"] == "v2":
+        return True
+    if cgroup.version["memory"] == "v2":
         attach_device_program(cgroup.dirs["memory"], rules)
-    # else: a v1 machine without the devices controller mounted; nodev still holds.
+        return True
+    return False
 
 
 def _star(number: int | None) -> str:

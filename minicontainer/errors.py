@@ -32,7 +32,7 @@ class ContainerNotFound(MinicontainerError):
     """No container by that name."""
 
 
-class BadRecord(ContainerNotFound):
+class BadRecord(MinicontainerError):
     """A record on disk the host will not act on: it names what is not the container's."""
 
 

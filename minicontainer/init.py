@@ -30,14 +30,15 @@ FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
 def become_init() -> None:
     """Fork: the child returns to go on and exec the command; we stay as its init."""
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED | {signal.SIGCHLD})
+    # This init is the host's Python and never execs: non-dumpable before the command
+    # exists, the container's processes cannot open its /proc/1/exe (the host's
+    # interpreter), /proc/1/fd or /proc/1/mem. The command's exec makes it dumpable again.
+    set_dumpable(False)
     command = os.fork()
     if command == 0:
         return                    # the signal mask is restored just before exec
     close_report()
     os.closerange(3, 1 << 20)
-    # This init is the host's Python, and never execs: non-dumpable, the container's
-    # processes cannot open its /proc/1/exe (the host's interpreter) or /proc/1/mem.
-    set_dumpable(False)
     os._exit(supervise(command))
 
 

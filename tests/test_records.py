@@ -248,8 +248,12 @@ def test_a_record_planted_from_inside_a_container_moves_nothing_on_the_host(bait
     ({"cgroup": None, "network": None, "proxy": None}, None),   # only the pids are left
     ({"pid": True}, "pid is a bool"),
     ({"env": {"A": 1}}, "more than strings"),
+    ({"cgroup": None, "network": None, "proxy": None, "pid": -5, "pid_started": None},
+     "not positive"),
+    ({"cgroup": None, "network": None, "proxy": None, "proxy_cgroup": "minicontainer"},
+     "proxy's cgroup"),
 ], ids=["a host cgroup", "a host interface", "a host process", "a bool for a pid",
-        "a number in the environment"])
+        "a number in the environment", "a negative pid", "a host cgroup for its proxy"])
 def test_a_record_naming_the_hosts_things_is_refused(bait, change, why):
     directory = state.containers_dir() / "mc-crafted"
     directory.mkdir(parents=True)
@@ -262,4 +266,19 @@ def test_a_record_naming_the_hosts_things_is_refused(bait, change, why):
         assert bait_is_unharmed(bait), result.stderr
     finally:
         shutil.rmtree(directory, ignore_errors=True)   # rm took it, if it was accepted
+        state.release(directory)
+
+
+def test_cleanup_leaves_a_refused_record_alone_and_says_so(bait):
+    """A refused record is not skipped in silence: cleanup names it and acts on nothing."""
+    directory = state.containers_dir() / "mc-crafted"
+    directory.mkdir(parents=True)
+    try:
+        (directory / "state.json").write_text(json.dumps(crafted("mc-crafted", bait)))
+        result = mc("cleanup")
+        assert "left alone" in result.stderr and "mc-crafted" in result.stderr, result.stderr
+        assert "bad record" in mc("ps").stdout
+        assert bait_is_unharmed(bait)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
         state.release(directory)
