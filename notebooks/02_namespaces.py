@@ -27,10 +27,10 @@
 
 # %%
 import ipywidgets as widgets
-from IPython.display import display
 
 from minicontainer import run
 from minicontainer.namespaces import DEFAULT, FLAGS, ns_ids
+from minicontainer.panels import panel
 
 # Each line is NAME=VALUE. Without a mount namespace the container gets no /proc of its
 # own (mounting one would change the host's mount table), so it cannot count processes
@@ -51,21 +51,15 @@ def what_it_sees(kinds: set[str]) -> dict:
 
 boxes = {kind: widgets.Checkbox(value=kind in DEFAULT, description=kind, indent=False)
          for kind in ["mnt", "pid", "uts", "ipc", "net"]}
-out = widgets.Output()
 
 
-def show(_=None):
-    with out:
-        out.clear_output()
-        kinds = {kind for kind, box in boxes.items() if box.value}
-        for key, value in what_it_sees(kinds).items():
-            print(f"{key:18} {value}")
+def show():
+    kinds = {kind for kind, box in boxes.items() if box.value}
+    for key, value in what_it_sees(kinds).items():
+        print(f"{key:18} {value}")
 
 
-for box in boxes.values():
-    box.observe(show, "value")
-display(widgets.HBox(list(boxes.values())), out)
-show()
+panel(boxes.values(), show)
 
 # %% [markdown]
 # With all five: its own hostname, it is **PID 1**, it sees only itself, a short mount

@@ -39,28 +39,23 @@ for controller in ("memory", "cpu", "pids"):
 
 # %%
 import ipywidgets as widgets
-from IPython.display import display
 
 from minicontainer import run
+from minicontainer.panels import panel
 
 memory = widgets.IntSlider(value=32, min=16, max=128, step=16, description="limit MiB")
-verdict = widgets.Output()
 
 
-def try_hog(_=None):
-    with verdict:
-        verdict.clear_output()
-        result = run(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
-                     memory=f"{memory.value}M")
-        if result.oom_killed:
-            print(f"killed by the kernel: out of memory (limit {memory.value} MiB), exit {result.exit_code}")
-        else:
-            print(f"finished, exit {result.exit_code}")
+def try_hog():
+    result = run(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+                 memory=f"{memory.value}M")
+    if result.oom_killed:
+        print(f"killed by the kernel: out of memory (limit {memory.value} MiB), exit {result.exit_code}")
+    else:
+        print(f"finished, exit {result.exit_code}")
 
 
-memory.observe(try_hog, "value")
-display(memory, verdict)
-try_hog()
+panel([memory], try_hog)
 
 # %% [markdown]
 # ## CPU: a quota per period
@@ -76,7 +71,6 @@ from minicontainer import Container
 from minicontainer.cgroups import Sampler
 
 quota = widgets.FloatSlider(value=0.3, min=0.1, max=1.0, step=0.1, description="cpus")
-cpu_plot = widgets.Output()
 
 
 def busy_loop_under(cpus: float, seconds: float = 2.0) -> list[dict]:
@@ -87,23 +81,19 @@ def busy_loop_under(cpus: float, seconds: float = 2.0) -> list[dict]:
     return sampler.samples
 
 
-def plot_quota(_=None):
+def plot_quota():
     samples = busy_loop_under(quota.value)
-    with cpu_plot:
-        cpu_plot.clear_output(wait=True)
-        plt.figure(figsize=(6, 3))
-        plt.plot([s["time"] for s in samples], [s["cpu_seconds"] for s in samples],
-                 label=f"cpus={quota.value:.1f}")
-        plt.plot([0, 2], [0, 2], ":", color="grey", label="one whole CPU")
-        plt.xlabel("seconds")
-        plt.ylabel("CPU seconds used")
-        plt.legend()
-        plt.show()
+    figure, axes = plt.subplots(figsize=(6, 3))
+    axes.plot([s["time"] for s in samples], [s["cpu_seconds"] for s in samples],
+              label=f"cpus={quota.value:.1f}")
+    axes.plot([0, 2], [0, 2], ":", color="grey", label="one whole CPU")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("CPU seconds used")
+    axes.legend()
+    return figure
 
 
-quota.observe(plot_quota, "value")
-display(quota, cpu_plot)
-plot_quota()
+panel([quota], plot_quota)
 
 # %% [markdown]
 # ## Processes: a fork bomb, stopped

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -75,28 +77,23 @@ print(output)
 # %%
 import ipywidgets as widgets
 import psutil
-from IPython.display import display
 
 from minicontainer import measure
+from minicontainer.panels import panel
 
 size = widgets.Dropdown(options=["96M", "128M", "256M", "512M"], value="128M", description="VM memory")
-footprint = widgets.Output()
 
 
-def measure_vm(_=None):
-    with footprint:
-        footprint.clear_output()
-        with VM(memory=size.value) as vm:
-            vm.boot()
-            used = measure.qemu_memory(psutil.Process(vm.process.pid), vm.memory)
-        print(f"guest RAM touched {used['guest_ram_touched'] / 2**20:6.0f} MiB, "
-              f"QEMU itself {used['qemu_overhead'] / 2**20:6.0f} MiB, "
-              f"in all {used['pss'] / 2**20:6.0f} MiB")
+def measure_vm():
+    with VM(memory=size.value) as vm:
+        vm.boot()
+        used = measure.qemu_memory(psutil.Process(vm.process.pid), vm.memory)
+    print(f"guest RAM touched {used['guest_ram_touched'] / 2**20:6.0f} MiB, "
+          f"QEMU itself {used['qemu_overhead'] / 2**20:6.0f} MiB, "
+          f"in all {used['pss'] / 2**20:6.0f} MiB")
 
 
-size.observe(measure_vm, "value")
-display(size, footprint)
-measure_vm()
+panel([size], measure_vm)
 
 # %% [markdown]
 # ## What you know now

@@ -1,0 +1,40 @@
+"""Live panels for the notebooks: controls, and a result that follows them.
+
+A widget's own output area lives in the page's JavaScript, so an HTML handout made
+from the executed notebook shows an empty box where it was. Here the result is an
+ordinary output instead, shown when the cell runs and replaced in place (through a
+display id) whenever a control changes: live in JupyterLab, complete on paper.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from contextlib import redirect_stdout
+
+
+def panel(controls: Sequence, show: Callable[[], object]) -> None:
+    """Display `controls`, then what `show()` prints (or the figure it returns), and
+    show it again in the same place whenever a control's value changes."""
+    import ipywidgets as widgets
+    from IPython.display import display
+    display(widgets.HBox(list(controls)))
+    handle = display(result_of(show), display_id=True)
+
+    def again(_change) -> None:
+        handle.update(result_of(show))
+
+    for control in controls:
+        control.observe(again, "value")
+
+
+def result_of(show: Callable[[], object]) -> object:
+    """What show() printed, as plain text, or the matplotlib figure it returned."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Pretty
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        figure = show()
+    if figure is not None:
+        plt.close(figure)       # shown once, through the display id, not again at cell end
+        return figure
+    return Pretty(printed.getvalue())
