@@ -226,7 +226,7 @@ def _call_as_program(main: Callable[[], None], first_closed: int) -> None:
     """Run `main` as if it were the exec'd program: errors to stderr, then exit.
     No exec closes the caller's fds here, so they are closed now."""
     close_report()
-    os.closerange(first_closed, 1 << 20)
+    blank_fds_from(first_closed)
     try:
         main()
     except SystemExit as e:
@@ -266,6 +266,25 @@ def signals_passed_to(child: Child) -> Iterator[None]:
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def blank_fds_from(first: int) -> None:
+    """Point every fd from `first` up at an empty anonymous file, so none reaches the
+    host. Not close them: no exec replaces the Python objects that own them, and a
+    number closed under its object is reused by the next open(), which the old
+    object's finalizer would then close."""
+    blank = os.memfd_create("blank")       # /dev/null may not exist in this root
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:                         # no /proc in here: every possible number
+        fds = list(range(first, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+    for fd in fds:
+        if fd >= first and fd != blank:
+            try:
+                os.dup2(blank, fd)
+            except OSError:
+                pass
+    os.close(blank)
 
 
 def exit_code(status: int) -> int:

@@ -98,9 +98,7 @@ def host_left_clean():
 
 # How long each cell takes, from the run-twice test, to interrupt at half-way.
 _durations: dict[str, list[float]] = {}
-# 05 and 06 boot VMs and run the whole comparison: twice, and again per interrupted
-# cell, they would take most of CI's time. They are not yet covered here (see issue 17).
-ALL = sorted(p.name for p in NOTEBOOKS.glob("*.py") if p.name < "05")
+ALL = sorted(p.name for p in NOTEBOOKS.glob("*.py"))
 
 
 @pytest.mark.parametrize("notebook", ALL)
@@ -111,8 +109,7 @@ def test_a_notebook_runs_twice_in_a_row_in_one_kernel(notebook, kernel, host_lef
     _durations[notebook] = [max(a, b) for a, b in zip(first, second, strict=True)]
 
 
-INTERRUPTIONS = [(notebook, cell) for notebook in ("02_namespaces.py", "04_networking.py")
-                 for cell in creating_cells(notebook)]
+INTERRUPTIONS = [(notebook, cell) for notebook in ALL for cell in creating_cells(notebook)]
 
 
 @pytest.mark.parametrize("notebook,cell", INTERRUPTIONS,
