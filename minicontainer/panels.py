@@ -29,12 +29,15 @@ def panel(controls: Sequence, show: Callable[[], object]) -> None:
 
 def result_of(show: Callable[[], object]) -> object:
     """What show() printed, as plain text, or the matplotlib figure it returned."""
-    import matplotlib.pyplot as plt
     from IPython.display import Pretty
     printed = io.StringIO()
     with redirect_stdout(printed):
         figure = show()
-    if figure is not None:
-        plt.close(figure)       # shown once, through the display id, not again at cell end
-        return figure
-    return Pretty(printed.getvalue())
+    if figure is None:
+        return Pretty(printed.getvalue())
+    # show() drew with pyplot, so it is imported already; importing it here for text
+    # would make the first panel pay for it, and a Ctrl-C in the middle of that import
+    # leaves the kernel with half a matplotlib (a course test interrupted exactly there).
+    import matplotlib.pyplot as plt
+    plt.close(figure)           # shown once, through the display id, not again at cell end
+    return figure
