@@ -146,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         container.remove(force=True)
 
 
-def wait_in_foreground(container) -> object:
+def wait_in_foreground(container):
     """Wait as `docker run` does: SIGTERM, SIGHUP and Ctrl-C go to the container's
     PID 1 (a trap there sees them) and we go on waiting for its exit code. PID 1
     ignores a signal it has no handler for, so a second Ctrl-C stops the container."""

@@ -224,7 +224,7 @@ def _child(argv, steps, env, stdio, report_fd, go_fd, main, first_closed, pass_f
 
 def _call_as_program(main: Callable[[], None], first_closed: int) -> None:
     """Run `main` as if it were the exec'd program: errors to stderr, then exit.
-    No exec closes the caller's fds here, so they are closed now."""
+    No exec closes the caller's fds here, so they are pointed at an empty file now."""
     close_report()
     blank_fds_from(first_closed)
     try:
