@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -56,13 +57,21 @@ def parser() -> argparse.ArgumentParser:
                      help="pass on the caller's fds 3 to 3+N-1 (podman's option; default none)")
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background and print the name")
+    terminal_options(run, detach=True)
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     run.set_defaults(handler=cmd_run)
 
     exe = sub.add_parser("exec", help="run a command in a running container")
+    terminal_options(exe, detach=False)
     exe.add_argument("name")
     exe.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     exe.set_defaults(handler=cmd_exec)
+
+    attach = sub.add_parser("attach", help="back to the terminal of a container run with -t")
+    attach.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
+                        help="keys that leave it running again (default: ctrl-p,ctrl-q)")
+    attach.add_argument("name")
+    attach.set_defaults(handler=cmd_attach)
 
     ps = sub.add_parser("ps", help="list containers")
     ps.set_defaults(handler=cmd_ps)
@@ -110,6 +119,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def terminal_options(p: argparse.ArgumentParser, detach: bool) -> None:
+    """-i, -t and their companions, as `docker run` and `docker exec` have them."""
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="keep stdin open: what you type goes in (else it reads nothing)")
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="a terminal of the container's own (a pty): -it for a shell")
+    if detach:
+        p.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
+                       help="with -it: keys that leave the container running "
+                       "(default: ctrl-p,ctrl-q; `attach` to return)")
+    p.add_argument("--sig-proxy", default="true", choices=["true", "false"],
+                   help="pass SIGINT, SIGTERM, SIGHUP to the command (default: true; "
+                   "false: they stop it). PID 1 ignores a signal it has no handler for: "
+                   "--init")
+
+
+def check_terminal(args: argparse.Namespace) -> None:
+    """-it reads keys from a terminal: refuse at once without one, as Docker does."""
+    from .errors import InvalidArgument
+    if args.tty and args.interactive and not os.isatty(0):
+        raise InvalidArgument("the input device is not a TTY: drop -t, or run it in a "
+                              "terminal")
+
+
 def command_of(args: argparse.Namespace) -> list[str]:
     from .errors import InvalidArgument
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -121,22 +154,42 @@ def command_of(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from .container import Container
     from .security import from_options
+    from .terminal import parse_detach_keys, window_size
     options = {"security": from_options(args.security_opt, args.privileged, args.cap_add),
                "name": args.name, "hostname": args.hostname, "rootfs": args.rootfs,
                "init": args.init, "memory": args.memory, "cpus": args.cpus,
                "pids_limit": args.pids_limit, "cgroup": args.cgroup, "shm_size": args.shm_size,
-               "preserve_fds": args.preserve_fds,
+               "preserve_fds": args.preserve_fds, "tty": args.tty,
                "network": args.network, "ports": args.publish, "rootless": args.rootless}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
+    keys = parse_detach_keys(args.detach_keys)
+    check_terminal(args)
     container = Container(command_of(args), **options)
     if args.detach:
-        container.start(detach=True)
+        container.start(detach=True, window=window_size(1))
         print(container.name)
         return 0
+    if args.tty:
+        return run_with_terminal(container, args, keys)
+    return run_with_pipes(container, args)
+
+
+def run_with_pipes(container, args: argparse.Namespace) -> int:
+    """`run` in the foreground without -t: the command gets our files, or pipes where
+    ours are a terminal (terminal.stdio_for), and we wait for it."""
+    from .terminal import finish, stdio_for
+    stdio, relays = stdio_for(args.interactive)
     try:
-        container.start(attach=True)
-        result = wait_in_foreground(container)
+        try:
+            container.start(stdio=stdio)
+        finally:
+            for fd in stdio:
+                os.close(fd)
+        for relay in relays:
+            relay.start()
+        result = wait_in_foreground(container, args.sig_proxy == "true")
+        finish(relays)
         if result.oom_killed:
             from .cgroups import format_bytes
             print(f"minicontainer: killed: out of memory, limit "
@@ -146,24 +199,130 @@ def cmd_run(args: argparse.Namespace) -> int:
         container.remove(force=True)
 
 
-def wait_in_foreground(container):
+def run_with_terminal(container, args: argparse.Namespace, keys: bytes) -> int:
+    """`run -t` in the foreground: relay between our terminal and the container's
+    until it exits, or until the detach keys leave it running (a keeper then holds
+    its terminal: console.py)."""
+    from .terminal import window_size
+    detached = False
+    try:
+        container.start(window=window_size(1))
+        detached = relay_terminal(container.console, container._require_child(), args, keys)
+        if detached:
+            container.keep_console()
+            print(f"minicontainer: detached from {container.name}, which runs on: "
+                  f"`minicontainer attach {container.name}` to return", file=sys.stderr)
+            return 0
+        return container.wait().exit_code
+    finally:
+        if not detached:
+            container.remove(force=True)
+
+
+def relay_terminal(master: int, child, args: argparse.Namespace, keys: bytes = b"") -> bool:
+    """Our terminal and a container's (its pty's `master`) joined until `child` ends
+    (False) or the detach keys are typed (True). With -i our terminal is in raw mode
+    and every key, Ctrl-C too, goes in; SIGTERM or SIGHUP here stop the command.
+    Without -i, Ctrl-C is ours, and --sig-proxy says where it goes."""
+    from contextlib import nullcontext
+
+    from .process import Ended, ending_on, signals_passed_to
+    from .terminal import Master, attach, raw_mode
+    if args.interactive:
+        signals, keyboard = ending_on([signal.SIGTERM, signal.SIGHUP]), 0
+    elif args.sig_proxy == "true":
+        signals, keyboard = signals_passed_to(child), None
+    else:
+        signals, keyboard = ending_on([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]), None
+    try:
+        with raw_mode(0) if args.interactive else nullcontext(), signals:
+            return attach(Master(master), keyboard, 1, keys, ended=child.pidfd)
+    except (Ended, KeyboardInterrupt) as e:
+        print(f"\nminicontainer: {e or 'Ctrl-C twice'}: stopping the command", file=sys.stderr)
+        child.send_signal(signal.SIGKILL)
+        return False
+
+
+def wait_in_foreground(container, sig_proxy: bool = True):
     """Wait as `docker run` does: SIGTERM, SIGHUP and Ctrl-C go to the container's
     PID 1 (a trap there sees them) and we go on waiting for its exit code. PID 1
-    ignores a signal it has no handler for, so a second Ctrl-C stops the container."""
-    from .process import signals_passed_to
+    ignores a signal it has no handler for, so a second Ctrl-C stops the container.
+    Without sig_proxy, the first of them stops it."""
+    from .process import Ended, ending_on, signals_passed_to
+    child = container._require_child()
     try:
-        with signals_passed_to(container._require_child()):
+        with signals_passed_to(child) if sig_proxy else ending_on(
+                [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]):
             return container.wait()
-    except KeyboardInterrupt:
-        print(f"\nminicontainer: stopping {container.name} (Ctrl-C twice)", file=sys.stderr)
+    except (KeyboardInterrupt, Ended) as e:
+        why = "Ctrl-C twice" if isinstance(e, KeyboardInterrupt) else str(e)
+        print(f"\nminicontainer: stopping {container.name} ({why})", file=sys.stderr)
         return container.stop(timeout=3)
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from .arguments import check_host
     from .container import Container
+    from .process import signals_passed_to
+    from .terminal import finish, stdio_for, window_size
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
-    return Container.load(args.name).exec(command_of(args), timeout=None, attach=True).exit_code
+    check_terminal(args)
+    container = Container.load(args.name)
+    if args.tty:
+        running = container.exec_start(command_of(args), tty=True, window=window_size(1))
+        try:
+            relay_terminal(running.console, running.child, args)
+            return running.wait().exit_code
+        finally:
+            running.close()
+    stdio, relays = stdio_for(args.interactive)
+    try:
+        running = container.exec_start(command_of(args), stdio=stdio)
+    finally:
+        for fd in stdio:
+            os.close(fd)
+    try:
+        for relay in relays:
+            relay.start()
+        with signals_passed_to(running.child):
+            result = running.wait()
+        finish(relays)
+        return result.exit_code
+    finally:
+        running.close()
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from .arguments import check_host
+    from .console import Client
+    from .container import Container
+    from .errors import MinicontainerError
+    from .process import Ended, ending_on
+    from .terminal import attach, parse_detach_keys, raw_mode
+    check_host(rootless=os.geteuid() != 0)
+    keys = parse_detach_keys(args.detach_keys)
+    container = Container.load(args.name)
+    if not container.tty:
+        raise MinicontainerError(f"container {args.name} has no terminal (it ran without -t): "
+                                 f"`minicontainer logs {args.name}` shows its output")
+    if not container.running:
+        raise MinicontainerError(f"container {args.name} is not running")
+    client = Client(container.directory, args.name)
+    try:
+        with raw_mode(0) if os.isatty(0) else nullcontext(), ending_on(
+                [signal.SIGTERM, signal.SIGHUP]):
+            detached = attach(client, 0, 1, keys)
+    except Ended as e:
+        print(f"\nminicontainer: {e}: detached from {args.name}", file=sys.stderr)
+        return 128 + e.signal
+    finally:
+        client.close()
+    if detached:
+        print(f"minicontainer: detached from {args.name}, which runs on", file=sys.stderr)
+        return 0
+    return container.wait(timeout=10).exit_code
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

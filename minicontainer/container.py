@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, devices, process, proxy, security, state, syscalls
+from . import cgroups, console as keeper, devices, process, proxy, security, state, syscalls
 from . import network as networking
 from . import namespaces as ns
 from .arguments import (as_argv, check_count, check_host, check_hostname, check_name,
@@ -36,6 +36,7 @@ from .errors import InvalidArgument, MinicontainerError, Timeout
 from .init import become_init
 from .rootfs import Overlay, check_rootfs, default_rootfs
 from .security import Security
+from .terminal import WINDOW, Pty, check_tty
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A fork bomb must hit a wall, not the host: with a cgroup there is always a pids
@@ -69,7 +70,8 @@ class Container:
                  network: str | None = None,
                  ports: dict[int, int] | Iterable[str] | None = None,
                  security: Security | None = None, rootless: bool = False,
-                 shm_size: str | int = ns.SHM_SIZE, preserve_fds: int = 0) -> None:
+                 shm_size: str | int = ns.SHM_SIZE, preserve_fds: int = 0,
+                 tty: bool = False) -> None:
         check_host(rootless)
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
@@ -87,6 +89,12 @@ class Container:
         self.init = init
         self.shm_size = cgroups.parse_memory(shm_size, "shm size", 1)   # docker --shm-size
         self.preserve_fds = check_count(preserve_fds, "preserve_fds", 0)  # podman's option
+        self.tty = bool(tty)                 # a terminal of its own (terminal.py), `run -t`
+        if self.tty:
+            check_tty(self.namespaces)
+        self.console: int | None = None      # its master, while this process holds it
+        self._keeper: list[int] | None = None   # pid and start time of console.py's keeper
+        self._keeper_process: process.Child | None = None   # the same, when we started it
         if not cgroup and (memory, cpus, pids_limit) != (None, None, None):
             raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
         self.limits = Limits.parse(memory, cpus, DEFAULT_PIDS_LIMIT if cgroup and pids_limit
@@ -113,19 +121,24 @@ class Container:
 
     # -- life cycle ------------------------------------------------------------------
 
-    def start(self, attach: bool = False, detach: bool = False) -> Container:
+    def start(self, stdio: Sequence[int | None] | None = None, detach: bool = False,
+              window: tuple[int, int] = WINDOW) -> Container:
         """Create the container and start its command; return once the command runs.
 
-        attach=True shares this process's stdin/stdout/stderr (the CLI in the
-        foreground); otherwise output goes to log files read by wait() and logs().
-        detach=True lets the container outlive this process (`run -d`); otherwise
-        `minicontainer cleanup` removes it once this process is gone.
+        `stdio` gives the command's fds 0, 1, 2 (None in it: this process's own; the
+        CLI in the foreground); without it, nothing goes in and the output goes to log
+        files read by wait() and logs(). With tty=True the command has a terminal of
+        `window` (rows, columns) instead, whose master is `console` here.
+        detach=True lets the container outlive this process (`run -d`; a keeper
+        process then holds its terminal); otherwise `minicontainer cleanup` removes
+        it once this process is gone.
         """
         self.detached = detach
         self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid())}
         self.directory = state.claim(self.name, self._record())  # before anything else exists
         procs: list[int] = []
         listeners: list = []
+        pty = Pty(window, console=True) if self.tty else None
         try:
             self.data = state.make_data(self.name)
             layer = Overlay.create(self.rootfs, self.data, nodev=self.security.devices)
@@ -144,20 +157,25 @@ class Container:
                 devices.refuse_device_nodes(self.rootfs)     # neither nodev nor an allow-list
             if self.network:
                 steps.append(process.wait_for_parent)      # until the host plugs in eth0
+            if pty:
+                steps.append(pty.open_inside)          # in its devpts; the master comes out
             steps += security.steps(self.security, "mnt" in self.namespaces)  # layer 5
             if self.init:
                 steps.append(become_init)
+            if pty:
+                steps.append(pty.take_as_controlling)  # the command's, not init's
             listeners = proxy.bind(self.ports)   # a port in use fails before anything runs
-            stdio = self._open_stdio(attach)
+            opened = self._open_logs() if stdio is None else []
             try:
                 self._started = time.monotonic()
                 self._child = process.spawn(
-                    self.command, steps, env=self.env, stdio=stdio, main=self.main,
+                    self.command, steps, env=self.env, stdio=opened or stdio, main=self.main,
                     when_ready=self.attachment.connect if self.network else None,
                     preserve_fds=self.preserve_fds)
                 self._startup = time.monotonic() - self._started
             finally:
-                _close(stdio)
+                _close(opened)
+            self.console = pty.master() if pty else None
             self._save()                     # its pids, at once: cleanup must find them
             if listeners:
                 self.proxy_cgroup.create()
@@ -168,6 +186,8 @@ class Container:
                 self._proxy = [self._proxy_process.pid,
                                process.start_time(self._proxy_process.pid)]
                 self._save()
+            if detach and self.console is not None:
+                self.keep_console()
         except BaseException:
             for listener in listeners:       # the proxy never got them: free the ports
                 listener.close()
@@ -175,7 +195,21 @@ class Container:
             raise
         finally:
             _close(procs)
+            if pty:
+                pty.close()
         return self
+
+    def keep_console(self) -> None:
+        """Hand the terminal's master to a keeper process (console.py) and let the
+        container outlive us: `run -dit`, or the detach keys typed."""
+        child = self._require_child()
+        started = keeper.start(child.pidfd, self.console, self.directory, self.data / "stdout")
+        self._keeper = [started.pid, process.start_time(started.pid)]
+        self._keeper_process = started
+        os.close(self.console)
+        self.console = None
+        self.detached = True
+        self._save()
 
     def wait(self, timeout: float | None = None) -> Result:
         """Wait for the command to exit (Timeout after `timeout` seconds)."""
@@ -206,6 +240,11 @@ class Container:
         if self._child is not None:
             self._child.close()
             self._child = None
+        if self.console is not None:
+            os.close(self.console)
+            self.console = None
+        _stop_helper(self._keeper, self._keeper_process, b"minicontainer.console")
+        self._keeper, self._keeper_process = None, None
         self._stop_proxy()
         if self.attachment is not None:
             networking.detach(self.attachment)
@@ -241,43 +280,64 @@ class Container:
     def exec(self, command: str | Sequence[str] | Callable[[], None],
              timeout: float | None = 60, attach: bool = False, hardened: bool = True
              ) -> Result:
-        """Run another command inside the running container (docker exec).
+        """Run another command inside the running container to its end (docker exec).
+
+        attach=True shares this process's stdin, stdout and stderr and passes our
+        SIGTERM, SIGHUP and Ctrl-C on (the escape lab); otherwise nothing goes in and
+        the output is returned. For the rest see exec_start().
+        """
+        running = self.exec_start(command, stdio=(None, None, None) if attach else None,
+                                  hardened=hardened)
+        try:
+            with process.signals_passed_to(running.child) if attach else nullcontext():
+                return running.wait(timeout)
+        except BaseException:                # a time-out, a second Ctrl-C: not left behind
+            running.child.send_signal(signal.SIGKILL)
+            running.wait()
+            raise
+        finally:
+            running.close()
+
+    def exec_start(self, command: str | Sequence[str] | Callable[[], None],
+                   stdio: Sequence[int | None] | None = None, tty: bool = False,
+                   window: tuple[int, int] = WINDOW, hardened: bool = True) -> Exec:
+        """Start another command inside the running container (docker exec); return it
+        running. `stdio` and `tty`, `window` as for start(); its terminal's master is
+        the returned Exec's `console`.
 
         The joining process is a copy of this one until it execs: it is made
         non-dumpable first, so the container cannot open its /proc/PID/exe (the
         host's Python: CVE-2019-5736) or its fds, and it starts a session of its own, so
         it never holds our terminal as its controlling tty (TIOCSTI would type into the
-        host's shell). Attached (the CLI), our SIGTERM, SIGHUP and Ctrl-C are passed on.
-        A Python function as `command` runs in there without exec (for demos).
-        hardened=False leaves both out, as runtimes did before 2019 (the escape lab).
+        host's shell). A Python function as `command` runs in there without exec (for
+        demos). hardened=False leaves both out, as runtimes did before 2019 (the lab).
         """
         if not self.running:
             raise MinicontainerError(f"container {self.name} is not running")
-        import tempfile
+        if tty:
+            check_tty(self.namespaces)
+        pty = Pty(window) if tty else None
         procs = self.cgroup.open_procs() if self.cgroup else []   # in the same budget
         steps = [partial(syscalls.set_dumpable, False), os.setsid] if hardened else []
         steps += [partial(ns.join, self.pid, self.namespaces), partial(cgroups.join, procs),
-                 *security.steps(self.security, mount_namespace=False)]  # mounts: done
+                  *security.steps(self.security, mount_namespace=False)]  # mounts: done
+        if pty:
+            steps += [pty.open_inside, pty.take_as_controlling]
         main = command if callable(command) else None
-        started = time.monotonic()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            stdio = [None] * 3 if attach else [os.open(os.devnull, os.O_RDONLY),
-                                               os.dup(out.fileno()), os.dup(err.fileno())]
-            try:
-                child = process.spawn([repr(main)] if main else as_argv(command), steps,
-                                      env=self.env, stdio=stdio, main=main)
-            finally:
-                _close(stdio + procs)
-            try:
-                with process.signals_passed_to(child) if attach else nullcontext():
-                    status = child.wait(timeout)
-            except BaseException:            # a time-out, a second Ctrl-C: not left behind
-                child.send_signal(signal.SIGKILL)
-                child.wait()
-                raise
-            finally:
-                child.close()
-            return _result(status, _read(out), _read(err), time.monotonic() - started)
+        output = [] if stdio is not None else [os.memfd_create("stdout"),
+                                                os.memfd_create("stderr")]
+        opened = [os.open(os.devnull, os.O_RDONLY), *map(os.dup, output)] if output else []
+        try:
+            child = process.spawn([repr(main)] if main else as_argv(command), steps,
+                                  env=self.env, stdio=opened or stdio, main=main)
+            return Exec(child, pty.master() if pty else None, output, time.monotonic())
+        except BaseException:
+            _close(output)
+            raise
+        finally:
+            _close(opened + procs)
+            if pty:
+                pty.close()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to the container's first process (docker kill --signal)."""
@@ -309,10 +369,8 @@ class Container:
             result.oom_killed = self.cgroup.stats()["oom_kills"] > 0
         return result
 
-    def _open_stdio(self, attach: bool) -> list[int | None]:
-        """The child's stdin, stdout, stderr: ours (attach), or nothing in, logs out."""
-        if attach:
-            return [None, None, None]
+    def _open_logs(self) -> list[int]:
+        """For the command's stdin, stdout, stderr: nothing in, logs out."""
         return [os.open(os.devnull, os.O_RDONLY)] + [
             os.open(self.data / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             for name in ("stdout", "stderr")]
@@ -327,14 +385,8 @@ class Container:
         return {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
 
     def _stop_proxy(self) -> None:
-        if self._proxy and process.start_time(self._proxy[0]) == self._proxy[1] and (
-                b"minicontainer.proxy" in _cmdline(self._proxy[0])):   # a record is not trusted
-            os.kill(self._proxy[0], signal.SIGKILL)
-        if self._proxy_process is not None:        # ours: collect its exit status
-            self._proxy_process.wait()
-            self._proxy_process.close()
-            self._proxy_process = None
-        self._proxy = None
+        _stop_helper(self._proxy, self._proxy_process, b"minicontainer.proxy")
+        self._proxy, self._proxy_process = None, None
         if self.proxy_cgroup is not None and self.directory is not None:
             self.proxy_cgroup.remove()    # and whatever it left there (a crash: cleanup)
 
@@ -355,6 +407,7 @@ class Container:
                        "pids": self.limits.pids},
             "network": asdict(self.attachment) if self.attachment else None,
             "ports": self.ports, "proxy": self._proxy, "security": self.security.as_dict(),
+            "tty": self.tty, "console": self._keeper,
             "created": time.time(), **self._owner,
             "pid": child.pid if child else None, "main_pid": child.main_pid if child else None,
             "pid_started": process.start_time(child.pid) if child else None}
@@ -374,6 +427,8 @@ class Container:
         self.network = record["network"]["network"] if record["network"] else None
         self.attachment = networking.Attachment(**record["network"]) if record["network"] else None
         self.ports, self._proxy, self._proxy_process = record["ports"], record["proxy"], None
+        self.tty, self._keeper, self._keeper_process = record["tty"], record["console"], None
+        self.console = None
         self.security = Security(**record["security"])
         self.cgroup = Cgroup(record["cgroup"], self.limits) if record["cgroup"] else None
         self.proxy_cgroup = (Cgroup(record["proxy_cgroup"], proxy.LIMITS)
@@ -386,6 +441,29 @@ class Container:
             self._child = process.Child(record["pid"], record["main_pid"], process.open_pidfd(
                 record["main_pid"], parent=record["pid"]))
         return self
+
+
+class Exec:
+    """A command that exec_start() started in a running container."""
+
+    def __init__(self, child: process.Child, console: int | None, output: list[int],
+                 started: float) -> None:
+        self.child = child
+        self.console = console           # its terminal's master, with tty=True
+        self.output = output             # memfds holding its stdout and stderr, if not given
+        self.started = started
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait for the command to exit (Timeout after `timeout` seconds)."""
+        status = self.child.wait(timeout)
+        out, err = (_read(fd) for fd in self.output) if self.output else ("", "")
+        return _result(status, out, err, time.monotonic() - self.started)
+
+    def close(self) -> None:
+        """Let go of its pidfd, terminal and output (once, after wait())."""
+        self.child.close()
+        _close([self.console, *self.output])
+        self.console, self.output = None, []
 
 
 def run(command: str | Sequence[str] | Callable[[], None], timeout: float | None = None,
@@ -425,6 +503,18 @@ def _still_its_own(record: dict) -> bool:
     return own_root and in_group
 
 
+def _stop_helper(helper: list[int] | None, started: process.Child | None,
+                 module: bytes) -> None:
+    """Kill a helper of the container's (its proxy, its terminal's keeper), named in its
+    record by pid and start time, if it still runs: only if that pid is still that
+    process, and it runs `module` (a record is not trusted). Collect it if it is ours."""
+    if helper and process.start_time(helper[0]) == helper[1] and module in _cmdline(helper[0]):
+        os.kill(helper[0], signal.SIGKILL)
+    if started is not None:
+        started.wait()
+        started.close()
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -445,9 +535,12 @@ def _text(path: Path) -> str:
         return ""
 
 
-def _read(file) -> str:
-    file.seek(0)
-    return file.read().decode(errors="replace")
+def _read(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _close(fds: Iterable[int | None]) -> None:

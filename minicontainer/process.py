@@ -268,6 +268,34 @@ def signals_passed_to(child: Child) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+class Ended(Exception):
+    """A signal ended the wait (raised by ending_on)."""
+
+    def __init__(self, sig: int) -> None:
+        super().__init__(signal.Signals(sig).name)
+        self.signal = sig
+
+
+@contextmanager
+def ending_on(signals: Sequence[int]) -> Iterator[None]:
+    """Turn these signals into Ended inside the block, so that `finally` clauses run
+    (a terminal in raw mode is restored) where the default action would just end the
+    process. Only in the main thread, as signals_passed_to."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(sig: int, frame) -> None:
+        raise Ended(sig)
+
+    before = {sig: signal.signal(sig, end) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def blank_fds_from(first: int) -> None:
     """Point every fd from `first` up at an empty anonymous file, so none reaches the
     host. Not close them: no exec replaces the Python objects that own them, and a
