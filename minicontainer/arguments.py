@@ -125,7 +125,7 @@ RECORD = {   # field: the types it may have
     "detached": (Bool,), "cgroup": (Str, Null), "limits": (dict,), "network": (dict, Null),
     "ports": (list,), "proxy": (list, Null), "security": (dict,), "created": (float, Int),
     "owner": (Int,), "owner_started": (Int, Null), "pid": (Int, Null),
-    "main_pid": (Int, Null), "pid_started": (Int, Null)}
+    "main_pid": (Int, Null), "pid_started": (Int, Null), "tty": (Bool,), "console": (list, Null)}
 SECURITY_SWITCHES = tuple(switch.name for switch in fields(Security))
 
 
@@ -169,8 +169,9 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
             record[key] is not None]
     if any(n <= 0 for n in pids) or (record["pid"] is None) != (record["pid_started"] is None):
         raise refuse("its pids are not positive, or a pid comes without its start time")
-    if record["proxy"] is not None and [type(n) for n in record["proxy"]] != [int, int]:
-        raise refuse("its proxy is not a pid and a start time")
+    for helper in ("proxy", "console"):
+        if record[helper] is not None and [type(n) for n in record[helper]] != [int, int]:
+            raise refuse(f"its {helper} is not a pid and a start time")
 
 
 def _our_group(path: str, container_id: str) -> bool:

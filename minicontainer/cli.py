@@ -136,9 +136,10 @@ def terminal_options(p: argparse.ArgumentParser, detach: bool) -> None:
 
 
 def check_terminal(args: argparse.Namespace) -> None:
-    """-it reads keys from a terminal: refuse at once without one, as Docker does."""
+    """-it in the foreground reads keys from a terminal: refuse at once without one,
+    as Docker does."""
     from .errors import InvalidArgument
-    if args.tty and args.interactive and not os.isatty(0):
+    if args.tty and args.interactive and not getattr(args, "detach", False) and not os.isatty(0):
         raise InvalidArgument("the input device is not a TTY: drop -t, or run it in a "
                               "terminal")
 

@@ -94,6 +94,8 @@ class Client:
             message = self.socket.recv(CHUNK + 1)
         except BlockingIOError:
             return None
+        except OSError:          # ECONNRESET: the keeper is gone
+            return b""
         return message[1:] if message[:1] == b"o" else b"" if not message else None
 
     def write(self, data: bytes) -> int:
@@ -101,13 +103,15 @@ class Client:
             self.socket.send(b"k" + data[:CHUNK])
         except BlockingIOError:
             return 0
+        except OSError:          # the keeper is gone: read() says so next
+            pass
         return min(len(data), CHUNK)
 
     def resize(self, window: tuple[int, int]) -> None:
         try:
             self.socket.send(b"w" + struct.pack("HH", *window))
-        except BlockingIOError:
-            pass            # the next SIGWINCH says it again
+        except OSError:
+            pass            # full: the next SIGWINCH says it again; gone: read() says so
 
     def close(self) -> None:
         """Let go (the keeper goes on holding the terminal)."""

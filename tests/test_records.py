@@ -206,8 +206,8 @@ def bait(tmp_path):
 
 
 def crafted(name: str, bait: dict) -> dict:
-    """A record that names the bait everywhere the host acts: its pids, proxy, cgroup
-    and interface."""
+    """A record that names the bait everywhere the host acts: its pids, proxy,
+    terminal keeper, cgroup and interface."""
     net = bait["network"]
     return {"name": name, "id": "0123456789ab", "command": ["true"], "rootfs": "/",
             "hostname": "x", "namespaces": ["mnt"], "init": False, "env": {},
@@ -217,7 +217,7 @@ def crafted(name: str, bait: dict) -> dict:
                         "gateway": net["gateway"], "prefix": 24,
                         "host_end": bait["interface"]},
             "ports": [], "proxy": [bait["pid"], bait["started"]], "security": {},
-            "created": time.time(), "owner": 1, "owner_started": None,
+            "tty": True, "console": [bait["pid"], bait["started"]], "created": time.time(), "owner": 1, "owner_started": None,
             "pid": bait["pid"], "main_pid": bait["pid"], "pid_started": bait["started"]}
 
 
