@@ -125,14 +125,14 @@ def terminal_options(p: argparse.ArgumentParser, detach: bool) -> None:
                    help="keep stdin open: what you type goes in (else it reads nothing)")
     p.add_argument("-t", "--tty", action="store_true",
                    help="a terminal of the container's own (a pty): -it for a shell")
-    if detach:
+    if detach:        # `run` only: an exec's terminal has no keeper to go to
         p.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
                        help="with -it: keys that leave the container running "
                        "(default: ctrl-p,ctrl-q; `attach` to return)")
-    p.add_argument("--sig-proxy", default="true", choices=["true", "false"],
-                   help="pass SIGINT, SIGTERM, SIGHUP to the command (default: true; "
-                   "false: they stop it). PID 1 ignores a signal it has no handler for: "
-                   "--init")
+        p.add_argument("--sig-proxy", default="true", choices=["true", "false"],
+                       help="pass SIGINT, SIGTERM, SIGHUP to the command (default: true; "
+                       "false: they stop it). PID 1 ignores a signal it has no handler "
+                       "for: --init")
 
 
 def check_terminal(args: argparse.Namespace) -> None:
@@ -231,7 +231,7 @@ def relay_terminal(master: int, child, args: argparse.Namespace, keys: bytes = b
     from .terminal import Master, attach, raw_mode
     if args.interactive:
         signals, keyboard = ending_on([signal.SIGTERM, signal.SIGHUP]), 0
-    elif args.sig_proxy == "true":
+    elif getattr(args, "sig_proxy", "true") == "true":
         signals, keyboard = signals_passed_to(child), None
     else:
         signals, keyboard = ending_on([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]), None
@@ -264,31 +264,17 @@ def wait_in_foreground(container, sig_proxy: bool = True):
 def cmd_exec(args: argparse.Namespace) -> int:
     from .arguments import check_host
     from .container import Container
-    from .process import signals_passed_to
-    from .terminal import finish, stdio_for, window_size
+    from .terminal import window_size
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
     check_terminal(args)
     container = Container.load(args.name)
-    if args.tty:
-        running = container.exec_start(command_of(args), tty=True, window=window_size(1))
-        try:
-            relay_terminal(running.console, running.child, args)
-            return running.wait().exit_code
-        finally:
-            running.close()
-    stdio, relays = stdio_for(args.interactive)
+    if not args.tty:
+        return container.exec(command_of(args), timeout=None, attach=True,
+                              interactive=args.interactive).exit_code
+    running = container.exec_start(command_of(args), tty=True, window=window_size(1))
     try:
-        running = container.exec_start(command_of(args), stdio=stdio)
-    finally:
-        for fd in stdio:
-            os.close(fd)
-    try:
-        for relay in relays:
-            relay.start()
-        with signals_passed_to(running.child):
-            result = running.wait()
-        finish(relays)
-        return result.exit_code
+        relay_terminal(running.console, running.child, args)
+        return running.wait().exit_code
     finally:
         running.close()
 

@@ -36,7 +36,7 @@ from .errors import InvalidArgument, MinicontainerError, Timeout
 from .init import become_init
 from .rootfs import Overlay, check_rootfs, default_rootfs
 from .security import Security
-from .terminal import WINDOW, Pty, check_tty
+from .terminal import WINDOW, Pty, check_tty, finish, stdio_for
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A fork bomb must hit a wall, not the host: with a cgroup there is always a pids
@@ -278,19 +278,29 @@ class Container:
         return child is not None and not child.exited and not process.wait_for_exit(child.pid, 0)
 
     def exec(self, command: str | Sequence[str] | Callable[[], None],
-             timeout: float | None = 60, attach: bool = False, hardened: bool = True
-             ) -> Result:
+             timeout: float | None = 60, attach: bool = False, interactive: bool = False,
+             hardened: bool = True) -> Result:
         """Run another command inside the running container to its end (docker exec).
 
-        attach=True shares this process's stdin, stdout and stderr and passes our
-        SIGTERM, SIGHUP and Ctrl-C on (the escape lab); otherwise nothing goes in and
-        the output is returned. For the rest see exec_start().
+        attach=True gives it our stdout and stderr (and stdin if `interactive`; else
+        /dev/null), pipes in their place where they are a terminal (terminal.stdio_for),
+        and passes our SIGTERM, SIGHUP and Ctrl-C on (the CLI); otherwise nothing goes
+        in and the output is returned. hardened=False shares our files as they are (the
+        escape lab). For the rest see exec_start().
         """
-        running = self.exec_start(command, stdio=(None, None, None) if attach else None,
-                                  hardened=hardened)
+        stdio, relays = (stdio_for(interactive) if hardened else ([None] * 3, [])
+                         ) if attach else (None, [])
         try:
+            running = self.exec_start(command, stdio=stdio, hardened=hardened)
+        finally:
+            _close(stdio or [])
+        try:
+            for relay in relays:
+                relay.start()
             with process.signals_passed_to(running.child) if attach else nullcontext():
-                return running.wait(timeout)
+                result = running.wait(timeout)
+            finish(relays)
+            return result
         except BaseException:                # a time-out, a second Ctrl-C: not left behind
             running.child.send_signal(signal.SIGKILL)
             running.wait()

@@ -28,6 +28,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -178,25 +179,34 @@ def join_with_exec(container: Container, hardened: bool = True) -> None:
 TYPED = b"echo mc-typed-on-the-host\n"
 
 
+@contextmanager
+def a_persons_terminal(run_there: str) -> Iterator[int]:
+    """A pty standing in for the terminal a person runs `exec` from: `run_there`
+    (Python) runs with it as controlling terminal and stdio; yields the terminal's
+    side of the person's shell, for the lab to look at afterwards."""
+    terminal, shell_side = os.openpty()
+    try:
+        subprocess.run(["setsid", "--ctty", "--wait", sys.executable, "-c", run_there],
+                       timeout=60, stdin=shell_side, stdout=shell_side, stderr=shell_side)
+        yield shell_side
+    finally:
+        os.close(terminal)
+        os.close(shell_side)
+
+
 def exec_from_a_terminal(container: Container, hardened: bool = True) -> str:
     """A person runs `exec` from their shell's terminal (a pty of the lab's here), and
     the exec'd command pushes keys into that terminal's input with ioctl(TIOCSTI):
     keys their shell would read and run, as root, once `exec` returns. Nothing reads
     them here: the lab takes them back out of the terminal and shows them."""
-    terminal, shell_side = os.openpty()
-    try:
-        code = ("from minicontainer.escapes import _type_keys; "
-                f"_type_keys({container.name!r}, {hardened})")
-        subprocess.run(["setsid", "--ctty", "--wait", sys.executable, "-c", code], timeout=60,
-                       stdin=shell_side, stdout=shell_side, stderr=shell_side)
+    code = ("from minicontainer.escapes import _type_keys; "
+            f"_type_keys({container.name!r}, {hardened})")
+    with a_persons_terminal(code) as shell_side:
         os.set_blocking(shell_side, False)
         try:
             waiting = os.read(shell_side, 4096)    # what the shell would read next
         except BlockingIOError:
             waiting = b""
-    finally:
-        os.close(terminal)
-        os.close(shell_side)
     return f"the host shell would read: {TYPED.decode().strip()}" if TYPED in waiting else ""
 
 
@@ -208,7 +218,19 @@ def _type_keys(name: str, hardened: bool) -> None:
     def push_keys() -> None:
         for key in TYPED:
             fcntl.ioctl(0, termios.TIOCSTI, bytes([key]))
-    Container.load(name).exec(push_keys, attach=True, hardened=hardened, timeout=20)
+    Container.load(name).exec(push_keys, attach=True, interactive=True, hardened=hardened,
+                              timeout=20)
+
+
+def mute_the_terminal_of_exec(container: Container, hardened: bool = True) -> str:
+    """A person runs `exec` from their terminal; the exec'd command switches off the
+    terminal's echo through its stdout (it could as well read what is typed next)."""
+    code = ("from minicontainer.container import Container; Container.load("
+            f"{container.name!r}).exec(['stty', '-F', '/dev/stdout', '-echo'], attach=True, "
+            f"hardened={hardened}, timeout=20)")
+    with a_persons_terminal(code) as shell_side:
+        echo = termios.tcgetattr(shell_side)[3] & termios.ECHO
+    return "" if echo else "the person's terminal no longer echoes what they type"
 
 
 ATTACKS = [
@@ -218,8 +240,11 @@ ATTACKS = [
            "inherited fds closed before exec (close_range)",
            shown_with={"preserve_fds": lambda t: t.fd - 2}),
     Attack("type into the terminal that ran exec (TIOCSTI)", "sleep 4",
-           "exec's process in a session of its own (no controlling terminal)",
+           "exec's process in a session of its own, with pipes for a terminal",
            shown_with={"hardened": False}, meanwhile=exec_from_a_terminal),
+    Attack("take over the settings of the terminal that ran exec", "sleep 4",
+           "pipes, never the caller's terminal, without -t",
+           shown_with={"hardened": False}, meanwhile=mute_the_terminal_of_exec),
     Attack("open the host binary of a joining exec (CVE-2019-5736)",
            open_a_joining_process_exe, "exec's process non-dumpable until it execs",
            shown_with={"hardened": False}, meanwhile=join_with_exec),
