@@ -39,6 +39,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
+import select
 import selectors
 import signal
 import socket
@@ -46,6 +48,7 @@ import stat
 import struct
 import termios
 import threading
+import time
 import tty
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -295,6 +298,32 @@ def attach(console: Console, keyboard: int | None, screen: int,
         selector.close()
         os.close(woken)
         os.close(wake)
+
+
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")   # cursor moves and queries, carriage returns
+
+
+def converse(master: int, keys: bytes | str = b"", settle: float = 0.5,
+             timeout: float = 10) -> str:
+    """Type `keys` into a terminal through its master and return what it shows until
+    it has been quiet for `settle` seconds, without escape sequences (for lessons:
+    a person at the keyboard, driven from Python)."""
+    _write_all(master, keys.encode() if isinstance(keys, str) else keys)
+    shown = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not select.select([master], [], [], settle)[0]:
+            break
+        try:
+            chunk = os.read(master, CHUNK)
+        except BlockingIOError:
+            continue
+        except OSError:             # EIO: the other side is gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    return ESCAPES.sub("", shown.decode(errors="replace"))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -116,10 +116,103 @@ print("boot_id          container", inside[1], "| host", host[1])
 print("same kernel, same boot:", inside == host)
 
 # %% [markdown]
+# ## A terminal of its own: what `-t` is
+# `docker run -it busybox sh` gives a shell a terminal. A terminal is a **pseudo-terminal
+# pair**: a *master*, held by whoever plays keyboard and screen (your terminal window,
+# sshd, the runtime), and a *slave* `/dev/pts/N`, the terminal the program sees. The
+# container's first process opens one in the `devpts` its mount namespace mounted with
+# `newinstance` (so it sees its own ptys only), sends the master out to the runtime
+# over a unix socket, calls `setsid()` and makes the slave its **controlling
+# terminal** (`ioctl(TIOCSCTTY)`). Code: `minicontainer/terminal.py`.
+#
+# From Python we can play the person at the keyboard: `converse` types into the master
+# and returns what the screen shows.
+
+# %%
+import os
+
+from minicontainer.terminal import converse
+
+with Container("/bin/sh", tty=True) as c:
+    c.start(window=(20, 60))
+    converse(c.console)                                  # the shell's greeting
+    print(converse(c.console, "tty; ls /dev/pts; stty size\n"))
+print("the host's /dev/pts, for comparison:", " ".join(sorted(os.listdir("/dev/pts"))))
+
+# %% [markdown]
+# Inside: terminal 0 of its own devpts, the window size we gave, and none of the host's
+# terminals. Now the part that surprises Docker users: **why does Ctrl-C stop the
+# `sleep` in the container's shell, and not the runtime?** Ctrl-C is just a byte (`\x03`)
+# until the terminal's *line discipline* in the kernel turns it into SIGINT — for the
+# terminal's *foreground process group*. Look at the sessions in `/proc/PID/stat`:
+
+# %%
+import re
+from pathlib import Path
+
+import psutil
+
+
+def terminal_of(pid: int) -> dict:
+    """Session, process group, controlling terminal and its foreground group (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tty = int(fields[4])
+    return {"session": int(fields[3]), "group": int(fields[2]),
+            "terminal": f"{os.major(tty)}:{os.minor(tty)}" if tty else "none",
+            "foreground group": int(fields[5])}
+
+
+with Container("/bin/sh", tty=True) as c:
+    c.start()
+    converse(c.console, "sleep 100\n")
+    sleep = psutil.Process(c.pid).children()[0]
+    for who, pid in [("the shell", c.pid), ("its sleep", sleep.pid), ("this notebook", os.getpid())]:
+        print(f"{who:14} pid {pid:6} {terminal_of(pid)}")
+    converse(c.console, b"\x03")                         # Ctrl-C, typed
+    answer = re.search(r"status (\d+)", converse(c.console, "echo status $?\n"))
+    print("after Ctrl-C: sleep", "runs" if sleep.is_running() else "is gone;",
+          "the shell answers: exit status", answer.group(1))
+
+# %% [markdown]
+# The shell leads its own session (session = its pid) with terminal 136:0 (`/dev/pts/0`
+# inside); `sleep` is the foreground group, so it got the SIGINT (exit status 130 =
+# 128 + 2) and the shell lived on. This notebook is in another session with no terminal
+# at all: nothing typed at the container can signal the runtime.
+#
+# **PID 1 is special.** The kernel delivers a signal to a namespace's PID 1 only if PID 1
+# has a handler for it. `sleep` has none — run as PID 1, Ctrl-C (and `docker stop`'s
+# SIGTERM) do nothing to it. A tiny init as PID 1 (`--init`, `init.py`) runs the command
+# as PID 2, where the defaults apply again:
+
+# %%
+import time
+
+from minicontainer.errors import Timeout
+
+for init in (False, True):
+    with Container(["sleep", "100"], tty=True, init=init) as c:
+        c.start()
+        time.sleep(0.3)
+        converse(c.console, b"\x03")                     # Ctrl-C
+        try:
+            outcome = f"ended, exit code {c.wait(timeout=2).exit_code}"
+        except Timeout:
+            outcome = "still running 2 s later (no handler for SIGINT)"
+    print(f"sleep as PID {2 if init else 1} (init={init}): after Ctrl-C {outcome}")
+
+# %% [markdown]
+# In a terminal, the same by hand: `sudo .venv/bin/minicontainer run -it -- sh`; Ctrl-C,
+# Ctrl-Z and `fg` work; **Ctrl-P Ctrl-Q** detaches (the container runs on) and
+# `minicontainer attach NAME` comes back; `exit 3` returns 3 to your shell.
+#
 # ## What you know now
 # - Namespaces virtualize the *operating system's names*: pids, hostnames, mounts,
 #   network devices. The hardware is not virtualized at all.
 # - The container runs on the host's kernel — same release, same boot.
+# - `-t` is a pty pair from the container's own devpts; the container's shell leads a
+#   session with it as controlling terminal, so Ctrl-C reaches the container's
+#   foreground process, never the runtime. PID 1 ignores signals it has no handler for:
+#   `--init`.
 #
 # ## Exercise 02
 # `exercises/ex02_namespaces.py`: compute `unshare` flags, and write `pivot_into`.
