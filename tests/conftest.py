@@ -89,7 +89,8 @@ def jupyterlab(tmp_path_factory):
          "--ip=127.0.0.1", f"--port={port}", "--IdentityProvider.token=test",
          f"--notebook-dir={copies}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path_factory.mktemp("runtime")),
-             "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("workspaces"))})
+             "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("workspaces")),
+             "JUPYTERLAB_SETTINGS_DIR": str(tmp_path_factory.mktemp("settings"))})
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

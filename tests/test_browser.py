@@ -5,8 +5,11 @@ Screenshots are kept in results/screenshots/ for a human to look at.
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,68 @@ def test_the_cgroups_notebook_shows_widgets_and_plots_and_a_slider_acts(browser,
     handle.press("ArrowRight")                  # 32 → 48 MiB: the hog runs again
     page.get_by_text("limit 48 MiB").wait_for(timeout=60_000)
     page.screenshot(path=SHOTS / "03_cgroups_slider_moved.png")
+
+
+def test_run_it_in_jupyterlabs_terminal(browser, jupyterlab):
+    """Students in the Vagrant VM have no other terminal: JupyterLab's (xterm.js over a
+    websocket to a pty of the server's) must give `run -it` what a terminal gives."""
+    # The terminal draws on a canvas; its screen-reader mode keeps the text in the page
+    # too, for us to read (a setting of this test server's own settings directory).
+    request = urllib.request.Request(
+        f"{jupyterlab}/lab/api/settings/@jupyterlab/terminal-extension:plugin", method="PUT",
+        data=json.dumps({"raw": json.dumps({"screenReaderMode": True})}).encode(),
+        headers={"Authorization": "token test", "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
+    page = browser.new_context(viewport={"width": 1200, "height": 800}).new_page()
+    page.goto(f"{jupyterlab}/lab/workspaces/terminal?reset&token=test")
+    page.get_by_role("menuitem", name="File", exact=True).click()
+    page.get_by_text("New", exact=True).hover()
+    page.get_by_role("menuitem", name="Terminal").first.click()
+    screen = page.locator(".jp-Terminal:not(.lm-mod-hidden) .xterm-accessibility-tree")
+    screen.wait_for(state="attached", timeout=60_000)
+    page.locator(".jp-Terminal:not(.lm-mod-hidden) .xterm").click()
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 30
+        while text not in screen.inner_text().replace("\xa0", " "):
+            if time.monotonic() > deadline:
+                page.screenshot(path=SHOTS / "terminal-unexpected.png")
+                raise AssertionError(f"{text!r} not in the terminal:\n{screen.inner_text()}")
+            time.sleep(0.2)
+
+    def type_line(line: str) -> None:
+        page.keyboard.type(line)
+        page.keyboard.press("Enter")
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        drive_a_shell_in_a_container(page, type_line, wait_for)
+    finally:
+        subprocess.run([ROOT / ".venv/bin/minicontainer", "rm", "-f", "mc-lab-tty"],
+                       capture_output=True)
+        Path("/tmp/mc-lab-before").unlink(missing_ok=True)
+
+
+def drive_a_shell_in_a_container(page, type_line, wait_for) -> None:
+    """What a student does: a shell, Ctrl-C, the detach keys, attach, exit 3."""
+    type_line("stty -g > /tmp/mc-lab-before; clear")
+    type_line(f"{ROOT}/.venv/bin/minicontainer run -it --name mc-lab-tty -- sh")
+    wait_for("/ #")
+    type_line("tty; stty size")
+    wait_for("/dev/pts/0")
+    type_line("sleep 100")
+    time.sleep(0.5)
+    page.keyboard.press("Control+c")
+    type_line("echo status $?")
+    wait_for("status 130")
+    page.keyboard.press("Control+p")
+    page.keyboard.press("Control+q")
+    wait_for("detached from mc-lab-tty")
+    type_line("clear; stty -g | cmp - /tmp/mc-lab-before && echo same settings")
+    wait_for("same settings")
+    type_line(f"{ROOT}/.venv/bin/minicontainer attach mc-lab-tty")
+    time.sleep(1.5)
+    type_line("exit 3")
+    type_line("echo code $?")
+    wait_for("code 3")
+    page.screenshot(path=SHOTS / "terminal.png")
