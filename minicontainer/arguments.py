@@ -136,6 +136,8 @@ def check_record(name: str, record: object) -> dict:
     processes are checked against the kernel when they are looked up: Container.load.)"""
     def refuse(why: str) -> BadRecord:
         return BadRecord(f"the record of container {name!r} is refused, nothing was done: {why}")
+    if isinstance(record, dict):                 # written before containers had terminals
+        record = {"tty": False, "console": None, **record}
     _check_shape(record, refuse)
     if record["name"] != name or not ID.fullmatch(record["id"]):
         raise refuse(f"it is named {record['name']!r}, id {record['id']!r}")

@@ -256,7 +256,14 @@ def attach(console: Console, keyboard: int | None, screen: int,
     keys = DetachKeys(detach_keys)
     waiting = b""                     # typed, not yet taken by the container's pty
     woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    before = signal.signal(signal.SIGWINCH, lambda *_: os.write(wake, b"w"))
+
+    def resized(sig: int, frame) -> None:
+        try:
+            os.write(wake, b"w")
+        except BlockingIOError:
+            pass                      # a wake-up is waiting already: one resize will do
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGWINCH, resized) if in_main_thread else None
     selector = selectors.DefaultSelector()
     try:
         selector.register(woken, selectors.EVENT_READ)
@@ -294,7 +301,8 @@ def attach(console: Console, keyboard: int | None, screen: int,
             selector.modify(console, selectors.EVENT_READ | (
                 selectors.EVENT_WRITE if waiting else 0))
     finally:
-        signal.signal(signal.SIGWINCH, before)
+        if in_main_thread:                    # only there may signal handlers be set
+            signal.signal(signal.SIGWINCH, before)
         selector.close()
         os.close(woken)
         os.close(wake)
