@@ -17,7 +17,6 @@ busybox and the static qemu-user are unpacked from the distribution's packages b
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -26,11 +25,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CommandNotExecutable, MinicontainerError
-from .rootfs import build_busybox_rootfs, cache_dir, find_busybox
+from .host import cache_dir, cpu
+from .host import machine as host_machine
+from .rootfs import build_busybox_rootfs, find_busybox
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 # The other architecture, as Debian and as the kernel (uname -m) name it.
-FOREIGN = {"x86_64": ("arm64", "aarch64"), "aarch64": ("amd64", "x86_64")}
 # ELF header of an executable for that machine (e_machine at byte 18), and which bytes count.
 ELF_MAGIC = {
     "aarch64": ("7f454c460201010000000000000000000200b700",
@@ -45,12 +45,14 @@ def foreign_dir() -> Path:
 
 
 def foreign_machine() -> str:
-    return FOREIGN[os.uname().machine][1]
+    """The other CPU of ours, whose programs this machine runs through qemu-user."""
+    return cpu().foreign
 
 
 def fetch_foreign() -> Path:
     """Unpack the other architecture's static busybox and our qemu-user, once."""
-    debian_arch, machine = FOREIGN[os.uname().machine]
+    machine = cpu().foreign
+    debian_arch = cpu(machine).debian
     target = foreign_dir() / f"{machine}-v1"
     if target.is_dir():
         return target
@@ -125,7 +127,7 @@ def foreign_binary_demo() -> dict:
     from .container import run
     machine = foreign_machine()
     rootfs = foreign_rootfs()
-    result = {"host": os.uname().machine, "foreign": machine}
+    result = {"host": host_machine(), "foreign": machine}
     existing = existing_handler(machine)
     if existing:
         result["without"] = f"not shown: this host already runs {machine} programs ({existing})"

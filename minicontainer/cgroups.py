@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidArgument
+from .host import parse_size
 
 PARENT = "minicontainer"     # our groups live below this one, in each tree
 # cpuacct: v1's CPU-time counter; devices: v1's device allow-list (devices.py fills it)
 NEEDED = ("memory", "cpu", "cpuacct", "pids", "devices")
 CPU_PERIOD = 100_000         # microseconds; cpus=0.5 means 50 000 us of CPU per period
 MIN_MEMORY = 6 * 1024**2     # as Docker: below this a container cannot even start
-UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 # -- budgets: parsed and checked before anything is created ------------------------------
@@ -56,25 +56,9 @@ class Limits:
                    None if pids_limit in (None, "max") else parse_pids(pids_limit))
 
 
-def parse_memory(value: str | int, what: str = "memory limit", minimum: int = MIN_MEMORY) -> int:
-    """"64M", "1g", "512k", "4096b" or an int of bytes → bytes (binary units, as Docker)."""
-    # No spaces or newlines anywhere: every input is checked the same strict way.
-    match = re.fullmatch(r"(\d{1,15})([bkmgt]?)(?:i?b)?", str(value), re.IGNORECASE)
-    if not match:
-        raise InvalidArgument(f"invalid {what} {value!r}: use a number with an optional "
-                              "unit, like 64M or 1G")
-    if isinstance(value, str) and not match[2]:    # "64" is far more often a slip than bytes
-        raise InvalidArgument(f"{what} {value!r} has no unit: write {value.strip()}M "
-                              "(or G, k, b); a Python int means bytes")
-    amount = int(match[1]) * UNITS[match[2].lower()]
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if amount > physical:
-        raise InvalidArgument(f"{what} {value!r} is more than this machine's memory "
-                              f"({format_bytes(physical)})")
-    if amount < minimum:
-        raise InvalidArgument(f"{what} {value!r} is too small: use at least "
-                              f"{format_bytes(minimum)}")
-    return amount
+def parse_memory(value: str | int) -> int:
+    """A memory limit in Docker's spelling ("64M", "1g", or an int of bytes) → bytes."""
+    return parse_size(value, "memory limit", MIN_MEMORY)
 
 
 def parse_cpus(value: str | float) -> float:
@@ -103,17 +87,6 @@ def parse_pids(value: str | int) -> int:
     if pids < 1:
         raise InvalidArgument(f"invalid pids limit {value!r}: use a whole number of at least 1")
     return pids
-
-
-def format_bytes(amount: int | None) -> str:
-    """1536 → "1.5K": short, binary units, as `docker stats` prints them."""
-    if amount is None:
-        return "-"
-    for unit in ("", "K", "M", "G"):
-        if amount < 1024 or unit == "G":
-            return f"{amount:.4g}{unit}" if unit else f"{amount}B"
-        amount /= 1024
-    return str(amount)
 
 
 # -- where the controllers are -------------------------------------------------------------

@@ -192,7 +192,7 @@ def run_with_pipes(container, args: argparse.Namespace) -> int:
         result = wait_in_foreground(container, args.sig_proxy == "true")
         finish(relays)
         if result.oom_killed:
-            from .cgroups import format_bytes
+            from .host import format_bytes
             print(f"minicontainer: killed: out of memory, limit "
                   f"{format_bytes(container.limits.memory)}", file=sys.stderr)
         return result.exit_code
@@ -357,7 +357,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from . import state
-    from .cgroups import format_bytes
+    from .host import format_bytes
     from .arguments import check_host
     from .container import Container
     check_host()

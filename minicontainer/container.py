@@ -33,6 +33,7 @@ from .arguments import (as_argv, check_count, check_host, check_hostname, check_
                         check_namespaces, check_ports, check_rootless)
 from .cgroups import Cgroup, Limits
 from .errors import InvalidArgument, MinicontainerError, Timeout
+from .host import parse_size
 from .init import become_init
 from .rootfs import Overlay, check_rootfs, default_rootfs
 from .security import Security
@@ -87,7 +88,7 @@ class Container:
             check_rootless(cgroup, (memory, cpus, pids_limit), network)
         self.rootfs = check_rootfs(Path(rootfs)) if rootfs else default_rootfs()
         self.init = init
-        self.shm_size = cgroups.parse_memory(shm_size, "shm size", 1)   # docker --shm-size
+        self.shm_size = parse_size(shm_size, "shm size", 1)   # docker --shm-size
         self.preserve_fds = check_count(preserve_fds, "preserve_fds", 0)  # podman's option
         self.tty = bool(tty)                 # a terminal of its own (terminal.py), `run -t`
         if self.tty:

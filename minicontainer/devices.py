@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .cgroups import Cgroup, write
 from .errors import InvalidArgument
+from .host import cpu
 
 # runc's default allow-list (libcontainer's AllowedDevices), minus /dev/net/tun, which
 # our /dev does not have: (type, major, minor, access); None is any number.
@@ -69,7 +70,6 @@ def _star(number: int | None) -> str:
 
 BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8                 # bpf(2) commands
 BPF_PROG_TYPE_CGROUP_DEVICE, BPF_CGROUP_DEVICE = 15, 6
-SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "s390x": 351, "ppc64le": 361}
 # What the program is shown, struct bpf_cgroup_dev_ctx: access_type (the access in the
 # high 16 bits, the type in the low), major, minor. <linux/bpf.h> numbers:
 TYPES, ACCESS = {"b": 1, "c": 2}, {"m": 1, "r": 2, "w": 4}
@@ -128,7 +128,7 @@ def attach_device_program(group: Path, rules=ALLOWED) -> None:
 def _bpf(command: int, attr: bytes, doing: str, log=None) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     buffer = ctypes.create_string_buffer(attr, 128)    # union bpf_attr, zero-padded
-    result = libc.syscall(ctypes.c_long(SYS_BPF[os.uname().machine]), ctypes.c_int(command),
+    result = libc.syscall(ctypes.c_long(cpu().syscalls["bpf"]), ctypes.c_int(command),
                           buffer, ctypes.c_uint(128))
     if result < 0:
         number = ctypes.get_errno()

@@ -122,8 +122,8 @@ def check_kvm() -> Check:
 
 
 def check_qemu() -> Check:
-    from .vm import qemu_binary
-    qemu = shutil.which(qemu_binary())
+    from .host import cpu
+    qemu = shutil.which(cpu().qemu)
     return Check("QEMU (the VM side)", qemu is not None, qemu or "not found",
                  "run `make setup` (it installs QEMU)", required=False)
 

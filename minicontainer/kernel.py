@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MinicontainerError
-from .rootfs import cache_dir
+from .host import cache_dir, cpu
 
 # The 9p filesystem over virtio (to see the host's files), in the order insmod needs,
 # then overlayfs, for containers inside the guest.
@@ -95,7 +95,7 @@ def cached_kernel() -> Kernel | None:
 
 def kernel_package() -> str:
     """The distribution's kernel package for this CPU, e.g. linux-image-6.1.0-56-amd64."""
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
+    arch = cpu().debian
     ids = Path("/etc/os-release").read_text()
     meta = "linux-image-generic" if re.search(r"^ID=ubuntu", ids, re.M) else f"linux-image-{arch}"
     depends = subprocess.run(["apt-cache", "depends", meta], capture_output=True, text=True).stdout

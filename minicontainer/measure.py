@@ -16,10 +16,11 @@ from pathlib import Path
 import psutil
 
 from .binfmt import foreign_binary_demo
-from .cgroups import Cgroup, Limits, Sampler, format_bytes, parse_memory
+from .cgroups import Cgroup, Limits, Sampler, parse_memory
+from .host import cpu, format_bytes
 from .container import Container, run
 from .kernel import find_kernel
-from .vm import IDLE, MACHINES, VM, accelerator, choose_machine, qemu_binary
+from .vm import IDLE, VM, accelerator, choose_machine, qemu_binary
 
 MiB = 1024**2
 
@@ -253,9 +254,9 @@ def attack_surface(machine: str | None = None) -> dict:
     """
     machine = machine or choose_machine(find_kernel(), accelerator()[0])  # the VMs we boot
     symbols = Path("/proc/kallsyms").read_text()
-    prefix = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}[os.uname().machine]
+    prefix = cpu().kernel_symbols
     syscalls = sorted(set(re.findall(rf" T {prefix}(\w+)$", symbols, re.M)) - {"ni_syscall"})
-    args, _ = MACHINES[machine]
+    args, _ = cpu().machines[machine]
     tree = subprocess.run([shutil.which(qemu_binary()), *args, "-accel", "tcg", "-nodefaults",
                            "-no-user-config", "-display", "none", "-serial", "null", "-S",
                            "-monitor", "stdio"], input="info qtree\nquit\n",

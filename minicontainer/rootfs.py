@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MinicontainerError
+from .host import cache_dir
 from .syscalls import MS_NODEV, mount
 
 BUSYBOX = Path(os.environ.get("MINICONTAINER_BUSYBOX", "/bin/busybox"))
@@ -36,16 +37,6 @@ FILES = {
 
 class RootfsError(MinicontainerError):
     """The root filesystem is missing, incomplete or cannot be built."""
-
-
-def cache_dir() -> Path:
-    """Where built images live: MINICONTAINER_CACHE, else /var/cache/minicontainer for
-    root and ~/.cache/minicontainer for a rootless user (an image the user owns)."""
-    if "MINICONTAINER_CACHE" in os.environ:
-        return Path(os.environ["MINICONTAINER_CACHE"])
-    if os.geteuid() == 0:
-        return Path("/var/cache/minicontainer")
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minicontainer"
 
 
 def is_static(binary: Path) -> bool:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from . import syscalls
 from .errors import InvalidArgument
-from .rootfs import cache_dir
+from .host import cache_dir, machine
 from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, mount
 
 # <linux/capability.h>: the numbers behind the names.
@@ -179,7 +179,7 @@ def seccomp_program() -> syscalls._SockFprog:
     image cache, so later runs read 8 bytes per instruction instead of loading it."""
     rules = (DENIED_SYSCALLS, NEWER_SYSCALLS, DENIED_SOCKET_FAMILIES, NEW_NAMESPACE_FLAGS)
     digest = hashlib.sha256(repr(rules).encode()).hexdigest()
-    path = cache_dir() / f"seccomp-{os.uname().machine}-{digest[:12]}.bpf"
+    path = cache_dir() / f"seccomp-{machine()}-{digest[:12]}.bpf"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(f".{path.name}.{os.getpid()}")

@@ -23,6 +23,8 @@ import ctypes
 import errno
 import os
 
+from .host import cpu
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # One bit per namespace type, for unshare(2) and setns(2) (from <linux/sched.h>).
@@ -48,8 +50,6 @@ MNT_DETACH = 0x2  # umount2(2): detach now, free when no longer busy ("lazy")
 
 # pivot_root has no wrapper in the C library: we call it by its number, which
 # differs between CPU architectures (the generic table is used by arm64 and riscv64).
-_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
-
 _HINTS = {
     errno.EPERM: "this needs CAP_SYS_ADMIN: are you root?",
     errno.EACCES: "permission denied: are you root?",
@@ -96,10 +96,7 @@ def umount(target: str | os.PathLike, detach: bool = False) -> None:
 
 def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
     """Make `new_root` the root of this mount namespace; the old root moves to `put_old`."""
-    machine = os.uname().machine
-    if machine not in _SYS_PIVOT_ROOT:
-        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {machine}")
-    number = ctypes.c_long(_SYS_PIVOT_ROOT[machine])
+    number = ctypes.c_long(cpu().syscalls["pivot_root"])   # glibc has no wrapper
     result = _libc.syscall(number, _bytes(new_root), _bytes(put_old))
     _check(result, "pivot_root", os.fspath(new_root), os.fspath(put_old))
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import state
-from .cgroups import parse_memory
+from .host import cpu, parse_size
 from .errors import InvalidArgument, Timeout
 from .kernel import GUEST_MODULES, Kernel, VMError, find_kernel, kernel_dir
 from .process import start_time, wait_for_exit
@@ -111,7 +111,8 @@ for p in @KEEP@; do mkdir -p $H$p && mount -o bind /mnt/seen$p $H$p; done"""
 # -- the accelerator and the machine --------------------------------------------------------
 
 def qemu_binary() -> str:
-    return {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}[os.uname().machine]
+    """The QEMU that emulates a whole machine of this host's kind."""
+    return cpu().qemu
 
 
 @functools.cache                       # the machine does not change while we run
@@ -120,7 +121,7 @@ def accelerator() -> tuple[str, str]:
     QEMU really starts a KVM guest (on some machines /dev/kvm exists and cannot)."""
     if not Path("/dev/kvm").exists():
         return "tcg", "no /dev/kvm"
-    if os.uname().machine == "x86_64":
+    if cpu().name == "x86_64":
         if not re.search(r"^flags\s*:.*\b(vmx|svm)\b", Path("/proc/cpuinfo").read_text(), re.M):
             return "tcg", "/dev/kvm exists, but the CPU shows no vmx/svm flag"
     try:
@@ -138,17 +139,6 @@ def accelerator() -> tuple[str, str]:
     return "kvm", "hardware virtualization works"
 
 
-# Fastest first: microvm has no PCI and no firmware tables to set up; q35/pc are full
-# PCs. An uncompressed vmlinux skips the kernel's self-decompression. On arm64 there
-# is one choice, QEMU's generic `virt` board, booting the distribution's image.
-MACHINES = {
-    "x86_64": {"microvm": (["-M", "microvm,acpi=off"], "vmlinux"),
-               "q35": (["-M", "q35"], "vmlinux"),
-               "q35-bzimage": (["-M", "q35"], "bzimage"),
-               "pc-bzimage": (["-M", "pc"], "bzimage")},
-    "aarch64": {"virt": (["-M", "virt", "-cpu", "max"], "bzimage")},
-}[os.uname().machine]
-CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}[os.uname().machine]
 
 
 @functools.cache
@@ -167,7 +157,7 @@ def choose_machine(kernel: Kernel, accel: str) -> str:
     if key in known:
         return known[key]
     timings = {}
-    for name, (_, image) in MACHINES.items():
+    for name, (_, image) in cpu().machines.items():
         if timings and image == "bzimage":
             break
         try:
@@ -214,15 +204,16 @@ class VM:
     def __init__(self, *, memory: str = "128M", cpus: int = 1, accel: str = "auto",
                  machine: str = "auto", kernel_args: str = "", host_files: bool = False,
                  keep: tuple[str, ...] = (), kernel: Kernel | None = None) -> None:
-        self.memory = parse_memory(memory)
+        self.memory = parse_size(memory, "VM memory", 1)
         if self.memory < MIN_MEMORY:
             raise InvalidArgument(f"memory {memory!r} is too small for a VM: give it at least 48M")
         if not isinstance(cpus, int) or not 1 <= cpus <= 64:
             raise InvalidArgument(f"invalid cpus {cpus!r} for a VM: a whole number from 1 to 64")
         if accel not in ("auto", "kvm", "tcg"):
             raise InvalidArgument(f"invalid accel {accel!r}: choose auto, kvm or tcg")
-        if machine != "auto" and machine not in MACHINES:
-            raise InvalidArgument(f"invalid machine {machine!r}: choose from {list(MACHINES)}")
+        machines = list(cpu().machines)
+        if machine != "auto" and machine not in machines:
+            raise InvalidArgument(f"invalid machine {machine!r}: choose from {machines}")
         self.qemu = shutil.which(qemu_binary())
         if self.qemu is None:
             raise VMError(f"{qemu_binary()} not found: run `make setup`")
@@ -231,7 +222,7 @@ class VM:
         if accel == "kvm" and usable != "kvm":
             raise VMError(f"KVM is not usable here: {self.accel_reason} (use accel='tcg')")
         self.accel = usable
-        if host_files and "q35" in MACHINES:    # 9p needs PCI devices; microvm has none
+        if host_files and "q35" in cpu().machines:    # 9p needs PCI devices; microvm has none
             machine = "q35" if machine == "auto" else machine
         self.machine = machine
         self.cpus, self.kernel_args, self.host_files = cpus, kernel_args, host_files
@@ -316,14 +307,15 @@ class VM:
         return _initramfs(command, self.kernel.modules if self.host_files else None, self.keep)
 
     def qemu_argv(self, initrd: Path) -> list[str]:
-        machine_args, image_kind = MACHINES[self.machine]
+        machine_args, image_kind = cpu().machines[self.machine]
         if self.accel == "kvm" and "-cpu" in machine_args:     # arm64: the real CPU's model
             machine_args = [a if a != "max" else "host" for a in machine_args]
         image = getattr(self.kernel, image_kind) or self.kernel.bzimage or self.kernel.vmlinux
         argv = [self.qemu, *machine_args, "-accel", self.accel, "-m", f"{self.memory // 2**20}M",
                 "-smp", str(self.cpus), "-nodefaults", "-no-user-config", "-display", "none",
                 "-serial", "stdio", "-no-reboot", "-kernel", str(image), "-initrd", str(initrd),
-                "-append", f"console={CONSOLE} panic=-1 quiet reboot=t {self.kernel_args}".strip()]
+                "-append", f"console={cpu().console} panic=-1 quiet reboot=t "
+                f"{self.kernel_args}".strip()]
         if self.host_files:
             argv += ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
                                 "multidevs=remap"]
