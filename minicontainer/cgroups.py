@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, MissingControllers, Timeout
 from .host import parse_size
 
 PARENT = "minicontainer"     # our groups live below this one, in each tree
@@ -131,8 +131,8 @@ class Cgroup:
         where = hierarchies()
         missing = [c for c in ("memory", "cpu", "pids") if c not in where]
         if missing:
-            raise InvalidArgument(f"cgroup controllers missing: {', '.join(missing)} "
-                                  "(see `minicontainer doctor`)")
+            raise MissingControllers(f"cgroup controllers missing: {', '.join(missing)} "
+                                     "(see `minicontainer doctor`)")
         self.version = {c: where[c][0] for c in NEEDED if c in where}
         self.trees = {c: where[c][1] for c in NEEDED if c in where}
         self.dirs = {c: self.trees[c] / path for c in self.trees}
@@ -179,13 +179,13 @@ class Cgroup:
         """What the group has used so far: memory (bytes), CPU (s), processes."""
         memory, cpu = self.dirs["memory"], self.dirs["cpu"]
         if self.version["memory"] == "v2":
-            cpu_stat = keyed(read(cpu / "cpu.stat"))
-            memory_stat = keyed(read(memory / "memory.stat"))
+            cpu_stat = key_values(read(cpu / "cpu.stat"))
+            memory_stat = key_values(read(memory / "memory.stat"))
             stats = {"memory": int(read(memory / "memory.current")),
                      "kernel_memory": kernel_memory_v2(memory_stat),
                      "memory_peak": optional_int(memory / "memory.peak"),
                      "memory_limit": self.limits.memory,
-                     "oom_kills": keyed(read(memory / "memory.events")).get("oom_kill", 0),
+                     "oom_kills": key_values(read(memory / "memory.events")).get("oom_kill", 0),
                      "cpu_seconds": cpu_stat["usage_usec"] / 1e6,
                      "throttled_seconds": cpu_stat.get("throttled_usec", 0) / 1e6}
         else:
@@ -193,9 +193,11 @@ class Cgroup:
                      "kernel_memory": optional_int(memory / "memory.kmem.usage_in_bytes"),
                      "memory_peak": int(read(memory / "memory.max_usage_in_bytes")),
                      "memory_limit": self.limits.memory,
-                     "oom_kills": keyed(read(memory / "memory.oom_control")).get("oom_kill", 0),
+                     "oom_kills": key_values(read(memory / "memory.oom_control")).get(
+                         "oom_kill", 0),
                      "cpu_seconds": int(read(self.dirs["cpuacct"] / "cpuacct.usage")) / 1e9,
-                     "throttled_seconds": keyed(read(cpu / "cpu.stat"))["throttled_time"] / 1e9}
+                     "throttled_seconds": key_values(read(cpu / "cpu.stat"))[
+                         "throttled_time"] / 1e9}
         stats["pids"] = int(read(self.dirs["pids"] / "pids.current"))
         return stats
 
@@ -212,7 +214,7 @@ class Cgroup:
                 except ProcessLookupError:
                     pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"cgroup {self.name} still has processes {pids}")
+                raise Timeout(f"cgroup {self.name} still has processes {pids}")
             time.sleep(0.005)
 
     def remove(self) -> None:
@@ -286,7 +288,7 @@ def write(path: Path, value: object, missing_ok: bool = False) -> None:
         raise OSError(e.errno, f"writing {value!r} to {path}: {e.strerror}") from None
 
 
-def keyed(text: str) -> dict[str, int]:
+def key_values(text: str) -> dict[str, int]:
     """Parse "key value" lines (cpu.stat, memory.events, memory.oom_control)."""
     return {key: int(value) for key, value in (line.split() for line in text.splitlines())}
 

@@ -227,7 +227,8 @@ def relay_terminal(master: int, child, args: argparse.Namespace, keys: bytes = b
     Without -i, Ctrl-C is ours, and --sig-proxy says where it goes."""
     from contextlib import nullcontext
 
-    from .process import Ended, ending_on, signals_passed_to
+    from .errors import Ended
+    from .process import ending_on, signals_passed_to
     from .terminal import Master, attach, raw_mode
     if args.interactive:
         signals, keyboard = ending_on([signal.SIGTERM, signal.SIGHUP]), 0
@@ -249,7 +250,8 @@ def wait_in_foreground(container, sig_proxy: bool = True):
     PID 1 (a trap there sees them) and we go on waiting for its exit code. PID 1
     ignores a signal it has no handler for, so a second Ctrl-C stops the container.
     Without sig_proxy, the first of them stops it."""
-    from .process import Ended, ending_on, signals_passed_to
+    from .errors import Ended
+    from .process import ending_on, signals_passed_to
     child = container._require_child()
     try:
         with signals_passed_to(child) if sig_proxy else ending_on(
@@ -286,7 +288,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     from .console import Client
     from .container import Container
     from .errors import MinicontainerError
-    from .process import Ended, ending_on
+    from .errors import Ended
+    from .process import ending_on
     from .terminal import attach, parse_detach_keys, raw_mode
     check_host(rootless=os.geteuid() != 0)
     keys = parse_detach_keys(args.detach_keys)

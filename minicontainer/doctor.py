@@ -104,7 +104,8 @@ def check_cgroups() -> Check:
 
 
 def check_busybox() -> Check:
-    from .rootfs import RootfsError, find_busybox
+    from .errors import RootfsError
+    from .rootfs import find_busybox
     try:
         return Check("static busybox (the image)", True, str(find_busybox()))
     except RootfsError as e:

@@ -46,3 +46,24 @@ class InvalidArgument(MinicontainerError, ValueError):
 
 class Timeout(MinicontainerError, TimeoutError):
     """A container or a command did not finish in time."""
+
+
+class MissingControllers(MinicontainerError):
+    """The kernel lacks a cgroup controller the budget needs (memory, cpu, pids)."""
+
+
+class RootfsError(MinicontainerError):
+    """The root filesystem is missing, incomplete or cannot be built."""
+
+
+class ToolFailed(MinicontainerError):
+    """A program of the host's we drive (iptables, nft) refused what we asked."""
+
+
+class Ended(Exception):
+    """A signal ended a wait in the foreground (raised by process.ending_on)."""
+
+    def __init__(self, sig: int) -> None:
+        import signal
+        super().__init__(signal.Signals(sig).name)
+        self.signal = sig

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from . import state
-from .errors import InvalidArgument, MinicontainerError, NameInUse
+from .errors import InvalidArgument, MinicontainerError, NameInUse, ToolFailed
 from .namespaces import refuse_router_advertisements
 from .process import start_time
 
@@ -52,6 +52,7 @@ P, T = ParamSpec("P"), TypeVar("T")
 DEFAULT_NETWORK = "mc-br0"
 CANDIDATES = [ipaddress.ip_network(f"10.213.{i}.0/24") for i in range(256)]
 NAME = re.compile(r"^mc-[a-z0-9-]{1,12}$")   # a network's name is its bridge's: <= 15 chars
+TAG = re.compile(r'--comment "?(mc-[^" ]+)"?')  # how our iptables rules are tagged, in -S
 
 
 def ip_route(**options):
@@ -120,10 +121,9 @@ def load(name: str) -> dict:
 
 
 def save(record: dict) -> None:
+    """Write a network's record (atomically, as a container's)."""
     networks_dir().mkdir(parents=True, exist_ok=True)
-    partial = networks_dir() / f"{record['name']}.json.new"
-    partial.write_text(json.dumps(record, indent=1))
-    partial.rename(networks_dir() / f"{record['name']}.json")
+    state.write_json(networks_dir() / f"{record['name']}.json", record)
 
 
 def names() -> list[str]:
@@ -327,7 +327,7 @@ def firewall_tool() -> str:
 def add_rules(record: dict) -> None:
     name, subnet = record["name"], record["subnet"]
     if record["firewall"] == "nft":
-        run(["nft", "-f", "-"], input=f"""table ip {name} {{
+        run_firewall(["nft", "-f", "-"], input=f"""table ip {name} {{
             chain postrouting {{ type nat hook postrouting priority srcnat;
                 ip saddr {subnet} oifname != "{name}" masquerade; }}
             chain forward {{ type filter hook forward priority filter - 1;
@@ -335,22 +335,22 @@ def add_rules(record: dict) -> None:
         }}""")
         return
     tag = ["-m", "comment", "--comment", name]
-    run(["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o", name,
+    run_firewall(["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o", name,
          "-j", "MASQUERADE", *tag])
     for rule in (["-i", name, "-j", "ACCEPT"], ["-o", name, "-j", "ACCEPT"],
                  ["-o", name, "!", "-i", name, "-m", "conntrack", "--ctstate", "NEW",
                   "-j", "DROP"]):                   # inserted last = checked first
-        run(["iptables", "-I", "FORWARD", *rule, *tag])
+        run_firewall(["iptables", "-I", "FORWARD", *rule, *tag])
 
 
 def remove_rules(name: str, tool: str | None) -> None:
     if (tool or firewall_tool()) == "nft":
         listed = subprocess.run(["nft", "list", "table", "ip", name], capture_output=True)
         if listed.returncode == 0:
-            run(["nft", "delete", "table", "ip", name])
+            run_firewall(["nft", "delete", "table", "ip", name])
         return
     for table, rule in tagged_iptables_rules(name):
-        run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
+        run_firewall(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
 
 
 def tagged_iptables_rules(tag: str | None = None) -> list[tuple[str, str]]:
@@ -360,16 +360,19 @@ def tagged_iptables_rules(tag: str | None = None) -> list[tuple[str, str]]:
         listing = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True,
                                  text=True).stdout
         for rule in listing.splitlines():
-            match = re.search(r'--comment "?(mc-[^" ]+)"?', rule)
+            match = TAG.search(rule)
             if match and (tag is None or match[1] == tag):
                 found.append((table, rule))
     return found
 
 
-def run(argv: list[str], input: str | None = None) -> None:
+def run_firewall(argv: list[str], input: str | None = None) -> None:
+    """Run iptables or nft; ToolFailed, saying what to do, if it refuses."""
     done = subprocess.run(argv, input=input, capture_output=True, text=True)
     if done.returncode != 0:
-        raise MinicontainerError(f"{' '.join(argv[:4])}… failed: {done.stderr.strip()}")
+        raise ToolFailed(f"{' '.join(argv[:4])}… failed: {done.stderr.strip()}; "
+                         "`minicontainer cleanup` removes rules of ours a crash left, then "
+                         "try again")
 
 
 # -- after a crash --------------------------------------------------------------------------
@@ -402,9 +405,9 @@ def cleanup(live_containers: set[str]) -> list[str]:
                     removed.append(ifname)
         if shutil.which("iptables"):
             for table, rule in tagged_iptables_rules():
-                tag = re.search(r'--comment "?(mc-[^" ]+)"?', rule)[1]
+                tag = TAG.search(rule)[1]
                 if tag not in known:
-                    run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
+                    run_firewall(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
                     removed.append(f"rule {tag}")
     return removed
 

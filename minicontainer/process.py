@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import CommandNotExecutable, CommandNotFound, Timeout
+from .errors import CommandNotExecutable, CommandNotFound, Ended, Timeout
 from .syscalls import close_on_exec_from, set_parent_death_signal
 
 Step = Callable[[], None]
@@ -266,14 +266,6 @@ def signals_passed_to(child: Child) -> Iterator[None]:
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
-
-
-class Ended(Exception):
-    """A signal ended the wait (raised by ending_on)."""
-
-    def __init__(self, sig: int) -> None:
-        super().__init__(signal.Signals(sig).name)
-        self.signal = sig
 
 
 @contextmanager

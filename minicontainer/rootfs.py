@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MinicontainerError
+from .errors import RootfsError
 from .host import cache_dir
 from .syscalls import MS_NODEV, mount
 
@@ -33,10 +33,6 @@ FILES = {
     "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
     "etc/os-release": 'NAME="minicontainer busybox"\nID=busybox\n',
 }
-
-
-class RootfsError(MinicontainerError):
-    """The root filesystem is missing, incomplete or cannot be built."""
 
 
 def is_static(binary: Path) -> bool:

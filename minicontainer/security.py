@@ -43,6 +43,7 @@ from pathlib import Path
 from . import syscalls
 from .errors import InvalidArgument
 from .host import cache_dir, machine
+from .namespaces import FLAGS
 from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, mount
 
 # <linux/capability.h>: the numbers behind the names.
@@ -86,9 +87,7 @@ DENIED_SYSCALLS = (
     "file_getattr", "file_setattr",   # too new for Docker's list (the ioctls still work)
     "afs_syscall", "getpmsg", "putpmsg", "security", "tuxcall", "vserver",  # never built
 )
-NEW_NAMESPACE_FLAGS = (syscalls.CLONE_NEWNS, syscalls.CLONE_NEWCGROUP, syscalls.CLONE_NEWUTS,
-                       syscalls.CLONE_NEWIPC, syscalls.CLONE_NEWUSER, syscalls.CLONE_NEWPID,
-                       syscalls.CLONE_NEWNET)
+NEW_NAMESPACE_FLAGS = tuple(sorted(FLAGS.values()))   # clone() making any namespace
 # Newer than the libseccomp most machines have (2.5 knows calls up to 456), so known
 # here by number: since Linux 5.1 a new call has one number on every architecture.
 NEWER_SYSCALLS = {"open_tree_attr": 467, "file_getattr": 468, "file_setattr": 469}

@@ -102,10 +102,10 @@ def _draft_owner_alive(draft: Path) -> bool:
 
 def write(directory: Path, record: dict) -> None:
     """Replace state.json atomically: readers see the old record or the new, never half."""
-    _write_json(directory / "state.json", record)
+    write_json(directory / "state.json", record)
 
 
-def _write_json(path: Path, record: dict) -> None:
+def write_json(path: Path, record: dict) -> None:
     """Write next to `path`, then rename(2) over it: the swap is atomic."""
     partial = path.with_name(path.name + ".new")
     partial.write_text(json.dumps(record, indent=1))
@@ -197,7 +197,7 @@ def write_vm(vm_id: str, record: dict) -> None:
     like a container's: before QEMU exists, and again once it runs."""
     with locked():
         vms_dir().mkdir(exist_ok=True)
-        _write_json(vms_dir() / f"{vm_id}.json", record)
+        write_json(vms_dir() / f"{vm_id}.json", record)
 
 
 def vm_records() -> dict[str, dict]:

@@ -11,7 +11,7 @@ from minicontainer import state
 from minicontainer.container import Container, run
 from minicontainer.errors import (CommandNotFound, InvalidArgument, NameInUse, Timeout)
 from minicontainer.namespaces import ns_ids
-from minicontainer.rootfs import RootfsError
+from minicontainer.errors import RootfsError
 
 
 def test_run_reports_exit_code_and_output():

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from minicontainer.container import run
-from minicontainer.rootfs import RootfsError, build_busybox_rootfs, find_busybox, is_static
+from minicontainer.errors import RootfsError
+from minicontainer.rootfs import build_busybox_rootfs, find_busybox, is_static
 
 
 def test_the_image_is_a_static_busybox_and_links_to_it(rootfs):
