@@ -64,6 +64,7 @@ def as_argv(command: str | Sequence[str]) -> list[str]:
 
 
 def check_name(name: str) -> str:
+    """A container's name as Docker allows it (it names a directory: never a path)."""
     if not NAME.fullmatch(name):
         raise InvalidArgument(f"invalid container name {name!r}: use letters, digits and "
                               "_ . - (up to 63), starting with a letter or digit")
@@ -71,6 +72,7 @@ def check_name(name: str) -> str:
 
 
 def check_hostname(hostname: str) -> str:
+    """A hostname as RFC 1123 allows it, up to 64 characters."""
     if not HOSTNAME.fullmatch(hostname):
         raise InvalidArgument(f"invalid hostname {hostname!r}: use letters, digits, - and ."
                               " (up to 64), starting and ending with a letter or digit")
@@ -108,6 +110,7 @@ def check_count(value: int | str, what: str, minimum: int = 1) -> int:
 
 
 def check_namespaces(kinds: Iterable[str]) -> frozenset[str]:
+    """Namespace kinds we know, with what each needs (pid needs mnt for its /proc)."""
     kinds = frozenset(kinds)
     unknown = kinds - set(ns.FLAGS)
     if unknown:

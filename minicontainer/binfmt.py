@@ -41,6 +41,7 @@ ELF_MAGIC = {
 
 
 def foreign_dir() -> Path:
+    """Where the other CPU's busybox and qemu-user are unpacked."""
     return cache_dir() / "foreign"
 
 

@@ -49,11 +49,11 @@ class Limits:
 
     @classmethod
     def parse(cls, memory: str | int | None = None, cpus: str | float | None = None,
-              pids_limit: str | int | None = None) -> Limits:
-        """Docker's spellings: memory="64M", cpus=0.5, pids_limit=64 ("max": none)."""
+              pids: str | int | None = None) -> Limits:
+        """Docker's spellings: memory="64M", cpus=0.5, pids=64 (--pids-limit; "max": none)."""
         return cls(None if memory is None else parse_memory(memory),
                    None if cpus is None else parse_cpus(cpus),
-                   None if pids_limit in (None, "max") else parse_pids(pids_limit))
+                   None if pids in (None, "max") else parse_pids(pids))
 
 
 def parse_memory(value: str | int) -> int:
@@ -82,6 +82,7 @@ def cpu_max(cpus: float, period: int = CPU_PERIOD) -> str:
 
 
 def parse_pids(value: str | int) -> int:
+    """A pids limit: a whole number of at least 1."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     pids = int(text) if isinstance(text, str) and re.fullmatch(r"[0-9]{1,9}", text) else 0
     if pids < 1:
@@ -173,6 +174,7 @@ class Cgroup:
         return [os.open(path, os.O_WRONLY) for path in paths]
 
     def pids(self) -> list[int]:
+        """The processes in the group now (host pids)."""
         return [int(pid) for pid in read(self.dirs["pids"] / "cgroup.procs").split()]
 
     def stats(self) -> dict[str, float | int | None]:
@@ -274,6 +276,7 @@ def leftover_groups() -> list[str]:
 # -- reading and writing cgroup files ------------------------------------------------------
 
 def read(path: Path) -> str:
+    """A cgroup file's text."""
     return path.read_text()
 
 
@@ -302,6 +305,7 @@ def kernel_memory_v2(memory_stat: dict[str, int]) -> int:
 
 
 def optional_int(path: Path) -> int | None:
+    """A cgroup file's number, or None where this kernel has no such file."""
     try:
         return int(read(path))
     except FileNotFoundError:   # e.g. memory.peak before Linux 5.19

@@ -275,6 +275,7 @@ class Container:
 
     @property
     def running(self) -> bool:
+        """Does the container's command still run?"""
         child = self._child
         return child is not None and not child.exited and not process.wait_for_exit(child.pid, 0)
 

@@ -18,6 +18,7 @@ MIN_KERNEL = (5, 3)  # pidfd_open(2), used to wait for containers without pollin
 
 @dataclass
 class Check:
+    """One line of the report: what was checked, what was found, how to fix it."""
     name: str
     ok: bool
     found: str
@@ -26,6 +27,7 @@ class Check:
 
 
 def run_checks() -> list[Check]:
+    """Every check, in the order a failure is best fixed in."""
     checks = [check_linux()]
     if not checks[0].ok:
         return checks
@@ -41,6 +43,7 @@ def run_checks() -> list[Check]:
 
 
 def check_linux() -> Check:
+    """Containers need Linux."""
     system = platform.system()
     return Check("Linux", system == "Linux", system,
                  "containers are a Linux kernel feature: use the course's Vagrant VM "
@@ -48,11 +51,13 @@ def check_linux() -> Check:
 
 
 def check_root() -> Check:
+    """Namespaces, mounts and cgroups need root."""
     return Check("running as root", os.geteuid() == 0, f"uid {os.geteuid()}",
                  "run with sudo (namespaces, mounts and cgroups need root)")
 
 
 def check_kernel() -> Check:
+    """A kernel new enough for what the course uses (pidfds, close_range...)."""
     release = platform.release()
     version = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
     return Check("kernel version", version >= MIN_KERNEL, release,
@@ -92,6 +97,7 @@ def check_rootless() -> Check:
 
 
 def check_cgroups() -> Check:
+    """The memory, cpu and pids controllers, on v1 or v2."""
     from .cgroups import hierarchies, mode
     where = hierarchies()
     missing = {"memory", "cpu", "pids"} - set(where)
@@ -104,6 +110,7 @@ def check_cgroups() -> Check:
 
 
 def check_busybox() -> Check:
+    """A static busybox to build the image from."""
     from .errors import RootfsError
     from .rootfs import find_busybox
     try:
@@ -123,6 +130,7 @@ def check_kvm() -> Check:
 
 
 def check_qemu() -> Check:
+    """QEMU for this CPU, for the VM side (optional)."""
     from .host import cpu
     qemu = shutil.which(cpu().qemu)
     return Check("QEMU (the VM side)", qemu is not None, qemu or "not found",
@@ -130,6 +138,7 @@ def check_qemu() -> Check:
 
 
 def check_vm_kernel() -> Check:
+    """A kernel for the VMs to boot (optional)."""
     from .kernel import VMError, find_kernel
     try:
         kernel = find_kernel()
@@ -140,6 +149,7 @@ def check_vm_kernel() -> Check:
 
 
 def check_module(module: str, purpose: str) -> Check:
+    """A Python module the notebooks need (optional)."""
     ok = importlib.util.find_spec(module) is not None
     return Check(f"Python module {module}", ok, "importable" if ok else "missing",
                  f"needed for {purpose}: run `make setup`", required=False)

@@ -64,6 +64,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Attack:
+    """One attack from inside a container, and which layer stops it (see the module)."""
     name: str
     command: str | Callable[[Target], None]   # shell (with $MARKER $PID $PORT $DISK) or Python
     stopped_by: str
@@ -78,15 +79,18 @@ class Attack:
 
 @dataclass
 class Outcome:
+    """How one attempt went: did it get through, and what it printed."""
     escaped: bool
     evidence: str     # the last lines it printed
 
 
 def break_out_of_chroot(target: Target) -> None:
+    """Climb out of a chroot with a second chroot (chroot.escape_chroot)."""
     escape_chroot(target.marker)
 
 
 def trace_host_process(target: Target) -> None:
+    """ptrace(2) the lab's sleeping host process."""
     syscalls.ptrace_attach(target.pid)
     print(f"attached to {target.pid}", flush=True)
 

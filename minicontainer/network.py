@@ -109,10 +109,12 @@ class Attachment:
 # -- the registry ---------------------------------------------------------------------------
 
 def networks_dir() -> Path:
+    """Where networks' records live, beside the containers'."""
     return state.containers_dir().parent / "networks"
 
 
 def load(name: str) -> dict:
+    """The record of network `name`."""
     try:
         return json.loads((networks_dir() / f"{name}.json").read_text())
     except FileNotFoundError:
@@ -127,6 +129,7 @@ def save(record: dict) -> None:
 
 
 def names() -> list[str]:
+    """The networks there are records of."""
     if not networks_dir().is_dir():
         return []
     return sorted(p.name.removesuffix(".json") for p in networks_dir().glob("*.json"))
@@ -313,6 +316,7 @@ def resolv_conf() -> str:
 # -- firewall rules: iptables where it works, nft otherwise, every rule tagged ---------------
 
 def firewall_tool() -> str:
+    """iptables where it works (either backend), else nft; MINICONTAINER_FIREWALL forces one."""
     forced = os.environ.get("MINICONTAINER_FIREWALL")
     if forced:
         return forced
@@ -325,6 +329,7 @@ def firewall_tool() -> str:
 
 
 def add_rules(record: dict) -> None:
+    """NAT for the network's subnet and forwarding to and from its bridge, tagged with its name."""
     name, subnet = record["name"], record["subnet"]
     if record["firewall"] == "nft":
         run_firewall(["nft", "-f", "-"], input=f"""table ip {name} {{
@@ -344,6 +349,7 @@ def add_rules(record: dict) -> None:
 
 
 def remove_rules(name: str, tool: str | None) -> None:
+    """Delete every rule tagged with the network's name."""
     if (tool or firewall_tool()) == "nft":
         listed = subprocess.run(["nft", "list", "table", "ip", name], capture_output=True)
         if listed.returncode == 0:

@@ -79,6 +79,7 @@ class Child:
             return None
 
     def close(self) -> None:
+        """Let go of the pidfd (after wait())."""
         os.close(self.pidfd)
 
 

@@ -114,6 +114,7 @@ class Connection:
         return events
 
     def done(self) -> bool:
+        """Both sides have ended and nothing is left to pass on."""
         return len(self.ended) == 2 and not any(self.waiting.values())
 
     def on_ready(self, s: socket.socket, events: int) -> None:
@@ -260,6 +261,7 @@ class Relay:
 
 
 def main(argv: list[str]) -> int:
+    """The proxy process: relay until the container's process ends."""
     pid, address, pairs = int(argv[0]), argv[1], [p.split(":") for p in argv[2:]]
     listeners = {socket.socket(fileno=int(fd)): int(port) for fd, port in pairs}
     try:

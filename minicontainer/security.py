@@ -66,27 +66,64 @@ DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "NET_RAW", 
 # moby's profiles/seccomp/default.json is an allow-list: everything it does not name is
 # refused. Ours names what is refused instead (easier to read in a lesson), so
 # tests/test_security.py checks it call by call against a pinned copy of Docker's.
-DENIED_SYSCALLS = (
-    "mount", "umount2", "pivot_root", "unshare", "setns",          # leave the namespaces
-    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
-    "open_tree_attr",
-    "init_module", "finit_module", "delete_module",                # the kernel's code
-    "create_module", "get_kernel_syms", "query_module",             # (removed in Linux 2.6)
-    "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct",
-    "bpf", "perf_event_open", "userfaultfd", "lookup_dcookie", "quotactl", "quotactl_fd",
-    "fanotify_init",                                               # watch every mount
-    "add_key", "keyctl", "request_key",                            # the kernel's keyrings
-    "clock_settime", "clock_adjtime", "settimeofday",              # the host's clock
-    "open_by_handle_at", "name_to_handle_at",                      # the 2014 "shocker" escape
-    "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "process_madvise",
-    "iopl", "ioperm", "syslog", "sethostname", "setdomainname", "vhangup", "_sysctl",
-    "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "mbind", "set_mempolicy", "get_mempolicy", "set_mempolicy_home_node", "migrate_pages",
-    "move_pages",                                                  # NUMA memory: SYS_NICE
-    "uselib", "ustat", "sysfs", "personality", "nfsservctl",
-    "file_getattr", "file_setattr",   # too new for Docker's list (the ioctls still work)
-    "afs_syscall", "getpmsg", "putpmsg", "security", "tuxcall", "vserver",  # never built
-)
+MOUNT = "mounts a filesystem, or moves one: the way back to the host's files"
+NEW_MOUNT_API = "the new mount API (Linux 5.2): " + MOUNT
+ANCIENT = "removed from Linux long ago: nothing legitimate calls it"
+NEVER_BUILT = "reserved, never implemented: refused so a future kernel's cannot surprise us"
+NUMA = "places memory on NUMA nodes: the host's scheduling (Docker: needs CAP_SYS_NICE)"
+DENIED_SYSCALLS = {   # name → why a container may not make it
+    "mount": MOUNT, "umount2": MOUNT, "pivot_root": MOUNT,
+    "fsopen": NEW_MOUNT_API, "fsconfig": NEW_MOUNT_API, "fsmount": NEW_MOUNT_API,
+    "fspick": NEW_MOUNT_API, "move_mount": NEW_MOUNT_API, "open_tree": NEW_MOUNT_API,
+    "mount_setattr": NEW_MOUNT_API, "open_tree_attr": NEW_MOUNT_API,
+    "unshare": "makes new namespaces: a fresh user namespace hands out every capability",
+    "setns": "joins other namespaces, the host's among them if it can name them",
+    "init_module": "loads code into the host's kernel",
+    "finit_module": "loads code into the host's kernel, from a file",
+    "delete_module": "unloads a module the host depends on",
+    "create_module": ANCIENT, "get_kernel_syms": ANCIENT, "query_module": ANCIENT,
+    "uselib": ANCIENT, "ustat": ANCIENT, "sysfs": ANCIENT, "nfsservctl": ANCIENT,
+    "_sysctl": ANCIENT,
+    "kexec_load": "boots another kernel in place of the host's",
+    "kexec_file_load": "boots another kernel in place of the host's, from a file",
+    "reboot": "restarts or halts the host (in a pid namespace: kills the namespace)",
+    "swapon": "gives the host's memory a swap device", "swapoff": "takes the host's swap away",
+    "acct": "switches the host's process accounting on or off",
+    "bpf": "loads programs into the host's kernel (a long line of verifier bugs)",
+    "perf_event_open": "watches the CPU and the kernel: leaks other processes' secrets",
+    "userfaultfd": "stalls the kernel at a chosen page fault: what many kernel exploits use",
+    "lookup_dcookie": "names files by kernel cookies (profiling): outside any namespace",
+    "quotactl": "changes the host filesystems' quotas",
+    "quotactl_fd": "changes the host filesystems' quotas, by fd",
+    "fanotify_init": "watches every file access of a whole mount, the host's too",
+    "add_key": "the kernel's keyrings have no namespace: other containers' keys",
+    "keyctl": "the kernel's keyrings have no namespace: other containers' keys",
+    "request_key": "the kernel's keyrings have no namespace: other containers' keys",
+    "clock_settime": "sets the host's clock (there is no time namespace for it)",
+    "clock_adjtime": "adjusts the host's clock", "settimeofday": "sets the host's clock",
+    "open_by_handle_at": "opens any file of a mount by its handle: the 2014 'shocker' escape",
+    "name_to_handle_at": "makes the handles open_by_handle_at takes",
+    "process_vm_readv": "reads another process's memory",
+    "process_vm_writev": "writes another process's memory",
+    "kcmp": "compares two processes' kernel objects: tells what they share",
+    "pidfd_getfd": "takes a copy of another process's file descriptor",
+    "process_madvise": "advises on another process's memory",
+    "iopl": "raw access to the machine's I/O ports", "ioperm": "raw access to I/O ports",
+    "syslog": "reads or clears the host kernel's log (addresses in it help exploits)",
+    "sethostname": "the hostname is the UTS namespace's: Docker sets it, not the container",
+    "setdomainname": "the NIS domain is the UTS namespace's: Docker sets it",
+    "vhangup": "hangs up the terminal, for every process that has it",
+    "io_uring_setup": "io_uring bypasses seccomp's view of calls, and has had many bugs",
+    "io_uring_enter": "io_uring bypasses seccomp's view of calls, and has had many bugs",
+    "io_uring_register": "io_uring bypasses seccomp's view of calls, and has had many bugs",
+    "mbind": NUMA, "set_mempolicy": NUMA, "get_mempolicy": NUMA,
+    "set_mempolicy_home_node": NUMA, "migrate_pages": NUMA, "move_pages": NUMA,
+    "personality": "switches execution domains, e.g. to turn address randomization off",
+    "file_getattr": "too new for Docker's list (Linux 6.17; the ioctls it replaces work)",
+    "file_setattr": "too new for Docker's list (Linux 6.17; the ioctls it replaces work)",
+    "afs_syscall": NEVER_BUILT, "getpmsg": NEVER_BUILT, "putpmsg": NEVER_BUILT,
+    "security": NEVER_BUILT, "tuxcall": NEVER_BUILT, "vserver": NEVER_BUILT,
+}
 NEW_NAMESPACE_FLAGS = tuple(sorted(FLAGS.values()))   # clone() making any namespace
 # Newer than the libseccomp most machines have (2.5 knows calls up to 456), so known
 # here by number: since Linux 5.1 a new call has one number on every architecture.
@@ -126,6 +163,7 @@ class Security:
                    devices=False)
 
     def as_dict(self) -> dict[str, bool]:
+        """The switches by name, for the container's record."""
         return asdict(self)
 
 
@@ -176,7 +214,7 @@ def seccomp_program() -> syscalls._SockFprog:
     """The filter as the kernel takes it: BPF instructions, built in the parent (the
     child only hands them over). libseccomp writes them once; they are kept in the
     image cache, so later runs read 8 bytes per instruction instead of loading it."""
-    rules = (DENIED_SYSCALLS, NEWER_SYSCALLS, DENIED_SOCKET_FAMILIES, NEW_NAMESPACE_FLAGS)
+    rules = (sorted(DENIED_SYSCALLS), NEWER_SYSCALLS, DENIED_SOCKET_FAMILIES, NEW_NAMESPACE_FLAGS)
     digest = hashlib.sha256(repr(rules).encode()).hexdigest()
     path = cache_dir() / f"seccomp-{machine()}-{digest[:12]}.bpf"
     if not path.exists():

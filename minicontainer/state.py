@@ -129,6 +129,7 @@ def read_unchecked(name: str) -> dict:
 
 
 def names() -> list[str]:
+    """The containers there are records of."""
     if not containers_dir().is_dir():
         return []
     return sorted(p.name for p in containers_dir().iterdir()
@@ -189,6 +190,7 @@ def orphaned_data(age: float = 10) -> list[Path]:
 
 
 def vms_dir() -> Path:
+    """Where VMs' records live, beside the containers'."""
     return containers_dir().parent / "vms"
 
 
@@ -201,12 +203,14 @@ def write_vm(vm_id: str, record: dict) -> None:
 
 
 def vm_records() -> dict[str, dict]:
+    """Every VM's record, by its id."""
     if not vms_dir().is_dir():
         return {}
     return {p.stem: json.loads(p.read_text()) for p in vms_dir().glob("*.json")}
 
 
 def release_vm(vm_id: str) -> None:
+    """Delete a VM's record (and the directory, once it is the last)."""
     with locked():
         (vms_dir() / f"{vm_id}.json").unlink(missing_ok=True)
         try:
