@@ -3,8 +3,10 @@
     from minicontainer import Container, run
     run("hostname; ps").stdout
 
-The layers, each a module that builds on the one before: chroot, namespaces (then
-cgroups and network), composed in container.py.
+Five layers, each a module that builds on the one before: chroot.py (a new /),
+namespaces.py (its own view; terminal.py gives it a terminal), cgroups.py (a budget),
+network.py (a wire), security.py (less power for its root); container.py composes them.
+The VM beside it is in vm/, the course's tooling (grading, measuring, plots) in course/.
 """
 __version__ = "0.1.0"
 __all__ = ["Container", "Result", "run"]

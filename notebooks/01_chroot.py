@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -35,8 +37,9 @@ print(len(list((image / "bin").iterdir())), "programs in /bin, all links to", (i
 import matplotlib.pyplot as plt
 
 layers = ["a process (fork, exec)", "1 chroot: its own /", "2 namespaces: its own view",
-          "3 cgroups: its own budget", "4 network: its own wire"]
-figure, axes = plt.subplots(figsize=(6, 2.6))
+          "3 cgroups: its own budget", "4 network: its own wire",
+          "5 security: less power for its root"]
+figure, axes = plt.subplots(figsize=(6, 3))
 for i, layer in enumerate(layers):
     axes.barh(i, 1, color=plt.cm.Blues(0.25 + 0.15 * i))
     axes.text(0.02, i, layer, va="center")
