@@ -26,6 +26,7 @@ from .errors import BadRecord, InvalidArgument, NotLinuxError, NotRootError
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")            # as Docker's names
 HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62}[a-zA-Z0-9])?$")
 ID = re.compile(r"^[0-9a-f]{12}$")
+NETWORK_NAME = re.compile(r"^mc-[a-z0-9-]{1,12}$")  # a network's is its bridge's: <= 15 chars
 
 
 def check_host(rootless: bool = False) -> None:
@@ -187,12 +188,12 @@ def _our_group(path: str, container_id: str) -> bool:
 
 def _check_attachment(attachment: dict, container_id: str,
                       refuse: Callable[[str], BadRecord]) -> None:
-    """Only our veth (`mc-<id>`, never a bridge) on a network of ours is ever deleted."""
-    from . import network
+    """Only our veth (`mc-<id>`) on a network of ours (mc-…) is ever deleted; detach()
+    also refuses to delete a bridge of ours."""
     if set(attachment) != {"network", "address", "gateway", "prefix", "host_end"}:
         raise refuse("its network attachment has other fields")   # Attachment(**it) follows
     name, veth = attachment["network"], attachment["host_end"]
-    if not (isinstance(name, str) and network.NAME.fullmatch(name)):
+    if not (isinstance(name, str) and NETWORK_NAME.fullmatch(name)):
         raise refuse(f"its network {name!r} is not one of ours (mc-…)")
-    if veth != f"mc-{container_id}" or veth in network.names():
+    if veth != f"mc-{container_id}":
         raise refuse(f"its interface {veth!r} is not its own veth mc-{container_id}")

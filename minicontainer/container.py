@@ -144,8 +144,9 @@ class Container:
             self.data = state.make_data(self.name)
             layer = Overlay.create(self.rootfs, self.data, nodev=self.security.devices)
             files = self._lease_address() if self.network else {}
+            channel = process.Channel()      # spawn's pipes, for the steps that use them
             steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
-                     partial(ns.isolate, layer, self.namespaces, self.hostname,
+                     partial(ns.isolate, layer, self.namespaces, self.hostname, channel,
                              on_exit=partial(_record_exit, self.directory), files=files,
                              shm_size=self.shm_size)]
             listed = False                  # a device allow-list in force (layer 5, in layer 3)
@@ -157,12 +158,12 @@ class Container:
             if self.security.devices and "mnt" not in self.namespaces and not listed:
                 devices.refuse_device_nodes(self.rootfs)     # neither nodev nor an allow-list
             if self.network:
-                steps.append(process.wait_for_parent)      # until the host plugs in eth0
+                steps.append(partial(process.wait_for_parent, channel))  # eth0 plugged in
             if pty:
                 steps.append(pty.open_inside)          # in its devpts; the master comes out
             steps += security.steps(self.security, "mnt" in self.namespaces)  # layer 5
             if self.init:
-                steps.append(become_init)
+                steps.append(partial(become_init, channel))
             if pty:
                 steps.append(pty.take_as_controlling)  # the command's, not init's
             listeners = proxy.bind(self.ports)   # a port in use fails before anything runs
@@ -172,7 +173,7 @@ class Container:
                 self._child = process.spawn(
                     self.command, steps, env=self.env, stdio=opened or stdio, main=self.main,
                     when_ready=self.attachment.connect if self.network else None,
-                    preserve_fds=self.preserve_fds)
+                    preserve_fds=self.preserve_fds, channel=channel)
                 self._startup = time.monotonic() - self._started
             finally:
                 _close(opened)
@@ -331,7 +332,9 @@ class Container:
         pty = Pty(window) if tty else None
         procs = self.cgroup.open_procs() if self.cgroup else []   # in the same budget
         steps = [partial(syscalls.set_dumpable, False), os.setsid] if hardened else []
-        steps += [partial(ns.join, self.pid, self.namespaces), partial(cgroups.join, procs),
+        channel = process.Channel()
+        steps += [partial(ns.join, self.pid, self.namespaces, channel),
+                  partial(cgroups.join, procs),
                   *security.steps(self.security, mount_namespace=False)]  # mounts: done
         if pty:
             steps += [pty.open_inside, pty.take_as_controlling]
@@ -341,7 +344,8 @@ class Container:
         opened = [os.open(os.devnull, os.O_RDONLY), *map(os.dup, output)] if output else []
         try:
             child = process.spawn([repr(main)] if main else as_argv(command), steps,
-                                  env=self.env, stdio=opened or stdio, main=main)
+                                  env=self.env, stdio=opened or stdio, main=main,
+                                  channel=channel)
             return Exec(child, pty.master() if pty else None, output, time.monotonic())
         except BaseException:
             _close(output)

@@ -48,6 +48,15 @@ class Timeout(MinicontainerError, TimeoutError):
     """A container or a command did not finish in time."""
 
 
+class StepFailed(MinicontainerError):
+    """A step of a container's setup raised in the child: `kind` is the exception's
+    type there (e.g. "NotImplementedError"), `detail` its text."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"container setup failed: {kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
 class MissingControllers(MinicontainerError):
     """The kernel lacks a cgroup controller the budget needs (memory, cpu, pids)."""
 

@@ -20,15 +20,16 @@ from __future__ import annotations
 import os
 import signal
 
-from .process import close_report, exit_code
+from .process import Channel, exit_code
 from .syscalls import set_dumpable
 
 FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH}
 
 
-def become_init() -> None:
-    """Fork: the child returns to go on and exec the command; we stay as its init."""
+def become_init(channel: Channel) -> None:
+    """Fork: the child returns to go on and exec the command; we stay as its init
+    (and let go of spawn's `channel`: only the command's exec ends it)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED | {signal.SIGCHLD})
     # This init is the host's Python and never execs: non-dumpable before the command
     # exists, the container's processes cannot open its /proc/1/exe (the host's
@@ -37,7 +38,7 @@ def become_init() -> None:
     command = os.fork()
     if command == 0:
         return                    # the signal mask is restored just before exec
-    close_report()
+    channel.stop_telling()
     os.closerange(3, 1 << 20)
     os._exit(supervise(command))
 

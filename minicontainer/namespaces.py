@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import syscalls
 from .chroot import chroot_into
-from .process import fork_and_wait
+from .process import Channel, fork_and_wait
 from .rootfs import Overlay
 from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, mount
 
@@ -46,12 +46,13 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
     return {kind: os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in FLAGS}
 
 
-def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
+def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: Channel,
             on_exit: Callable[[int], None] | None = None,
             files: dict[str, Path] | None = None, shm_size: int = SHM_SIZE) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
-    Runs in the child, between fork and exec. `on_exit` is called with the command's
+    Runs in the child, between fork and exec; `channel` is spawn's, on which a new pid
+    namespace's first process is reported. `on_exit` is called with the command's
     wait status by the process left waiting outside the pid namespace. `files` are
     host files to show at container paths (/etc/hosts), as Docker bind-mounts them.
     `shm_size` bounds /dev/shm, in bytes.
@@ -61,7 +62,7 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str,
         enter_user_namespace()
     if "pid" in namespaces:               # a new pid namespace is for our children only:
         syscalls.unshare(syscalls.CLONE_NEWPID)
-        fork_and_wait(on_exit)            # the child goes on as PID 1; we wait outside
+        fork_and_wait(channel, on_exit)   # the child goes on as PID 1; we wait outside
     syscalls.unshare(sum(FLAGS[kind] for kind in namespaces - {"user", "pid"}))
     if "net" in namespaces:               # while /proc/sys still answers for our netns:
         refuse_router_advertisements()    # eth0, made later, takes no RA from a neighbour
@@ -190,8 +191,9 @@ def user_namespaces_refused() -> str | None:
     return None
 
 
-def join(pid: int, namespaces: Iterable[str]) -> None:
-    """Enter the namespaces and root of running process `pid` (what `exec` does)."""
+def join(pid: int, namespaces: Iterable[str], channel: Channel) -> None:
+    """Enter the namespaces and root of running process `pid` (what `exec` does);
+    `channel` is spawn's, told the joined command's pid in a pid namespace."""
     files = [(FLAGS[kind], os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY))
              for kind in FLAGS if kind in set(namespaces)]
     root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)  # before /proc changes
@@ -202,4 +204,4 @@ def join(pid: int, namespaces: Iterable[str]) -> None:
     chroot_into(".")
     os.close(root)
     if "pid" in set(namespaces):
-        fork_and_wait()
+        fork_and_wait(channel)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from . import state
+from .arguments import NETWORK_NAME
 from .errors import InvalidArgument, MinicontainerError, NameInUse, ToolFailed
 from .namespaces import refuse_router_advertisements
 from .process import start_time
@@ -51,7 +52,6 @@ from .process import start_time
 P, T = ParamSpec("P"), TypeVar("T")
 DEFAULT_NETWORK = "mc-br0"
 CANDIDATES = [ipaddress.ip_network(f"10.213.{i}.0/24") for i in range(256)]
-NAME = re.compile(r"^mc-[a-z0-9-]{1,12}$")   # a network's name is its bridge's: <= 15 chars
 TAG = re.compile(r'--comment "?(mc-[^" ]+)"?')  # how our iptables rules are tagged, in -S
 
 
@@ -147,7 +147,7 @@ def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: boo
     router_advertisements=True leaves the bridge taking them, as the kernel would (the
     escape lab uses it to show why not).
     """
-    if not NAME.fullmatch(name):
+    if not NETWORK_NAME.fullmatch(name):
         raise InvalidArgument(f"invalid network name {name!r}: use mc- and then up to 12 of "
                               "a-z 0-9 - (it names the bridge)")
     with state.locked():
@@ -271,8 +271,9 @@ def detach(attachment: Attachment) -> None:
         record["leases"].pop(attachment.address, None)
         save(record)
         write_hosts_files(record)
-        with ip_route() as ip:          # normally gone with the namespace already
-            delete_link(ip, ifname=attachment.host_end)
+        if attachment.host_end not in names():   # a record may name a bridge: never that
+            with ip_route() as ip:      # normally gone with the namespace already
+                delete_link(ip, ifname=attachment.host_end)
         if not record["leases"] and not record["explicit"]:
             _remove(record)
 

@@ -14,7 +14,8 @@ writes the error to a pipe and exits; the pipe is close-on-exec, so when exec su
 the parent just reads end-of-file. (subprocess works the same way.) The same pipe
 carries two more messages: the pid of the command, when a pid namespace made us fork
 once more (see fork_and_wait), and "ready", when a step waits for the parent to do
-its part on the host (plug in the network cable) before the command may run.
+its part on the host (plug in the network cable) before the command may run. The
+pipes are a Channel, made before the fork and handed to the steps that use them.
 
 Only fds 0, 1 and 2 reach the command. Whatever else the caller has open - a
 shell's `exec 7</`, a Jupyter kernel's sockets - would otherwise be inherited, and a
@@ -35,15 +36,59 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import CommandNotExecutable, CommandNotFound, Ended, Timeout
+from .errors import CommandNotExecutable, CommandNotFound, Ended, StepFailed, Timeout
 from .syscalls import close_on_exec_from, set_parent_death_signal
 
 Step = Callable[[], None]
 
 EXIT_SETUP_FAILED, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 125, 126, 127
 
-_report_fd = -1  # set in a child only: the write end of the pipe to the parent
-_go_fd = -1      # set in a child only: where wait_for_parent reads the go-ahead
+
+class Channel:
+    """The two pipes between spawn() and the child it forks: made by spawn before the
+    fork, handed explicitly to the steps that talk to the parent (they hold the
+    Channel from before spawn; they use it in the child).
+
+    Data format, child to parent (the report pipe), one line per message:
+
+        pid N                        the command runs as process N (a step forked once
+                                     more to enter a pid namespace: fork_and_wait)
+        ready                        a step waits for the parent's part on the host
+        error STAGE ERRNO TYPE TEXT  a step (STAGE "setup") or exec ("exec") failed:
+                                     its errno (0 if none), the exception's type, its text
+
+    End-of-file means exec succeeded (the pipe is close-on-exec) or the child is gone.
+    Parent to child (the go pipe): b"go" answers `ready`; end-of-file means give up.
+    """
+
+    def open(self) -> None:
+        """Make the pipes (spawn does, just before the fork: nothing is open before)."""
+        self.report_read, self.report_write = os.pipe()   # close-on-exec (PEP 446)
+        self.go_read, self.go_write = os.pipe()
+
+    def tell(self, message: bytes) -> None:
+        """In the child: one message to the parent."""
+        os.write(self.report_write, message + b"\n")
+
+    def stop_telling(self) -> None:
+        """In the child: close our end, so the parent is not kept waiting on it (a
+        process that goes on without exec: init, a Python function as the program)."""
+        os.close(self.report_write)
+
+    def wait_for_go(self) -> bool:
+        """In the child: block until the parent says go (True) or gives up (False)."""
+        return os.read(self.go_read, 2) == b"go"
+
+    def keep_child_ends(self) -> None:
+        """In the child, after fork: drop the parent's ends (holding the go pipe's write
+        end, the child would wait for itself forever)."""
+        os.close(self.report_read)
+        os.close(self.go_write)
+
+    def keep_parent_ends(self) -> None:
+        """In the parent, after fork: drop the child's ends, so end-of-file can come."""
+        os.close(self.report_write)
+        os.close(self.go_read)
 
 
 @dataclass
@@ -98,31 +143,31 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
           stdio: Sequence[int | None] = (None, None, None),
           main: Callable[[], None] | None = None,
           when_ready: Callable[[int], None] | None = None, preserve_fds: int = 0,
-          pass_fds: Sequence[int] = ()) -> Child:
+          pass_fds: Sequence[int] = (), channel: Channel | None = None) -> Child:
     """Fork, run `steps` in the child, then exec `argv` (or call `main`, for demos).
 
     `stdio` gives the files for the child's fds 0, 1, 2 (None: keep the caller's);
     no other fd of the caller's reaches the command, but for `preserve_fds` from 3 on
     and the fds in `pass_fds` (as subprocess's pass_fds).
-    If a step calls wait_for_parent(), `when_ready(pid of the command)` runs here
-    meanwhile. Returns once the command runs; raises here what failed in the child.
+    `channel` is the one the steps were given, if any talk to us (wait_for_parent,
+    fork_and_wait...); if a step says it is ready, `when_ready(pid of the command)`
+    runs here meanwhile. Returns once the command runs; raises here what failed in
+    the child.
     """
-    read_end, write_end = os.pipe()          # both close-on-exec (PEP 446)
-    go_read, go_write = os.pipe()
+    channel = channel or Channel()
+    channel.open()
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(read_end)       # the child keeps only its ends of the pipes: were it to
-            os.close(go_write)       # hold the go-ahead's write end, it would wait forever
-            _child(argv, steps, env, stdio, write_end, go_read, main, 3 + preserve_fds,
-                   pass_fds)
+            channel.keep_child_ends()
+            _child(argv, steps, env, stdio, channel, main, 3 + preserve_fds, pass_fds)
         finally:
             os._exit(EXIT_SETUP_FAILED)  # never fall back into the caller's code
-    os.close(write_end)
-    os.close(go_read)
+    channel.keep_parent_ends()
+    go_write = channel.go_write
     main_pid = pid
     try:
-        with os.fdopen(read_end, "rb") as pipe:
+        with os.fdopen(channel.report_read, "rb") as pipe:
             for line in pipe:                 # end-of-file: the command is running
                 kind, _, rest = line.rstrip(b"\n").partition(b" ")
                 if kind == b"pid":
@@ -154,10 +199,10 @@ def capture(argv: Sequence[str], steps: Sequence[Step] = (), timeout: float = 30
         os.close(out)
 
 
-def wait_for_parent() -> None:
+def wait_for_parent(channel: Channel) -> None:
     """A step: tell the parent we are ready, then wait until it has done its part."""
-    os.write(_report_fd, b"ready\n")
-    if os.read(_go_fd, 2) != b"go":            # end-of-file: the parent gave up
+    channel.tell(b"ready")
+    if not channel.wait_for_go():              # end-of-file: the parent gave up
         os._exit(EXIT_SETUP_FAILED)
 
 
@@ -197,10 +242,8 @@ def _stat_fields(pid: int) -> list[bytes]:
         return f.read().rsplit(b")", 1)[1].split()
 
 
-def _child(argv, steps, env, stdio, report_fd, go_fd, main, first_closed, pass_fds) -> None:
+def _child(argv, steps, env, stdio, channel, main, first_closed, pass_fds) -> None:
     """In the child: redirect stdio, run the steps, exec. Reports failure, never returns."""
-    global _report_fd, _go_fd
-    _report_fd, _go_fd = report_fd, go_fd
     try:
         for fd, target in enumerate(stdio):
             if target is not None:
@@ -212,21 +255,24 @@ def _child(argv, steps, env, stdio, report_fd, go_fd, main, first_closed, pass_f
         for fd in pass_fds:
             os.set_inheritable(fd, True)
     except BaseException as e:
-        _report(b"setup", e)
+        _report(channel, b"setup", e)
         os._exit(EXIT_SETUP_FAILED)
     if main is not None:
-        _call_as_program(main, first_closed)
+        _call_as_program(main, first_closed, channel)
     try:
         os.execvpe(argv[0], list(argv), env if env is not None else os.environ)
     except BaseException as e:
-        _report(b"exec", OSError(getattr(e, "errno", 0), f"{argv[0]}: {getattr(e, 'strerror', e)}"))
+        _report(channel, b"exec",
+                OSError(getattr(e, "errno", 0), f"{argv[0]}: {getattr(e, 'strerror', e)}"))
         os._exit(EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else EXIT_CANNOT_EXECUTE)
 
 
-def _call_as_program(main: Callable[[], None], first_closed: int) -> None:
-    """Run `main` as if it were the exec'd program: errors to stderr, then exit.
-    No exec closes the caller's fds here, so they are pointed at an empty file now."""
-    close_report()
+def _call_as_program(main: Callable[[], None], first_closed: int, channel: Channel) -> None:
+    """Run `main` as if it were the exec'd program: an exception ends it with exit code
+    1 and one line on stderr, "TYPE: TEXT" (raised_in() reads it back), as Python's
+    own last line of a traceback. No exec closes the caller's fds here, so they are
+    pointed at an empty file now."""
+    channel.stop_telling()
     blank_fds_from(first_closed)
     try:
         main()
@@ -236,6 +282,14 @@ def _call_as_program(main: Callable[[], None], first_closed: int) -> None:
         os.write(2, f"{type(e).__name__}: {e}\n".encode())
         os._exit(1)
     os._exit(0)
+
+
+def raised_in(stderr: str) -> tuple[str, str] | None:
+    """(type, text) of the exception that ended a Python function run as a container's
+    program, from its stderr; None if it did not end by one."""
+    last = stderr.rstrip("\n").rpartition("\n")[2]
+    kind, colon, text = last.partition(": ")
+    return (kind, text) if colon and kind.isidentifier() else None
 
 
 PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -326,12 +380,7 @@ def restore_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def close_report() -> None:
-    """Close this process's copy of the pipe, so the parent is not kept waiting on it."""
-    os.close(_report_fd)
-
-
-def fork_and_wait(on_exit: Callable[[int], None] | None = None) -> None:
+def fork_and_wait(channel: Channel, on_exit: Callable[[int], None] | None = None) -> None:
     """Fork; the child returns and carries on, this process waits for it and exits alike.
 
     Needed after unshare(CLONE_NEWPID) or setns() into a pid namespace: both apply to
@@ -344,7 +393,7 @@ def fork_and_wait(on_exit: Callable[[int], None] | None = None) -> None:
         # Should the waiter be killed, nobody could report our exit: die with it.
         set_parent_death_signal(signal.SIGKILL)
         return
-    os.write(_report_fd, b"pid %d\n" % pid)
+    channel.tell(b"pid %d" % pid)
     os.closerange(3, 1 << 20)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)   # only the command decides when it ends
@@ -360,23 +409,25 @@ def fork_and_wait(on_exit: Callable[[int], None] | None = None) -> None:
     os._exit(os.waitstatus_to_exitcode(status))
 
 
-def _report(stage: bytes, error: BaseException) -> None:
+def _report(channel: Channel, stage: bytes, error: BaseException) -> None:
+    """In the child: an `error` message (see Channel) for what failed."""
+    code, text = 0, str(error)
     if isinstance(error, OSError) and error.strerror:
         code, text = error.errno or 0, error.strerror
         if error.filename is not None:
             text = f"{os.fsdecode(error.filename)}: {text}"
-    else:
-        code, text = 0, f"{type(error).__name__}: {error}"
-    message = text.replace("\n", " ").encode(errors="replace")
-    os.write(_report_fd, b"error %s %d %s\n" % (stage, code, message[:3000]))
+    message = text.replace("\n", " ").encode(errors="replace")[:3000]
+    channel.tell(b"error %s %d %s %s" % (stage, code, type(error).__name__.encode(), message))
 
 
 def _error_from(report: bytes) -> Exception:
-    stage, code, message = report.split(b" ", 2)
-    text, number = message.decode(), int(code)
+    """Here: the exception to raise for an `error` message."""
+    stage, code, kind, message = (report.split(b" ", 3) + [b""])[:4]
+    text, number, kind = message.decode(errors="replace"), int(code), kind.decode()
     if stage == b"exec" and number in (errno.ENOENT, errno.ENOTDIR):
         return CommandNotFound(f"command not found in the container: {text}")
     if stage == b"exec":
         return CommandNotExecutable(f"cannot run the command in the container: {text}")
-    return OSError(number, f"container setup failed: {text}") if number else RuntimeError(
-        f"container setup failed: {text}")
+    if number:
+        return OSError(number, f"container setup failed: {text}")
+    return StepFailed(kind, text)
