@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -101,6 +103,6 @@ print("with layer 2 added:", repr(with_namespaces.stdout), with_namespaces.stder
 # the check below. It says what it expected, what happened, and gives a hint.
 
 # %%
-from minicontainer.grade import grade
+from minicontainer.course.grade import grade
 
 grade("01")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import psutil
 
-from .binfmt import foreign_binary_demo
-from .cgroups import Cgroup, Limits, Sampler, parse_memory
-from .host import cpu, format_bytes
-from .container import Container, run
-from .kernel import find_kernel
-from .vm import IDLE, VM, accelerator, choose_machine, qemu_binary
+from ..binfmt import foreign_binary_demo
+from ..cgroups import Cgroup, Limits, Sampler, parse_memory
+from ..host import cpu, format_bytes
+from ..container import Container, run
+from ..kernel import find_kernel
+from ..vm import IDLE, VM, accelerator, choose_machine, qemu_binary
 
 MiB = 1024**2
 
@@ -262,7 +262,7 @@ def attack_surface(machine: str | None = None) -> dict:
                            "-monitor", "stdio"], input="info qtree\nquit\n",
                           capture_output=True, text=True, timeout=60).stdout
     devices = re.findall(r"dev: ([\w-]+)", tree)
-    from .security import DENIED_SYSCALLS
+    from ..security import DENIED_SYSCALLS
     refused = sorted(set(syscalls) & set(DENIED_SYSCALLS))  # layer 5's seccomp filter
     return {"container": {"host_syscalls": len(syscalls), "examples": syscalls[:12],
                           "refused_by_seccomp": len(refused)},

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, escapes, namespaces, network, process, security, syscalls, vm
-from .chroot import chroot_into, escape_chroot
-from .container import Container, run
-from .rootfs import default_rootfs
+from .. import cgroups, escapes, namespaces, network, process, security, syscalls, vm
+from ..chroot import chroot_into, escape_chroot
+from ..container import Container, run
+from ..rootfs import default_rootfs
 
 
 class Mismatch(Exception):
