@@ -30,6 +30,7 @@ TIMEOUT = 180
 
 
 def exercises_dir() -> Path:
+    """Where the exercise files are read: $MINICONTAINER_EXERCISES, else exercises/."""
     default = Path(__file__).resolve().parents[2] / "exercises"   # beside minicontainer/
     return Path(os.environ.get("MINICONTAINER_EXERCISES", default))
 
@@ -75,6 +76,7 @@ def run_check(number: str, name: str, path: Path) -> dict:
 
 
 def describe(result: dict) -> str:
+    """One check's result as the lines grade() prints: passed, or FAILED with a hint."""
     title = result["name"].replace("_", " ")
     if result["ok"]:
         return f"  passed  {title}"
@@ -117,6 +119,7 @@ def _short(value: object) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: grade one exercise; exit 0 when all pass, 1 if not (2: bad usage)."""
     parser = argparse.ArgumentParser(prog="python -m minicontainer.course.grade",
                                      description="check an exercise")
     parser.add_argument("number", nargs="?", help="01 to 05")

@@ -291,6 +291,7 @@ def compare(quick: bool = False, progress_factory=None) -> dict:
             "overprovision": 3 if quick else 6}
 
     def progress(total: int, name: str):
+        """A ticker for a step of `total` runs, or None without a progress_factory."""
         return progress_factory(total, name) if progress_factory else None
 
     results = {"host": {"kernel": os.uname().release, "cpus": os.cpu_count(),
