@@ -17,7 +17,7 @@ test-cgroup-v2: setup
 	$(PY) -m pytest -s tests/test_cgroup_v2.py
 
 check: setup
-	$(PY) -m minicontainer.grade $(EX)
+	$(PY) -m minicontainer.course.grade $(EX)
 
 html: setup
 	MINICONTAINER_EXERCISES=$(CURDIR)/solutions $(PY) -m jupyter nbconvert --execute \

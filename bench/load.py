@@ -14,7 +14,7 @@ import argparse
 import statistics
 
 from minicontainer import network
-from minicontainer.load import churn
+from minicontainer.course.load import churn
 
 TARGETS = {("sequential", "none"): 50, ("sequential", "existing bridge"): 20}
 

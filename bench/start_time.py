@@ -28,7 +28,7 @@ from pathlib import Path
 from minicontainer import network, run
 from minicontainer.cgroups import mode as cgroup_mode
 from minicontainer.kernel import find_kernel
-from minicontainer.measure import memory_per_instance
+from minicontainer.course.measure import memory_per_instance
 from minicontainer.rootfs import default_rootfs
 from minicontainer.vm import VM, pack_initramfs
 

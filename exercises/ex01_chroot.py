@@ -1,7 +1,7 @@
 """Exercise 01 — chroot: a different `/`, and why it is not a jail.
 
 Fill in the two functions, then check them: in the notebook `grade("01")`, in a
-terminal `make check EX=01` (or `python -m minicontainer.grade 01`).
+terminal `make check EX=01` (or `python -m minicontainer.course.grade 01`).
 """
 import os
 

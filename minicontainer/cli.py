@@ -419,7 +419,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from . import measure, plots
+    from .course import measure, plots
     from .arguments import check_host
     check_host()
     bars = []

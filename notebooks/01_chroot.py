@@ -104,6 +104,6 @@ print("with layer 2 added:", repr(with_namespaces.stdout), with_namespaces.stder
 # the check below. It says what it expected, what happened, and gives a hint.
 
 # %%
-from minicontainer.grade import grade
+from minicontainer.course.grade import grade
 
 grade("01")

@@ -30,7 +30,7 @@ import ipywidgets as widgets
 
 from minicontainer import run
 from minicontainer.namespaces import DEFAULT, FLAGS, ns_ids
-from minicontainer.panels import panel
+from minicontainer.course.panels import panel
 
 # Each line is NAME=VALUE. Without a mount namespace the container gets no /proc of its
 # own (mounting one would change the host's mount table), so it cannot count processes
@@ -218,6 +218,6 @@ for init in (False, True):
 # `exercises/ex02_namespaces.py`: compute `unshare` flags, and write `pivot_into`.
 
 # %%
-from minicontainer.grade import grade
+from minicontainer.course.grade import grade
 
 grade("02")

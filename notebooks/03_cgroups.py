@@ -41,7 +41,7 @@ for controller in ("memory", "cpu", "pids"):
 import ipywidgets as widgets
 
 from minicontainer import run
-from minicontainer.panels import panel
+from minicontainer.course.panels import panel
 
 memory = widgets.IntSlider(value=32, min=16, max=128, step=16, description="limit MiB")
 
@@ -113,7 +113,7 @@ with Container(["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 30"], pids_li
 # workloads as VMs of 160 MiB each.
 
 # %%
-from minicontainer import measure, plots
+from minicontainer.course import measure, plots
 
 over = {"containers": measure.overprovision_containers(k=6),
         "vms": measure.overprovision_vms(k=6)}
@@ -135,6 +135,6 @@ plt.show()
 # `exercises/ex03_cgroups.py`: read "64M" as bytes, and write cgroup v2's `cpu.max`.
 
 # %%
-from minicontainer.grade import grade
+from minicontainer.course.grade import grade
 
 grade("03")

@@ -82,6 +82,6 @@ print("networks left:", network.names())
 # `exercises/ex04_networking.py`: hand out addresses on a bridge.
 
 # %%
-from minicontainer.grade import grade
+from minicontainer.course.grade import grade
 
 grade("04")

@@ -78,8 +78,8 @@ print(output)
 import ipywidgets as widgets
 import psutil
 
-from minicontainer import measure
-from minicontainer.panels import panel
+from minicontainer.course import measure
+from minicontainer.course.panels import panel
 
 size = widgets.Dropdown(options=["96M", "128M", "256M", "512M"], value="128M", description="VM memory")
 
@@ -105,6 +105,6 @@ panel([size], measure_vm)
 # The last check boots a VM from *your* archive.
 
 # %%
-from minicontainer.grade import grade
+from minicontainer.course.grade import grade
 
 grade("05")

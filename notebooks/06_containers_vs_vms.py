@@ -22,7 +22,7 @@
 # %%
 from tqdm.auto import tqdm
 
-from minicontainer import measure, plots
+from minicontainer.course import measure, plots
 
 bars = []
 
@@ -164,6 +164,6 @@ for claim, where, number in claims:
 # of your own for the escape lab — one the pid namespace, and nothing else, stops.
 
 # %%
-from minicontainer.grade import grade
+from minicontainer.course.grade import grade
 
 grade("06")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from minicontainer import checks, grade
+from minicontainer.course import checks, grade
 
 ROOT = Path(__file__).resolve().parent.parent
 

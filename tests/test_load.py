@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from hostcheck import host_objects
 from minicontainer.container import Container
-from minicontainer.load import churn
+from minicontainer.course.load import churn
 
 INSIDE = ("ip -4 -o addr show eth0 | awk '{print $4}'; grep -m1 -o 'mc-[0-9a-f]*' "
           "/proc/self/cgroup; hostname; ping -c 1 -W 2 $GATEWAY >/dev/null && echo reached")

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from minicontainer import binfmt, measure
+from minicontainer import binfmt
+from minicontainer.course import measure
 
 MiB = measure.MiB
 

@@ -5,7 +5,7 @@ VM gets its RAM up front and QEMU keeps what the guest touched.
 """
 from __future__ import annotations
 
-from minicontainer import measure
+from minicontainer.course import measure
 
 K, PEAK_MB = 4, 64
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .container import Container, Result
+from ..container import Container, Result
 
 def life(command: str | list[str], options: dict) -> tuple[Result, str | None]:
     """One container's whole life: start, wait for its command, remove."""

@@ -18,19 +18,23 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, escapes, namespaces, network, process, security, syscalls, vm
-from .chroot import chroot_into, escape_chroot
-from .container import Container, run
-from .rootfs import default_rootfs
+from .. import cgroups, escapes, namespaces, network, process, security, syscalls, vm
+from ..chroot import chroot_into, escape_chroot
+from ..container import Container, run
+from ..rootfs import default_rootfs
 
 
 class Mismatch(Exception):
+    """A check failed: what was looked at, what was expected, what came, and a hint."""
+
     def __init__(self, what: str, expected: object, got: object, hint: str) -> None:
+        """Keep the four parts, for grade.py to report; the message is `what`."""
         super().__init__(what)
         self.what, self.expected, self.got, self.hint = what, expected, got, hint
 
 
 def expect(what: str, expected: object, got: object, hint: str) -> None:
+    """Raise Mismatch unless `got` equals `expected`."""
     if expected != got:
         raise Mismatch(what, expected, got, hint)
 
@@ -47,6 +51,7 @@ def host_secret() -> Iterator[tuple[str, str]]:
 # -- 01 chroot -------------------------------------------------------------------------------
 
 def chroot_makes_the_image_the_root(student) -> None:
+    """student.chroot_into(rootfs) makes the image `/` and leaves the process in it."""
     rootfs = str(default_rootfs())
     steps = [partial(student.chroot_into, rootfs)]
     _, release = process.capture(["/bin/cat", "/etc/os-release"], steps)
@@ -66,6 +71,7 @@ def escape_output(student, host_file: str, **options) -> str:
 
 
 def a_root_process_climbs_out_of_a_chroot(student) -> None:
+    """student.escape_chroot reads a host file from a container made by chroot alone."""
     with host_secret() as (path, token):
         printed = escape_output(student, path, namespaces=[])
     expect("what escape_chroot printed from a chroot-only container", token, printed,
@@ -73,6 +79,7 @@ def a_root_process_climbs_out_of_a_chroot(student) -> None:
 
 
 def pivot_root_stops_the_same_escape(student) -> None:
+    """The same escape finds nothing in a container with a mount namespace and pivot_root."""
     with host_secret() as (path, token):
         expect("first, the escape from a chroot-only container", True,
                escape_output(student, path, namespaces=[]) == token,
@@ -85,6 +92,7 @@ def pivot_root_stops_the_same_escape(student) -> None:
 # -- 02 namespaces ---------------------------------------------------------------------------
 
 def flags_match_the_kernels(student) -> None:
+    """student.namespace_flags(kinds) is the OR of the kernel's CLONE_NEW* bits."""
     cases = [({"uts"}, syscalls.CLONE_NEWUTS), (set(), 0),
              ({"mnt", "pid", "net"}, syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID
               | syscalls.CLONE_NEWNET)]
@@ -94,6 +102,7 @@ def flags_match_the_kernels(student) -> None:
 
 
 def a_new_uts_namespace_has_its_own_hostname(student) -> None:
+    """A child unshared with student.namespace_flags({"uts"}) renames itself, not the host."""
     steps = [lambda: syscalls.unshare(student.namespace_flags({"uts"})),
              lambda: socket.sethostname("graded"), partial(chroot_into, default_rootfs())]
     _, inside = process.capture(["/bin/hostname"], steps)
@@ -104,6 +113,7 @@ def a_new_uts_namespace_has_its_own_hostname(student) -> None:
 
 
 def pivot_into_hides_the_host(student) -> None:
+    """A container built with student.pivot_into has the overlay as `/` and no way back out."""
     namespaces.pivot_into = student.pivot_into          # ours replaced, in this process only
     mounts = run("cat /proc/self/mounts")
     expect("the container's first mount", "/", (mounts.stdout.split() or ["?", "?"])[1],
@@ -117,6 +127,7 @@ def pivot_into_hides_the_host(student) -> None:
 # -- 03 cgroups ------------------------------------------------------------------------------
 
 def memory_sizes_are_read_as_docker_does(student) -> None:
+    """student.memory_bytes reads "64M", "1g", "512k", "1024" as Docker does; refuses "64Q"."""
     for text, value in (("64M", 64 * 2**20), ("1g", 2**30), ("512k", 512 * 1024),
                         ("1024", 1024), (" 32m ", 32 * 2**20)):
         expect(f"memory_bytes({text!r})", value, student.memory_bytes(text),
@@ -129,12 +140,14 @@ def memory_sizes_are_read_as_docker_does(student) -> None:
 
 
 def cpu_max_is_quota_and_period(student) -> None:
+    """student.cpu_max(cpus, period) is the line cgroup v2's cpu.max takes: "quota period"."""
     for args, value in (((0.5,), "50000 100000"), ((0.25,), "25000 100000"),
                         ((1.5, 200_000), "300000 200000")):
         expect(f"cpu_max{args}", value, student.cpu_max(*args), "f'{quota} {period}'")
 
 
 def your_cpu_budget_holds_a_busy_loop(student) -> None:
+    """A busy loop under cpus=0.25, written with student.cpu_max, gets about a quarter CPU."""
     cgroups.cpu_max = student.cpu_max
     with Container(["sh", "-c", "while :; do :; done"], cpus=0.25) as c:
         c.start()
@@ -145,6 +158,7 @@ def your_cpu_budget_holds_a_busy_loop(student) -> None:
 
 
 def your_memory_budget_stops_a_hog(student) -> None:
+    """A 64M dd under the limit student.memory_bytes("32M") is killed for memory."""
     result = run(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
                  memory=student.memory_bytes("32M"))
     expect("a 64M dd under memory_bytes('32M')", "killed: out of memory",
@@ -155,6 +169,7 @@ def your_memory_budget_stops_a_hog(student) -> None:
 # -- 04 networking ---------------------------------------------------------------------------
 
 def addresses_come_in_order(student) -> None:
+    """student.free_address gives the first untaken host address, ValueError when full."""
     expect("free_address('10.213.0.0/24', {'10.213.0.1'})", "10.213.0.2",
            student.free_address("10.213.0.0/24", {"10.213.0.1"}), "the first host not taken")
     expect("free_address with .1 .2 .3 taken", "10.213.0.4",
@@ -168,6 +183,7 @@ def addresses_come_in_order(student) -> None:
 
 
 def two_containers_talk_with_your_addresses(student) -> None:
+    """Two containers addressed by student.free_address get distinct addresses and ping."""
     network.free_address = student.free_address
     # The default network: made for the first container, removed with the last one
     # (and by `minicontainer cleanup`, should this check be killed half-way).
@@ -185,6 +201,7 @@ def two_containers_talk_with_your_addresses(student) -> None:
 # -- 05 initramfs ----------------------------------------------------------------------------
 
 def one_record_is_byte_for_byte_right(student) -> None:
+    """student.cpio_entry produces the same bytes as vm.cpio_entry for three records."""
     for args in ((1, "init", 0o100755, b"#!/bin/sh\n"), (7, "bin", 0o40755, b""),
                  (0, "TRAILER!!!", 0, b"")):
         expected, got = vm.cpio_entry(*args), student.cpio_entry(*args)
@@ -195,6 +212,7 @@ def one_record_is_byte_for_byte_right(student) -> None:
 
 
 def busybox_cpio_reads_your_archive(student) -> None:
+    """An initramfs packed with student.cpio_entry lists init and bin/sh under busybox cpio."""
     vm.cpio_entry = student.cpio_entry
     archive = vm.pack_initramfs(default_rootfs(), {"init": b"#!/bin/sh\n"})
     listing = subprocess.run("zcat | busybox cpio -t", shell=True, input=archive,
@@ -204,6 +222,7 @@ def busybox_cpio_reads_your_archive(student) -> None:
 
 
 def a_vm_boots_from_your_archive(student) -> None:
+    """A VM boots from an initramfs packed with student.cpio_entry and runs a command."""
     vm.cpio_entry = student.cpio_entry
     with vm.VM() as machine:
         expect("a VM booted from your initramfs", (0, "booted\n"),
@@ -213,12 +232,14 @@ def a_vm_boots_from_your_archive(student) -> None:
 # -- 06 security -----------------------------------------------------------------------------
 
 def capability_masks_are_the_kernels(student) -> None:
+    """student.capability_bits(names) sets bit N for capability number N."""
     expect('capability_bits(["CHOWN", "KILL"])', 0x21, student.capability_bits(["CHOWN", "KILL"]),
            "CHOWN is number 0, KILL number 5: bits 0 and 5")
     expect("capability_bits([])", 0, student.capability_bits([]), "no names, no bits")
 
 
 def your_mask_is_what_a_default_container_holds(student) -> None:
+    """student.capability_bits of the default set equals a default container's CapEff."""
     status = run("grep CapEff /proc/self/status").stdout.split()
     expect("CapEff of a default container, against your mask of Docker's set minus MKNOD",
            int(status[1], 16), student.capability_bits(list(security.DEFAULT_CAPABILITIES)),
@@ -226,6 +247,7 @@ def your_mask_is_what_a_default_container_holds(student) -> None:
 
 
 def your_attack_is_stopped_by_the_pid_namespace_alone(student) -> None:
+    """student.see_a_host_process() fails in a default container, works without a pid ns."""
     attack = escapes.Attack("yours", student.see_a_host_process(), "pid namespace")
     with escapes.target() as bait:
         blocked = not escapes.attempt(attack, bait).escaped

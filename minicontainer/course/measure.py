@@ -15,12 +15,12 @@ from pathlib import Path
 
 import psutil
 
-from .binfmt import foreign_binary_demo
-from .cgroups import Cgroup, Limits, Sampler, parse_memory
-from .host import cpu, format_bytes
-from .container import Container, run
-from .kernel import find_kernel
-from .vm import IDLE, VM, accelerator, choose_machine, qemu_binary
+from ..binfmt import foreign_binary_demo
+from ..cgroups import Cgroup, Limits, Sampler, parse_memory
+from ..host import cpu, format_bytes
+from ..container import Container, run
+from ..kernel import find_kernel
+from ..vm import IDLE, VM, accelerator, choose_machine, qemu_binary
 
 MiB = 1024**2
 
@@ -39,7 +39,8 @@ def overprovision_containers(k: int = 6, budget: str = "160M", limit: str = "96M
                              peak_mb: int = 64, hold: float = 0.5, gap: float = 0.7) -> dict:
     """K containers whose limits add up to more than the budget they share, each
     peaking in turn: all complete, because the budget caps only what is in use."""
-    budget_group = Cgroup(f"mc-budget-{id(object()):x}", Limits(memory=parse_memory(budget)))
+    name = f"mc-budget-{os.urandom(3).hex()}"      # random: experiments may run side by side
+    budget_group = Cgroup(name, Limits(memory=parse_memory(budget)))
     budget_group.create()
     containers = [Container(peak_workload(i * gap, peak_mb, hold, "/dev/shm"), memory=limit,
                             cgroup_parent=budget_group) for i in range(k)]
@@ -152,6 +153,15 @@ def tree_memory(pid: int) -> dict[str, int]:
     return totals
 
 
+def _waiter_pid(container: Container) -> int:
+    """Host pid of our runtime's process that waits for the container's PID 1 (as
+    Docker's containerd-shim does): its parent, with a pid namespace; without one,
+    no process waits in between and this is the container's own pid."""
+    if "pid" in container.namespaces:
+        return psutil.Process(container.pid).ppid()   # the waiter forked PID 1 (fork_and_wait)
+    return container.pid
+
+
 def qemu_memory(process: psutil.Process, guest_bytes: int) -> dict[str, int]:
     """QEMU's PSS, split: the guest's RAM (the one mapping of its size) and the rest."""
     maps = process.memory_maps(grouped=False)
@@ -173,7 +183,7 @@ def memory_per_instance(vm_memory: str = "128M") -> dict:
         container_memory = tree_memory(container.pid)
         # Our runtime's own process per container (it waits for PID 1, like Docker's
         # containerd-shim): a copy of this Python process, mostly shared with it.
-        waiter = psutil.Process(container._child.pid).memory_full_info()
+        waiter = psutil.Process(_waiter_pid(container)).memory_full_info()
     with VM(memory=vm_memory) as vm:
         vm.boot()
         vm_memory_used = qemu_memory(psutil.Process(vm.process.pid), parse_memory(vm_memory))
@@ -226,7 +236,7 @@ def container_cost(container: Container) -> int:
     """Bytes a running container costs the host: its processes' USS (our waiter
     included) plus the kernel memory charged to its cgroup."""
     kernel = (container.stats()["kernel_memory"] or 0) if container.cgroup else 0
-    return tree_memory(container._child.pid)["uss"] + kernel
+    return tree_memory(_waiter_pid(container))["uss"] + kernel
 
 
 # -- the kernel, and what each side exposes of the host ---------------------------------------
@@ -262,7 +272,7 @@ def attack_surface(machine: str | None = None) -> dict:
                            "-monitor", "stdio"], input="info qtree\nquit\n",
                           capture_output=True, text=True, timeout=60).stdout
     devices = re.findall(r"dev: ([\w-]+)", tree)
-    from .security import DENIED_SYSCALLS
+    from ..security import DENIED_SYSCALLS
     refused = sorted(set(syscalls) & set(DENIED_SYSCALLS))  # layer 5's seccomp filter
     return {"container": {"host_syscalls": len(syscalls), "examples": syscalls[:12],
                           "refused_by_seccomp": len(refused)},
@@ -281,6 +291,7 @@ def compare(quick: bool = False, progress_factory=None) -> dict:
             "overprovision": 3 if quick else 6}
 
     def progress(total: int, name: str):
+        """A ticker for a step of `total` runs, or None without a progress_factory."""
         return progress_factory(total, name) if progress_factory else None
 
     results = {"host": {"kernel": os.uname().release, "cpus": os.cpu_count(),

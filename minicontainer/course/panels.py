@@ -21,6 +21,7 @@ def panel(controls: Sequence, show: Callable[[], object]) -> None:
     handle = display(result_of(show), display_id=True)
 
     def again(_change) -> None:
+        """Show the result anew in its place (a control's value changed)."""
         handle.update(result_of(show))
 
     for control in controls:

@@ -1,7 +1,7 @@
 """Grading the exercises: every check in a child process of its own, with a time-out.
 
-    grade("02")                        # in a notebook
-    python -m minicontainer.grade 02   # in a terminal (or: make check EX=02)
+    grade("02")                               # in a notebook
+    python -m minicontainer.course.grade 02   # in a terminal (or: make check EX=02)
 
 A student's code runs as root against the real kernel, so it never runs in the
 notebook's own process: each check starts a fresh Python that imports the student's
@@ -22,7 +22,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from .cleanup import cleanup
+from ..cleanup import cleanup
 
 FILES = {"01": "ex01_chroot", "02": "ex02_namespaces", "03": "ex03_cgroups",
          "04": "ex04_networking", "05": "ex05_initramfs", "06": "ex06_security"}
@@ -30,7 +30,8 @@ TIMEOUT = 180
 
 
 def exercises_dir() -> Path:
-    default = Path(__file__).resolve().parent.parent / "exercises"
+    """Where the exercise files are read: $MINICONTAINER_EXERCISES, else exercises/."""
+    default = Path(__file__).resolve().parents[2] / "exercises"   # beside minicontainer/
     return Path(os.environ.get("MINICONTAINER_EXERCISES", default))
 
 
@@ -53,7 +54,7 @@ def grade(number: str, directory: str | Path | None = None, quiet: bool = False)
 
 def run_check(number: str, name: str, path: Path) -> dict:
     """One check, in a child Python, killed after TIMEOUT seconds."""
-    argv = [sys.executable, "-m", "minicontainer.grade", "--one", number, name, str(path)]
+    argv = [sys.executable, "-m", "minicontainer.course.grade", "--one", number, name, str(path)]
     try:
         # Its temporary files go in a directory of ours, removed even if it is killed.
         with tempfile.TemporaryDirectory(prefix="mc-grade-") as tmp:
@@ -75,6 +76,7 @@ def run_check(number: str, name: str, path: Path) -> dict:
 
 
 def describe(result: dict) -> str:
+    """One check's result as the lines grade() prints: passed, or FAILED with a hint."""
     title = result["name"].replace("_", " ")
     if result["ok"]:
         return f"  passed  {title}"
@@ -117,7 +119,8 @@ def _short(value: object) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minicontainer.grade",
+    """The command line: grade one exercise; exit 0 when all pass, 1 if not (2: bad usage)."""
+    parser = argparse.ArgumentParser(prog="python -m minicontainer.course.grade",
                                      description="check an exercise")
     parser.add_argument("number", nargs="?", help="01 to 05")
     parser.add_argument("--solutions", action="store_true", help="grade solutions/ instead")
