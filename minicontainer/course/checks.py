@@ -65,8 +65,8 @@ def chroot_makes_the_image_the_root(student) -> None:
 def escape_output(student, host_file: str, **options) -> str:
     """What the student's escape printed as a container's process (its TODO re-raised)."""
     result = run(partial(student.escape_chroot, host_file), **options)
-    if "NotImplementedError: " in result.stderr:
-        raise NotImplementedError(result.stderr.split("NotImplementedError: ", 1)[1].strip())
+    if (raised := process.raised_in(result.stderr)) and raised[0] == "NotImplementedError":
+        raise NotImplementedError(raised[1])
     return result.stdout
 
 

@@ -23,6 +23,7 @@ import traceback
 from pathlib import Path
 
 from ..cleanup import cleanup
+from ..errors import StepFailed
 
 FILES = {"01": "ex01_chroot", "02": "ex02_namespaces", "03": "ex03_cgroups",
          "04": "ex04_networking", "05": "ex05_initramfs", "06": "ex06_security"}
@@ -84,7 +85,7 @@ def describe(result: dict) -> str:
             f" got {result['got']!r}\n          hint: {result['hint']}")
 
 
-def one(number: str, name: str, path: str) -> dict:
+def run_one_check(number: str, name: str, path: str) -> dict:
     """In the child: load the student's file, run one check, report as a dict."""
     from . import checks
     result = {"name": name, "ok": False}
@@ -100,10 +101,9 @@ def one(number: str, name: str, path: str) -> dict:
         result.update(what="your function", expected="an implementation",
                       got="NotImplementedError (a TODO is left)", hint=str(e))
     except Exception as e:
-        if "NotImplementedError: " in str(e):      # raised in a container's setup step
+        if isinstance(e, StepFailed) and e.kind == "NotImplementedError":  # in a child's step
             result.update(what="your function", expected="an implementation",
-                          got="NotImplementedError (a TODO is left)",
-                          hint=str(e).split("NotImplementedError: ", 1)[1])
+                          got="NotImplementedError (a TODO is left)", hint=e.detail)
             return result
         where = traceback.extract_tb(e.__traceback__)[-1]
         result.update(what="your code", expected="no error",
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one(*args.one), default=repr))
+        print(json.dumps(run_one_check(*args.one), default=repr))
         return 0
     if args.number not in FILES and f"{args.number}".zfill(2) not in FILES:
         parser.error(f"choose an exercise from {', '.join(FILES)}")

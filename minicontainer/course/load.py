@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..container import Container, Result
 
-def life(command: str | list[str], options: dict) -> tuple[Result, str | None]:
+def run_one_to_the_end(command: str | list[str], options: dict) -> tuple[Result, str | None]:
     """One container's whole life: start, wait for its command, remove."""
     with Container(command, **options) as container:
         result = container.start().wait(timeout=120)
@@ -31,9 +31,9 @@ def churn(count: int, concurrent: bool = False, network: str | None = None,
     started = time.monotonic()
     if concurrent:
         with ThreadPoolExecutor(max_workers=count) as pool:
-            lives = list(pool.map(lambda _: life(command, options), range(count)))
+            lives = list(pool.map(lambda _: run_one_to_the_end(command, options), range(count)))
     else:
-        lives = [life(command, options) for _ in range(count)]
+        lives = [run_one_to_the_end(command, options) for _ in range(count)]
     elapsed = time.monotonic() - started
     return {"count": count, "concurrent": concurrent, "network": network,
             "seconds": elapsed, "per_second": count / elapsed,
