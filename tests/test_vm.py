@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from minicontainer.container import run
-from minicontainer.errors import InvalidArgument, Timeout
-from minicontainer.kernel import Kernel, VMError
+from minicontainer.errors import InvalidArgument, Timeout, VMError
 from minicontainer.rootfs import default_rootfs
-from minicontainer.vm import VM, accelerator, pack_initramfs
+from minicontainer.vm import VM
+from minicontainer.vm.initramfs import pack_initramfs
+from minicontainer.vm.kernel import Kernel
+from minicontainer.vm.qemu import accelerator
 
 
 def test_the_initramfs_is_a_newc_archive_that_cpio_reads(tmp_path):
