@@ -98,7 +98,7 @@ def test_a_boot_that_takes_too_long_is_stopped_and_reported():
 
 
 @pytest.mark.parametrize("options, message", [({"memory": "16M"}, "too small"),
-                                              ({"memory": "lots"}, "invalid memory"),
+                                              ({"memory": "lots"}, "invalid VM memory"),
                                               ({"cpus": 0}, "invalid cpus"),
                                               ({"accel": "warp"}, "invalid accel"),
                                               ({"machine": "vax"}, "invalid machine")])
