@@ -27,10 +27,11 @@ from pathlib import Path
 
 from minicontainer import network, run
 from minicontainer.cgroups import mode as cgroup_mode
-from minicontainer.kernel import find_kernel
 from minicontainer.course.measure import memory_per_instance
 from minicontainer.rootfs import default_rootfs
-from minicontainer.vm import VM, pack_initramfs
+from minicontainer.vm import VM
+from minicontainer.vm.initramfs import pack_initramfs
+from minicontainer.vm.kernel import find_kernel
 
 NAMESPACES = {"mnt", "pid", "uts", "ipc"}
 CLI = str(Path(sys.executable).parent / "minicontainer")

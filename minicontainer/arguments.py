@@ -3,8 +3,8 @@
 Every argument a user gives (through the CLI, `Container(...)` or a notebook cell) is
 checked first and refused with one line that says what is wrong and what to do:
 a container that fails half-built is the very thing a classroom machine must not
-collect. The budget (cgroups.Limits.parse), the image (rootfs.check_rootfs) and the
-VM (vm.VM) check their own arguments the same way.
+collect. The budget (cgroups.Limits.parse) and the image (rootfs.check_rootfs) check
+their own arguments the same way; a VM's are checked here too (check_vm_options).
 
 A record read back from disk is input too. The host wrote it, but `rm -f` acts on
 what it names (a cgroup to empty, an interface to delete, processes to kill), so a
@@ -22,11 +22,13 @@ from . import namespaces as ns
 from .cgroups import PARENT
 from .security import Security
 from .errors import BadRecord, InvalidArgument, NotLinuxError, NotRootError
+from .host import cpu, parse_size
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")            # as Docker's names
 HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62}[a-zA-Z0-9])?$")
 ID = re.compile(r"^[0-9a-f]{12}$")
 NETWORK_NAME = re.compile(r"^mc-[a-z0-9-]{1,12}$")  # a network's is its bridge's: <= 15 chars
+MIN_VM_MEMORY = 48 * 1024**2       # the guest's kernel and the unpacked image must fit
 
 
 def check_host(rootless: bool = False) -> None:
@@ -118,6 +120,24 @@ def check_namespaces(kinds: Iterable[str]) -> frozenset[str]:
         raise InvalidArgument(f"unknown namespace(s) {sorted(unknown)}: choose from "
                               f"{sorted(ns.FLAGS)}")
     return kinds
+
+
+# -- a VM -----------------------------------------------------------------------------------
+
+def check_vm_options(memory: str | int, cpus: int, accel: str, machine: str) -> int:
+    """A VM's memory (returned in bytes), CPUs, accelerator and machine type, refused
+    unless a VM can boot with them (whether KVM is usable here is asked later)."""
+    size = parse_size(memory, "VM memory", 1)
+    if size < MIN_VM_MEMORY:
+        raise InvalidArgument(f"memory {memory!r} is too small for a VM: give it at least 48M")
+    if not isinstance(cpus, int) or not 1 <= cpus <= 64:
+        raise InvalidArgument(f"invalid cpus {cpus!r} for a VM: a whole number from 1 to 64")
+    if accel not in ("auto", "kvm", "tcg"):
+        raise InvalidArgument(f"invalid accel {accel!r}: choose auto, kvm or tcg")
+    machines = list(cpu().machines)
+    if machine != "auto" and machine not in machines:
+        raise InvalidArgument(f"invalid machine {machine!r}: choose from {machines}")
+    return size
 
 
 # -- records read back from disk ------------------------------------------------------------

@@ -44,8 +44,8 @@ def cleanup(everything: bool = False) -> list[str]:
     if os.geteuid() == 0:               # a rootless user made no cgroups or networks
         removed += remove_stray_cgroups()
         removed += networking.cleanup(set(state.names()))
-    from .vm import cleanup as cleanup_vms    # QEMU's imports only when needed
-    return removed + cleanup_vms()
+    from .vm import cleanup as vm_cleanup      # the VM side's imports only when needed
+    return removed + vm_cleanup.cleanup()
 
 
 def remove_orphaned_data() -> list[str]:

@@ -121,7 +121,7 @@ def check_busybox() -> Check:
 
 def check_kvm() -> Check:
     """KVM usable: /dev/kvm, the CPU's virtualization flag, and QEMU able to use it."""
-    from .vm import accelerator
+    from .vm.qemu import accelerator
     accel, why = accelerator()
     return Check("KVM (fast VMs)", accel == "kvm", why,
                  "VMs will run under TCG, slower but fine for the course; for KVM enable "
@@ -139,7 +139,8 @@ def check_qemu() -> Check:
 
 def check_vm_kernel() -> Check:
     """A kernel for the VMs to boot (optional)."""
-    from .kernel import VMError, find_kernel
+    from .errors import VMError
+    from .vm.kernel import find_kernel
     try:
         kernel = find_kernel()
         return Check("a kernel for the VM", True, f"{kernel.release}, {kernel.source}",

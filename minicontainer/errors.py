@@ -40,6 +40,10 @@ class NameInUse(MinicontainerError):
     """A container by that name exists already."""
 
 
+class VMError(MinicontainerError):
+    """QEMU, the kernel or the guest failed; the message says where."""
+
+
 class InvalidArgument(MinicontainerError, ValueError):
     """A value that makes no sense (an empty command, a bad hostname, ...)."""
 

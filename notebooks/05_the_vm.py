@@ -21,11 +21,13 @@
 #
 # QEMU builds a computer out of software: CPU, RAM, devices. We boot it with the
 # distribution's kernel, straight into the *same* busybox image the containers use,
-# packed as its first filesystem (`minicontainer/vm.py`).
+# packed as its first filesystem (`minicontainer/vm/`: `kernel.py`, `initramfs.py`,
+# `qemu.py`, `machine.py`).
 
 # %%
-from minicontainer.kernel import find_kernel
-from minicontainer.vm import VM, accelerator
+from minicontainer.vm import VM
+from minicontainer.vm.kernel import find_kernel
+from minicontainer.vm.qemu import accelerator
 
 kernel = find_kernel()
 print("kernel:", kernel.release, "—", kernel.source)

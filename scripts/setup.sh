@@ -59,12 +59,12 @@ printf '%s\n' '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "fa
 .venv/bin/python -c 'from minicontainer.rootfs import default_rootfs; print("setup: image", default_rootfs())'
 .venv/bin/python -c 'from minicontainer.security import seccomp_program; seccomp_program(); print("setup: seccomp filter compiled")'
 # The VM's kernel: the distribution's package, unpacked into the cache (not installed).
-if ! .venv/bin/python -c 'import sys; from minicontainer.kernel import cached_kernel; sys.exit(not cached_kernel())'; then
+if ! .venv/bin/python -c 'import sys; from minicontainer.vm.kernel import cached_kernel; sys.exit(not cached_kernel())'; then
   apt-get update -qq     # the package is looked up in apt's lists
-  .venv/bin/python -c 'from minicontainer.kernel import fetch_kernel; print("setup: VM kernel", fetch_kernel().release)'
+  .venv/bin/python -c 'from minicontainer.vm.kernel import fetch_kernel; print("setup: VM kernel", fetch_kernel().release)'
 fi
 # Which QEMU machine boots fastest here: measured once (about 10 s), then remembered.
-.venv/bin/python -c 'from minicontainer.kernel import find_kernel; from minicontainer.vm import accelerator, choose_machine; print("setup: VM machine", choose_machine(find_kernel(), accelerator()[0]))'
+.venv/bin/python -c 'from minicontainer.vm import kernel, machine, qemu; print("setup: VM machine", machine.choose_machine(kernel.find_kernel(), qemu.accelerator()[0]))'
 # The other CPU's busybox and qemu-user, for the architecture lesson (unpacked, not installed).
 .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()' ||
   { apt-get update -qq; .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()'; }

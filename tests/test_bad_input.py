@@ -13,7 +13,8 @@ import pytest
 from hostcheck import host_objects
 from minicontainer.container import Container
 from minicontainer.errors import MinicontainerError
-from minicontainer.vm import VM, accelerator
+from minicontainer.vm import VM
+from minicontainer.vm.qemu import accelerator
 from report import counts
 
 CLI = [sys.executable, "-m", "minicontainer"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from minicontainer import cgroups
-from minicontainer.vm import run_on_host_files
+from minicontainer.vm.machine import run_on_host_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -102,7 +102,7 @@ KILLS = [  # (the stage reached, the step to die at, container or VM, before or 
      "after", 2),
     ("the port proxy runs", "minicontainer.proxy.start", "container", "after"),
     ("QEMU runs, its pid not yet written", "minicontainer.state.write_vm", "vm", "before", 2),
-    ("QEMU runs", "minicontainer.vm.VM.start", "vm", "after"),
+    ("QEMU runs", "minicontainer.vm.machine.VM.start", "vm", "after"),
 ]
 KILLS = [(*kill, 1) if len(kill) == 4 else kill for kill in KILLS]   # at its first call
 

@@ -31,8 +31,9 @@ def uses(path: Path, known: set[str]) -> set[str]:
             base = package[:len(package) - node.level + 1] if node.level > 1 else package
             base = [p for p in base if p != "minicontainer"]
             target = ".".join(base + ([node.module] if node.module else []))
-            candidates = [target] + [f"{target}.{a.name}".strip(".") for a in node.names]
-            found |= {c for c in candidates if c in known}
+            for alias in node.names:             # `from .vm import machine, VM`: vm.machine, vm
+                submodule = f"{target}.{alias.name}".strip(".")
+                found |= {submodule} if submodule in known else {target} & known
     return found - {module_name(path)}
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from minicontainer.container import run
-from minicontainer.errors import InvalidArgument, Timeout
-from minicontainer.kernel import Kernel, VMError
+from minicontainer.errors import InvalidArgument, Timeout, VMError
 from minicontainer.rootfs import default_rootfs
-from minicontainer.vm import VM, accelerator, pack_initramfs
+from minicontainer.vm import VM
+from minicontainer.vm.initramfs import pack_initramfs
+from minicontainer.vm.kernel import Kernel
+from minicontainer.vm.qemu import accelerator
 
 
 def test_the_initramfs_is_a_newc_archive_that_cpio_reads(tmp_path):
@@ -96,7 +98,7 @@ def test_a_boot_that_takes_too_long_is_stopped_and_reported():
 
 
 @pytest.mark.parametrize("options, message", [({"memory": "16M"}, "too small"),
-                                              ({"memory": "lots"}, "invalid memory"),
+                                              ({"memory": "lots"}, "invalid VM memory"),
                                               ({"cpus": 0}, "invalid cpus"),
                                               ({"accel": "warp"}, "invalid accel"),
                                               ({"machine": "vax"}, "invalid machine")])

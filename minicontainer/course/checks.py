@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from .. import cgroups, escapes, namespaces, network, process, security, syscalls, vm
+from .. import cgroups, escapes, namespaces, network, process, security, syscalls
 from ..chroot import chroot_into, escape_chroot
 from ..container import Container, run
 from ..rootfs import default_rootfs
+from ..vm import VM, initramfs
 
 
 class Mismatch(Exception):
@@ -204,7 +205,7 @@ def one_record_is_byte_for_byte_right(student) -> None:
     """student.cpio_entry produces the same bytes as vm.cpio_entry for three records."""
     for args in ((1, "init", 0o100755, b"#!/bin/sh\n"), (7, "bin", 0o40755, b""),
                  (0, "TRAILER!!!", 0, b"")):
-        expected, got = vm.cpio_entry(*args), student.cpio_entry(*args)
+        expected, got = initramfs.cpio_entry(*args), student.cpio_entry(*args)
         where = next((i for i, (x, y) in enumerate(zip(expected, got, strict=False)) if x != y),
                      min(len(expected), len(got)))
         expect(f"cpio_entry{args[:3]}", expected, got,
@@ -212,9 +213,8 @@ def one_record_is_byte_for_byte_right(student) -> None:
 
 
 def busybox_cpio_reads_your_archive(student) -> None:
-    """An initramfs packed with student.cpio_entry lists init and bin/sh under busybox cpio."""
-    vm.cpio_entry = student.cpio_entry
-    archive = vm.pack_initramfs(default_rootfs(), {"init": b"#!/bin/sh\n"})
+    initramfs.cpio_entry = student.cpio_entry
+    archive = initramfs.pack_initramfs(default_rootfs(), {"init": b"#!/bin/sh\n"})
     listing = subprocess.run("zcat | busybox cpio -t", shell=True, input=archive,
                              capture_output=True).stdout.decode().split()
     expect("busybox cpio -t finds init and bin/sh", True,
@@ -222,9 +222,8 @@ def busybox_cpio_reads_your_archive(student) -> None:
 
 
 def a_vm_boots_from_your_archive(student) -> None:
-    """A VM boots from an initramfs packed with student.cpio_entry and runs a command."""
-    vm.cpio_entry = student.cpio_entry
-    with vm.VM() as machine:
+    initramfs.cpio_entry = student.cpio_entry
+    with VM() as machine:
         expect("a VM booted from your initramfs", (0, "booted\n"),
                machine.run("echo booted", timeout=120), "the previous checks must pass first")
 

@@ -17,10 +17,12 @@ import psutil
 
 from ..binfmt import foreign_binary_demo
 from ..cgroups import Cgroup, Limits, Sampler, parse_memory
-from ..host import cpu, format_bytes
 from ..container import Container, run
-from ..kernel import find_kernel
-from ..vm import IDLE, VM, accelerator, choose_machine, qemu_binary
+from ..host import cpu, format_bytes
+from ..vm.initramfs import IDLE
+from ..vm.kernel import find_kernel
+from ..vm.machine import VM, choose_machine
+from ..vm.qemu import accelerator, qemu_binary
 
 MiB = 1024**2
 

@@ -22,8 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MinicontainerError
-from .host import cache_dir, cpu
+from ..errors import VMError
+from ..host import cache_dir, cpu
 
 # The 9p filesystem over virtio (to see the host's files), in the order insmod needs,
 # then overlayfs, for containers inside the guest.
@@ -34,12 +34,10 @@ KEPT_MODULES = GUEST_MODULES + ["virtio_net", "net_failover", "failover", "virti
 KERNEL_LAYOUT_VERSION = "2"  # bump when KEPT_MODULES or the layout changes: unpacks anew
 
 
-class VMError(MinicontainerError):
-    """QEMU, the kernel or the guest failed; the message says where."""
-
-
 @dataclass
 class Kernel:
+    """A kernel the VM can boot: its images, its modules, and where it was found."""
+
     vmlinux: Path | None  # boots fastest (PVH), if the kernel has that entry point
     bzimage: Path | None  # boots everywhere, decompressing itself first
     modules: Path | None  # a directory of plain .ko files built for this kernel
@@ -81,6 +79,7 @@ def host_kernel(bzimage: Path) -> Kernel:
 
 
 def kernel_dir() -> Path:
+    """Where unpacked kernels (and the machine type measured for them) are cached."""
     return cache_dir() / "kernel"
 
 
@@ -151,6 +150,7 @@ def plain_module(path: Path) -> bytes:
 
 
 def unpack(package: str, into: Path) -> None:
+    """Download the Debian package `package` and unpack its files into `into`."""
     subprocess.run(["apt-get", "download", "-q", package], cwd=into, check=True,
                    capture_output=True)
     deb = next(into.glob(f"{package}_*.deb"))
@@ -177,9 +177,11 @@ def extract_vmlinux(bzimage: Path, target: Path) -> None:
 
 
 def _xz(data: bytes) -> bytes:
+    """Decompress the xz stream at the start of `data`, ignoring what follows it."""
     return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
 
 
 def _gzip(data: bytes) -> bytes:
+    """Decompress the gzip stream at the start of `data`, ignoring what follows it."""
     import zlib
     return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)

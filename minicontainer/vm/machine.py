@@ -1,0 +1,251 @@
+"""A VM's life: boot QEMU from the containers' image, talk over its console, switch it off.
+
+A container is host processes with a different view; a virtual machine is a whole
+computer made of software (qemu.py), running a kernel of its own (kernel.py) that
+boots, finds its devices and starts init — none of which a container does. `VM`
+packs the image with an /init (initramfs.py), starts QEMU with its serial console on
+a pipe, and reads what the guest prints: /init says "MC-INIT <uptime>" when the
+kernel hands over, "MC-READY <uptime>" when it is ready, runs its command, prints
+"MC-EXIT=<code>" and powers the machine off. The guest's uptime against the host's
+clock tells where the boot time went (`Boot`). (Typing commands into a serial port
+under TCG loses characters; a command baked into the initramfs cannot be lost.)
+
+Every VM is written down (state.write_vm) before anything of it exists, so that
+cleanup.py can stop its QEMU if this process dies without stop().
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import state
+from ..arguments import check_vm_options
+from ..errors import Timeout, VMError
+from ..host import cpu
+from ..process import start_time
+from . import qemu
+from .initramfs import IDLE, guest_initramfs
+from .kernel import Kernel, find_kernel, kernel_dir
+
+
+@dataclass
+class Boot:
+    """Where the boot time went, in seconds (host's wall clock and guest's uptime)."""
+
+    total: float          # from starting QEMU to the guest's "ready"
+    qemu_start: float     # QEMU and firmware, before the guest kernel's clock starts
+    kernel: float         # the guest kernel, until it runs /init
+    init: float           # /init, until ready
+
+
+class VM:
+    """A QEMU virtual machine booted from the containers' image.
+
+        with VM(memory="128M") as vm:
+            code, output = vm.run("uname -r")     # boot, run, power off
+
+        with VM() as vm:
+            vm.boot()                             # up and idle, until stop()
+
+    host_files=True boots the guest into the host's own files instead (read-only,
+    over 9p): the host's programs on the guest's kernel.
+    """
+
+    def __init__(self, *, memory: str = "128M", cpus: int = 1, accel: str = "auto",
+                 machine: str = "auto", kernel_args: str = "", host_files: bool = False,
+                 keep: tuple[str, ...] = (), kernel: Kernel | None = None) -> None:
+        """Check the arguments and find QEMU, a kernel and an accelerator; start nothing."""
+        self.memory = check_vm_options(memory, cpus, accel, machine)
+        self.qemu = qemu.find_qemu()
+        self.kernel = kernel or find_kernel(need_modules=host_files)
+        usable, self.accel_reason = qemu.accelerator() if accel != "tcg" else ("tcg", "asked for")
+        if accel == "kvm" and usable != "kvm":
+            raise VMError(f"KVM is not usable here: {self.accel_reason} (use accel='tcg')")
+        self.accel = usable
+        if host_files and "q35" in cpu().machines:    # 9p needs PCI devices; microvm has none
+            machine = "q35" if machine == "auto" else machine
+        self.machine = machine
+        self.cpus, self.kernel_args, self.host_files = cpus, kernel_args, host_files
+        self.keep = tuple(str(Path(p).resolve()) for p in keep)   # host dirs in /tmp or /run
+        self.process: subprocess.Popen | None = None
+        self.console: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.id = os.urandom(6).hex()
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def boot(self, command: str = IDLE, timeout: float = 120) -> Boot:
+        """Start QEMU and wait until the guest's init says it is ready; the guest
+        then runs `command` (by default: nothing, until stop())."""
+        self.start(command)
+        return self.ready(timeout)
+
+    def start(self, command: str = IDLE) -> VM:
+        """Start QEMU and return at once (boot several VMs side by side, then ready())."""
+        if self.machine == "auto":
+            self.machine = choose_machine(self.kernel, self.accel)
+        # Written down before anything exists, so `minicontainer cleanup` can find
+        # QEMU and its files if this process dies without stop().
+        record = {"owner": os.getpid(), "owner_started": start_time(os.getpid()),
+                  "tmp": str(self.scratch), "qemu": None}
+        state.write_vm(self.id, record)
+        self.scratch.mkdir(mode=0o700)
+        initrd = self.scratch / "initramfs.gz"
+        initrd.write_bytes(self.initramfs(command))
+        self._started = time.monotonic()
+        self.process = subprocess.Popen(self.qemu_argv(initrd), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        state.write_vm(self.id, {**record, "qemu": [self.process.pid,
+                                                    start_time(self.process.pid)]})
+        threading.Thread(target=self._read_console, daemon=True).start()
+        return self
+
+    def ready(self, timeout: float = 120) -> Boot:
+        """Wait for the guest's "ready", and say where the time went."""
+        at_init = float(self._wait_for(r"MC-INIT (\S+)", timeout, self._started)[1])
+        at_ready = float(self._wait_for(r"MC-READY (\S+)", timeout, self._started)[1])
+        total = time.monotonic() - self._started
+        return Boot(total, total - at_ready, at_init, at_ready - at_init)
+
+    def wait(self, timeout: float = 600) -> tuple[int, str]:
+        """Wait for the guest's command to finish: its exit code and its output."""
+        start = len(self.console)
+        match = self._wait_for(r"^MC-EXIT=(\d+)$", timeout, time.monotonic())
+        output = self.console[start:-1]
+        self.process.wait(timeout=30)      # the guest powers off, and QEMU exits
+        return int(match[1]), "".join(line + "\n" for line in output)
+
+    def run(self, command: str, timeout: float = 600) -> tuple[int, str]:
+        """Boot, run `command` in the guest, power off: (exit code, output)."""
+        self.boot(command, timeout)
+        return self.wait(timeout)
+
+    def stop(self) -> None:
+        """Switch the machine off (SIGTERM: QEMU exits at once) and tidy up."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+            self.process.wait()
+            self.process.stdout.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        state.release_vm(self.id)
+
+    @property
+    def scratch(self) -> Path:
+        """This VM's temporary files (the initramfs), removed by stop() or cleanup."""
+        return Path(tempfile.gettempdir()) / f"mc-vm-{self.id}"
+
+    def __enter__(self) -> VM:
+        """The VM itself, stopped when the `with` block ends."""
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Stop the VM, whether or not the block raised."""
+        self.stop()
+
+    # -- the pieces -----------------------------------------------------------------------
+
+    def initramfs(self, command: str) -> bytes:
+        """The archive this VM boots from: the image, and an /init that runs `command`."""
+        return guest_initramfs(command, self.kernel.modules if self.host_files else None,
+                               self.keep)
+
+    def qemu_argv(self, initrd: Path) -> list[str]:
+        """QEMU's command line for this VM, booting from `initrd`."""
+        machine, image_kind = qemu.machine_options(self.machine, self.accel)
+        image = getattr(self.kernel, image_kind) or self.kernel.bzimage or self.kernel.vmlinux
+        return [self.qemu, *machine,
+                *qemu.hardware_options(self.accel, self.memory, self.cpus),
+                *qemu.SERIAL_CONSOLE_ONLY,
+                *qemu.direct_boot_options(image, initrd, self.kernel_args),
+                *(qemu.HOST_ROOT_SHARE if self.host_files else [])]
+
+    def _read_console(self) -> None:
+        """Queue QEMU's output line by line (a thread); None when QEMU has exited."""
+        for raw in self.process.stdout:
+            self._lines.put(raw.decode(errors="replace").rstrip("\r\n"))
+        self._lines.put(None)
+
+    def _wait_for(self, pattern: str, timeout: float, since: float) -> re.Match:
+        """Read console lines until one matches; fail clearly on exit or time-out."""
+        while True:
+            left = timeout - (time.monotonic() - since)
+            try:
+                line = self._lines.get(timeout=max(left, 0))
+            except queue.Empty:
+                self.process.kill()
+                raise Timeout(f"the VM did not answer within {timeout} s; its console ended "
+                              f"with:\n{self.tail()}") from None
+            if line is None:
+                self._lines.put(None)
+                raise VMError(f"QEMU exited (status {self.process.wait()}) before the guest "
+                              f"answered; its console ended with:\n{self.tail()}")
+            self.console.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def poll_console(self) -> None:
+        """Move what the guest printed so far into .console, without waiting."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return
+            if line is None:
+                self._lines.put(None)
+                raise VMError(f"QEMU exited unexpectedly; its console ended with:\n{self.tail()}")
+            self.console.append(line)
+
+    def tail(self, lines: int = 15) -> str:
+        """The last `lines` lines the guest printed, for error messages."""
+        return "\n".join(self.console[-lines:])
+
+
+def choose_machine(kernel: Kernel, accel: str) -> str:
+    """The fastest machine type that boots here, measured once and remembered: the
+    median of three boots for each vmlinux machine; the bzImage ones only if no
+    vmlinux machine boots at all."""
+    record = kernel_dir() / "machine.json"
+    key = f"{kernel.release} {accel} {qemu.qemu_version()}"
+    known = json.loads(record.read_text()) if record.exists() else {}
+    if key in known:
+        return known[key]
+    timings = {}
+    for name, (_, image) in cpu().machines.items():
+        if timings and image == "bzimage":
+            break
+        try:
+            boots = []
+            for _ in range(3):
+                with VM(memory="128M", accel=accel, machine=name, kernel=kernel) as vm:
+                    boots.append(vm.boot(timeout=60).total)
+            timings[name] = sorted(boots)[1]
+        except (VMError, Timeout):
+            continue
+    if not timings:
+        raise VMError("no machine type could boot the kernel: see `minicontainer doctor`")
+    known[key] = min(timings, key=timings.get)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(known))
+    return known[key]
+
+
+def run_on_host_files(command: str, *, kernel_args: str = "", memory: str = "512M",
+                      cpus: int = 2, timeout: float = 600,
+                      keep: tuple[str, ...] = ()) -> tuple[int, str]:
+    """Boot a VM with its own kernel (and `kernel_args`, e.g. cgroup_no_v1=all for a
+    pure cgroup v2 machine) that runs `command` in the host's files, read-only: a way
+    to run the host's tests on another kernel. Returns (exit code, output)."""
+    with VM(memory=memory, cpus=cpus, kernel_args=kernel_args, host_files=True,
+            keep=keep) as vm:
+        return vm.run(command, timeout)
