@@ -213,6 +213,7 @@ def one_record_is_byte_for_byte_right(student) -> None:
 
 
 def busybox_cpio_reads_your_archive(student) -> None:
+    """An initramfs packed with student.cpio_entry lists init and bin/sh under busybox cpio."""
     initramfs.cpio_entry = student.cpio_entry
     archive = initramfs.pack_initramfs(default_rootfs(), {"init": b"#!/bin/sh\n"})
     listing = subprocess.run("zcat | busybox cpio -t", shell=True, input=archive,
@@ -222,6 +223,7 @@ def busybox_cpio_reads_your_archive(student) -> None:
 
 
 def a_vm_boots_from_your_archive(student) -> None:
+    """A VM boots from an initramfs packed with student.cpio_entry and runs a command."""
     initramfs.cpio_entry = student.cpio_entry
     with VM() as machine:
         expect("a VM booted from your initramfs", (0, "booted\n"),
