@@ -46,3 +46,12 @@ class InvalidArgument(MinicontainerError, ValueError):
 
 class Timeout(MinicontainerError, TimeoutError):
     """A container or a command did not finish in time."""
+
+
+class Ended(Exception):
+    """A signal ended a wait in the foreground (raised by process.ending_on)."""
+
+    def __init__(self, sig: int) -> None:
+        import signal
+        super().__init__(signal.Signals(sig).name)
+        self.signal = sig

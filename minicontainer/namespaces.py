@@ -38,6 +38,7 @@ FLAGS = {
 }  # in the order setns must join them: user first, mnt last (as nsenter does)
 DEFAULT = frozenset({"mnt", "pid", "uts", "ipc", "net"})  # what `docker run` unshares
 DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
+PTYS = 256                # terminals a container may open (kernel.pty.max counts all)
 SHM_SIZE = 64 * 1024**2   # Docker's default /dev/shm: shared memory is memory, so bounded
 
 
@@ -105,7 +106,10 @@ def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE) -> None:
         (dev / name).touch()
         mount(f"/dev/{name}", dev / name, None, MS_BIND)  # the host's node, bind-mounted
     (dev / "pts").mkdir()
-    mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666")
+    # Its own instance: its ptys only, numbered from 0; as Docker's, a pty is group tty
+    # (5) with mode 620; at most PTYS of them, so it cannot use up the host's ptys.
+    mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC,
+          f"newinstance,ptmxmode=0666,mode=0620,gid=5,max={PTYS}")
     (dev / "ptmx").symlink_to("pts/ptmx")
     (dev / "shm").mkdir()
     mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,

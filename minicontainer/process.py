@@ -30,15 +30,20 @@ import os
 import resource
 import select
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import CommandNotExecutable, CommandNotFound, Timeout
+from .errors import CommandNotExecutable, CommandNotFound, Ended, Timeout
 from .syscalls import close_on_exec_from, set_parent_death_signal
 
 Step = Callable[[], None]
+# How a helper process of ours (a port proxy, a terminal's keeper) runs our code as
+# root: -P, so that `-m` does not put the caller's working directory first on sys.path
+# (a `selectors.py` in /tmp would run as root), and in / (steps chdir there).
+HELPER_PYTHON = (sys.executable, "-P", "-m")
 
 EXIT_SETUP_FAILED, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 125, 126, 127
 
@@ -266,14 +271,6 @@ def signals_passed_to(child: Child) -> Iterator[None]:
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
-
-
-class Ended(Exception):
-    """A signal ended the wait (raised by ending_on)."""
-
-    def __init__(self, sig: int) -> None:
-        super().__init__(signal.Signals(sig).name)
-        self.signal = sig
 
 
 @contextmanager
