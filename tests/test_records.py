@@ -217,7 +217,8 @@ def crafted(name: str, bait: dict) -> dict:
                         "gateway": net["gateway"], "prefix": 24,
                         "host_end": bait["interface"]},
             "ports": [], "proxy": [bait["pid"], bait["started"]], "security": {},
-            "tty": True, "console": [bait["pid"], bait["started"]], "created": time.time(), "owner": 1, "owner_started": None,
+            "tty": True, "console": [bait["pid"], bait["started"]], "created": time.time(),
+            "owner": 1, "owner_started": None,
             "pid": bait["pid"], "main_pid": bait["pid"], "pid_started": bait["started"]}
 
 
