@@ -124,7 +124,8 @@ def terminal_options(p: argparse.ArgumentParser, detach: bool) -> None:
     p.add_argument("-i", "--interactive", action="store_true",
                    help="keep stdin open: what you type goes in (else it reads nothing)")
     p.add_argument("-t", "--tty", action="store_true",
-                   help="a terminal of the container's own (a pty): -it for a shell")
+                   help="a terminal of the container's own (a pty): -it for a shell" + (
+                       "" if detach else " (no detach keys: Ctrl-P goes in)"))
     if detach:        # `run` only: an exec's terminal has no keeper to go to
         p.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
                        help="with -it: keys that leave the container running "
@@ -208,41 +209,48 @@ def run_with_terminal(container, args: argparse.Namespace, keys: bytes) -> int:
     detached = False
     try:
         container.start(window=window_size(1))
-        detached = relay_terminal(container.console, container._require_child(), args, keys)
+        code = relay_terminal(container.console, container._require_child(), args,
+                              container.wait, keys)
+        detached = code is None
         if detached:
             container.keep_console()
             print(f"minicontainer: detached from {container.name}, which runs on: "
                   f"`minicontainer attach {container.name}` to return", file=sys.stderr)
             return 0
-        return container.wait().exit_code
+        return code
     finally:
         if not detached:
             container.remove(force=True)
 
 
-def relay_terminal(master: int, child, args: argparse.Namespace, keys: bytes = b"") -> bool:
-    """Our terminal and a container's (its pty's `master`) joined until `child` ends
-    (False) or the detach keys are typed (True). With -i our terminal is in raw mode
-    and every key, Ctrl-C too, goes in; SIGTERM or SIGHUP here stop the command.
-    Without -i, Ctrl-C is ours, and --sig-proxy says where it goes."""
+def relay_terminal(master: int, child, args: argparse.Namespace, collect,
+                   keys: bytes = b"") -> int | None:
+    """Our terminal and a container's (its pty's `master`) joined until `child` ends:
+    its exit code, from collect() (a Result); None if the detach keys were typed. With
+    -i our terminal is in raw mode and every key, Ctrl-C too, goes in; SIGTERM, SIGHUP
+    or SIGQUIT here stop the command. Without -i, Ctrl-C is ours, and --sig-proxy says
+    where it goes."""
     from contextlib import nullcontext
 
     from .errors import Ended
     from .process import ending_on, signals_passed_to
     from .terminal import Master, attach, raw_mode
     if args.interactive:
-        signals, keyboard = ending_on([signal.SIGTERM, signal.SIGHUP]), 0
+        signals, keyboard = ending_on([signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT]), 0
     elif getattr(args, "sig_proxy", "true") == "true":
         signals, keyboard = signals_passed_to(child), None
     else:
         signals, keyboard = ending_on([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]), None
     try:
         with raw_mode(0) if args.interactive else nullcontext(), signals:
-            return attach(Master(master), keyboard, 1, keys, ended=child.pidfd)
+            if attach(Master(master), keyboard, 1, keys, ended=child.pidfd):
+                return None
+            return collect().exit_code
     except (Ended, KeyboardInterrupt) as e:
-        print(f"\nminicontainer: {e or 'Ctrl-C twice'}: stopping the command", file=sys.stderr)
+        why = str(e) if isinstance(e, Ended) else "Ctrl-C twice"
+        print(f"\nminicontainer: {why}: stopping the command", file=sys.stderr)
         child.send_signal(signal.SIGKILL)
-        return False
+        return collect().exit_code
 
 
 def wait_in_foreground(container, sig_proxy: bool = True):
@@ -275,8 +283,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
                               interactive=args.interactive).exit_code
     running = container.exec_start(command_of(args), tty=True, window=window_size(1))
     try:
-        relay_terminal(running.console, running.child, args)
-        return running.wait().exit_code
+        return relay_terminal(running.console, running.child, args, running.wait)
     finally:
         running.close()
 
@@ -302,7 +309,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     client = Client(container.directory, args.name)
     try:
         with raw_mode(0) if os.isatty(0) else nullcontext(), ending_on(
-                [signal.SIGTERM, signal.SIGHUP]):
+                [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT]):
             detached = attach(client, 0, 1, keys)
     except Ended as e:
         print(f"\nminicontainer: {e}: detached from {args.name}", file=sys.stderr)

@@ -34,6 +34,9 @@ import selectors
 import socket
 import struct
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from . import process
@@ -42,6 +45,7 @@ from .syscalls import set_dumpable
 from .terminal import CHUNK, MOST_WAITING, Master, set_window
 
 SOCKET = "attach.sock"    # in the container's record directory
+CLIENT_BUFFER = 1024 * 1024   # output kept for a client that reads slowly; then dropped
 
 
 def start(pidfd: int, master: int, directory: Path, log: Path) -> process.Child:
@@ -49,9 +53,9 @@ def start(pidfd: int, master: int, directory: Path, log: Path) -> process.Child:
     process), listening at directory/SOCKET; return it once it runs."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        path = directory / SOCKET
-        path.unlink(missing_ok=True)
-        listener.bind(str(path))
+        (directory / SOCKET).unlink(missing_ok=True)
+        with _short_path(directory) as path:
+            listener.bind(path)
         listener.listen(4)
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         errors = os.open(log.with_name("console.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
@@ -59,14 +63,26 @@ def start(pidfd: int, master: int, directory: Path, log: Path) -> process.Child:
         stdio = [os.open(os.devnull, os.O_RDONLY), errors, errors]
         try:
             return process.spawn(
-                [sys.executable, "-m", "minicontainer.console", str(pidfd), str(master),
-                 str(listener.fileno()), str(out)], [os.setsid], stdio=stdio,
-                pass_fds=[pidfd, master, listener.fileno(), out])
+                [*process.HELPER_PYTHON, "minicontainer.console", str(pidfd), str(master),
+                 str(listener.fileno()), str(out)], [os.setsid, partial(os.chdir, "/")],
+                stdio=stdio, pass_fds=[pidfd, master, listener.fileno(), out])
         finally:
             for fd in {out, *stdio}:
                 os.close(fd)
     finally:
         listener.close()
+
+
+@contextmanager
+def _short_path(directory: Path) -> Iterator[str]:
+    """directory/SOCKET by a path short enough for a unix socket (at most 107 bytes; a
+    rootless user's long container name in /run/user/UID would not fit): through an
+    fd of the directory, /proc/self/fd/N/attach.sock."""
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{SOCKET}"
+    finally:
+        os.close(fd)
 
 
 class Client:
@@ -75,7 +91,8 @@ class Client:
     def __init__(self, directory: Path, name: str) -> None:
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.socket.connect(str(directory / SOCKET))
+            with _short_path(directory) as path:
+                self.socket.connect(path)
             answer = self.socket.recv(CHUNK + 1)
         except OSError:
             self.socket.close()
@@ -121,53 +138,68 @@ class Client:
 # -- the keeper process -------------------------------------------------------------------
 
 def keep(pidfd: int, master: int, listener: socket.socket, log: int) -> None:
-    """Hold the terminal until the container ends: log its output, serve attach."""
+    """Hold the terminal until the container ends: log its output, serve attach.
+
+    The keeper never waits for anyone: it reads the container's output whenever there
+    is some (all of it goes to the log), and a client that does not keep up loses
+    what is beyond CLIENT_BUFFER, so neither a stuck `attach` nor a flood stops it.
+    """
     console = Master(master)
     client: socket.socket | None = None
-    to_client = b""       # output not yet taken by a slow client: read no more till it is
+    to_client = b""       # output a slow client has not taken yet
     typed = b""           # keys not yet taken by the container
+    hung_up = False       # the container closed its terminal (it may run on)
     selector = selectors.DefaultSelector()
     selector.register(pidfd, selectors.EVENT_READ)
     selector.register(listener, selectors.EVENT_READ)
     while True:
-        _watch(selector, master, selectors.EVENT_READ * (not to_client)
+        _watch(selector, master, 0 if hung_up else selectors.EVENT_READ
                | selectors.EVENT_WRITE * bool(typed))
         if client is not None:
             _watch(selector, client, selectors.EVENT_READ * (len(typed) < MOST_WAITING)
                    | selectors.EVENT_WRITE * bool(to_client))
         for key, events in selector.select():
             if key.fileobj == pidfd:
-                _drain(console, log, client)
+                _drain(console, log, client, hung_up)
                 return
             if key.fileobj is listener:
                 client = _welcome(listener, client, selector)
             elif key.fileobj == master and events & selectors.EVENT_READ:
                 data = console.read()
                 if data == b"":
-                    return
-                if data:
+                    hung_up, typed = True, b""
+                elif data:
                     os.write(log, data)
-                    to_client = data if client is not None else b""
+                    if client is not None and len(to_client) < CLIENT_BUFFER:
+                        to_client += data
             elif key.fileobj is client and events & selectors.EVENT_READ:
                 message = _receive(client)
                 if not message:                      # detached, or gone
                     selector.unregister(client)
                     client.close()
                     client, to_client = None, b""
-                elif message[:1] == b"k":
+                elif message[:1] == b"k" and not hung_up:
                     typed += message[1:]
-                elif message[:1] == b"w" and len(message) == 5:
+                elif message[:1] == b"w" and len(message) == 5 and not hung_up:
                     set_window(master, struct.unpack("HH", message[1:]))
         if typed:
             typed = typed[console.write(typed):]
         if client is not None and to_client:
-            try:
-                client.send(b"o" + to_client)
-                to_client = b""
-            except BlockingIOError:
-                pass
-            except OSError:
-                to_client = b""
+            to_client = _send(client, to_client)
+
+
+def _send(client: socket.socket, output: bytes) -> bytes:
+    """Send what the client takes now, a message of at most CHUNK bytes at a time;
+    return the rest (nothing, if the client has gone)."""
+    while output:
+        try:
+            client.send(b"o" + output[:CHUNK])
+        except BlockingIOError:
+            return output
+        except OSError:
+            return b""
+        output = output[CHUNK:]
+    return b""
 
 
 def _watch(selector: selectors.BaseSelector, fileobj, events: int) -> None:
@@ -203,16 +235,13 @@ def _receive(client: socket.socket) -> bytes:
         return b""
 
 
-def _drain(console: Master, log: int, client: socket.socket | None) -> None:
-    """The container's first process has ended: pass on what it wrote last."""
-    while data := console.read():
+def _drain(console: Master, log: int, client: socket.socket | None, hung_up: bool) -> None:
+    """The container's first process has ended: log what it wrote last, and pass on
+    to the client what it takes now (never waiting for it)."""
+    while not hung_up and (data := console.read()):
         os.write(log, data)
         if client is not None:
-            try:
-                client.setblocking(True)
-                client.send(b"o" + data)
-            except OSError:
-                client = None
+            _send(client, data)
 
 
 def main(argv: list[str]) -> int:

@@ -119,6 +119,7 @@ class Container:
         self._child: process.Child | None = None
         self._started = 0.0
         self._startup: float | None = None
+        self._pid_started: int | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -135,7 +136,8 @@ class Container:
         it once this process is gone.
         """
         self.detached = detach
-        self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid())}
+        self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid()),
+                       "created": time.time()}
         self.directory = state.claim(self.name, self._record())  # before anything else exists
         procs: list[int] = []
         listeners: list = []
@@ -175,6 +177,9 @@ class Container:
                     when_ready=self.attachment.connect if self.network else None,
                     preserve_fds=self.preserve_fds, channel=channel)
                 self._startup = time.monotonic() - self._started
+                # Once: a later save may find it a zombie already (a -dit command that
+                # exits at once), and a record must keep naming the process it started.
+                self._pid_started = process.start_time(self._child.pid)
             finally:
                 _close(opened)
             self.console = pty.master() if pty else None
@@ -346,7 +351,14 @@ class Container:
             child = process.spawn([repr(main)] if main else as_argv(command), steps,
                                   env=self.env, stdio=opened or stdio, main=main,
                                   channel=channel)
-            return Exec(child, pty.master() if pty else None, output, time.monotonic())
+            try:
+                console = pty.master() if pty else None
+            except BaseException:            # no terminal after all: not left running
+                child.send_signal(signal.SIGKILL)
+                child.wait()
+                child.close()
+                raise
+            return Exec(child, console, output, time.monotonic())
         except BaseException:
             _close(output)
             raise
@@ -424,9 +436,9 @@ class Container:
             "network": asdict(self.attachment) if self.attachment else None,
             "ports": self.ports, "proxy": self._proxy, "security": self.security.as_dict(),
             "tty": self.tty, "console": self._keeper,
-            "created": time.time(), **self._owner,
+            **self._owner,
             "pid": child.pid if child else None, "main_pid": child.main_pid if child else None,
-            "pid_started": process.start_time(child.pid) if child else None}
+            "pid_started": self._pid_started if child else None}
 
     @classmethod
     def load(cls, name: str) -> Container:
@@ -452,6 +464,8 @@ class Container:
         self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
         self.data = state.data_dir() / name
         self._startup = None
+        self._owner = {key: record[key] for key in ("owner", "owner_started", "created")}
+        self._pid_started = record["pid_started"]
         self._child = None
         if _still_its_own(record):
             self._child = process.Child(record["pid"], record["main_pid"], process.open_pidfd(

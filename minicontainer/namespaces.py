@@ -38,6 +38,7 @@ FLAGS = {
 }  # in the order setns must join them: user first, mnt last (as nsenter does)
 DEFAULT = frozenset({"mnt", "pid", "uts", "ipc", "net"})  # what `docker run` unshares
 DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
+PTYS = 256                # terminals a container may open (kernel.pty.max counts all)
 SHM_SIZE = 64 * 1024**2   # Docker's default /dev/shm: shared memory is memory, so bounded
 
 
@@ -71,7 +72,7 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: 
         rootfs.mount()                    # the image, plus a writable layer of our own
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
-        mount_kernel_filesystems(rootfs.merged, sysfs, shm_size)
+        mount_kernel_filesystems(rootfs.merged, sysfs, shm_size, "user" not in namespaces)
         for inside, outside in (files or {}).items():
             bind_file(outside, rootfs.merged / inside.lstrip("/"))
         pivot_into(rootfs.merged)
@@ -88,16 +89,18 @@ def make_mounts_private() -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM_SIZE) -> None:
-    """Give the new root its own /proc (our pid namespace's), /sys, /dev and /tmp."""
+def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM_SIZE,
+                             tty_group: bool = True) -> None:
+    """Give the new root its own /proc (our pid namespace's), /sys, /dev and /tmp
+    (`tty_group`: its terminals belong to group 5, which a user namespace lacks)."""
     mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if sysfs:
         mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount_minimal_dev(root / "dev", shm_size)
+    mount_minimal_dev(root / "dev", shm_size, tty_group)
     mount("tmpfs", root / "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
 
 
-def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE) -> None:
+def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE, tty_group: bool = True) -> None:
     """A /dev with a few harmless devices borrowed from the host, not all of them, and a
     /dev/shm of `shm_size` bytes (a tmpfs lives in memory: unbounded, it could take half
     the host's, the kernel's default for tmpfs)."""
@@ -106,7 +109,12 @@ def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE) -> None:
         (dev / name).touch()
         mount(f"/dev/{name}", dev / name, None, MS_BIND)  # the host's node, bind-mounted
     (dev / "pts").mkdir()
-    mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666")
+    # Its own instance: its ptys only, numbered from 0, at most PTYS of them, so it
+    # cannot use up the host's; as Docker's, a pty is group tty (5) with mode 620 -
+    # where group 5 exists (a user namespace maps only our own group).
+    group = ",mode=0620,gid=5" if tty_group else ""
+    mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC,
+          f"newinstance,ptmxmode=0666,max={PTYS}{group}")
     (dev / "ptmx").symlink_to("pts/ptmx")
     (dev / "shm").mkdir()
     mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,

@@ -31,6 +31,7 @@ import os
 import resource
 import select
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,10 @@ from .errors import CommandNotExecutable, CommandNotFound, Ended, StepFailed, Ti
 from .syscalls import close_on_exec_from, set_parent_death_signal
 
 Step = Callable[[], None]
+# How a helper process of ours (a port proxy, a terminal's keeper) runs our code as
+# root: -P, so that `-m` does not put the caller's working directory first on sys.path
+# (a `selectors.py` in /tmp would run as root), and in / (steps chdir there).
+HELPER_PYTHON = (sys.executable, "-P", "-m")
 
 EXIT_SETUP_FAILED, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 125, 126, 127
 

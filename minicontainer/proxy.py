@@ -76,8 +76,8 @@ def start(pid: int, address: str, listeners: list[socket.socket], container_port
         # write to cgroup.procs is a plain system call, safe in a copy of a threaded
         # process (subprocess's preexec_fn is not), and the relay never runs outside
         # its budget (writing its pid in after Popen would leave a moment when it does).
-        steps = [os.setsid, partial(cgroups.join, procs)]
-        child = process.spawn([sys.executable, "-m", "minicontainer.proxy", str(pid),
+        steps = [os.setsid, partial(os.chdir, "/"), partial(cgroups.join, procs)]
+        child = process.spawn([*process.HELPER_PYTHON, "minicontainer.proxy", str(pid),
                                address, *pairs], steps, stdio=stdio,
                               pass_fds=[s.fileno() for s in listeners])
     finally:

@@ -84,8 +84,9 @@ class Pty:
 
     def open_inside(self) -> None:
         """A step: a pty from the container's devpts; the master goes out, the slave stays."""
-        master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)  # not /dev/ptmx: a symlink
-        info = os.fstat(master)                                    # anyone inside may replace
+        # Not /dev/ptmx: that is a symlink, which anyone inside may replace.
+        master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)
+        info = os.fstat(master)
         if not stat.S_ISCHR(info.st_mode) or (os.major(info.st_rdev),
                                               os.minor(info.st_rdev)) != PTMX:
             raise OSError(errno.ENOTTY, "/dev/pts/ptmx is not a devpts multiplexer")
@@ -269,16 +270,24 @@ def attach(console: Console, keyboard: int | None, screen: int,
         selector.register(woken, selectors.EVENT_READ)
         selector.register(console, selectors.EVENT_READ)
         if keyboard is not None:
-            selector.register(keyboard, selectors.EVENT_READ)
+            try:
+                selector.register(keyboard, selectors.EVENT_READ)
+            except PermissionError:     # a file or /dev/null: nothing to wait for, as
+                keyboard = None         # at its end (epoll watches only what can block)
         if ended is not None:
             selector.register(ended, selectors.EVENT_READ)
         console.resize(window_size(screen))
+        hung_up = False     # its side closed the terminal; with `ended`, it may run on
         while True:
             for key, events in selector.select():
                 if key.fileobj is console and events & selectors.EVENT_READ:
                     data = console.read()
-                    if data == b"":
+                    if data == b"" and ended is None:
                         return False
+                    if data == b"":             # keys go nowhere now; detach keys still work
+                        selector.unregister(console)
+                        hung_up, waiting = True, b""
+                        break
                     _write_all(screen, data or b"")
                 elif key.fileobj == keyboard:
                     data = os.read(keyboard, CHUNK)
@@ -288,14 +297,17 @@ def attach(console: Console, keyboard: int | None, screen: int,
                     data, detached = keys.feed(data)
                     if detached:
                         return True
-                    waiting = (waiting + data)[:MOST_WAITING]
+                    waiting = b"" if hung_up else (waiting + data)[:MOST_WAITING]
                 elif key.fileobj == woken:
                     os.read(woken, 64)
-                    console.resize(window_size(screen))
+                    if not hung_up:
+                        console.resize(window_size(screen))
                 elif key.fileobj == ended:
-                    while data := console.read():     # what it wrote last
+                    while not hung_up and (data := console.read()):   # what it wrote last
                         _write_all(screen, data)
                     return False
+            if hung_up:
+                continue
             if waiting:
                 waiting = waiting[console.write(waiting):]
             selector.modify(console, selectors.EVENT_READ | (
@@ -375,7 +387,7 @@ def _copy(source: int, target: int, ours: int) -> None:
         os.close(ours)
 
 
-def finish(relays: Sequence[threading.Thread], timeout: float = 1) -> None:
+def finish(relays: Sequence[threading.Thread], timeout: float = 5) -> None:
     """Let the output relays copy what is left (the keyboard's may wait forever)."""
     for relay in relays:
         if relay.name != "relay-0":

@@ -403,8 +403,96 @@ def test_in_tmux_a_real_terminal_program():
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True)
         subprocess.run(CLI + ["rm", "-f", "mc-tty-tmux"], capture_output=True)
+        socket_file = f"/tmp/tmux-{os.getuid()}/{session}"
+        if os.path.exists(socket_file):
+            os.remove(socket_file)
         if os.path.exists("/tmp/mc-tty-before"):
             os.remove("/tmp/mc-tty-before")
+
+
+# -- found by an attack review ------------------------------------------------------------
+
+def test_a_dit_command_that_ends_at_once_is_still_a_container_to_remove():
+    """Its record was saved again after the keeper started, when the command was a
+    zombie already: a pid without a start time, refused by every command after."""
+    for n in range(3):
+        assert mc("run", "-dit", "--name", f"mc-tty-quick{n}", "--", "sh", "-c",
+                  "exit 4").returncode == 0
+    time.sleep(0.5)
+    for n in range(3):
+        assert f"mc-tty-quick{n}" in mc("ps").stdout
+        assert "exited (4)" in mc("ps").stdout
+        removed = mc("rm", f"mc-tty-quick{n}")
+        assert removed.returncode == 0, removed.stderr
+    assert state.names() == [] and keepers() == []
+
+
+def test_the_keeper_imports_nothing_from_the_callers_directory(tmp_path):
+    """`python -m` puts the working directory first on sys.path: a selectors.py there
+    would run as root in the keeper."""
+    (tmp_path / "selectors.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')\n")
+    script = os.path.join(os.path.dirname(sys.executable), "minicontainer")
+    started = subprocess.run([script, "run", "-dit", "--name", "mc-tty-cwd", "--", "sh"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    try:
+        assert started.returncode == 0, started.stderr
+        (keeper,) = keepers()
+        assert os.readlink(f"/proc/{keeper}/cwd") == "/"
+        assert not (tmp_path / "ran").exists()
+    finally:
+        mc("rm", "-f", "mc-tty-cwd")
+
+
+def test_a_container_that_closes_its_terminal_can_still_be_detached_and_ends(screens):
+    s = screens("run", "-it", "--name", "mc-tty-closed", "--", "sh", "-c",
+                "exec </dev/null >/dev/null 2>&1; sleep 3; exit 7")
+    s.wait_until_raw()
+    time.sleep(0.5)
+    s.type(b"\x10\x11")                       # still read, though nothing goes in
+    s.expect("detached from mc-tty-closed")
+    assert s.exit_code() == 0
+    deadline = time.monotonic() + 10
+    while "exited (7)" not in mc("ps").stdout:  # the keeper outlived the closed terminal
+        assert time.monotonic() < deadline, mc("ps").stdout
+        time.sleep(0.2)
+    assert mc("rm", "mc-tty-closed").returncode == 0
+    s = screens("run", "-it", "--", "sh", "-c", "exec </dev/null >/dev/null 2>&1; exit 6")
+    assert s.exit_code() == 6                   # and without detaching, the code comes back
+    assert termios.tcgetattr(s.fd) == s.settings
+
+
+def test_attach_with_nothing_to_type_shows_the_output_to_the_end():
+    assert mc("run", "-dit", "--name", "mc-tty-null", "--", "sh", "-c",
+              "sleep 1; echo the-end; exit 2").returncode == 0
+    attached = subprocess.run(CLI + ["attach", "mc-tty-null"], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=30)
+    assert (attached.returncode, "the-end" in attached.stdout) == (2, True), attached.stderr
+    mc("rm", "mc-tty-null")
+
+
+def test_a_client_that_never_reads_does_not_stop_the_container():
+    """The keeper reads the container's output whatever its client does."""
+    from minicontainer.console import Client
+    assert mc("run", "-dit", "--name", "mc-tty-stuck", "--", "sh", "-c",
+              "sleep 1; head -c 3000000 /dev/zero | tr '\\0' x; echo; echo flooded; "
+              "sleep 30").returncode == 0
+    stuck = Client(state.containers_dir() / "mc-tty-stuck", "mc-tty-stuck")  # never reads
+    try:
+        deadline = time.monotonic() + 30
+        while "flooded" not in mc("logs", "mc-tty-stuck").stdout:
+            assert time.monotonic() < deadline, "the container was held up by its client"
+            time.sleep(0.3)
+    finally:
+        stuck.close()
+        mc("rm", "-f", "mc-tty-stuck")
+
+
+def test_sigquit_to_the_cli_restores_the_terminal(screens):
+    s = shell(screens)
+    os.kill(s.pid, signal.SIGQUIT)
+    assert s.exit_code() == 137
+    assert termios.tcgetattr(s.fd) == s.settings
+    assert "SIGQUIT: stopping the command" in s.seen.decode(errors="replace")
 
 
 # -- the Python API, and the parts ---------------------------------------------------------
