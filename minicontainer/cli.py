@@ -195,7 +195,7 @@ def run_with_pipes(container, args: argparse.Namespace) -> int:
         if result.oom_killed:
             from .host import format_bytes
             print(f"minicontainer: killed: out of memory, limit "
-                  f"{format_bytes(container.limits.memory)}", file=sys.stderr)
+                  f"{format_bytes(container.spec.limits.memory)}", file=sys.stderr)
         return result.exit_code
     finally:
         container.remove(force=True)
@@ -301,7 +301,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     check_host(rootless=os.geteuid() != 0)
     keys = parse_detach_keys(args.detach_keys)
     container = Container.load(args.name)
-    if not container.tty:
+    if not container.spec.tty:
         raise MinicontainerError(f"container {args.name} has no terminal (it ran without -t): "
                                  f"`minicontainer logs {args.name}` shows its output")
     if not container.running:

@@ -1,12 +1,12 @@
 """All the layers composed: a container you can start, exec into, stop and remove.
 
-`Container` is a plain description (command, image, namespaces, budget, network,
-name) until start() forks the child that builds it, in this order: a new session;
-layer 2 (which uses layer 1 when there is no mount namespace); layer 3 (the child
-writes itself into its cgroup, so the command never runs outside its budget); layer 4
-(the child waits while this process plugs a veth into its network namespace);
-layer 5 (system paths hidden, then seccomp and fewer capabilities); optionally a
-tiny init; then exec. Each step runs in the child; this process only
+A container is a Spec (spec.py: what it is, checked) until start() forks the child
+that builds it, in this order: a new session; layer 2 (which uses layer 1 when there
+is no mount namespace); layer 3 (the child writes itself into its cgroup, so the
+command never runs outside its budget); layer 4 (the child waits while this process
+plugs a veth into its network namespace); its terminal, if it has one; layer 5
+(system paths hidden, then seccomp and fewer capabilities); optionally a tiny init;
+then exec. Each step runs in the child (setup_steps lists them); this process only
 creates the host-side objects (state directory, address, cgroup, published ports),
 waits and reads results.
 
@@ -29,20 +29,13 @@ from pathlib import Path
 from . import cgroups, console as keeper, devices, process, proxy, security, state, syscalls
 from . import network as networking
 from . import namespaces as ns
-from .arguments import (as_argv, check_count, check_host, check_hostname, check_name,
-                        check_namespaces, check_ports, check_rootless)
-from .cgroups import Cgroup, Limits
-from .errors import InvalidArgument, MinicontainerError, Timeout
-from .host import parse_size
+from .arguments import as_argv
+from .cgroups import Cgroup
+from .errors import MinicontainerError, Timeout
 from .init import become_init
-from .rootfs import Overlay, check_rootfs, default_rootfs
-from .security import Security
+from .rootfs import Overlay
+from .spec import Spec, describe, from_record, record_of
 from .terminal import WINDOW, Pty, check_tty, finish, stdio_for
-
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# A fork bomb must hit a wall, not the host: with a cgroup there is always a pids
-# limit (Podman's default is 2048; Docker has none). pids_limit="max" lifts it.
-DEFAULT_PIDS_LIMIT = 1024
 
 
 @dataclass
@@ -59,67 +52,50 @@ class Result:
 
 
 class Container:
-    """A command run in its own namespaces, on its own copy of an image."""
+    """A command run in its own namespaces, on its own copy of an image: its Spec (what
+    it is) and the handles of it running (what this process holds of it)."""
 
-    def __init__(self, command: str | Sequence[str] | Callable[[], None], *,
-                 name: str | None = None, rootfs: str | os.PathLike | None = None,
-                 hostname: str | None = None,
-                 namespaces: Iterable[str] = ns.DEFAULT, init: bool = False,
-                 env: dict[str, str] | None = None, memory: str | int | None = None,
-                 cpus: str | float | None = None, pids_limit: str | int | None = None,
-                 cgroup: bool | None = None, cgroup_parent: Cgroup | None = None,
-                 network: str | None = None,
-                 ports: dict[int, int] | Iterable[str] | None = None,
-                 security: Security | None = None, rootless: bool = False,
-                 shm_size: str | int = ns.SHM_SIZE, preserve_fds: int = 0,
-                 tty: bool = False) -> None:
-        check_host(rootless)
+    def __init__(self, command: str | Sequence[str] | Callable[[], None], **options) -> None:
+        """Describe the container (spec.describe: Docker's option names, every one
+        checked); nothing exists on the host until start()."""
         # A Python function instead of a program: runs as the container's process,
         # without exec (the notebooks use it to show an attacker's code).
         self.main = command if callable(command) else None
-        self.command = [repr(command)] if self.main else as_argv(command)
-        self.id = os.urandom(6).hex()
-        self.name = check_name(name or f"mc-{self.id}")
-        self.hostname = check_hostname(hostname or self.name)
-        self.rootless = rootless
-        self.namespaces = check_namespaces(set(namespaces) | ({"user"} if rootless else set()))
-        cgroup = not rootless if cgroup is None else cgroup
-        if rootless:
-            check_rootless(cgroup, (memory, cpus, pids_limit), network)
-        self.rootfs = check_rootfs(Path(rootfs)) if rootfs else default_rootfs()
-        self.init = init
-        self.shm_size = parse_size(shm_size, "shm size", 1)   # docker --shm-size
-        self.preserve_fds = check_count(preserve_fds, "preserve_fds", 0)  # podman's option
-        self.tty = bool(tty)                 # a terminal of its own (terminal.py), `run -t`
-        if self.tty:
-            check_tty(self.namespaces)
-        self.console: int | None = None      # its master, while this process holds it
-        self._keeper: list[int] | None = None   # pid and start time of console.py's keeper
-        self._keeper_process: process.Child | None = None   # the same, when we started it
-        if not cgroup and (memory, cpus, pids_limit) != (None, None, None):
-            raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
-        self.limits = Limits.parse(memory, cpus, DEFAULT_PIDS_LIMIT if cgroup and pids_limit
-                                   is None else pids_limit)
-        parent = cgroup_parent.path if cgroup_parent else cgroups.PARENT   # docker --cgroup-parent
-        self.cgroup = Cgroup(f"{parent}/mc-{self.id}", self.limits) if cgroup else None
-        self.network = network
-        self.ports = check_ports(ports or {}, network, self.namespaces)
-        self.attachment: networking.Attachment | None = None
-        # The relay of the published ports gets a budget of its own: a flood of
-        # connections spends the proxy's memory and pids, never the host's or ours.
-        self.proxy_cgroup = (Cgroup(f"{cgroups.PARENT}/mc-{self.id}-proxy", proxy.LIMITS)
-                             if self.ports else None)
-        self._proxy: list[int] | None = None
-        self._proxy_process: process.Child | None = None
-        self.security = security or Security()      # all defences on, as in `docker run`
-        self.env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": self.hostname, **(env or {})}
-        self.detached = False
-        self.directory: Path | None = None     # the record, in /run
-        self.data: Path | None = None          # the writable layer and logs, on disk
-        self._child: process.Child | None = None
-        self._started = 0.0
-        self._startup: float | None = None
-        self._pid_started: int | None = None
+        self._hold(describe(command, **options))
+
+    @classmethod
+    def load(cls, name: str) -> Container:
+        """The container `name`, started by this or another process (for the CLI)."""
+        record = state.read(name)
+        self = cls.__new__(cls)
+        self.main = None
+        self._hold(from_record(record), record)
+        return self
+
+    def _hold(self, spec: Spec, record: dict | None = None) -> None:
+        """The handles of a container: fresh, or as its record left them."""
+        self.spec = spec
+        record = record or {}
+        self.cgroup = Cgroup(spec.cgroup, spec.limits) if spec.cgroup else None
+        self.proxy_cgroup = Cgroup(spec.proxy_cgroup, proxy.LIMITS) if spec.ports else None
+        attachment = record.get("network")
+        self.attachment = networking.Attachment(**attachment) if attachment else None
+        self.detached = record.get("detached", False)
+        self.directory = state.containers_dir() / spec.name if record else None  # the record
+        self.data = state.data_dir() / spec.name if record else None  # its layer and logs
+        self.console: int | None = None        # its terminal's master, while we hold it
+        self._owner = {key: record[key] for key in ("owner", "owner_started", "created")
+                       if key in record}
+        self._child = _child_of(record) if record else None
+        self._pid_started = record.get("pid_started")
+        self._started, self._startup = 0.0, None
+        self._proxy, self._keeper = record.get("proxy"), record.get("console")  # [pid, start]
+        self._proxy_process = self._keeper_process = None   # the same, if we started them
+
+    @property
+    def name(self) -> str:
+        """The container's name (`--name`, or mc-<id>)."""
+        return self.spec.name
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -129,70 +105,34 @@ class Container:
 
         `stdio` gives the command's fds 0, 1, 2 (None in it: this process's own; the
         CLI in the foreground); without it, nothing goes in and the output goes to log
-        files read by wait() and logs(). With tty=True the command has a terminal of
+        files read by wait() and logs(). With tty the command has a terminal of
         `window` (rows, columns) instead, whose master is `console` here.
         detach=True lets the container outlive this process (`run -d`; a keeper
         process then holds its terminal); otherwise `minicontainer cleanup` removes
         it once this process is gone.
         """
+        spec = self.spec
         self.detached = detach
         self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid()),
                        "created": time.time()}
-        self.directory = state.claim(self.name, self._record())  # before anything else exists
+        self.directory = state.claim(spec.name, self._record())  # before anything else exists
         procs: list[int] = []
         listeners: list = []
-        pty = Pty(window, console=True) if self.tty else None
+        pty = Pty(window, console=True) if spec.tty else None
         try:
-            self.data = state.make_data(self.name)
-            layer = Overlay.create(self.rootfs, self.data, nodev=self.security.devices)
-            files = self._lease_address() if self.network else {}
+            self.data = state.make_data(spec.name)
+            layer = Overlay.create(Path(spec.rootfs), self.data, nodev=spec.security.devices)
+            files = self._lease_address() if spec.network else {}
+            procs = self._enter_budget()
             channel = process.Channel()      # spawn's pipes, for the steps that use them
-            steps = [os.setsid,       # our own session: the terminal's Ctrl-C is not ours
-                     partial(ns.isolate, layer, self.namespaces, self.hostname, channel,
-                             on_exit=partial(_record_exit, self.directory), files=files,
-                             shm_size=self.shm_size)]
-            listed = False                  # a device allow-list in force (layer 5, in layer 3)
-            if self.cgroup:
-                self.cgroup.create()
-                listed = self.security.devices and devices.allow_only(self.cgroup)
-                procs = self.cgroup.open_procs()
-                steps.append(partial(cgroups.join, procs))   # in its budget before exec
-            if self.security.devices and "mnt" not in self.namespaces and not listed:
-                devices.refuse_device_nodes(self.rootfs)     # neither nodev nor an allow-list
-            if self.network:
-                steps.append(partial(process.wait_for_parent, channel))  # eth0 plugged in
-            if pty:
-                steps.append(pty.open_inside)          # in its devpts; the master comes out
-            steps += security.steps(self.security, "mnt" in self.namespaces)  # layer 5
-            if self.init:
-                steps.append(partial(become_init, channel))
-            if pty:
-                steps.append(pty.take_as_controlling)  # the command's, not init's
-            listeners = proxy.bind(self.ports)   # a port in use fails before anything runs
-            opened = self._open_logs() if stdio is None else []
-            try:
-                self._started = time.monotonic()
-                self._child = process.spawn(
-                    self.command, steps, env=self.env, stdio=opened or stdio, main=self.main,
-                    when_ready=self.attachment.connect if self.network else None,
-                    preserve_fds=self.preserve_fds, channel=channel)
-                self._startup = time.monotonic() - self._started
-                # Once: a later save may find it a zombie already (a -dit command that
-                # exits at once), and a record must keep naming the process it started.
-                self._pid_started = process.start_time(self._child.pid)
-            finally:
-                _close(opened)
+            steps = setup_steps(spec, layer, channel, files, procs, pty,
+                                on_exit=partial(_record_exit, self.directory))
+            listeners = proxy.bind(spec.ports)   # a port in use fails before anything runs
+            self._spawn(steps, stdio, channel)
             self.console = pty.master() if pty else None
             self._save()                     # its pids, at once: cleanup must find them
             if listeners:
-                self.proxy_cgroup.create()
-                self._proxy_process = proxy.start(
-                    self.pid, self.attachment.address, listeners,
-                    [port for _, _, port in self.ports], self.data / "proxy.log",
-                    self.proxy_cgroup)
-                self._proxy = [self._proxy_process.pid,
-                               process.start_time(self._proxy_process.pid)]
-                self._save()
+                self._start_proxy(listeners)
             if detach and self.console is not None:
                 self.keep_console()
         except BaseException:
@@ -247,17 +187,17 @@ class Container:
         if self._child is not None:
             self._child.close()
             self._child = None
-        if self.console is not None:
-            os.close(self.console)
-            self.console = None
+        _close([self.console])
+        self.console = None
         _stop_helper(self._keeper, self._keeper_process, b"minicontainer.console")
-        self._keeper, self._keeper_process = None, None
-        self._stop_proxy()
+        _stop_helper(self._proxy, self._proxy_process, b"minicontainer.proxy")
+        self._keeper = self._keeper_process = self._proxy = self._proxy_process = None
         if self.attachment is not None:
             networking.detach(self.attachment)
             self.attachment = None
-        if self.cgroup is not None and self.directory is not None:
-            self.cgroup.remove()
+        for group in (self.cgroup, self.proxy_cgroup):
+            if group is not None and self.directory is not None:
+                group.remove()               # and whatever a crash left in it
         if self.data is not None:
             Overlay.make_removable(self.data)
             state.release_data(self.data)
@@ -320,45 +260,25 @@ class Container:
                    stdio: Sequence[int | None] | None = None, tty: bool = False,
                    window: tuple[int, int] = WINDOW, hardened: bool = True) -> Exec:
         """Start another command inside the running container (docker exec); return it
-        running. `stdio` and `tty`, `window` as for start(); its terminal's master is
-        the returned Exec's `console`.
-
-        The joining process is a copy of this one until it execs: it is made
-        non-dumpable first, so the container cannot open its /proc/PID/exe (the
-        host's Python: CVE-2019-5736) or its fds, and it starts a session of its own, so
-        it never holds our terminal as its controlling tty (TIOCSTI would type into the
-        host's shell). A Python function as `command` runs in there without exec (for
-        demos). hardened=False leaves both out, as runtimes did before 2019 (the lab).
-        """
+        running. `stdio`, `tty` and `window` as for start(); its terminal's master is
+        the returned Exec's `console`. How it joins: join_steps()."""
         if not self.running:
             raise MinicontainerError(f"container {self.name} is not running")
         if tty:
-            check_tty(self.namespaces)
+            check_tty(self.spec.namespaces)
         pty = Pty(window) if tty else None
         procs = self.cgroup.open_procs() if self.cgroup else []   # in the same budget
-        steps = [partial(syscalls.set_dumpable, False), os.setsid] if hardened else []
         channel = process.Channel()
-        steps += [partial(ns.join, self.pid, self.namespaces, channel),
-                  partial(cgroups.join, procs),
-                  *security.steps(self.security, mount_namespace=False)]  # mounts: done
-        if pty:
-            steps += [pty.open_inside, pty.take_as_controlling]
+        steps = join_steps(self.spec, self.pid, channel, procs, pty, hardened)
         main = command if callable(command) else None
         output = [] if stdio is not None else [os.memfd_create("stdout"),
                                                 os.memfd_create("stderr")]
         opened = [os.open(os.devnull, os.O_RDONLY), *map(os.dup, output)] if output else []
         try:
             child = process.spawn([repr(main)] if main else as_argv(command), steps,
-                                  env=self.env, stdio=opened or stdio, main=main,
+                                  env=self.spec.env, stdio=opened or stdio, main=main,
                                   channel=channel)
-            try:
-                console = pty.master() if pty else None
-            except BaseException:            # no terminal after all: not left running
-                child.send_signal(signal.SIGKILL)
-                child.wait()
-                child.close()
-                raise
-            return Exec(child, console, output, time.monotonic())
+            return Exec(child, _terminal_of(child, pty), output, time.monotonic())
         except BaseException:
             _close(output)
             raise
@@ -388,6 +308,52 @@ class Container:
             raise MinicontainerError(f"container {self.name} was not started")
         return self._child
 
+    def _lease_address(self) -> dict[str, Path]:
+        """Layer 4, host side: an address on the network (recorded at once), and the
+        /etc/hosts and /etc/resolv.conf files the child will bind-mount into its root."""
+        self.attachment, files = lease_address(self.spec, self.data)
+        self._save()
+        return files
+
+    def _enter_budget(self) -> list[int]:
+        """Layer 3, host side: the cgroup with its device allow-list (layer 5), and its
+        cgroup.procs files opened for the child to write itself into."""
+        listed = False                  # a device allow-list in force
+        procs: list[int] = []
+        if self.cgroup:
+            self.cgroup.create()
+            listed = self.spec.security.devices and devices.allow_only(self.cgroup)
+            procs = self.cgroup.open_procs()
+        if self.spec.security.devices and "mnt" not in self.spec.namespaces and not listed:
+            devices.refuse_device_nodes(Path(self.spec.rootfs))   # neither nodev nor a list
+        return procs
+
+    def _spawn(self, steps: list, stdio: Sequence[int | None] | None,
+               channel: process.Channel) -> None:
+        """Fork the child that runs `steps` and execs the command; logs unless `stdio`."""
+        opened = _open_logs(self.data) if stdio is None else []
+        try:
+            self._started = time.monotonic()
+            self._child = process.spawn(
+                list(self.spec.command), steps, env=self.spec.env, stdio=opened or stdio,
+                main=self.main, when_ready=self.attachment.connect if self.attachment else None,
+                preserve_fds=self.spec.preserve_fds, channel=channel)
+            self._startup = time.monotonic() - self._started
+            # Once: a later save may find it a zombie already (a -dit command that
+            # exits at once), and a record must keep naming the process it started.
+            self._pid_started = process.start_time(self._child.pid)
+        finally:
+            _close(opened)
+
+    def _start_proxy(self, listeners: list) -> None:
+        """Hand the published ports' sockets to a relay process, in a cgroup of its own."""
+        self.proxy_cgroup.create()
+        self._proxy_process = proxy.start(
+            self.pid, self.attachment.address, listeners,
+            [port for _, _, port in self.spec.ports], self.data / "proxy.log", self.proxy_cgroup)
+        self._proxy = [self._proxy_process.pid, process.start_time(self._proxy_process.pid)]
+        self._save()
+
     def _result(self, duration: float) -> Result:
         status = int(_text(self.directory / "exit_status") or -1)
         out, err = self.logs()
@@ -397,80 +363,71 @@ class Container:
             result.oom_killed = self.cgroup.stats()["oom_kills"] > 0
         return result
 
-    def _open_logs(self) -> list[int]:
-        """For the command's stdin, stdout, stderr: nothing in, logs out."""
-        return [os.open(os.devnull, os.O_RDONLY)] + [
-            os.open(self.data / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            for name in ("stdout", "stderr")]
-
-    def _lease_address(self) -> dict[str, Path]:
-        """Layer 4, host side: an address on the network, and the /etc/hosts and
-        /etc/resolv.conf files the child will bind-mount into its root."""
-        hosts, resolv = self.data / "hosts", self.data / "resolv.conf"
-        resolv.write_text(networking.resolv_conf())
-        self.attachment = networking.attach(self.network, self.name, self.id, self.hostname, hosts)
-        self._save()
-        return {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
-
-    def _stop_proxy(self) -> None:
-        _stop_helper(self._proxy, self._proxy_process, b"minicontainer.proxy")
-        self._proxy, self._proxy_process = None, None
-        if self.proxy_cgroup is not None and self.directory is not None:
-            self.proxy_cgroup.remove()    # and whatever it left there (a crash: cleanup)
-
     def _save(self) -> None:
         state.write(self.directory, self._record())
 
     def _record(self) -> dict:
+        """Its Spec and its handles, as its record on disk holds them."""
         child = self._child
-        return {
-            "name": self.name, "id": self.id, "command": self.command,
-            "rootfs": str(self.rootfs), "hostname": self.hostname,
-            "namespaces": sorted(self.namespaces), "init": self.init, "env": self.env,
-            "rootless": self.rootless,
-            "detached": self.detached,
-            "cgroup": self.cgroup.path if self.cgroup else None,
-            "proxy_cgroup": self.proxy_cgroup.path if self.proxy_cgroup else None,
-            "limits": {"memory": self.limits.memory, "cpus": self.limits.cpus,
-                       "pids": self.limits.pids},
-            "network": asdict(self.attachment) if self.attachment else None,
-            "ports": self.ports, "proxy": self._proxy, "security": self.security.as_dict(),
-            "tty": self.tty, "console": self._keeper,
-            **self._owner,
-            "pid": child.pid if child else None, "main_pid": child.main_pid if child else None,
-            "pid_started": self._pid_started if child else None}
+        return {**record_of(self.spec), "detached": self.detached,
+                "network": asdict(self.attachment) if self.attachment else None,
+                "proxy": self._proxy, "console": self._keeper, **self._owner,
+                "pid": child.pid if child else None,
+                "main_pid": child.main_pid if child else None,
+                "pid_started": self._pid_started if child else None}
 
-    @classmethod
-    def load(cls, name: str) -> Container:
-        """The container `name`, started by this or another process (for the CLI)."""
-        record = state.read(name)
-        self = cls.__new__(cls)
-        self.name, self.id, self.command = record["name"], record["id"], record["command"]
-        self.main = None
-        self.rootfs, self.hostname = Path(record["rootfs"]), record["hostname"]
-        self.namespaces, self.init = frozenset(record["namespaces"]), record["init"]
-        self.rootless = record["rootless"]
-        self.detached = record["detached"]
-        self.limits = Limits(**record["limits"])
-        self.network = record["network"]["network"] if record["network"] else None
-        self.attachment = networking.Attachment(**record["network"]) if record["network"] else None
-        self.ports, self._proxy, self._proxy_process = record["ports"], record["proxy"], None
-        self.tty, self._keeper, self._keeper_process = record["tty"], record["console"], None
-        self.console = None
-        self.security = Security(**record["security"])
-        self.cgroup = Cgroup(record["cgroup"], self.limits) if record["cgroup"] else None
-        self.proxy_cgroup = (Cgroup(record["proxy_cgroup"], proxy.LIMITS)
-                             if record.get("proxy_cgroup") else None)
-        self.env, self.directory, self._started = record["env"], state.containers_dir() / name, 0.0
-        self.data = state.data_dir() / name
-        self._startup = None
-        self._owner = {key: record[key] for key in ("owner", "owner_started", "created")}
-        self._pid_started = record["pid_started"]
-        self._child = None
-        if _still_its_own(record):
-            self._child = process.Child(record["pid"], record["main_pid"], process.open_pidfd(
-                record["main_pid"], parent=record["pid"]))
-        return self
+
+# -- what the child does ---------------------------------------------------------------
+
+def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
+                files: dict[str, Path], procs: list[int], pty: Pty | None,
+                on_exit: Callable[[int], None]) -> list[process.Step]:
+    """What the container's first process does to itself between fork and exec, in
+    the kernel's order (the module's docstring tells why this one)."""
+    steps = [os.setsid,               # our own session: the terminal's Ctrl-C is not ours
+             partial(ns.isolate, layer, spec.namespaces, spec.hostname, channel,
+                     on_exit=on_exit, files=files, shm_size=spec.shm_size)]
+    if procs:
+        steps.append(partial(cgroups.join, procs))   # in its budget before exec
+    if spec.network:
+        steps.append(partial(process.wait_for_parent, channel))  # eth0 plugged in
+    if pty:
+        steps.append(pty.open_inside)          # in its devpts; the master comes out
+    steps += security.steps(spec.security, "mnt" in spec.namespaces)  # layer 5
+    if spec.init:
+        steps.append(partial(become_init, channel))
+    if pty:
+        steps.append(pty.take_as_controlling)  # the command's, not init's
+    return steps
+
+
+def join_steps(spec: Spec, pid: int, channel: process.Channel, procs: list[int],
+               pty: Pty | None, hardened: bool = True) -> list[process.Step]:
+    """What an exec'd process does to itself: join the container whose first process
+    is `pid`, its budget and its confinement.
+
+    The joining process is a copy of ours until it execs: it is made non-dumpable
+    first, so the container cannot open its /proc/PID/exe (the host's Python:
+    CVE-2019-5736) or its fds, and it starts a session of its own, so it never holds
+    our terminal as its controlling tty (TIOCSTI would type into the host's shell). A
+    Python function as the command runs in there without exec (for demos).
+    hardened=False leaves both out, as runtimes did before 2019 (the escape lab).
+    """
+    steps = [partial(syscalls.set_dumpable, False), os.setsid] if hardened else []
+    steps += [partial(ns.join, pid, spec.namespaces, channel), partial(cgroups.join, procs),
+              *security.steps(spec.security, mount_namespace=False)]  # its mounts: done
+    if pty:
+        steps += [pty.open_inside, pty.take_as_controlling]
+    return steps
+
+
+def lease_address(spec: Spec, data: Path) -> tuple[networking.Attachment, dict[str, Path]]:
+    """Layer 4, host side: an address on the container's network, and the /etc/hosts
+    and /etc/resolv.conf files (written in `data`) to show at those paths inside."""
+    hosts, resolv = data / "hosts", data / "resolv.conf"
+    resolv.write_text(networking.resolv_conf())
+    attachment = networking.attach(spec.network, spec.name, spec.id, spec.hostname, hosts)
+    return attachment, {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
 
 
 class Exec:
@@ -531,6 +488,32 @@ def _still_its_own(record: dict) -> bool:
     in_group = record["cgroup"] is None or any(
         line.split(":", 2)[2] == f"/{record['cgroup']}" for line in groups.splitlines())
     return own_root and in_group
+
+
+def _child_of(record: dict) -> process.Child | None:
+    """The record's processes, if they are still the container's (_still_its_own)."""
+    if not _still_its_own(record):
+        return None
+    return process.Child(record["pid"], record["main_pid"],
+                         process.open_pidfd(record["main_pid"], parent=record["pid"]))
+
+
+def _terminal_of(child: process.Child, pty: Pty | None) -> int | None:
+    """The master `pty` sent; with none after all, `child` is killed, not left running."""
+    try:
+        return pty.master() if pty else None
+    except BaseException:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.close()
+        raise
+
+
+def _open_logs(data: Path) -> list[int]:
+    """For the command's stdin, stdout, stderr: nothing in, logs out."""
+    return [os.open(os.devnull, os.O_RDONLY)] + [
+        os.open(data / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        for name in ("stdout", "stderr")]
 
 
 def _stop_helper(helper: list[int] | None, started: process.Child | None,

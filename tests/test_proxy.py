@@ -99,7 +99,7 @@ def test_the_proxy_runs_in_a_cgroup_of_its_own_with_memory_and_pids_limits():
         web.start()
         pid = proxy_pid(web)
         groups = cgroup_of(pid)
-        assert groups["memory"] == groups["pids"] == f"/minicontainer/mc-{web.id}-proxy"
+        assert groups["memory"] == groups["pids"] == f"/minicontainer/mc-{web.spec.id}-proxy"
         group = web.proxy_cgroup
         assert group.pids() == [pid], "the proxy alone, not the container, is in it"
         if group.version["memory"] == "v2":

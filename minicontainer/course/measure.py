@@ -159,7 +159,7 @@ def _waiter_pid(container: Container) -> int:
     """Host pid of our runtime's process that waits for the container's PID 1 (as
     Docker's containerd-shim does): its parent, with a pid namespace; without one,
     no process waits in between and this is the container's own pid."""
-    if "pid" in container.namespaces:
+    if "pid" in container.spec.namespaces:
         return psutil.Process(container.pid).ppid()   # the waiter forked PID 1 (fork_and_wait)
     return container.pid
 

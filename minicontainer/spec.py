@@ -1,0 +1,128 @@
+"""What a container is, before anything runs: one frozen description, checked once.
+
+A container is its command, its image, the namespaces it gets, its budget, its
+network, its defences and whether it has a terminal. That is written down once, here,
+as a Spec: the CLI's options and Container(...)'s arguments become one (describe()),
+its record on disk holds one (record_of, from_record), and an OCI bundle's config.json
+or an image's config will map onto the same fields. Every value is checked on the way
+in by arguments.py, where bad input stops, so a Spec is always one we can build.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import cgroups
+from . import namespaces as ns
+from .arguments import (as_argv, check_count, check_host, check_hostname, check_name,
+                        check_namespaces, check_ports, check_rootless)
+from .cgroups import Cgroup, Limits
+from .errors import InvalidArgument
+from .host import parse_size
+from .rootfs import check_rootfs, default_rootfs
+from .security import Security
+from .terminal import check_tty
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A fork bomb must hit a wall, not the host: with a cgroup there is always a pids
+# limit (Podman's default is 2048; Docker has none). pids_limit="max" lifts it.
+DEFAULT_PIDS_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A container's checked description: all it takes to build it, nothing running."""
+
+    command: tuple[str, ...]           # argv (for a Python function: its repr, for show)
+    id: str                            # 12 hex digits: its cgroup's, veth's and data's name
+    name: str
+    hostname: str
+    rootfs: str                        # the image: a directory, the overlay's lower layer
+    namespaces: frozenset[str]
+    env: dict[str, str] = field(hash=False)
+    limits: Limits = Limits()
+    cgroup: str | None = None          # its cgroup's path below each hierarchy; None: none
+    network: str | None = None         # the bridge network it joins
+    ports: tuple[tuple[str, int, int], ...] = ()   # (host ip, host port, container port)
+    security: Security = Security()    # all defences on, as in `docker run`
+    init: bool = False                 # a tiny init as PID 1 (--init)
+    rootless: bool = False             # in a user namespace, as an ordinary user
+    shm_size: int = ns.SHM_SIZE        # bytes of /dev/shm (--shm-size)
+    preserve_fds: int = 0              # fds 3.. passed on (podman's --preserve-fds)
+    tty: bool = False                  # a terminal of its own (terminal.py, `run -t`)
+
+    @property
+    def proxy_cgroup(self) -> str | None:
+        """The cgroup of its published ports' relay: a flood of connections spends the
+        relay's memory and pids, never the host's or ours."""
+        return f"{cgroups.PARENT}/mc-{self.id}-proxy" if self.ports else None
+
+
+def describe(command: str | Sequence[str] | Callable[[], None], *,
+             name: str | None = None, rootfs: str | os.PathLike | None = None,
+             hostname: str | None = None, namespaces: Iterable[str] = ns.DEFAULT,
+             init: bool = False, env: dict[str, str] | None = None,
+             memory: str | int | None = None, cpus: str | float | None = None,
+             pids_limit: str | int | None = None, cgroup: bool | None = None,
+             cgroup_parent: Cgroup | None = None, network: str | None = None,
+             ports: dict[int, int] | Iterable[str] | None = None,
+             security: Security | None = None, rootless: bool = False,
+             shm_size: str | int = ns.SHM_SIZE, preserve_fds: int = 0,
+             tty: bool = False) -> Spec:
+    """The Spec of a container from Docker's options (`docker run`'s names), every one
+    checked: InvalidArgument, saying what to write instead, for the first that is wrong."""
+    check_host(rootless)
+    container_id = os.urandom(6).hex()
+    name = check_name(name or f"mc-{container_id}")
+    hostname = check_hostname(hostname or name)
+    kinds = check_namespaces(set(namespaces) | ({"user"} if rootless else set()))
+    cgroup = not rootless if cgroup is None else cgroup
+    if rootless:
+        check_rootless(cgroup, (memory, cpus, pids_limit), network)
+    if tty:
+        check_tty(kinds)
+    if not cgroup and (memory, cpus, pids_limit) != (None, None, None):
+        raise InvalidArgument("memory, cpus and pids_limit need a cgroup (cgroup=True)")
+    limits = Limits.parse(memory, cpus, DEFAULT_PIDS_LIMIT if cgroup and pids_limit is None
+                          else pids_limit)
+    parent = cgroup_parent.path if cgroup_parent else cgroups.PARENT   # docker --cgroup-parent
+    return Spec(
+        command=(repr(command),) if callable(command) else tuple(as_argv(command)),
+        id=container_id, name=name, hostname=hostname,
+        rootfs=str(check_rootfs(Path(rootfs)) if rootfs else default_rootfs()),
+        namespaces=kinds,
+        env={"PATH": PATH, "HOME": "/root", "HOSTNAME": hostname, **(env or {})},
+        limits=limits, cgroup=f"{parent}/mc-{container_id}" if cgroup else None,
+        network=network,
+        ports=tuple(tuple(port) for port in check_ports(ports or {}, network, kinds)),
+        security=security or Security(), init=bool(init), rootless=bool(rootless),
+        shm_size=parse_size(shm_size, "shm size", 1),
+        preserve_fds=check_count(preserve_fds, "preserve_fds", 0), tty=bool(tty))
+
+
+def record_of(spec: Spec) -> dict:
+    """The Spec as its record on disk holds it (JSON; read back with from_record)."""
+    return {"name": spec.name, "id": spec.id, "command": list(spec.command),
+            "rootfs": spec.rootfs, "hostname": spec.hostname,
+            "namespaces": sorted(spec.namespaces), "init": spec.init, "env": spec.env,
+            "rootless": spec.rootless, "cgroup": spec.cgroup,
+            "proxy_cgroup": spec.proxy_cgroup, "limits": asdict(spec.limits),
+            "ports": [list(port) for port in spec.ports],
+            "security": spec.security.as_dict(), "tty": spec.tty,
+            "shm_size": spec.shm_size, "preserve_fds": spec.preserve_fds}
+
+
+def from_record(record: dict) -> Spec:
+    """The Spec a record holds (checked already by state.read: arguments.check_record)."""
+    attachment = record.get("network")
+    return Spec(command=tuple(record["command"]), id=record["id"], name=record["name"],
+                hostname=record["hostname"], rootfs=record["rootfs"],
+                namespaces=frozenset(record["namespaces"]), env=record["env"],
+                limits=Limits(**record["limits"]), cgroup=record["cgroup"],
+                network=attachment["network"] if attachment else None,
+                ports=tuple(tuple(port) for port in record["ports"]),
+                security=Security(**record["security"]), init=record["init"],
+                rootless=record["rootless"], shm_size=record.get("shm_size", ns.SHM_SIZE),
+                preserve_fds=record.get("preserve_fds", 0), tty=record["tty"])
