@@ -21,34 +21,20 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from . import cgroups, console as keeper, devices, process, proxy, security, state, syscalls
+from . import cgroups, console as keeper, devices, joining, process, proxy, security, state
 from . import network as networking
 from . import namespaces as ns
-from .arguments import as_argv
 from .cgroups import Cgroup
 from .errors import MinicontainerError, Timeout
 from .init import become_init
 from .rootfs import Overlay
+from .process import Result, result_of
 from .spec import Spec, describe, from_record, record_of
-from .terminal import WINDOW, Pty, check_tty, finish, stdio_for
-
-
-@dataclass
-class Result:
-    """How a command ended. exit_code is what a shell reports: 128+N if killed by signal N."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-    duration: float              # seconds, from start() to exit
-    signal: str | None = None    # "SIGKILL" etc. when the process was killed by a signal
-    startup: float | None = None  # seconds, from start() until the command was running
-    oom_killed: bool = False     # killed by the kernel for going over its memory limit
+from .terminal import WINDOW, Pty
 
 
 class Container:
@@ -228,64 +214,16 @@ class Container:
     def exec(self, command: str | Sequence[str] | Callable[[], None],
              timeout: float | None = 60, attach: bool = False, interactive: bool = False,
              hardened: bool = True) -> Result:
-        """Run another command inside the running container to its end (docker exec).
-
-        attach=True gives it our stdout and stderr (and stdin if `interactive`; else
-        /dev/null), pipes in their place where they are a terminal (terminal.stdio_for),
-        and passes our SIGTERM, SIGHUP and Ctrl-C on (the CLI); otherwise nothing goes
-        in and the output is returned. hardened=False shares our files as they are (the
-        escape lab). For the rest see exec_start().
-        """
-        stdio, relays = (stdio_for(interactive) if hardened else ([None] * 3, [])
-                         ) if attach else (None, [])
-        try:
-            running = self.exec_start(command, stdio=stdio, hardened=hardened)
-        finally:
-            _close(stdio or [])
-        try:
-            for relay in relays:
-                relay.start()
-            with process.signals_passed_to(running.child) if attach else nullcontext():
-                result = running.wait(timeout)
-            finish(relays)
-            return result
-        except BaseException:                # a time-out, a second Ctrl-C: not left behind
-            running.child.send_signal(signal.SIGKILL)
-            running.wait()
-            raise
-        finally:
-            running.close()
+        """Run another command inside the running container to its end (docker exec;
+        joining.run_in says how, and what the options do)."""
+        return joining.run_in(self, command, timeout, attach, interactive, hardened)
 
     def exec_start(self, command: str | Sequence[str] | Callable[[], None],
                    stdio: Sequence[int | None] | None = None, tty: bool = False,
-                   window: tuple[int, int] = WINDOW, hardened: bool = True) -> Exec:
-        """Start another command inside the running container (docker exec); return it
-        running. `stdio`, `tty` and `window` as for start(); its terminal's master is
-        the returned Exec's `console`. How it joins: join_steps()."""
-        if not self.running:
-            raise MinicontainerError(f"container {self.name} is not running")
-        if tty:
-            check_tty(self.spec.namespaces)
-        pty = Pty(window) if tty else None
-        procs = self.cgroup.open_procs() if self.cgroup else []   # in the same budget
-        channel = process.Channel()
-        steps = join_steps(self.spec, self.pid, channel, procs, pty, hardened)
-        main = command if callable(command) else None
-        output = [] if stdio is not None else [os.memfd_create("stdout"),
-                                                os.memfd_create("stderr")]
-        opened = [os.open(os.devnull, os.O_RDONLY), *map(os.dup, output)] if output else []
-        try:
-            child = process.spawn([repr(main)] if main else as_argv(command), steps,
-                                  env=self.spec.env, stdio=opened or stdio, main=main,
-                                  channel=channel)
-            return Exec(child, _terminal_of(child, pty), output, time.monotonic())
-        except BaseException:
-            _close(output)
-            raise
-        finally:
-            _close(opened + procs)
-            if pty:
-                pty.close()
+                   window: tuple[int, int] = WINDOW, hardened: bool = True) -> joining.Exec:
+        """Start another command inside the running container, and return it running
+        (joining.start_in)."""
+        return joining.start_in(self, command, stdio, tty, window, hardened)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to the container's first process (docker kill --signal)."""
@@ -357,7 +295,7 @@ class Container:
     def _result(self, duration: float) -> Result:
         status = int(_text(self.directory / "exit_status") or -1)
         out, err = self.logs()
-        result = _result(status if status >= 0 else None, out, err, duration)
+        result = result_of(status if status >= 0 else None, out, err, duration)
         result.startup = self._startup
         if self.cgroup is not None and result.signal == "SIGKILL":
             result.oom_killed = self.cgroup.stats()["oom_kills"] > 0
@@ -401,26 +339,6 @@ def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
     return steps
 
 
-def join_steps(spec: Spec, pid: int, channel: process.Channel, procs: list[int],
-               pty: Pty | None, hardened: bool = True) -> list[process.Step]:
-    """What an exec'd process does to itself: join the container whose first process
-    is `pid`, its budget and its confinement.
-
-    The joining process is a copy of ours until it execs: it is made non-dumpable
-    first, so the container cannot open its /proc/PID/exe (the host's Python:
-    CVE-2019-5736) or its fds, and it starts a session of its own, so it never holds
-    our terminal as its controlling tty (TIOCSTI would type into the host's shell). A
-    Python function as the command runs in there without exec (for demos).
-    hardened=False leaves both out, as runtimes did before 2019 (the escape lab).
-    """
-    steps = [partial(syscalls.set_dumpable, False), os.setsid] if hardened else []
-    steps += [partial(ns.join, pid, spec.namespaces, channel), partial(cgroups.join, procs),
-              *security.steps(spec.security, mount_namespace=False)]  # its mounts: done
-    if pty:
-        steps += [pty.open_inside, pty.take_as_controlling]
-    return steps
-
-
 def lease_address(spec: Spec, data: Path) -> tuple[networking.Attachment, dict[str, Path]]:
     """Layer 4, host side: an address on the container's network, and the /etc/hosts
     and /etc/resolv.conf files (written in `data`) to show at those paths inside."""
@@ -428,29 +346,6 @@ def lease_address(spec: Spec, data: Path) -> tuple[networking.Attachment, dict[s
     resolv.write_text(networking.resolv_conf())
     attachment = networking.attach(spec.network, spec.name, spec.id, spec.hostname, hosts)
     return attachment, {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
-
-
-class Exec:
-    """A command that exec_start() started in a running container."""
-
-    def __init__(self, child: process.Child, console: int | None, output: list[int],
-                 started: float) -> None:
-        self.child = child
-        self.console = console           # its terminal's master, with tty=True
-        self.output = output             # memfds holding its stdout and stderr, if not given
-        self.started = started
-
-    def wait(self, timeout: float | None = None) -> Result:
-        """Wait for the command to exit (Timeout after `timeout` seconds)."""
-        status = self.child.wait(timeout)
-        out, err = (_read(fd) for fd in self.output) if self.output else ("", "")
-        return _result(status, out, err, time.monotonic() - self.started)
-
-    def close(self) -> None:
-        """Let go of its pidfd, terminal and output (once, after wait())."""
-        self.child.close()
-        _close([self.console, *self.output])
-        self.console, self.output = None, []
 
 
 def run(command: str | Sequence[str] | Callable[[], None], timeout: float | None = None,
@@ -498,17 +393,6 @@ def _child_of(record: dict) -> process.Child | None:
                          process.open_pidfd(record["main_pid"], parent=record["pid"]))
 
 
-def _terminal_of(child: process.Child, pty: Pty | None) -> int | None:
-    """The master `pty` sent; with none after all, `child` is killed, not left running."""
-    try:
-        return pty.master() if pty else None
-    except BaseException:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.close()
-        raise
-
-
 def _open_logs(data: Path) -> list[int]:
     """For the command's stdin, stdout, stderr: nothing in, logs out."""
     return [os.open(os.devnull, os.O_RDONLY)] + [
@@ -535,25 +419,11 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _result(status: int | None, out: str, err: str, duration: float) -> Result:
-    if status is None:                       # not ours to wait for, and nobody wrote it
-        return Result(-1, out, err, duration)
-    return Result(process.exit_code(status), out, err, duration, process.killed_by(status))
-
-
 def _text(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
-
-
-def _read(fd: int) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def _close(fds: Iterable[int | None]) -> None:

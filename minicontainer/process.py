@@ -97,6 +97,26 @@ class Channel:
 
 
 @dataclass
+class Result:
+    """How a command ended. exit_code is what a shell reports: 128+N if killed by signal N."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float              # seconds, from start() to exit
+    signal: str | None = None    # "SIGKILL" etc. when the process was killed by a signal
+    startup: float | None = None  # seconds, from start() until the command was running
+    oom_killed: bool = False     # killed by the kernel for going over its memory limit
+
+
+def result_of(status: int | None, out: str, err: str, duration: float) -> Result:
+    """The Result of a wait status (None: not ours to wait for, and nobody wrote it)."""
+    if status is None:
+        return Result(-1, out, err, duration)
+    return Result(exit_code(status), out, err, duration, killed_by(status))
+
+
+@dataclass
 class Child:
     """A forked child: `pid` is ours to wait for; `main_pid` runs the command."""
 
