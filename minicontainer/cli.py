@@ -11,6 +11,7 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line; its exit code (a user's error: one line on stderr, 125)."""
     args = parser().parse_args(argv)
     from .errors import MinicontainerError
     try:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """Every subcommand and option, with Docker's names."""
     p = argparse.ArgumentParser(prog="minicontainer", description=(
         "Build a container layer by layer, and a VM beside it. As root."))
     sub = p.add_subparsers(required=True, metavar="COMMAND")
@@ -146,6 +148,7 @@ def check_terminal(args: argparse.Namespace) -> None:
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
+    """The COMMAND after `--` (InvalidArgument if there is none)."""
     from .errors import InvalidArgument
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -154,6 +157,7 @@ def command_of(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: a new container, in the foreground (with pipes or a terminal) or detached."""
     from .container import Container
     from .security import from_options
     from .terminal import parse_detach_keys, window_size
@@ -272,6 +276,7 @@ def wait_in_foreground(container, sig_proxy: bool = True):
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    """`exec`: another command in a running container."""
     from .arguments import check_host
     from .container import Container
     from .terminal import window_size
@@ -289,6 +294,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
+    """`attach`: back to the terminal of a container run with -t."""
     from contextlib import nullcontext
 
     from .arguments import check_host
@@ -323,6 +329,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    """`ps`: every container with a record, and its status."""
     from . import state
     from .errors import BadRecord, ContainerNotFound
     rows = []
@@ -344,6 +351,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    """`stop`: SIGTERM, then SIGKILL after the grace period."""
     from .arguments import check_host
     from .container import Container
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
@@ -356,6 +364,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    """`rm`: remove stopped containers (-f: running ones too)."""
     from .arguments import check_host
     from .container import Container
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
@@ -366,6 +375,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    """`stats`: what containers use, from their cgroups."""
     from . import state
     from .host import format_bytes
     from .arguments import check_host
@@ -384,6 +394,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    """`logs`: what a container wrote to its log files."""
     from .container import Container
     out, err = Container.load(args.name).logs()
     sys.stdout.write(out)
@@ -392,6 +403,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_network_create(args: argparse.Namespace) -> int:
+    """`network create`: a bridge network."""
     from . import network
     from .arguments import check_host
     check_host()
@@ -401,6 +413,7 @@ def cmd_network_create(args: argparse.Namespace) -> int:
 
 
 def cmd_network_ls(args: argparse.Namespace) -> int:
+    """`network ls`: the networks and who is on them."""
     from . import network
     print(f"{'NAME':16} {'SUBNET':18} {'GATEWAY':15} CONTAINERS")
     for name in network.names():
@@ -411,6 +424,7 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_network_rm(args: argparse.Namespace) -> int:
+    """`network rm`: remove networks no container uses."""
     from . import network
     from .arguments import check_host
     check_host()
@@ -421,6 +435,7 @@ def cmd_network_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """`compare`: containers against VMs, measured, with plots."""
     import json
     from pathlib import Path
 
@@ -453,11 +468,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """`doctor`: is this machine ready for the course?"""
     from .doctor import main as doctor
     return doctor()
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    """`cleanup`: remove what dead owners left (--all: everything)."""
     from .cleanup import cleanup, refused_records
     from .arguments import check_host
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones

@@ -104,9 +104,11 @@ class Client:
         self.socket.setblocking(False)
 
     def fileno(self) -> int:
+        """The socket, for a selector."""
         return self.socket.fileno()
 
     def read(self) -> bytes | None:
+        """The container's output (b"": the keeper is gone; None: nothing yet)."""
         try:
             message = self.socket.recv(CHUNK + 1)
         except BlockingIOError:
@@ -116,6 +118,7 @@ class Client:
         return message[1:] if message[:1] == b"o" else b"" if not message else None
 
     def write(self, data: bytes) -> int:
+        """Send typed keys; how many were taken."""
         try:
             self.socket.send(b"k" + data[:CHUNK])
         except BlockingIOError:
@@ -125,6 +128,7 @@ class Client:
         return min(len(data), CHUNK)
 
     def resize(self, window: tuple[int, int]) -> None:
+        """Tell the keeper the window's size."""
         try:
             self.socket.send(b"w" + struct.pack("HH", *window))
         except OSError:
@@ -245,6 +249,7 @@ def _drain(console: Master, log: int, client: socket.socket | None, hung_up: boo
 
 
 def main(argv: list[str]) -> int:
+    """The keeper process: PIDFD MASTER LISTENER LOG, all inherited fds."""
     pidfd, master, listener, log = (int(arg) for arg in argv)
     set_dumpable(False)      # it holds the container's terminal: not for ptrace or /proc/PID/fd
     keep(pidfd, master, socket.socket(fileno=listener), log)

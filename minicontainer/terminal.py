@@ -211,10 +211,17 @@ class DetachKeys:
 class Console(Protocol):
     """The far end of a container's terminal: its pty's master, or console.py's socket."""
 
-    def fileno(self) -> int: ...
-    def read(self) -> bytes | None: ...       # None: nothing yet; b"": the container's side is gone
-    def write(self, data: bytes) -> int: ...  # how much it took (0: full for now)
-    def resize(self, window: tuple[int, int]) -> None: ...
+    def fileno(self) -> int:
+        """The fd to wait on."""
+
+    def read(self) -> bytes | None:
+        """The container's output; None: nothing yet; b"": its side is gone."""
+
+    def write(self, data: bytes) -> int:
+        """Type keys in; how many it took (0: full for now)."""
+
+    def resize(self, window: tuple[int, int]) -> None:
+        """Tell it the window's size (rows, columns)."""
 
 
 class Master:
@@ -225,9 +232,11 @@ class Master:
         os.set_blocking(fd, False)    # a command that does not read must not stop us
 
     def fileno(self) -> int:
+        """The fd to wait on."""
         return self.fd
 
     def read(self) -> bytes | None:
+        """The container's output (b"": its side hung up; None: nothing yet)."""
         try:
             return os.read(self.fd, CHUNK)
         except BlockingIOError:
@@ -238,12 +247,14 @@ class Master:
             raise
 
     def write(self, data: bytes) -> int:
+        """Type keys in; how many were taken (0: full for now)."""
         try:
             return os.write(self.fd, data)
         except BlockingIOError:
             return 0
 
     def resize(self, window: tuple[int, int]) -> None:
+        """Set the terminal's window size (rows, columns)."""
         set_window(self.fd, window)
 
 
