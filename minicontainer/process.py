@@ -321,15 +321,25 @@ PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
-def signals_passed_to(child: Child) -> Iterator[None]:
-    """While the caller waits in the foreground, SIGTERM, SIGHUP and Ctrl-C go to the
-    command instead (docker run's --sig-proxy): a `trap` there sees them, and the caller
-    keeps waiting for its exit code. A second Ctrl-C raises KeyboardInterrupt here, for
-    a command that ignores the first (PID 1 without a handler does). Only the main
-    thread may set signal handlers; elsewhere this does nothing."""
+def handling(signals: Sequence[int], handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for these signals inside the block, the old handlers after it. Only
+    the main thread may set signal handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    before = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
+
+
+def signals_passed_to(child: Child):
+    """While the caller waits in the foreground, SIGTERM, SIGHUP and Ctrl-C go to the
+    command instead (docker run's --sig-proxy): a `trap` there sees them, and the caller
+    keeps waiting for its exit code. A second Ctrl-C raises KeyboardInterrupt here, for
+    a command that ignores the first (PID 1 without a handler does). A context manager."""
     interrupts = 0
 
     def pass_on(sig: int, frame) -> None:
@@ -339,33 +349,16 @@ def signals_passed_to(child: Child) -> Iterator[None]:
             if interrupts > 1:
                 raise KeyboardInterrupt
         child.send_signal(sig)
-
-    before = {sig: signal.signal(sig, pass_on) for sig in PASSED_ON}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    return handling(PASSED_ON, pass_on)
 
 
-@contextmanager
-def ending_on(signals: Sequence[int]) -> Iterator[None]:
-    """Turn these signals into Ended inside the block, so that `finally` clauses run
-    (a terminal in raw mode is restored) where the default action would just end the
-    process. Only in the main thread, as signals_passed_to."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
+def ending_on(signals: Sequence[int]):
+    """Turn these signals into Ended inside the block (a context manager), so that
+    `finally` clauses run (a terminal in raw mode is restored) where the default
+    action would just end the process."""
     def end(sig: int, frame) -> None:
         raise Ended(sig)
-
-    before = {sig: signal.signal(sig, end) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    return handling(signals, end)
 
 
 def blank_fds_from(first: int) -> None:
