@@ -149,7 +149,8 @@ RECORD = {   # field: the types it may have
     "detached": (Bool,), "cgroup": (Str, Null), "limits": (dict,), "network": (dict, Null),
     "ports": (list,), "proxy": (list, Null), "security": (dict,), "created": (float, Int),
     "owner": (Int,), "owner_started": (Int, Null), "pid": (Int, Null),
-    "main_pid": (Int, Null), "pid_started": (Int, Null), "tty": (Bool,), "console": (list, Null)}
+    "main_pid": (Int, Null), "pid_started": (Int, Null), "tty": (Bool,), "console": (list, Null),
+    "shm_size": (Int,), "preserve_fds": (Int,)}
 SECURITY_SWITCHES = tuple(switch.name for switch in fields(Security))
 
 
@@ -159,9 +160,11 @@ def check_record(name: str, record: object) -> dict:
     named after it, its interface its own veth `mc-<id>` on a network of ours. (Its
     processes are checked against the kernel when they are looked up: Container.load.)"""
     def refuse(why: str) -> BadRecord:
+        """The error for this record, and why."""
         return BadRecord(f"the record of container {name!r} is refused, nothing was done: {why}")
-    if isinstance(record, dict):                 # written before containers had terminals
-        record = {"tty": False, "console": None, **record}
+    if isinstance(record, dict):    # written before containers had terminals and a Spec
+        record = {"tty": False, "console": None, "shm_size": ns.SHM_SIZE, "preserve_fds": 0,
+                  **record}
     _check_shape(record, refuse)
     if record["name"] != name or not ID.fullmatch(record["id"]):
         raise refuse(f"it is named {record['name']!r}, id {record['id']!r}")

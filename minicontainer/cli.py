@@ -1,6 +1,6 @@
-"""The command line, with Docker's names: run, exec, ps, stop, rm, logs; plus doctor
-and cleanup. Every user error is one line on stderr and a non-zero exit, never a
-traceback."""
+"""The command line, with Docker's names: run (-it, -d), exec, attach, ps, stop, rm,
+stats, logs, network; plus compare, doctor and cleanup. Every user error is one line on
+stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 import time
+
+DETACH_KEYS = "ctrl-p,ctrl-q"   # Docker's: they leave a -it container running
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     exe.set_defaults(handler=cmd_exec)
 
     attach = sub.add_parser("attach", help="back to the terminal of a container run with -t")
-    attach.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
+    attach.add_argument("--detach-keys", default=DETACH_KEYS, metavar="KEYS",
                         help="keys that leave it running again (default: ctrl-p,ctrl-q)")
     attach.add_argument("name")
     attach.set_defaults(handler=cmd_attach)
@@ -129,7 +131,7 @@ def terminal_options(p: argparse.ArgumentParser, detach: bool) -> None:
                    help="a terminal of the container's own (a pty): -it for a shell" + (
                        "" if detach else " (no detach keys: Ctrl-P goes in)"))
     if detach:        # `run` only: an exec's terminal has no keeper to go to
-        p.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
+        p.add_argument("--detach-keys", default=DETACH_KEYS, metavar="KEYS",
                        help="with -it: keys that leave the container running "
                        "(default: ctrl-p,ctrl-q; `attach` to return)")
         p.add_argument("--sig-proxy", default="true", choices=["true", "false"],
@@ -447,6 +449,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     bars = []
 
     def progress(total: int, name: str):
+        """A progress bar for the next `total` runs of `name`; its tick."""
         for bar in bars:
             bar.close()                     # one bar at a time, each left on screen
         bars.append(tqdm(total=total, desc=f"{name:12}", unit="run", leave=True))

@@ -17,10 +17,11 @@ last process.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -108,7 +109,10 @@ class Container:
         try:
             self.data = state.make_data(spec.name)
             layer = Overlay.create(Path(spec.rootfs), self.data, nodev=spec.security.devices)
-            files = self._lease_address() if spec.network else {}
+            files: dict[str, Path] = {}
+            if spec.network:                 # layer 4, host side; recorded at once
+                self.attachment, files = lease_address(spec, self.data)
+                self._save()
             procs = self._enter_budget()
             channel = process.Channel()      # spawn's pipes, for the steps that use them
             steps = setup_steps(spec, layer, channel, files, procs, pty,
@@ -127,7 +131,7 @@ class Container:
             self.remove(force=True)
             raise
         finally:
-            _close(procs)
+            process.close_all(procs)
             if pty:
                 pty.close()
         return self
@@ -173,7 +177,7 @@ class Container:
         if self._child is not None:
             self._child.close()
             self._child = None
-        _close([self.console])
+        process.close_all([self.console])
         self.console = None
         _stop_helper(self._keeper, self._keeper_process, b"minicontainer.console")
         _stop_helper(self._proxy, self._proxy_process, b"minicontainer.proxy")
@@ -237,7 +241,7 @@ class Container:
 
     def logs(self) -> tuple[str, str]:
         """What the command wrote so far to stdout and stderr (when not attached)."""
-        return tuple(_text(self.data / name) for name in ("stdout", "stderr"))
+        return tuple(_text_or_empty(self.data / name) for name in ("stdout", "stderr"))
 
     # -- the details ------------------------------------------------------------------
 
@@ -245,13 +249,6 @@ class Container:
         if self._child is None:
             raise MinicontainerError(f"container {self.name} was not started")
         return self._child
-
-    def _lease_address(self) -> dict[str, Path]:
-        """Layer 4, host side: an address on the network (recorded at once), and the
-        /etc/hosts and /etc/resolv.conf files the child will bind-mount into its root."""
-        self.attachment, files = lease_address(self.spec, self.data)
-        self._save()
-        return files
 
     def _enter_budget(self) -> list[int]:
         """Layer 3, host side: the cgroup with its device allow-list (layer 5), and its
@@ -281,7 +278,7 @@ class Container:
             # exits at once), and a record must keep naming the process it started.
             self._pid_started = process.start_time(self._child.pid)
         finally:
-            _close(opened)
+            process.close_all(opened)
 
     def _start_proxy(self, listeners: list) -> None:
         """Hand the published ports' sockets to a relay process, in a cgroup of its own."""
@@ -293,7 +290,7 @@ class Container:
         self._save()
 
     def _result(self, duration: float) -> Result:
-        status = int(_text(self.directory / "exit_status") or -1)
+        status = int(_text_or_empty(self.directory / "exit_status") or -1)
         out, err = self.logs()
         result = result_of(status if status >= 0 else None, out, err, duration)
         result.startup = self._startup
@@ -313,6 +310,13 @@ class Container:
                 "pid": child.pid if child else None,
                 "main_pid": child.main_pid if child else None,
                 "pid_started": self._pid_started if child else None}
+
+
+# Container(...) takes describe()'s options: show them where help() and Jupyter's
+# Shift-Tab look, though __init__ passes them on as **options.
+Container.__init__.__signature__ = inspect.signature(describe).replace(
+    parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                *inspect.signature(describe).parameters.values()], return_annotation=None)
 
 
 # -- what the child does ---------------------------------------------------------------
@@ -338,6 +342,8 @@ def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
         steps.append(pty.take_as_controlling)  # the command's, not init's
     return steps
 
+
+# -- what this process does for it on the host --------------------------------------------
 
 def lease_address(spec: Spec, data: Path) -> tuple[networking.Attachment, dict[str, Path]]:
     """Layer 4, host side: an address on the container's network, and the /etc/hosts
@@ -419,14 +425,8 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _text(path: Path) -> str:
+def _text_or_empty(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
-
-
-def _close(fds: Iterable[int | None]) -> None:
-    for fd in fds:
-        if fd is not None:
-            os.close(fd)

@@ -69,6 +69,10 @@ class RootfsError(MinicontainerError):
     """The root filesystem is missing, incomplete or cannot be built."""
 
 
+class UnsupportedCPU(MinicontainerError):
+    """This machine's CPU is not one the course supports (x86_64, aarch64)."""
+
+
 class ToolFailed(MinicontainerError):
     """A program of the host's we drive (iptables, nft) refused what we asked."""
 

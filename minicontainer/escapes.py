@@ -220,6 +220,7 @@ def _type_keys(name: str, hardened: bool) -> None:
     import termios      # imported here: inside, the container's / has no Python library
 
     def push_keys() -> None:
+        """In the container: push each key into the input of our stdin's terminal."""
         for key in TYPED:
             fcntl.ioctl(0, termios.TIOCSTI, bytes([key]))
     Container.load(name).exec(push_keys, attach=True, interactive=True, hardened=hardened,

@@ -13,11 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidArgument, MinicontainerError
-
-
-class UnsupportedCPU(MinicontainerError):
-    """This machine's CPU is not one the course supports (x86_64, aarch64)."""
+from .errors import InvalidArgument, UnsupportedCPU
 
 
 @dataclass(frozen=True)

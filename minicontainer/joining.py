@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import partial
 
@@ -44,13 +44,13 @@ class Exec:
     def wait(self, timeout: float | None = None) -> Result:
         """Wait for the command to exit (Timeout after `timeout` seconds)."""
         status = self.child.wait(timeout)
-        out, err = (_read(fd) for fd in self.output) if self.output else ("", "")
+        out, err = (process.read_all(fd) for fd in self.output) if self.output else ("", "")
         return result_of(status, out, err, time.monotonic() - self.started)
 
     def close(self) -> None:
         """Let go of its pidfd, terminal and output (once, after wait())."""
         self.child.close()
-        _close([self.console, *self.output])
+        process.close_all([self.console, *self.output])
         self.console, self.output = None, []
 
 
@@ -70,7 +70,7 @@ def run_in(container, command: str | Sequence[str] | Callable[[], None],
     try:
         running = start_in(container, command, stdio=stdio, hardened=hardened)
     finally:
-        _close(stdio or [])
+        process.close_all(stdio or [])
     try:
         for relay in relays:
             relay.start()
@@ -110,10 +110,10 @@ def start_in(container, command: str | Sequence[str] | Callable[[], None],
                               channel=channel)
         return Exec(child, _terminal_of(child, pty), output, time.monotonic())
     except BaseException:
-        _close(output)
+        process.close_all(output)
         raise
     finally:
-        _close(opened + procs)
+        process.close_all(opened + procs)
         if pty:
             pty.close()
 
@@ -141,18 +141,3 @@ def _terminal_of(child: process.Child, pty: Pty | None) -> int | None:
         child.wait()
         child.close()
         raise
-
-
-def _read(fd: int) -> str:
-    """All of a memfd's text, from its start."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
-
-
-def _close(fds: Iterable[int | None]) -> None:
-    for fd in fds:
-        if fd is not None:
-            os.close(fd)

@@ -184,6 +184,7 @@ def user_namespaces_refused() -> str | None:
     unshare succeed but leaves the process without capabilities inside.
     """
     def value(path: str) -> str | None:
+        """A /proc/sys switch's value; None where this kernel has no such switch."""
         try:
             return Path(path).read_text().strip()
         except OSError:

@@ -69,6 +69,7 @@ def outside_event_loop(function: Callable[P, T]) -> Callable[P, T]:
     Jupyter kernel's main thread always runs one."""
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        """`function`, in a thread of its own if this one runs an event loop."""
         import asyncio                       # loaded with pyroute2, not before
         from concurrent.futures import ThreadPoolExecutor
         try:
@@ -377,9 +378,10 @@ def run_firewall(argv: list[str], input: str | None = None) -> None:
     """Run iptables or nft; ToolFailed, saying what to do, if it refuses."""
     done = subprocess.run(argv, input=input, capture_output=True, text=True)
     if done.returncode != 0:
-        raise ToolFailed(f"{' '.join(argv[:4])}… failed: {done.stderr.strip()}; "
-                         "`minicontainer cleanup` removes rules of ours a crash left, then "
-                         "try again")
+        raise ToolFailed(f"{' '.join(argv[:4])}… failed: {done.stderr.strip()} (does "
+                         f"`{argv[0]} {'-S' if argv[0] == 'iptables' else 'list ruleset'}` "
+                         "work by hand? MINICONTAINER_FIREWALL=nft or =iptables picks the "
+                         "other tool)")
 
 
 # -- after a crash --------------------------------------------------------------------------

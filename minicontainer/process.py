@@ -33,7 +33,7 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -65,6 +65,9 @@ class Channel:
     End-of-file means exec succeeded (the pipe is close-on-exec) or the child is gone.
     Parent to child (the go pipe): b"go" answers `ready`; end-of-file means give up.
     """
+
+    report_write = go_read = -1     # until spawn opens it: a step told of a Channel that
+                                    # spawn was not given fails on a closed fd (EBADF)
 
     def open(self) -> None:
         """Make the pipes (spawn does, just before the fork: nothing is open before)."""
@@ -218,10 +221,25 @@ def capture(argv: Sequence[str], steps: Sequence[Step] = (), timeout: float = 30
         child = spawn(argv, steps, stdio=(None, out, None), **options)
         code = exit_code(child.wait(timeout))
         child.close()
-        os.lseek(out, 0, 0)
-        return code, os.read(out, 1 << 20).decode(errors="replace")
+        return code, read_all(out)
     finally:
         os.close(out)
+
+
+def read_all(fd: int) -> str:
+    """All the text of a file we wrote to (a memfd), from its start."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def close_all(fds: Iterable[int | None]) -> None:
+    """Close each fd given (None: nothing to close)."""
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 def wait_for_parent(channel: Channel) -> None:
@@ -343,6 +361,7 @@ def signals_passed_to(child: Child):
     interrupts = 0
 
     def pass_on(sig: int, frame) -> None:
+        """The handler: pass `sig` on (a second SIGINT raises here instead)."""
         nonlocal interrupts
         if sig == signal.SIGINT:
             interrupts += 1
@@ -357,6 +376,7 @@ def ending_on(signals: Sequence[int]):
     `finally` clauses run (a terminal in raw mode is restored) where the default
     action would just end the process."""
     def end(sig: int, frame) -> None:
+        """The handler: end the block."""
         raise Ended(sig)
     return handling(signals, end)
 

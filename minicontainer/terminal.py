@@ -65,7 +65,6 @@ TIOCGPTPEER = 0x5441      # _IO('T', 0x41), Linux 4.13: open the slave from the 
 PTMX = (5, 2)             # the device number of every devpts instance's ptmx
 
 WINDOW = (24, 80)         # rows, columns: a terminal's size when no one says otherwise
-DETACH_KEYS = "ctrl-p,ctrl-q"
 CHUNK = 16 * 1024
 MOST_WAITING = 64 * 1024  # typed ahead into a command that does not read: kept, at most
 
@@ -270,6 +269,7 @@ def attach(console: Console, keyboard: int | None, screen: int,
     woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def resized(sig: int, frame) -> None:
+        """SIGWINCH's handler: wake the loop (a signal handler does no more)."""
         try:
             os.write(wake, b"w")
         except BlockingIOError:

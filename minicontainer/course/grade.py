@@ -97,13 +97,13 @@ def run_one_check(number: str, name: str, path: str) -> dict:
         result["ok"] = True
     except checks.Mismatch as m:
         result.update(what=m.what, expected=_short(m.expected), got=_short(m.got), hint=m.hint)
-    except NotImplementedError as e:
-        result.update(what="your function", expected="an implementation",
-                      got="NotImplementedError (a TODO is left)", hint=str(e))
     except Exception as e:
-        if isinstance(e, StepFailed) and e.kind == "NotImplementedError":  # in a child's step
+        todo = (str(e) if isinstance(e, NotImplementedError) else  # raised in a child's step:
+                e.detail if isinstance(e, StepFailed) and e.kind == "NotImplementedError"
+                else None)
+        if todo is not None:
             result.update(what="your function", expected="an implementation",
-                          got="NotImplementedError (a TODO is left)", hint=e.detail)
+                          got="NotImplementedError (a TODO is left)", hint=todo)
             return result
         where = traceback.extract_tb(e.__traceback__)[-1]
         result.update(what="your code", expected="no error",

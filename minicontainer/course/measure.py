@@ -18,7 +18,8 @@ import psutil
 from ..binfmt import foreign_binary_demo
 from ..cgroups import Cgroup, Limits, Sampler, parse_memory
 from ..container import Container, run
-from ..host import cpu, format_bytes
+from ..arguments import MIN_VM_MEMORY
+from ..host import cpu, format_bytes, parse_size
 from ..vm.initramfs import IDLE
 from ..vm.kernel import find_kernel
 from ..vm.machine import VM, choose_machine
@@ -26,6 +27,11 @@ from ..vm.qemu import accelerator, qemu_binary
 
 MiB = 1024**2
 
+
+
+def vm_bytes(memory: str | int) -> int:
+    """A VM's memory in bytes, as VM() reads it (not a cgroup's limit)."""
+    return parse_size(memory, "VM memory", MIN_VM_MEMORY)
 
 def peak_workload(delay: float, peak_mb: int, hold: float, where: str) -> str:
     """Shell: wait `delay` s, hold `peak_mb` MiB in a tmpfs file for `hold` s, let go.
@@ -92,7 +98,7 @@ def overprovision_vms(k: int = 6, memory: str = "160M", peak_mb: int = 64, hold:
     finally:
         for vm in vms:
             vm.stop()
-    return {"k": k, "memory_each": parse_memory(memory), "committed": k * parse_memory(memory),
+    return {"k": k, "memory_each": vm_bytes(memory), "committed": k * vm_bytes(memory),
             "exit_codes": results, "peak_in_use": max(m for _, m in timeline),
             "timeline": timeline}
 
@@ -188,10 +194,10 @@ def memory_per_instance(vm_memory: str = "128M") -> dict:
         waiter = psutil.Process(_waiter_pid(container)).memory_full_info()
     with VM(memory=vm_memory) as vm:
         vm.boot()
-        vm_memory_used = qemu_memory(psutil.Process(vm.process.pid), parse_memory(vm_memory))
+        vm_memory_used = qemu_memory(psutil.Process(vm.process.pid), vm.memory)
     return {"bare_process": bare_memory, "container": container_memory,
             "runtime_waiter": {"pss": waiter.pss, "uss": waiter.uss},
-            "vm": vm_memory_used, "vm_memory": parse_memory(vm_memory)}
+            "vm": vm_memory_used, "vm_memory": vm_bytes(vm_memory)}
 
 
 def scaling(max_containers: int = 50, max_vms: int = 6, vm_memory: str = "128M",
@@ -217,7 +223,7 @@ def scaling(max_containers: int = 50, max_vms: int = 6, vm_memory: str = "128M",
     finally:
         for container in running:
             container.remove(force=True)
-    per_vm = parse_memory(vm_memory) + 150 * MiB          # guest RAM plus QEMU, roughly
+    per_vm = vm_bytes(vm_memory) + 150 * MiB          # guest RAM plus QEMU, roughly
     max_vms = max(1, min(max_vms, psutil.virtual_memory().available // 2 // per_vm))
     machines: list[VM] = []
     try:
