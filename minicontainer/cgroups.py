@@ -126,6 +126,7 @@ class Cgroup:
     """
 
     def __init__(self, path: str, limits: Limits = Limits()) -> None:
+        """The group at `path` (below our parent) with `limits`; nothing is made yet."""
         if not path.startswith(f"{PARENT}/"):
             path = f"{PARENT}/{path}"
         self.path, self.name, self.limits = path, path.rsplit("/", 1)[1], limits
@@ -321,6 +322,7 @@ class Sampler:
     """
 
     def __init__(self, cgroup: Cgroup, interval: float = 0.1) -> None:
+        """Sample `cgroup`'s memory every `interval` seconds once entered."""
         import threading
         self.cgroup, self.interval = cgroup, interval
         self.samples: list[dict] = []
@@ -338,9 +340,11 @@ class Sampler:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Sampler:
+        """Start sampling."""
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        """Stop sampling; the samples stay."""
         self._stop.set()
         self._thread.join()

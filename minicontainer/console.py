@@ -89,6 +89,7 @@ class Client:
     """A connection to a keeper, as a terminal.Console for terminal.attach()."""
 
     def __init__(self, directory: Path, name: str) -> None:
+        """Connect to the keeper of container `name` (its record `directory`)."""
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with _short_path(directory) as path:

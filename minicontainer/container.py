@@ -197,9 +197,11 @@ class Container:
             self.directory = None
 
     def __enter__(self) -> Container:
+        """The container itself: removed (force) when the block ends."""
         return self
 
     def __exit__(self, *exc) -> None:
+        """Remove the container, running or not."""
         self.remove(force=True)
 
     # -- looking inside ---------------------------------------------------------------

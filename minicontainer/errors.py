@@ -57,6 +57,7 @@ class StepFailed(MinicontainerError):
     type there (e.g. "NotImplementedError"), `detail` its text."""
 
     def __init__(self, kind: str, detail: str) -> None:
+        """The failure of a step whose exception was of type `kind`."""
         super().__init__(f"container setup failed: {kind}: {detail}")
         self.kind, self.detail = kind, detail
 
@@ -81,6 +82,7 @@ class Ended(Exception):
     """A signal ended a wait in the foreground (raised by process.ending_on)."""
 
     def __init__(self, sig: int) -> None:
+        """The wait ended by signal `sig`."""
         import signal
         super().__init__(signal.Signals(sig).name)
         self.signal = sig

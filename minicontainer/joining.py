@@ -36,6 +36,7 @@ class Exec:
 
     def __init__(self, child: process.Child, console: int | None, output: list[int],
                  started: float) -> None:
+        """A started command, its terminal's master, its output files, when it began."""
         self.child = child
         self.console = console           # its terminal's master, with tty=True
         self.output = output             # memfds holding its stdout and stderr, if not given

@@ -95,6 +95,7 @@ class Connection:
     ways. `waiting[s]` holds bytes read from the other socket, not yet sent to s."""
 
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Relay between `client` and `upstream` (connecting)."""
         self.upstream = upstream
         self.peer = {client: upstream, upstream: client}
         self.waiting = {client: b"", upstream: b""}
@@ -141,6 +142,7 @@ class Relay:
     """Every connection of every published port of one container, in one loop."""
 
     def __init__(self, address: str, listeners: dict[socket.socket, int]) -> None:
+        """Relay connections from `listeners` (socket → container port) to `address`."""
         self.address, self.listeners = address, listeners
         self.selector = selectors.DefaultSelector()
         self.connections: dict[socket.socket, Connection] = {}   # both sockets → theirs

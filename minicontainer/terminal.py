@@ -76,6 +76,7 @@ class Pty:
     are steps for process.spawn; master() then receives its master here."""
 
     def __init__(self, window: tuple[int, int] = WINDOW, console: bool = False) -> None:
+        """A pty of `window` (rows, columns), shown at /dev/console too if `console`."""
         self.window = window
         self.console = console      # also show it at /dev/console (Docker's first process)
         self._here, self._there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -184,6 +185,7 @@ class DetachKeys:
     possible start of them is passed on once the next key shows it was not."""
 
     def __init__(self, keys: bytes) -> None:
+        """Watch for `keys` (b"": none)."""
         self.keys = keys
         self.held = b""
 
@@ -227,6 +229,7 @@ class Master:
     """A pty's master as a Console, never blocking (the caller closes the fd)."""
 
     def __init__(self, fd: int) -> None:
+        """Use the master `fd` (made non-blocking)."""
         self.fd = fd
         os.set_blocking(fd, False)    # a command that does not read must not stop us
 
