@@ -69,6 +69,14 @@ class RootfsError(MinicontainerError):
     """The root filesystem is missing, incomplete or cannot be built."""
 
 
+class ImageError(MinicontainerError):
+    """An image, or a layer or blob of one, is missing or refused; the message says which."""
+
+
+class DigestMismatch(ImageError):
+    """Bytes that are not what their digest (or size) promised: nothing was kept."""
+
+
 class ToolFailed(MinicontainerError):
     """A program of the host's we drive (iptables, nft) refused what we asked."""
 
