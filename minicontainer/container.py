@@ -107,7 +107,11 @@ class Container:
         pty = Pty(window, console=True) if spec.tty else None
         try:
             self.data = state.make_data(spec.name)
-            layer = Overlay.create(Path(spec.rootfs), self.data, nodev=spec.security.devices)
+            # An image's layers from the store, in a user namespace: overlayfs reads
+            # their opaque marks from user.* xattrs (trusted.* are not for it there).
+            layer = Overlay.create([Path(p) for p in spec.lower], self.data,
+                                   nodev=spec.security.devices,
+                                   userxattr=bool(spec.layers) and "user" in spec.namespaces)
             files = self._lease_address() if spec.network else {}
             procs = self._enter_budget()
             channel = process.Channel()      # spawn's pipes, for the steps that use them
