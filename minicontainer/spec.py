@@ -102,7 +102,7 @@ def describe(command: str | Sequence[str] | Callable[[], None], *,
     parent = cgroup_parent.path if cgroup_parent else cgroups.PARENT   # docker --cgroup-parent
     if image is not None:
         image, layers = image_layers(image, rootfs, kinds)
-        rootfs = layers[0]                # its top layer (all there is for chroot alone)
+        rootfs = layers[0]                # its top layer; the overlay stacks them all
     else:
         layers, rootfs = (), str(check_rootfs(Path(rootfs)) if rootfs else default_rootfs())
     return Spec(
@@ -128,11 +128,11 @@ def image_layers(image: str | Image, rootfs: object, namespaces: frozenset[str]
         raise InvalidArgument("give an image or a rootfs directory, not both")
     if not isinstance(image, Image):
         image = Store().image(image)
-    layers = tuple(str(layer) for layer in reversed(image.layers))
-    if len(layers) > 1 and "mnt" not in namespaces:
-        raise InvalidArgument(f"image {image.name} has {len(layers)} layers: stacking them "
-                              "takes an overlay mount, in a mount namespace (keep 'mnt')")
-    return image, layers
+    if "mnt" not in namespaces:      # chroot alone would write into the shared layers
+        raise InvalidArgument(f"image {image.name} runs on an overlay, in a mount namespace "
+                              "(keep 'mnt'): its layers are shared by every container of it, "
+                              "and only the overlay's writable layer may take changes")
+    return image, tuple(str(layer) for layer in reversed(image.layers))
 
 
 def record_of(spec: Spec) -> dict:

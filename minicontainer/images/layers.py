@@ -11,7 +11,7 @@ has its own marks for the same two things, so unpacking converts them:
   no such entry in the merged tree; the device itself names nothing (major 0 has no
   driver: open(2) fails with ENXIO), the image is mounted nodev and the device
   allow-list (devices.py) lists no 0:0, so it is harmless even where it is seen (a
-  one-layer image run with chroot alone). Since Linux 5.8 anyone may make one, with
+  layer used as a plain rootfs, chroot alone). Since Linux 5.8 anyone may make one, with
   no CAP_MKNOD, so a rootless user can unpack too. (overlayfs's other form, an xattr
   on an empty file, needs Linux 6.7: Debian 12 runs 6.1.)
 - `.wh..wh..opq` becomes the xattr `trusted.overlay.opaque=y` on its directory
