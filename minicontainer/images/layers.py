@@ -199,6 +199,7 @@ class _Writer:
                         raise
                     os.mkdir(part, 0o755, dir_fd=fd)
                     step = os.open(part, DIRECTORY, dir_fd=fd)
+                    os.fchmod(step, 0o755)      # whatever our umask: as tar makes them
                 os.close(fd)
                 fd = step
         except OSError as e:
