@@ -201,6 +201,10 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
     for helper in ("proxy", "console"):
         if record[helper] is not None and [type(n) for n in record[helper]] != [int, int]:
             raise refuse(f"its {helper} is not a pid and a start time")
+    layers = record.get("layers", [])           # not in records older than images
+    if not isinstance(layers, list) or not all(isinstance(p, str) for p in layers) or not (
+            isinstance(record.get("image"), (str, type(None)))):
+        raise refuse("its image or layers are not a name and a list of paths")
 
 
 def _our_group(path: str, container_id: str) -> bool:

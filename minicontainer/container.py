@@ -108,7 +108,11 @@ class Container:
         pty = Pty(window, console=True) if spec.tty else None
         try:
             self.data = state.make_data(spec.name)
-            layer = Overlay.create(Path(spec.rootfs), self.data, nodev=spec.security.devices)
+            # An image's layers from the store, in a user namespace: overlayfs reads
+            # their opaque marks from user.* xattrs (trusted.* are not for it there).
+            layer = Overlay.create([Path(p) for p in spec.lower], self.data,
+                                   nodev=spec.security.devices,
+                                   userxattr=bool(spec.layers) and "user" in spec.namespaces)
             files: dict[str, Path] = {}
             if spec.network:                 # layer 4, host side; recorded at once
                 self.attachment, files = lease_address(spec, self.data)

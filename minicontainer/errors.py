@@ -74,6 +74,14 @@ class UnsupportedCPU(MinicontainerError):
     """This machine's CPU is not one the course supports (x86_64, aarch64)."""
 
 
+class ImageError(MinicontainerError):
+    """An image, or a layer or blob of one, is missing or refused; the message says which."""
+
+
+class DigestMismatch(ImageError):
+    """Bytes that are not what their digest (or size) promised: nothing was kept."""
+
+
 class ToolFailed(MinicontainerError):
     """A program of the host's we drive (iptables, nft) refused what we asked."""
 

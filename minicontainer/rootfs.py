@@ -10,11 +10,14 @@ one file is enough. No registry, no network.
 Several containers share one image without changing it thanks to overlayfs: a
 read-only lower directory (the image), a writable upper directory per container that
 receives every change, and a merged view mounted where the container's root will be.
+An image from the store (images/) is several lower directories, one per layer, stacked
+top first (`lowerdir=top:...:bottom`).
 """
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,23 +138,50 @@ def check_rootfs(rootfs: Path) -> Path:
 class Overlay:
     """An image (`lower`, never changed) seen through a writable layer (`upper`).
 
-    `work` is overlayfs's scratch space, on the same filesystem as `upper`; `merged`
-    is where the combined tree appears once mounted. `nodev`: no device node in the
-    image opens (see devices.py).
+    `lower` is one directory, or an image's layers, top first. `work` is overlayfs's
+    scratch space, on the same filesystem as `upper`; `merged` is where the combined
+    tree appears once mounted. `nodev`: no device node in the image opens (see
+    devices.py). `userxattr`: read overlayfs's marks (an opaque directory) from
+    `user.overlay.*` xattrs, as a mount in a user namespace must.
+
+    The mount's options are one string of at most a page (4096 bytes), and a layer's
+    path in the store is about 100 characters: written out, some 40 layers would not
+    fit. So each layer gets a short name, a symlink `lower/N` in the container's own
+    directory (made by create()), and the mount runs from that `lower` directory with
+    relative names, `lowerdir=0:1:2,upperdir=../upper,workdir=../work`: even
+    overlayfs's own limit of 500 layers fits. (Docker's overlay2 does the same with
+    its `l/` links.)
     """
 
-    lower: Path
+    lower: Path | Sequence[Path]
     upper: Path
     work: Path
     merged: Path
     nodev: bool = True
+    userxattr: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lower, (str, os.PathLike)) and len(self.lower) == 1:
+            self.lower = Path(self.lower[0])     # one layer: a directory like any other
+
+    @property
+    def layers(self) -> list[Path]:
+        """The lower directories, top first."""
+        return [Path(self.lower)] if isinstance(self.lower, (str, os.PathLike)) else [
+            Path(layer) for layer in self.lower]
 
     @classmethod
-    def create(cls, lower: Path, under: Path, nodev: bool = True) -> Overlay:
-        """Make the empty upper, work and merged directories below `under`."""
-        layer = cls(lower, under / "upper", under / "work", under / "rootfs", nodev)
+    def create(cls, lower: Path | Sequence[Path], under: Path, nodev: bool = True,
+               userxattr: bool = False) -> Overlay:
+        """Make the empty upper, work and merged directories below `under` (and the
+        short names of several lower layers, `under`/lower/N)."""
+        layer = cls(lower, under / "upper", under / "work", under / "rootfs", nodev, userxattr)
         for directory in (layer.upper, layer.work, layer.merged):
             directory.mkdir()
+        if len(layer.layers) > 1:
+            (under / "lower").mkdir()
+            for number, path in enumerate(layer.layers):
+                (under / "lower" / str(number)).symlink_to(path)
         return layer
 
     @staticmethod
@@ -162,10 +192,26 @@ class Overlay:
         if scratch.is_dir():
             scratch.chmod(0o700)
 
+    def options(self) -> str:
+        """overlayfs's mount options; several layers by their short relative names,
+        so the mount must run in the `lower` directory beside upper and work."""
+        if len(self.layers) == 1:
+            options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+        else:
+            names = ":".join(str(number) for number in range(len(self.layers)))
+            options = f"lowerdir={names},upperdir=../upper,workdir=../work"
+        options += ",userxattr" if self.userxattr else ""
+        if len(options) >= os.sysconf("SC_PAGE_SIZE"):
+            raise RootfsError(f"an image of {len(self.layers)} layers is deeper than "
+                              "overlayfs can stack (at most 500, in a page of options)")
+        return options
+
     def mount(self) -> None:
         """Mount the merged view. Called inside the container's own mount namespace,
         so the host never sees this mount; it vanishes with the namespace."""
-        options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+        options = self.options()
+        if len(self.layers) > 1:
+            os.chdir(self.upper.parent / "lower")   # relative names: see the docstring
         try:
             mount("overlay", self.merged, "overlay", MS_NODEV if self.nodev else 0, options)
         except OSError as e:     # most often: the upper's filesystem cannot hold a layer

@@ -1,7 +1,8 @@
 """What a container is, before anything runs: one frozen description, checked once.
 
-A container is its command, its image, the namespaces it gets, its budget, its
-network, its defences and whether it has a terminal. That is written down once, here,
+A container is its command, its image (a directory, or an image's layers from the
+store: images/), the namespaces it gets, its budget, its network, its defences and
+whether it has a terminal. That is written down once, here,
 as a Spec: the CLI's options and Container(...)'s arguments become one (describe()),
 its record on disk holds one (record_of, from_record), and an OCI bundle's config.json
 or an image's config will map onto the same fields. Every value is checked on the way
@@ -13,6 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import cgroups
 from . import namespaces as ns
@@ -24,6 +26,9 @@ from .host import parse_size
 from .rootfs import check_rootfs, default_rootfs
 from .security import Security
 from .terminal import check_tty
+
+if TYPE_CHECKING:
+    from .images.store import Image
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A fork bomb must hit a wall, not the host: with a cgroup there is always a pids
@@ -39,7 +44,7 @@ class Spec:
     id: str                            # 12 hex digits: its cgroup's, veth's and data's name
     name: str
     hostname: str
-    rootfs: str                        # the image: a directory, the overlay's lower layer
+    rootfs: str                        # the image: a directory (an image's: its top layer)
     namespaces: frozenset[str]
     env: dict[str, str] = field(hash=False)
     limits: Limits = Limits()
@@ -52,6 +57,13 @@ class Spec:
     shm_size: int = ns.SHM_SIZE        # bytes of /dev/shm (--shm-size)
     preserve_fds: int = 0              # fds 3.. passed on (podman's --preserve-fds)
     tty: bool = False                  # a terminal of its own (terminal.py, `run -t`)
+    image: str | None = None           # the image's name in the store (images/), if from it
+    layers: tuple[str, ...] = ()       # that image's unpacked layers, top first
+
+    @property
+    def lower(self) -> tuple[str, ...]:
+        """The overlay's lower directories, top first: an image's layers, or the rootfs."""
+        return self.layers or (self.rootfs,)
 
     @property
     def proxy_cgroup(self) -> str | None:
@@ -70,7 +82,7 @@ def describe(command: str | Sequence[str] | Callable[[], None], *,
              ports: dict[int, int] | Iterable[str] | None = None,
              security: Security | None = None, rootless: bool = False,
              shm_size: str | int = ns.SHM_SIZE, preserve_fds: int = 0,
-             tty: bool = False) -> Spec:
+             tty: bool = False, image: str | Image | None = None) -> Spec:
     """The Spec of a container from Docker's options (`docker run`'s names), every one
     checked: InvalidArgument, saying what to write instead, for the first that is wrong."""
     check_host(rootless)
@@ -88,18 +100,39 @@ def describe(command: str | Sequence[str] | Callable[[], None], *,
     limits = Limits.parse(memory, cpus, DEFAULT_PIDS_LIMIT if cgroup and pids_limit is None
                           else pids_limit)
     parent = cgroup_parent.path if cgroup_parent else cgroups.PARENT   # docker --cgroup-parent
+    if image is not None:
+        image, layers = image_layers(image, rootfs, kinds)
+        rootfs = layers[0]                # its top layer; the overlay stacks them all
+    else:
+        layers, rootfs = (), str(check_rootfs(Path(rootfs)) if rootfs else default_rootfs())
     return Spec(
         command=(repr(command),) if callable(command) else tuple(as_argv(command)),
         id=container_id, name=name, hostname=hostname,
-        rootfs=str(check_rootfs(Path(rootfs)) if rootfs else default_rootfs()),
-        namespaces=kinds,
+        rootfs=rootfs, namespaces=kinds,
         env={"PATH": PATH, "HOME": "/root", "HOSTNAME": hostname, **(env or {})},
         limits=limits, cgroup=f"{parent}/mc-{container_id}" if cgroup else None,
         network=network,
         ports=tuple(tuple(port) for port in check_ports(ports or {}, network, kinds)),
         security=security or Security(), init=bool(init), rootless=bool(rootless),
         shm_size=parse_size(shm_size, "shm size", 1),
-        preserve_fds=check_count(preserve_fds, "preserve_fds", 0), tty=bool(tty))
+        preserve_fds=check_count(preserve_fds, "preserve_fds", 0), tty=bool(tty),
+        image=image.name if image is not None else None, layers=layers)
+
+
+def image_layers(image: str | Image, rootfs: object, namespaces: frozenset[str]
+                 ) -> tuple[Image, tuple[str, ...]]:
+    """The image (a name in the store, or an Image) and its layers, top first, as
+    overlayfs stacks them; InvalidArgument if they cannot make a root here."""
+    from .images.store import Image, Store     # only when asked: `--help` starts fast
+    if rootfs is not None:
+        raise InvalidArgument("give an image or a rootfs directory, not both")
+    if not isinstance(image, Image):
+        image = Store().image(image)
+    if "mnt" not in namespaces:      # chroot alone would write into the shared layers
+        raise InvalidArgument(f"image {image.name} runs on an overlay, in a mount namespace "
+                              "(keep 'mnt'): its layers are shared by every container of it, "
+                              "and only the overlay's writable layer may take changes")
+    return image, tuple(str(layer) for layer in reversed(image.layers))
 
 
 def record_of(spec: Spec) -> dict:
@@ -111,7 +144,8 @@ def record_of(spec: Spec) -> dict:
             "proxy_cgroup": spec.proxy_cgroup, "limits": asdict(spec.limits),
             "ports": [list(port) for port in spec.ports],
             "security": spec.security.as_dict(), "tty": spec.tty,
-            "shm_size": spec.shm_size, "preserve_fds": spec.preserve_fds}
+            "shm_size": spec.shm_size, "preserve_fds": spec.preserve_fds,
+            "image": spec.image, "layers": list(spec.layers)}
 
 
 def from_record(record: dict) -> Spec:
@@ -125,4 +159,5 @@ def from_record(record: dict) -> Spec:
                 ports=tuple(tuple(port) for port in record["ports"]),
                 security=Security(**record["security"]), init=record["init"],
                 rootless=record["rootless"], shm_size=record.get("shm_size", ns.SHM_SIZE),
-                preserve_fds=record.get("preserve_fds", 0), tty=record["tty"])
+                preserve_fds=record.get("preserve_fds", 0), tty=record["tty"],
+                image=record.get("image"), layers=tuple(record.get("layers", ())))

@@ -22,7 +22,7 @@ case "$(uname -m)" in
 esac
 packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu"
 [ "${1:-}" = bench ] && packages="$packages crun runc"
-[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux"
+[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux docker-registry skopeo umoci"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
@@ -57,6 +57,8 @@ printf '%s\n' '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "fa
 # Byte-compile the package even where PYTHONDONTWRITEBYTECODE is set: the CLI starts faster.
 .venv/bin/python -m compileall -q minicontainer
 .venv/bin/python -c 'from minicontainer.rootfs import default_rootfs; print("setup: image", default_rootfs())'
+# The same tree as an ordinary image in the store, busybox:latest (again only if it changed).
+.venv/bin/python -c 'from minicontainer.images.store import busybox_image; print("setup: busybox:latest", busybox_image().digest)'
 .venv/bin/python -c 'from minicontainer.security import seccomp_program; seccomp_program(); print("setup: seccomp filter compiled")'
 # The VM's kernel: the distribution's package, unpacked into the cache (not installed).
 if ! .venv/bin/python -c 'import sys; from minicontainer.vm.kernel import cached_kernel; sys.exit(not cached_kernel())'; then
