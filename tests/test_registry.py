@@ -125,7 +125,7 @@ def docker_registry(directory: Path, storage: Path, auth: dict | None = None):
 def serving(handler: type[http.server.BaseHTTPRequestHandler]):
     """An http.server of ours on 127.0.0.1, in a thread; its address."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"127.0.0.1:{server.server_address[1]}"
