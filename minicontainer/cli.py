@@ -1,6 +1,6 @@
 """The command line, with Docker's names: run (-it, -d), exec, attach, ps, stop, rm,
-stats, logs, network; plus compare, doctor and cleanup. Every user error is one line on
-stderr and a non-zero exit, never a traceback."""
+stats, logs, network, pull, login; plus compare, doctor and cleanup. Every user error is
+one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,21 @@ def parser() -> argparse.ArgumentParser:
     remove = net_sub.add_parser("rm", help="remove a network without containers")
     remove.add_argument("names", nargs="+")
     remove.set_defaults(handler=cmd_network_rm)
+
+    pull = sub.add_parser("pull", help="download an image from a registry")
+    pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                      help="another platform's image, e.g. linux/arm64 (default: this machine's)")
+    pull.add_argument("ref", metavar="REF", help="[REGISTRY/]NAME[:TAG|@sha256:DIGEST], "
+                      "e.g. alpine or 127.0.0.1:5000/app:1")
+    pull.set_defaults(handler=cmd_pull)
+
+    login = sub.add_parser("login", help="save a registry login for pull (readable by you only)")
+    login.add_argument("-u", "--username", required=True)
+    login.add_argument("--password-stdin", action="store_true",
+                       help="read the password from stdin (else it is asked for)")
+    login.add_argument("registry", nargs="?", default="docker.io",
+                       help="host[:port] (default: docker.io)")
+    login.set_defaults(handler=cmd_login)
 
     compare = sub.add_parser("compare", help="measure containers against VMs, write plots")
     compare.add_argument("--quick", action="store_true", help="fewer runs (about 30 s)")
@@ -467,6 +482,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                                 dpi=120)
     print(measure.summary(results))
     print(f"\nwritten: {out}/compare.json, start_time.png, memory.png, overprovision.png")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """`pull`: an image from a registry into the image store, a progress bar per layer."""
+    from tqdm import tqdm
+
+    from .images.registry import pull
+    from .images.store import Store
+    bars = []
+
+    def progress(digest: str, size: int):
+        for bar in bars:
+            bar.close()                     # one layer at a time, each left on screen
+        bars.append(tqdm(total=size, desc=digest[7:19], unit="B", unit_scale=True,
+                         unit_divisor=1024, leave=True))
+        return bars[-1].update
+
+    try:
+        digest = pull(args.ref, Store(), platform=args.platform, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"Digest: {digest}")
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    """`login`: try a registry login and save it for pulls (0600, as Docker's)."""
+    import getpass
+
+    from .images.registry import login
+    if args.password_stdin:
+        password = sys.stdin.read().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {args.username}: ")
+    path = login(args.registry, args.username, password)
+    print(f"Login Succeeded (saved in {path})")
     return 0
 
 

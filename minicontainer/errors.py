@@ -86,6 +86,10 @@ class ToolFailed(MinicontainerError):
     """A program of the host's we drive (iptables, nft) refused what we asked."""
 
 
+class RegistryError(MinicontainerError):
+    """A registry refused, lacked or garbled what we asked for; the message says which."""
+
+
 class Ended(Exception):
     """A signal ended a wait in the foreground (raised by process.ending_on)."""
 

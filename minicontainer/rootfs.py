@@ -161,6 +161,7 @@ class Overlay:
     userxattr: bool = False
 
     def __post_init__(self) -> None:
+        """A list of one layer is that layer's directory, as one given alone."""
         if not isinstance(self.lower, (str, os.PathLike)) and len(self.lower) == 1:
             self.lower = Path(self.lower[0])     # one layer: a directory like any other
 

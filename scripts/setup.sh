@@ -2,7 +2,8 @@
 # Make this machine ready for minicontainer: Debian packages, .venv, the busybox image.
 # Shared by `make setup`, the Vagrantfile and CI. Idempotent: when nothing is missing
 # it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun and
-# runc; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant).
+# runc; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant,
+# a registry server and image tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,7 @@ case "$(uname -m)" in
 esac
 packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu"
 [ "${1:-}" = bench ] && packages="$packages crun runc"
-[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux docker-registry skopeo umoci"
+[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux docker-registry skopeo umoci apache2-utils"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
@@ -31,6 +32,11 @@ if [ -n "$missing" ]; then
   echo "setup: installing$missing"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  # Where systemd runs, the package starts a registry on every address's port 5000: the
+  # tests start their own on 127.0.0.1, so the one we just installed is stopped again.
+  case " $missing " in *" docker-registry "*)
+    command -v systemctl >/dev/null && systemctl disable --now docker-registry 2>/dev/null || true ;;
+  esac
 fi
 
 python=${MINICONTAINER_PYTHON:-/usr/bin/python3}

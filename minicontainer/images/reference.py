@@ -45,6 +45,7 @@ class Reference:
         return f"{self.registry}/{self.repository}"
 
     def __str__(self) -> str:
+        """The whole reference: registry/repository[:tag][@digest]."""
         tag = f":{self.tag}" if self.tag else ""
         return self.name + tag + (f"@{self.digest}" if self.digest else "")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import state
-from ..errors import DigestMismatch, ImageError, InvalidArgument, MinicontainerError
+from ..errors import DigestMismatch, ImageError, MinicontainerError
 from ..rootfs import default_rootfs
 from . import archives, layers
 from .archives import INDEX_TYPES, LAYER_TYPES, Contents
@@ -75,6 +75,7 @@ class Store:
     """The images on this machine (or below `root`): nothing is made until written."""
 
     def __init__(self, root: Path | None = None, limits: Limits | None = None) -> None:
+        """The store at `root` (default_root()), unpacking within `limits`."""
         self.root = Path(root) if root is not None else default_root()
         self.limits = limits or Limits()     # what one layer may unpack to
 
@@ -163,10 +164,7 @@ class Store:
         """Tag the image whose manifest is `manifest_digest` as `name` (Docker's form:
         busybox → docker.io/library/busybox:latest); ImageError unless every blob it
         names is here already, so a tag never names half an image."""
-        reference = parse(name)
-        if reference.digest:
-            raise InvalidArgument(f"{name!r}: a tag names an image by name[:tag], "
-                                  "without a digest")
+        reference = parse(name)       # name@sha256:… too: a pull by digest keeps it
         with self.adding():
             manifest = self.manifest(manifest_digest)
             missing = [d for d in blobs_of(manifest) if not self.has_blob(d)]
@@ -210,7 +208,7 @@ class Store:
         """The image `ref` names (a tag, or @sha256:… for a manifest), its layers
         unpacked; ImageError if the store does not have it."""
         reference = parse(ref)
-        digest = reference.digest or self.tags().get(str(reference))
+        digest = self.tags().get(str(reference)) or reference.digest
         if digest is None:
             raise ImageError(f"no image {reference} in the store: pull or load it first")
         manifest = self.manifest(digest)
