@@ -341,15 +341,15 @@ def test_a_short_name_gets_dockers_defaults(text, expected):
 
 
 def test_a_references_name_is_written_in_full():
-    assert parse("alpine").name == "docker.io/library/alpine:latest"
-    assert parse("localhost:5000/app@sha256:" + "c" * 64).name == (
+    assert str(parse("alpine")) == "docker.io/library/alpine:latest"
+    assert str(parse("localhost:5000/app@sha256:" + "c" * 64)) == (
         "localhost:5000/app@sha256:" + "c" * 64)
 
 
 @pytest.mark.parametrize("text, reason", [
     ("Alpine", "lowercase"), ("alpine:", "a tag is"), ("a//b", "a repository is"),
     ("alpine@sha256:abc", "a digest is"), ("alpine@md5:" + "a" * 32, "a digest is"),
-    ("ex ample.com/app", "is not a host"), ("alpine:a:b", "a tag is"),
+    ("ex ample.com/app", "is not a registry's host"), ("alpine:a:b", "a repository is"),
 ])
 def test_a_malformed_reference_is_refused_with_the_reason(text, reason):
     with pytest.raises(InvalidArgument, match=reason):

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from ..errors import InvalidArgument
 
-DEFAULT_REGISTRY = "docker.io"
+DEFAULT_REGISTRY = DOCKER_HUB = "docker.io"
+DOCKER_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io"}   # its other names
 OFFICIAL = "library/"              # Docker Hub's namespace for its official images
 DEFAULT_TAG = "latest"
 

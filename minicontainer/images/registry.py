@@ -51,7 +51,7 @@ from ..errors import DigestMismatch, InvalidArgument, RegistryError
 from . import credentials as logins
 from .manifests import (INDEXES, MANIFESTS, Manifest, check_platform, choose, image_parts,
                         parse_json, parse_platform, this_platform)
-from .reference import DIGEST, DOCKER_HUB, HOST, parse
+from .reference import DIGEST, DOCKER_HUB, REGISTRY, parse
 
 ACCEPTED = (*INDEXES, *MANIFESTS)          # step 3: every kind of manifest we can read
 API_HOSTS = {DOCKER_HUB: "registry-1.docker.io"}   # the name people use → where the API is
@@ -105,7 +105,7 @@ def pull(ref: str, store: Store, platform: str | None = None, progress: Progress
 def login(registry: str, user: str, password: str) -> Path:
     """Try a login on `registry` (as `docker login` does) and save it; the file it is in."""
     name = logins.registry_key(registry)
-    if not HOST.fullmatch(name):
+    if not REGISTRY.fullmatch(name):
         raise InvalidArgument(f"invalid registry {registry!r}: give its host[:port]")
     with Registry(name, (user, password)) as session:
         session.ping()
