@@ -151,7 +151,7 @@ def test_run_it_in_jupyterlabs_terminal(browser, jupyterlab):
 
 def drive_a_shell_in_a_container(page, type_line, wait_for) -> None:
     """What a student does: a shell, Ctrl-C, the detach keys, attach, exit 3."""
-    type_line("stty -g > /tmp/mc-lab-before; clear")
+    type_line("PS1='host$ '; stty -g > /tmp/mc-lab-before; clear")   # a prompt to wait for
     type_line(f"{ROOT}/.venv/bin/minicontainer run -it --name mc-lab-tty -- sh")
     wait_for("/ #")
     type_line("tty; stty size")
@@ -169,6 +169,7 @@ def drive_a_shell_in_a_container(page, type_line, wait_for) -> None:
     type_line(f"{ROOT}/.venv/bin/minicontainer attach mc-lab-tty")
     time.sleep(1.5)
     type_line("exit 3")
+    wait_for("exit 3\nhost$")          # attach has returned: keys go to the host's shell again
     type_line("echo code $?")
     wait_for("code 3")
     page.screenshot(path=SHOTS / "terminal.png")

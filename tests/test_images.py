@@ -20,8 +20,8 @@ import pytest
 from minicontainer.container import Container, run
 from minicontainer.errors import DigestMismatch, ImageError, InvalidArgument
 from minicontainer.host import cpu
-from minicontainer.images.archives import (OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
-                                           digest_of, json_bytes)
+from minicontainer.images.archives import digest_of, json_bytes
+from minicontainer.images.manifests import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST
 from minicontainer.images.layers import GZIP, Limits, pack
 from minicontainer.images.reference import parse
 from minicontainer.images.store import Store, busybox_image

@@ -31,22 +31,12 @@ from pathlib import Path
 from ..errors import ImageError
 from ..host import cpu
 from .layers import GZIP, ZSTD, components, pack
+from .manifests import (INDEXES, LAYERS, NONDISTRIBUTABLE, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST,
+                        entry_for, this_platform)
 from .reference import TAG, parse
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"       # +gzip, +zstd when compressed
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-LAYER_TYPES = {OCI_LAYER, OCI_LAYER + "+gzip", OCI_LAYER + "+zstd", DOCKER_LAYER,
-               "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-               "application/vnd.oci.image.layer.nondistributable.v1.tar",
-               "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-               "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"}
-INDEX_TYPES = {OCI_INDEX, DOCKER_LIST}
+LAYER_TYPES = {*LAYERS, *NONDISTRIBUTABLE}
+INDEX_TYPES = set(INDEXES)
 REF_NAME = "org.opencontainers.image.ref.name"   # an OCI layout's tag (or whole reference)
 FULL_NAME = "io.containerd.image.name"           # Docker's and containerd's whole reference
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -165,12 +155,12 @@ def for_this_machine(manifests: list[dict]) -> dict:
     """From an image index (a manifest list), the entry for linux on this machine's
     CPU; ImageError listing the platforms there are."""
     manifests = [_mapping(entry, "an entry of an index") for entry in manifests]
-    platforms = [_mapping(entry.get("platform") or {}, "a platform") for entry in manifests]
-    for entry, platform in zip(manifests, platforms, strict=True):
-        if platform.get("os") == "linux" and platform.get("architecture") == cpu().debian:
-            return entry
-    offered = ", ".join(f"{p.get('os')}/{p.get('architecture')}" for p in platforms)
-    raise ImageError(f"the image has no linux/{cpu().debian} variant (it has: {offered})")
+    for entry in manifests:
+        _mapping(entry.get("platform") or {}, "a platform")
+    entry, offered = entry_for(manifests, this_platform())
+    if entry is None:
+        raise ImageError(f"the image has no {this_platform()} variant (it has: {offered})")
+    return entry
 
 
 def _name_of(descriptor: dict, repository: str) -> str | None:

@@ -22,20 +22,28 @@ from .. import host
 from ..errors import InvalidArgument, RegistryError
 from .reference import DIGEST
 
+# The media types of an image's documents: OCI's, and Docker's older twins of them.
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"       # +gzip, +zstd when compressed
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 INDEXES = (OCI_INDEX, DOCKER_LIST)
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 SCHEMA_1 = ("application/vnd.docker.distribution.manifest.v1+json",
             "application/vnd.docker.distribution.manifest.v1+prettyjws")
-CONFIGS = ("application/vnd.oci.image.config.v1+json",
-           "application/vnd.docker.container.image.v1+json")
-LAYERS = ("application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
-          "application/vnd.oci.image.layer.v1.tar+zstd",
-          "application/vnd.docker.image.rootfs.diff.tar.gzip")
-ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}     # the kernel's names → OCI's
+CONFIGS = (OCI_CONFIG, DOCKER_CONFIG)
+LAYERS = (OCI_LAYER, OCI_LAYER + "+gzip", OCI_LAYER + "+zstd", DOCKER_LAYER)
+# Layers a registry need not hold (they name URLs elsewhere): an archive may carry them.
+NONDISTRIBUTABLE = ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd")
+# The kernel's names for our CPUs → OCI's (which are Debian's): both spellings accepted.
+ARCHITECTURES = {name: facts.debian for name, facts in host.CPUS.items()}
 
 
 @dataclass(frozen=True)
@@ -106,16 +114,24 @@ def is_descriptor(blob: object) -> bool:
             and isinstance(blob.get("size"), int) and blob["size"] >= 0)
 
 
+def entry_for(entries: list[dict], wanted: Platform) -> tuple[dict | None, str]:
+    """An index's entry for platform `wanted` (None if it has none), and the
+    platforms it offers, for the message that says so."""
+    for entry in entries:
+        if wanted.matches(platform_of(entry.get("platform") or {})):
+            return entry, ""
+    return None, ", ".join(str(platform_of(e.get("platform") or {})) for e in entries)
+
+
 def choose(index: Manifest, wanted: Platform, name: str) -> dict:
     """The index's descriptor for platform `wanted`; RegistryError naming those it has."""
     entries = index.document.get("manifests")
     entries = [e for e in entries if is_descriptor(e)] if isinstance(entries, list) else []
-    for entry in entries:
-        if wanted.matches(platform_of(entry.get("platform") or {})):
-            return entry
-    offered = ", ".join(str(platform_of(e.get("platform") or {})) for e in entries)
-    raise RegistryError(f"{name} has no {wanted} image (only {offered or 'none'}): "
-                        "choose one with --platform")
+    entry, offered = entry_for(entries, wanted)
+    if entry is None:
+        raise RegistryError(f"{name} has no {wanted} image (only {offered or 'none'}): "
+                            "choose one with --platform")
+    return entry
 
 
 def image_parts(manifest: Manifest, name: str) -> tuple[dict, list[dict]]:
