@@ -96,6 +96,9 @@ class Attachment:
         """Plug the cable in: a veth pair whose far end is born as eth0 inside the
         namespace of process `pid`; the near end goes into the bridge. Then, from
         inside, the address and the default route through the bridge."""
+        if os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+            raise MinicontainerError(f"process {pid} shares the host's network namespace: "
+                                     "its eth0 would be the host's")    # never plug that
         with ip_route() as host:             # one request: created in the bridge, up
             bridge = host.link_lookup(ifname=self.network)[0]
             host.link("add", ifname=self.host_end, kind="veth", master=bridge, state="up",

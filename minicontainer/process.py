@@ -426,12 +426,21 @@ def fork_and_wait(channel: Channel, on_exit: Callable[[int], None] | None = None
     tells the parent its child's pid, keeps nothing else open, and finally exits the
     way its child did (same exit code, or killed by the same signal).
     """
+    told_read, told_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         # Should the waiter be killed, nobody could report our exit: die with it.
         set_parent_death_signal(signal.SIGKILL)
+        os.close(told_write)
+        # Our pid must reach the parent before any `ready` of ours: the parent plugs
+        # eth0 into the namespaces of the last pid it heard of, and the waiter's are
+        # the host's (seen in CI: 1 run of 50 at once got "eth0: File exists").
+        os.read(told_read, 1)                 # end-of-file: the waiter has told it
+        os.close(told_read)
         return
+    os.close(told_read)
     channel.tell(b"pid %d" % pid)
+    os.close(told_write)
     os.closerange(3, 1 << 20)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)   # only the command decides when it ends

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from minicontainer import syscalls
 from minicontainer.container import Container, run
 from minicontainer.namespaces import DEFAULT, FLAGS, ns_ids
+from minicontainer.process import Channel, fork_and_wait, spawn, wait_for_parent
 
 
 def test_container_has_its_own_hostname():
@@ -81,3 +85,26 @@ def test_user_namespace_maps_root_inside_to_our_uid_outside():
     result = run("id -u; cat /proc/self/uid_map", namespaces=DEFAULT | {"user"})
     uid, *mapping = result.stdout.split()
     assert uid == "0" and mapping == ["0", str(os.geteuid()), "1"]
+
+
+class SlowToTellPid(Channel):
+    """A channel whose `pid` message is late, as a waiter descheduled under load is."""
+
+    def tell(self, message: bytes) -> None:
+        """Wait a little before telling a pid."""
+        if message.startswith(b"pid "):
+            time.sleep(0.5)
+        super().tell(message)
+
+
+def test_the_command_pid_reaches_the_parent_before_its_ready_even_when_the_waiter_is_slow():
+    # The parent plugs eth0 into the namespaces of the pid it last heard of: heard
+    # after `ready`, that was the waiter's, in the host's network namespace.
+    channel, heard = SlowToTellPid(), []
+    steps = [partial(syscalls.unshare, syscalls.CLONE_NEWPID), partial(fork_and_wait, channel),
+             partial(syscalls.unshare, syscalls.CLONE_NEWNET),
+             partial(wait_for_parent, channel)]
+    child = spawn(["/bin/true"], steps, channel=channel, when_ready=heard.append)
+    child.wait(10)
+    child.close()
+    assert heard == [child.main_pid] and child.main_pid != child.pid

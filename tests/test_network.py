@@ -5,6 +5,7 @@ create; the NAT rule is inspected, never exercised toward the outside.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -214,3 +215,16 @@ def test_neither_the_bridge_nor_a_container_takes_router_advertisements():
         assert run(check, network="mc-test-ra").stdout.split() == ["0", "0"]
     finally:
         network.remove("mc-test-ra")
+
+
+def test_a_veth_is_never_plugged_into_the_hosts_own_network_namespace():
+    before = host_links()
+    cable = network.Attachment("mc-br0", "10.213.0.250", "10.213.0.1", 24, "mc-000000000000")
+    with pytest.raises(MinicontainerError, match="shares the host's network namespace"):
+        cable.connect(os.getpid())
+    assert host_links() == before
+
+
+def host_links() -> str:
+    """The host's interfaces, by name."""
+    return subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
