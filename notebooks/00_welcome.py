@@ -21,8 +21,8 @@
 #
 # Both run a program in a box of its own. In this course you build the container box
 # yourself, layer by layer — a new `/` (01), namespaces (02), budgets (03), a network
-# (04) — and boot a real virtual machine from the *same* files beside it (05). Then
-# you measure both (06), and the numbers answer the question.
+# (04), defences (05), images (06) — and boot a real virtual machine from the *same*
+# files beside it (07). Then you measure both (08), and the numbers answer the question.
 #
 # First: is this machine ready? Every line that fails says how to fix it.
 

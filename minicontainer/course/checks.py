@@ -199,7 +199,7 @@ def two_containers_talk_with_your_addresses(student) -> None:
         expect("ping from one container to the other", 0, ping.exit_code, ping.stdout)
 
 
-# -- 05 initramfs ----------------------------------------------------------------------------
+# -- 07 initramfs ----------------------------------------------------------------------------
 
 def one_record_is_byte_for_byte_right(student) -> None:
     """student.cpio_entry produces the same bytes as vm.cpio_entry for three records."""
@@ -230,7 +230,7 @@ def a_vm_boots_from_your_archive(student) -> None:
                machine.run("echo booted", timeout=120), "the previous checks must pass first")
 
 
-# -- 06 security -----------------------------------------------------------------------------
+# -- 05 security -----------------------------------------------------------------------------
 
 def capability_masks_are_the_kernels(student) -> None:
     """student.capability_bits(names) sets bit N for capability number N."""
@@ -266,8 +266,8 @@ CHECKS = {
     "03": [memory_sizes_are_read_as_docker_does, cpu_max_is_quota_and_period,
            your_cpu_budget_holds_a_busy_loop, your_memory_budget_stops_a_hog],
     "04": [addresses_come_in_order, two_containers_talk_with_your_addresses],
-    "05": [one_record_is_byte_for_byte_right, busybox_cpio_reads_your_archive,
+    "07": [one_record_is_byte_for_byte_right, busybox_cpio_reads_your_archive,
            a_vm_boots_from_your_archive],
-    "06": [capability_masks_are_the_kernels, your_mask_is_what_a_default_container_holds,
+    "05": [capability_masks_are_the_kernels, your_mask_is_what_a_default_container_holds,
            your_attack_is_stopped_by_the_pid_namespace_alone],
 }

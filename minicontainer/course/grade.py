@@ -26,7 +26,7 @@ from ..cleanup import cleanup
 from ..errors import StepFailed
 
 FILES = {"01": "ex01_chroot", "02": "ex02_namespaces", "03": "ex03_cgroups",
-         "04": "ex04_networking", "05": "ex05_initramfs", "06": "ex06_security"}
+         "04": "ex04_networking", "05": "ex05_security", "07": "ex07_initramfs"}
 TIMEOUT = 180
 
 
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     """The command line: grade one exercise; exit 0 when all pass, 1 if not (2: bad usage)."""
     parser = argparse.ArgumentParser(prog="python -m minicontainer.course.grade",
                                      description="check an exercise")
-    parser.add_argument("number", nargs="?", help="01 to 05")
+    parser.add_argument("number", nargs="?", help="the exercise: " + ", ".join(
+        f"{number} ({name.split('_', 1)[1]})" for number, name in FILES.items()))
     parser.add_argument("--solutions", action="store_true", help="grade solutions/ instead")
     parser.add_argument("--one", nargs=3, metavar=("NUMBER", "CHECK", "FILE"),
                         help=argparse.SUPPRESS)

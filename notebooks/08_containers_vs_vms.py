@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 06 — containers vs VMs, measured
+# # 08 — containers vs VMs, measured
 #
 # Everything the discussion claimed, measured on this machine. The same runs as
 # `minicontainer compare` (here the quick size; `make compare` for the full one).
@@ -131,11 +131,11 @@ start, mem, kernel = results["start_time"], results["memory"], results["kernel"]
 over_c = results["overprovision"]["containers"]
 claims = [
     ("containers come from chroot", "01: the escape", "chroot alone escaped; pivot_root stopped it"),
-    ("the OS is virtualized, not the hardware", "02: namespace inodes; 05: devices",
+    ("the OS is virtualized, not the hardware", "02: namespace inodes; 07: devices",
      f"{surface['vm']['emulated_devices']} emulated devices in the VM, none in a container"),
     ("same OS / kernel as the host", "02 and here: uname -r, boot_id",
      f"container {kernel['container']['release']}, VM {kernel['vm']['release']}"),
-    ("a VM has virtual hardware", "05: its own kernel and devices", f"VM boot_id differs: "
+    ("a VM has virtual hardware", "07: its own kernel and devices", f"VM boot_id differs: "
      f"{kernel['vm']['boot_id'] != kernel['host']['boot_id']}"),
     ("containers must match the CPU architecture", "here: the foreign busybox",
      ("fails: Exec format error" if "Exec format" in arch["without"] else arch["without"][:40])
@@ -149,7 +149,7 @@ claims = [
      f"limits {over_c['sum_of_limits'] / 2**20:.0f} MiB > budget {over_c['budget'] / 2**20:.0f}: "
      f"all done at {over_c['peak_in_use'] / 2**20:.0f} MiB; VMs held "
      f"{results['overprovision']['vms']['peak_in_use'] / 2**20:.0f} MiB"),
-    ("fast minimal VMs are possible", "05: boot phases",
+    ("fast minimal VMs are possible", "07: boot phases",
      f"VM median start {statistics.median(start['vm']):.2f} s ({start['vm_accel']})"),
     ("30–50 servers on one platform", "here: scaling",
      f"{n} containers in {used / 2**20:.0f} MiB; one VM {mem['vm']['pss'] / 2**20:.0f} MiB"),
@@ -159,11 +159,11 @@ for claim, where, number in claims:
 
 # %% [markdown]
 # ## Exercise
-# Open `exercises/ex06_security.py`: turn capability names into the mask the kernel
+# Open `exercises/ex05_security.py`: turn capability names into the mask the kernel
 # prints (and compare it with what a default container holds), then write an attack
 # of your own for the escape lab — one the pid namespace, and nothing else, stops.
 
 # %%
 from minicontainer.course.grade import grade
 
-grade("06")
+grade("05")

@@ -1,6 +1,6 @@
-"""Exercise 06 — layer 5: what root in a container may still do, and an attack of your own.
+"""Exercise 05 — layer 5: what root in a container may still do, and an attack of your own.
 
-Check with `grade("06")` in the notebook or `make check EX=06`.
+Check with `grade("05")` in the notebook or `make check EX=05`.
 """
 from minicontainer.security import CAPABILITIES
 

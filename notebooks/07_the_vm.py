@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 05 — the VM: virtual hardware, its own kernel
+# # 07 — the VM: virtual hardware, its own kernel
 #
 # > *"A virtual machine is virtualized at the hardware level (that is, it has virtual
 # > hardware)."*
@@ -102,11 +102,11 @@ panel([size], measure_vm)
 # - A VM has virtual hardware and boots a kernel of its own, which a container never does.
 # - Booting is seconds (under TCG), and the guest's RAM plus QEMU stays with the VM.
 #
-# ## Exercise 05
-# `exercises/ex05_initramfs.py`: write one record of the archive the VM boots from.
+# ## Exercise 07
+# `exercises/ex07_initramfs.py`: write one record of the archive the VM boots from.
 # The last check boots a VM from *your* archive.
 
 # %%
 from minicontainer.course.grade import grade
 
-grade("05")
+grade("07")

@@ -1,6 +1,6 @@
-"""Exercise 05 — the VM's first filesystem: one record of a newc cpio archive.
+"""Exercise 07 — the VM's first filesystem: one record of a newc cpio archive.
 
-Check with `grade("05")` in the notebook or `make check EX=05`.
+Check with `grade("07")` in the notebook or `make check EX=07`.
 """
 
 
