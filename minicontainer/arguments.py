@@ -150,7 +150,7 @@ RECORD = {   # field: the types it may have
     "ports": (list,), "proxy": (list, Null), "security": (dict,), "created": (float, Int),
     "owner": (Int,), "owner_started": (Int, Null), "pid": (Int, Null),
     "main_pid": (Int, Null), "pid_started": (Int, Null), "tty": (Bool,), "console": (list, Null),
-    "shm_size": (Int,), "preserve_fds": (Int,)}
+    "shm_size": (Int,), "preserve_fds": (Int,), "workdir": (Str,), "user": (list,)}
 SECURITY_SWITCHES = tuple(switch.name for switch in fields(Security))
 
 
@@ -164,7 +164,7 @@ def check_record(name: str, record: object) -> dict:
         return BadRecord(f"the record of container {name!r} is refused, nothing was done: {why}")
     if isinstance(record, dict):    # written before containers had terminals and a Spec
         record = {"tty": False, "console": None, "shm_size": ns.SHM_SIZE, "preserve_fds": 0,
-                  **record}
+                  "workdir": "/", "user": [0, 0], **record}
     _check_shape(record, refuse)
     if record["name"] != name or not ID.fullmatch(record["id"]):
         raise refuse(f"it is named {record['name']!r}, id {record['id']!r}")
@@ -196,6 +196,9 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
         raise refuse("its limits or security switches are not ours")
     pids = [record[key] for key in ("pid", "main_pid", "pid_started", "owner") if
             record[key] is not None]
+    if not record["workdir"].startswith("/") or [type(n) for n in record["user"]] != [
+            int, int] or min(record["user"]) < 0:
+        raise refuse("its working directory or user is not a path and a uid and gid")
     if any(n <= 0 for n in pids) or (record["pid"] is None) != (record["pid_started"] is None):
         raise refuse("its pids are not positive, or a pid comes without its start time")
     for helper in ("proxy", "console"):

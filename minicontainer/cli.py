@@ -36,7 +36,16 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a command in a new container")
     run.add_argument("--name", help="the container's name (default: mc-<id>)")
     run.add_argument("--hostname", help="hostname inside (default: the name)")
-    run.add_argument("--rootfs", help="image directory (default: the busybox image)")
+    run.add_argument("--rootfs", help="a root directory instead of an image "
+                     "(then every word after the options is the command)")
+    run.add_argument("--pull", choices=["missing", "never"], default="missing",
+                     help="pull the image if the store lacks it (default), or refuse")
+    run.add_argument("--entrypoint", help="the program to run instead of the image's "
+                     "(its Cmd goes too; ARGs still follow)")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]",
+                     help="set a variable (NAME alone: this shell's value)")
+    run.add_argument("-w", "--workdir", help="working directory inside (absolute)")
+    run.add_argument("-u", "--user", help="NAME|UID[:GROUP|GID] inside (default: the image's)")
     run.add_argument("--init", action="store_true", help="run a tiny init as PID 1")
     run.add_argument("--namespaces", help="comma-separated, e.g. mnt,pid (default: "
                      "mnt,pid,uts,ipc,net)")
@@ -62,13 +71,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background and print the name")
     terminal_options(run, detach=True)
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND [ARG...]]",
+                     help="an image and what to run in it; or -- COMMAND [ARG...] in the "
+                     "default busybox directory")
     run.set_defaults(handler=cmd_run)
 
     exe = sub.add_parser("exec", help="run a command in a running container")
     terminal_options(exe, detach=False)
     exe.add_argument("name")
-    exe.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    exe.add_argument("command", nargs=argparse.REMAINDER, help="[--] COMMAND [ARG...]")
     exe.set_defaults(handler=cmd_exec)
 
     attach = sub.add_parser("attach", help="back to the terminal of a container run with -t")
@@ -165,12 +176,55 @@ def check_terminal(args: argparse.Namespace) -> None:
 
 
 def command_of(args: argparse.Namespace) -> list[str]:
-    """The COMMAND after `--` (InvalidArgument if there is none)."""
+    """The COMMAND, after an optional `--` (InvalidArgument if there is none)."""
     from .errors import InvalidArgument
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        raise InvalidArgument("no command given: minicontainer run [OPTIONS] -- COMMAND [ARG...]")
+        raise InvalidArgument("no command given: name the program to run (and its arguments)")
     return command
+
+
+def image_and_command(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """`run`'s words in Docker's form: IMAGE [COMMAND...]; with `--` or --rootfs, no
+    image (the default busybox directory, or --rootfs's) and all of them the command."""
+    from .errors import InvalidArgument
+    words = args.command
+    if args.rootfs or words[:1] == ["--"]:
+        return None, command_of(args)
+    if not words:
+        raise InvalidArgument("no image given: minicontainer run [OPTIONS] IMAGE [COMMAND "
+                              "[ARG...]], or run -- COMMAND in the default busybox directory")
+    return words[0], words[1:]
+
+
+def environment_of(pairs: list[str]) -> dict[str, str]:
+    """-e's NAME=VALUE words as Docker reads them: NAME alone takes our own value, and
+    is left out if we have none."""
+    from .errors import InvalidArgument
+    env = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not name or "\0" in pair:
+            raise InvalidArgument(f"invalid environment variable {pair!r}: use NAME=VALUE")
+        if equals:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def image_in_store(name: str, pull: str):
+    """The image `name`, pulled first if the store lacks it (Docker's --pull missing)."""
+    from .errors import ImageError
+    from .images.store import Store
+    try:
+        return Store().image(name)
+    except ImageError:
+        if pull == "never":
+            raise
+    print(f"Unable to find image '{name}' locally", file=sys.stderr)
+    pull_with_progress(name, None)
+    return Store().image(name)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -183,12 +237,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                "init": args.init, "memory": args.memory, "cpus": args.cpus,
                "pids_limit": args.pids_limit, "cgroup": args.cgroup, "shm_size": args.shm_size,
                "preserve_fds": args.preserve_fds, "tty": args.tty,
-               "network": args.network, "ports": args.publish, "rootless": args.rootless}
+               "network": args.network, "ports": args.publish, "rootless": args.rootless,
+               "env": environment_of(args.env), "workdir": args.workdir, "user": args.user,
+               "entrypoint": args.entrypoint}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
     keys = parse_detach_keys(args.detach_keys)
     check_terminal(args)
-    container = Container(command_of(args), **options)
+    image, command = image_and_command(args)
+    if image is not None:
+        options["image"] = image_in_store(image, args.pull)
+    container = Container(command, **options)
     if args.detach:
         container.start(detach=True, window=window_size(1))
         print(container.name)
@@ -486,7 +545,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    """`pull`: an image from a registry into the image store, a progress bar per layer."""
+    """`pull`: an image from a registry into the image store."""
+    print(f"Digest: {pull_with_progress(args.ref, args.platform)}")
+    return 0
+
+
+def pull_with_progress(ref: str, platform: str | None) -> str:
+    """Pull `ref` into the store with a progress bar per layer; its manifest's digest."""
     from tqdm import tqdm
 
     from .images.registry import pull
@@ -501,12 +566,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
         return bars[-1].update
 
     try:
-        digest = pull(args.ref, Store(), platform=args.platform, progress=progress)
+        return pull(ref, Store(), platform=platform, progress=progress)
     finally:
         for bar in bars:
             bar.close()
-    print(f"Digest: {digest}")
-    return 0
 
 
 def cmd_login(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ last process.
 """
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import signal
@@ -42,7 +43,8 @@ class Container:
     """A command run in its own namespaces, on its own copy of an image: its Spec (what
     it is) and the handles of it running (what this process holds of it)."""
 
-    def __init__(self, command: str | Sequence[str] | Callable[[], None], **options) -> None:
+    def __init__(self, command: str | Sequence[str] | Callable[[], None] = (),
+                 **options) -> None:
         """Describe the container (spec.describe: Docker's option names, every one
         checked); nothing exists on the host until start()."""
         # A Python function instead of a program: runs as the container's process,
@@ -334,7 +336,8 @@ def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
     the kernel's order (the module's docstring tells why this one)."""
     steps = [os.setsid,               # our own session: the terminal's Ctrl-C is not ours
              partial(ns.isolate, layer, spec.namespaces, spec.hostname, channel,
-                     on_exit=on_exit, files=files, shm_size=spec.shm_size)]
+                     on_exit=on_exit, files=files, shm_size=spec.shm_size),
+             partial(make_workdir, spec.workdir)]
     if procs:
         steps.append(partial(cgroups.join, procs))   # in its budget before exec
     if spec.network:
@@ -342,11 +345,22 @@ def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
     if pty:
         steps.append(pty.open_inside)          # in its devpts; the master comes out
     steps += security.steps(spec.security, "mnt" in spec.namespaces)  # layer 5
+    steps += security.user_steps(spec.user, spec.workdir, "user" in spec.namespaces)
     if spec.init:
         steps.append(partial(become_init, channel))
     if pty:
         steps.append(pty.take_as_controlling)  # the command's, not init's
     return steps
+
+
+def make_workdir(path: str) -> None:
+    """Create the working directory in the new root if the image lacks it, as Docker
+    does (a file in its place fails the start, in one line)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, "the working directory is not a directory",
+                                 path) from None
 
 
 # -- what this process does for it on the host --------------------------------------------
@@ -360,8 +374,8 @@ def lease_address(spec: Spec, data: Path) -> tuple[networking.Attachment, dict[s
     return attachment, {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
 
 
-def run(command: str | Sequence[str] | Callable[[], None], timeout: float | None = None,
-        **options) -> Result:
+def run(command: str | Sequence[str] | Callable[[], None] = (),
+        timeout: float | None = None, **options) -> Result:
     """Run `command` in a new container to completion, then remove it (docker run --rm)."""
     with Container(command, **options) as container:
         container.start()

@@ -127,7 +127,9 @@ def join_steps(spec: Spec, pid: int, channel: process.Channel, procs: list[int],
     2019 (the escape lab)."""
     steps = [partial(syscalls.set_dumpable, False), os.setsid] if hardened else []
     steps += [partial(ns.join, pid, spec.namespaces, channel), partial(cgroups.join, procs),
-              *security.steps(spec.security, mount_namespace=False)]  # its mounts: done
+              *security.steps(spec.security, mount_namespace=False),  # its mounts: done
+              *security.user_steps(spec.user, spec.workdir,       # as docker exec
+                                   "user" in spec.namespaces)]
     if pty:
         steps += [pty.open_inside, pty.take_as_controlling]
     return steps

@@ -259,6 +259,28 @@ def confine(security: Security, program: syscalls._SockFprog | None = None) -> N
         syscalls.drop_capabilities(keep)
 
 
+def become_user(uid: int, gid: int) -> None:
+    """Run as `uid`:`gid` from here on (the image's User, or -u), groups first.
+
+    setgroups, setgid, setuid, in that order: each needs the privilege the next one
+    gives up. The host caller's supplementary groups are dropped, for root too. Docker
+    (runc's setupUser) also adds the groups /etc/group lists the user in; we do not.
+    For a uid other than 0 the kernel then clears the permitted and effective
+    capabilities, as Docker gives a non-root user none (the bounding set stays).
+    """
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def user_steps(user: tuple[int, int], workdir: str, user_namespace: bool) -> list:
+    """The steps after confine(): become `user` (uid, gid), then enter `workdir` as
+    that user (runc's order: a directory the user may not enter fails the start). In
+    a user namespace only root is mapped, and setgroups is denied: nothing to become."""
+    become = [] if user_namespace else [partial(become_user, *user)]
+    return become + [partial(os.chdir, workdir)]
+
+
 def steps(security: Security, mount_namespace: bool) -> list:
     """The child's steps for `security`: the mounts (with a mount namespace), then confine."""
     chosen = [protect_system_paths] if security.system_paths and mount_namespace else []

@@ -28,6 +28,7 @@ from .security import Security
 from .terminal import check_tty
 
 if TYPE_CHECKING:
+    from .images.config import RunConfig
     from .images.store import Image
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -59,6 +60,8 @@ class Spec:
     tty: bool = False                  # a terminal of its own (terminal.py, `run -t`)
     image: str | None = None           # the image's name in the store (images/), if from it
     layers: tuple[str, ...] = ()       # that image's unpacked layers, top first
+    workdir: str = "/"                 # where the command starts (-w, the image's WorkingDir)
+    user: tuple[int, int] = (0, 0)     # uid and gid it runs as (-u, the image's User)
 
     @property
     def lower(self) -> tuple[str, ...]:
@@ -72,7 +75,7 @@ class Spec:
         return f"{cgroups.PARENT}/mc-{self.id}-proxy" if self.ports else None
 
 
-def describe(command: str | Sequence[str] | Callable[[], None], *,
+def describe(command: str | Sequence[str] | Callable[[], None] = (), *,
              name: str | None = None, rootfs: str | os.PathLike | None = None,
              hostname: str | None = None, namespaces: Iterable[str] = ns.DEFAULT,
              init: bool = False, env: dict[str, str] | None = None,
@@ -82,9 +85,13 @@ def describe(command: str | Sequence[str] | Callable[[], None], *,
              ports: dict[int, int] | Iterable[str] | None = None,
              security: Security | None = None, rootless: bool = False,
              shm_size: str | int = ns.SHM_SIZE, preserve_fds: int = 0,
-             tty: bool = False, image: str | Image | None = None) -> Spec:
+             tty: bool = False, image: str | Image | None = None,
+             entrypoint: str | None = None, workdir: str | None = None,
+             user: str | None = None) -> Spec:
     """The Spec of a container from Docker's options (`docker run`'s names), every one
-    checked: InvalidArgument, saying what to write instead, for the first that is wrong."""
+    checked: InvalidArgument, saying what to write instead, for the first that is wrong.
+    With an `image`, its config gives what the options leave out, as `docker run IMAGE
+    [COMMAND]` combines them (images/config.py)."""
     check_host(rootless)
     container_id = os.urandom(6).hex()
     name = check_name(name or f"mc-{container_id}")
@@ -105,18 +112,41 @@ def describe(command: str | Sequence[str] | Callable[[], None], *,
         rootfs = layers[0]                # its top layer; the overlay stacks them all
     else:
         layers, rootfs = (), str(check_rootfs(Path(rootfs)) if rootfs else default_rootfs())
+    run = how_to_run(command, image, layers or (rootfs,), entrypoint, env, workdir, user)
+    if "user" in kinds and (run.uid, run.gid) != (0, 0):
+        raise InvalidArgument("a user namespace here maps only root (uid 0), to you: "
+                              "leave out -u, or run without --rootless")
     return Spec(
-        command=(repr(command),) if callable(command) else tuple(as_argv(command)),
+        command=run.argv,
         id=container_id, name=name, hostname=hostname,
         rootfs=rootfs, namespaces=kinds,
-        env={"PATH": PATH, "HOME": "/root", "HOSTNAME": hostname, **(env or {})},
+        env={"PATH": PATH, "HOME": "/root" if run.uid == 0 else "/", "HOSTNAME": hostname,
+             **run.env},
         limits=limits, cgroup=f"{parent}/mc-{container_id}" if cgroup else None,
         network=network,
         ports=tuple(tuple(port) for port in check_ports(ports or {}, network, kinds)),
         security=security or Security(), init=bool(init), rootless=bool(rootless),
         shm_size=parse_size(shm_size, "shm size", 1),
         preserve_fds=check_count(preserve_fds, "preserve_fds", 0), tty=bool(tty),
-        image=image.name if image is not None else None, layers=layers)
+        image=image.name if image is not None else None, layers=layers,
+        workdir=run.workdir, user=(run.uid, run.gid))
+
+
+def how_to_run(command: str | Sequence[str] | Callable[[], None], image: Image | None,
+               lower: Sequence[str], entrypoint: str | None, env: dict[str, str] | None,
+               workdir: str | None, user: str | None) -> RunConfig:
+    """The command, environment, directory and user: the image's config with the
+    options over it (a plain directory is an image with an empty config); its
+    /etc/passwd is read from `lower`, top first, never through a symlink."""
+    from .images.config import layer_reader, run_config
+    if image is None and entrypoint is not None:
+        raise InvalidArgument("--entrypoint needs an image: give the whole command instead")
+    if callable(command):              # a Python function: shown by its repr
+        argv = [repr(command)]
+    else:                              # without an image, a command is a must
+        argv = as_argv(command) if command or image is None else []
+    return run_config(image.config if image else {}, layer_reader([Path(d) for d in lower]),
+                      argv, entrypoint, env, workdir, None if user is None else str(user))
 
 
 def image_layers(image: str | Image, rootfs: object, namespaces: frozenset[str]
@@ -145,7 +175,8 @@ def record_of(spec: Spec) -> dict:
             "ports": [list(port) for port in spec.ports],
             "security": spec.security.as_dict(), "tty": spec.tty,
             "shm_size": spec.shm_size, "preserve_fds": spec.preserve_fds,
-            "image": spec.image, "layers": list(spec.layers)}
+            "image": spec.image, "layers": list(spec.layers), "workdir": spec.workdir,
+            "user": list(spec.user)}
 
 
 def from_record(record: dict) -> Spec:
@@ -160,4 +191,5 @@ def from_record(record: dict) -> Spec:
                 security=Security(**record["security"]), init=record["init"],
                 rootless=record["rootless"], shm_size=record.get("shm_size", ns.SHM_SIZE),
                 preserve_fds=record.get("preserve_fds", 0), tty=record["tty"],
-                image=record.get("image"), layers=tuple(record.get("layers", ())))
+                image=record.get("image"), layers=tuple(record.get("layers", ())),
+                workdir=record["workdir"], user=tuple(record["user"]))

@@ -50,7 +50,8 @@ def test_unknown_command_exits_127_with_one_line():
 @pytest.mark.parametrize("args, message", [
     (["run", "--rootfs", "/nonexistent", "--", "true"], "does not exist"),
     (["run", "--hostname", "bad host", "--", "true"], "invalid hostname"),
-    (["run"], "no command given"),
+    (["run"], "no image given"),
+    (["run", "--"], "no command given"),
     (["run", "--namespaces", "mnt,bogus", "--", "true"], "unknown namespace"),
     (["exec", "ghost", "--", "true"], "no container named"),
     (["stop", "ghost"], "no container named"),
