@@ -28,6 +28,8 @@ from .syscalls import MS_NODEV, mount
 BUSYBOX = Path(os.environ.get("MINICONTAINER_BUSYBOX", "/bin/busybox"))
 ROOTFS_LAYOUT_VERSION = "1"  # bump when the tree below changes, to rebuild caches
 
+# The PATH a container gets unless its image sets one (Docker's default, the same).
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EMPTY_DIRS = ["proc", "sys", "dev", "tmp", "root", "run", "var/tmp", "home", "mnt"]
 FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",

@@ -23,7 +23,7 @@ from .arguments import (as_argv, check_count, check_host, check_hostname, check_
 from .cgroups import Cgroup, Limits
 from .errors import InvalidArgument
 from .host import parse_size
-from .rootfs import check_rootfs, default_rootfs
+from .rootfs import PATH, check_rootfs, default_rootfs
 from .security import Security
 from .terminal import check_tty
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from .images.config import RunConfig
     from .images.store import Image
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A fork bomb must hit a wall, not the host: with a cgroup there is always a pids
 # limit (Podman's default is 2048; Docker has none). pids_limit="max" lifts it.
 DEFAULT_PIDS_LIMIT = 1024

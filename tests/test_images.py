@@ -3,6 +3,7 @@ whiteouts honoured, hostile layers refused, and images loaded from the files Doc
 skopeo and umoci write. Every store here is a temporary one, never the machine's."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -75,14 +76,16 @@ def layer(*members, compress: bool = False) -> bytes:
 def put_image(store: Store, name: str, tarballs: list[bytes], base=None):
     """An image named `name`: the layers of `base` (an Image), then `tarballs`."""
     layers = list(base.manifest["layers"]) if base else []
+    diff_ids = list(base.config["rootfs"]["diff_ids"]) if base else []
     for data in tarballs:
+        diff_ids.append(digest_of(gzip.decompress(data) if data[:2] == GZIP else data))
         store.ingest(digest_of(data), len(data), [data])
         layers.append({"mediaType": OCI_LAYER + ("+gzip" if data[:2] == GZIP else ""),
                        "digest": digest_of(data), "size": len(data)})
     config = json_bytes({"architecture": cpu().debian, "os": "linux",
                          "config": {"Cmd": ["sh"]},
                          "rootfs": {"type": "layers",
-                                    "diff_ids": [d["digest"] for d in layers]}})
+                                    "diff_ids": diff_ids}})
     store.ingest(digest_of(config), len(config), [config])
     manifest = json_bytes({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                            "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config),
@@ -427,6 +430,24 @@ def test_a_docker_save_tarball_with_a_tampered_layer_loads_nothing(store, tmp_pa
     with pytest.raises(DigestMismatch):
         store.load(tmp_path / "tampered.tar")
     assert store.tags() == {}
+
+
+def test_a_gzip_layer_whose_tar_is_not_its_diff_id_is_refused_and_not_kept(store, busybox):
+    # The blob's digest is right (it is what the manifest names) but the config lists
+    # another tar inside: a registry or a tool that swapped layers. Docker refuses it.
+    put_image(store, "mc-st/right", [layer(file("x", b"one"), compress=True)], base=busybox)
+    swapped = layer(file("x", b"two"), compress=True)
+    store.ingest(digest_of(swapped), len(swapped), [swapped])
+    image = store.image("mc-st/right")
+    manifest = {**image.manifest, "layers": [*image.manifest["layers"][:-1], {
+        "mediaType": OCI_LAYER + "+gzip", "digest": digest_of(swapped), "size": len(swapped)}]}
+    data = json_bytes(manifest)
+    store.ingest(digest_of(data), len(data), [data])
+    store.add_image("mc-st/swapped", digest_of(data))
+    with pytest.raises(DigestMismatch, match="rootfs.diff_ids"):
+        store.image("mc-st/swapped")
+    assert not (store.root / "layers" / digest_of(swapped)[7:]).exists()
+    assert [p.name for p in (store.root / "layers").iterdir() if p.name.startswith(".")] == []
 
 
 def test_an_oci_index_of_platforms_loads_this_machines_image(store, tmp_path):

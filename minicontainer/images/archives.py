@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..errors import ImageError
 from ..host import cpu
+from ..rootfs import PATH
 from .layers import GZIP, ZSTD, components, pack
 from .manifests import (INDEXES, LAYERS, NONDISTRIBUTABLE, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST,
                         entry_for, this_platform)
@@ -39,7 +40,6 @@ LAYER_TYPES = {*LAYERS, *NONDISTRIBUTABLE}
 INDEX_TYPES = set(INDEXES)
 REF_NAME = "org.opencontainers.image.ref.name"   # an OCI layout's tag (or whole reference)
 FULL_NAME = "io.containerd.image.name"           # Docker's and containerd's whole reference
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CHUNK = 1 << 20
 DIGEST_IN_PATH = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
 

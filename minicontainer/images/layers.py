@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import os
 import shutil
 import stat
@@ -99,6 +100,28 @@ def decompressed(raw: BinaryIO) -> BinaryIO:
                              "to unpack it") from None
         return zstandard.ZstdDecompressor().stream_reader(raw)
     return raw
+
+
+class Hashed:
+    """A layer's tar stream read through, its sha256 counted on the way: the digest the
+    image config lists for it (rootfs.diff_ids), of the uncompressed bytes."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        """Read `stream` through, from its start."""
+        self.stream, self.sha256 = stream, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        """Read as the stream does, counting what went by."""
+        data = self.stream.read(size)
+        self.sha256.update(data)
+        return data
+
+    def digest(self) -> str:
+        """sha256:… of the whole stream; tarfile stops at the end-of-archive blocks,
+        so what follows them is read here first (it counts too)."""
+        while self.read(1 << 20):
+            pass
+        return f"sha256:{self.sha256.hexdigest()}"
 
 
 def unpack(stream: BinaryIO, target: Path, limits: Limits = Limits()) -> Unpacked:

@@ -128,9 +128,10 @@ class Store:
 
     # -- layers -----------------------------------------------------------------------------
 
-    def unpacked(self, layer_digest: str, media_type: str) -> Path:
+    def unpacked(self, layer_digest: str, media_type: str, diff_id: str | None = None) -> Path:
         """The layer blob `layer_digest` as a directory (layers/<hex>), unpacked the first
-        time it is asked for (layers.unpack: whiteouts converted, escapes refused)."""
+        time it is asked for (layers.unpack: whiteouts converted, escapes refused), and
+        kept only if its tar stream is the `diff_id` the image config names for it."""
         target = self.root / "layers" / self.blob_path(layer_digest).name
         if target.is_dir():
             return target
@@ -142,7 +143,9 @@ class Store:
                                             dir=self._made("layers")))
             try:
                 with open(self.blob_path(layer_digest), "rb") as blob:
-                    layers.unpack(layers.decompressed(blob), staging, self.limits)
+                    stream = layers.Hashed(layers.decompressed(blob))
+                    layers.unpack(stream, staging, self.limits)
+                    _check_diff_id(layer_digest, stream.digest(), diff_id)
                 staging.chmod(0o755)
                 staging.rename(target)           # atomic; fails if another was first
             except FileNotFoundError:
@@ -212,10 +215,14 @@ class Store:
         if digest is None:
             raise ImageError(f"no image {reference} in the store: pull or load it first")
         manifest = self.manifest(digest)
-        return Image(str(reference), digest, manifest,
-                     self.read_json(manifest["config"]["digest"]),
-                     [self.unpacked(layer["digest"], layer.get("mediaType", ""))
-                      for layer in manifest["layers"]])
+        config = self.read_json(manifest["config"]["digest"])
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(manifest["layers"]):
+            raise ImageError(f"image {reference}: its config's rootfs.diff_ids do not list "
+                             "one digest per layer of its manifest")
+        return Image(str(reference), digest, manifest, config,
+                     [self.unpacked(layer["digest"], layer.get("mediaType", ""), diff_id)
+                      for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True)])
 
     def images(self) -> list[Summary]:
         """Every tagged image: name, manifest digest, size of its blobs, created."""
@@ -349,6 +356,14 @@ def busybox_image(store: Store | None = None) -> Image:
                             f"minicontainer: {tree.name}, the host's busybox-static") as made:
         store.add(made)
     return store.image("busybox:latest")
+
+
+def _check_diff_id(layer_digest: str, found: str, promised: str | None) -> None:
+    """A layer is its compressed blob's digest outside and its config's diff_id inside:
+    both are checked, as Docker checks both (a blob may be right, its tar not)."""
+    if promised is not None and found != promised:
+        raise DigestMismatch(f"layer {layer_digest} unpacks to {found}, but the image "
+                             f"config says {promised} (rootfs.diff_ids): refused, not kept")
 
 
 def _write_checked(out, digest: str, size: int | None, chunks: Iterable[bytes]) -> None:
