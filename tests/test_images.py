@@ -504,3 +504,68 @@ def test_an_oci_layout_umoci_built_loads_as_a_directory_and_as_a_tar(store, tmp_
     assert image.digest == store.image("mc-st/umoci:v1").digest and len(image.layers) == 2
     result = run("cat /umoci; cat /etc/os-release 2>&1", image=image, name="mc-st-umoci")
     assert result.stdout.startswith("made by umoci\n") and "No such file" in result.stdout
+
+
+# -- the same root as umoci's ---------------------------------------------------------------
+
+def oci_layout(path: Path, tarballs: list[bytes], tag: str) -> None:
+    """An OCI image layout at `path`: one image of `tarballs` (gzip'd here), tagged `tag`."""
+    (path / "blobs/sha256").mkdir(parents=True)
+
+    def blob(data: bytes, media_type: str) -> dict:
+        (path / "blobs/sha256" / digest_of(data)[7:]).write_bytes(data)
+        return {"mediaType": media_type, "digest": digest_of(data), "size": len(data)}
+    layers = [blob(gzip.compress(t, mtime=0), OCI_LAYER + "+gzip") for t in tarballs]
+    config = blob(json_bytes({"architecture": cpu().debian, "os": "linux",
+                              "config": {"Cmd": ["sh"]}, "rootfs": {
+                                  "type": "layers", "diff_ids": [digest_of(t) for t in tarballs]}}),
+                  OCI_CONFIG)
+    manifest = blob(json_bytes({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                "config": config, "layers": layers}), OCI_MANIFEST)
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (path / "index.json").write_bytes(json_bytes({"schemaVersion": 2, "manifests": [
+        {**manifest, "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+
+
+def tree(root: Path, skip: set[str]) -> dict[str, tuple]:
+    """Each path below `root` (never followed through a symlink): its type and mode,
+    owner, and its sha256 (a file) or target (a symlink)."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            inside = "/" + str(path.relative_to(root))
+            if inside in skip or any(inside.startswith(s + "/") for s in skip):
+                continue
+            info = path.lstat()
+            what = (digest_of(path.read_bytes()) if stat.S_ISREG(info.st_mode) else
+                    os.readlink(path) if stat.S_ISLNK(info.st_mode) else None)
+            found[inside] = (stat.filemode(info.st_mode), info.st_uid, info.st_gid, what)
+    return found
+
+
+def test_our_containers_root_is_umoci_unpacks_in_paths_types_modes_owners_and_contents(
+        store, tmp_path):
+    middle = layer(directory("keep"), file("keep/owned", b"alpha", uid=1000),
+                   file("keep/setuid", b"#!/bin/sh\n", mode=0o4755), symlink("keep/link", "owned"),
+                   hardlink("keep/hard", "keep/owned"), directory("data"),
+                   file("data/old", b"gone soon"), directory("data/sub"),
+                   file("data/sub/deep", b"gone too"), file("etc/motd", b"hello\n"))
+    top = layer(file("data/.wh..wh..opq"), file("data/new", b"only me"),
+                file("etc/.wh.os-release"), file("keep/.wh.link"),
+                file("etc/motd", b"changed\n", mode=0o600))
+    oci_layout(tmp_path / "layout", [busybox_layer_with(), middle, top], "v1")
+    subprocess.run(["umoci", "unpack", "--image", f"{tmp_path / 'layout'}:v1",
+                    str(tmp_path / "bundle")], check=True, capture_output=True)
+    assert store.load(tmp_path / "layout", repository="mc-st/same") == ["docker.io/mc-st/same:v1"]
+    # What the runtime puts there, not the image: kernel filesystems, Docker's files.
+    skip = {"/proc", "/sys", "/dev", "/tmp", "/etc/hosts", "/etc/resolv.conf"}
+    with Container(["sleep", "30"], image=store.image("mc-st/same:v1"),
+                   name="mc-st-same") as box:
+        box.start()
+        ours = tree(Path(f"/proc/{box._require_child().main_pid}/root"), skip)
+    theirs = tree(tmp_path / "bundle/rootfs", skip)
+    assert ours == theirs
+    assert "/data/old" not in ours and ours["/data/new"][3] == digest_of(b"only me")
+    assert "/etc/os-release" not in ours and "/keep/link" not in ours
+    assert ours["/keep/owned"][1:3] == (1000, 1000) and ours["/keep/setuid"][0] == "-rwsr-xr-x"
