@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import stat
+import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from minicontainer.images import credentials, registry
 from minicontainer.images.manifests import (OCI_INDEX, OCI_MANIFEST, Platform, parse_platform,
                                             this_platform)
 from minicontainer.images.reference import Reference, parse
+from minicontainer.images.store import Store
 
 TOOLS = ["docker-registry", "skopeo", "umoci"]
 needs_tools = pytest.mark.skipif(
@@ -42,43 +44,15 @@ HERE = this_platform().architecture
 OTHER = {"amd64": "arm64", "arm64": "amd64"}[HERE]
 
 
-# --- a fake image store, with the three methods pull uses ------------------------------
-
-class FakeStore:
-    """Blobs in a directory, named by digest; image names in a dict."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.images = root, {}
-        root.mkdir(parents=True, exist_ok=True)
-
-    def has_blob(self, digest: str) -> bool:
-        return (self.root / digest).exists()
-
-    def ingest(self, digest: str, size: int | None, chunks) -> Path:
-        partial, hasher, written = self.root / f".partial-{digest}", hashlib.sha256(), 0
-        try:
-            with open(partial, "wb") as out:
-                for chunk in chunks:
-                    hasher.update(chunk)
-                    written += len(chunk)
-                    out.write(chunk)
-            if f"sha256:{hasher.hexdigest()}" != digest or size not in (None, written):
-                raise DigestMismatch(digest)
-            os.replace(partial, self.root / digest)
-        finally:
-            partial.unlink(missing_ok=True)
-        return self.root / digest
-
-    def add_image(self, name: str, manifest_digest: str) -> None:
-        self.images[name] = manifest_digest
-
-    def blob(self, digest: str) -> bytes:
-        return (self.root / digest).read_bytes()
-
-
 @pytest.fixture
-def store(tmp_path) -> FakeStore:
-    return FakeStore(tmp_path / "store")
+def store(tmp_path) -> Store:
+    """A store of our own, never the machine's."""
+    return Store(tmp_path / "store")
+
+
+def blob(store: Store, digest: str) -> bytes:
+    """A blob's bytes, from the store."""
+    return store.blob_path(digest).read_bytes()
 
 
 @pytest.fixture(autouse=True)
@@ -316,9 +290,9 @@ def pushed_digest(address: str, repository: str, tag: str) -> str:
     return f"sha256:{hashlib.sha256(raw).hexdigest()}"
 
 
-def file_in_layers(store: FakeStore, manifest_digest: str) -> dict:
-    manifest = json.loads(store.blob(manifest_digest))
-    return {"config": json.loads(store.blob(manifest["config"]["digest"])),
+def file_in_layers(store: Store, manifest_digest: str) -> dict:
+    manifest = json.loads(blob(store, manifest_digest))
+    return {"config": json.loads(blob(store, manifest["config"]["digest"])),
             "layers": [layer["digest"] for layer in manifest["layers"]]}
 
 
@@ -397,7 +371,7 @@ def test_a_challenge_is_read_into_its_scheme_and_parameters():
 def test_pull_by_tag_keeps_the_config_every_layer_and_the_manifest(open_registry, store):
     digest = registry.pull(f"{open_registry}/small:1", store)
     assert digest == pushed_digest(open_registry, "small", "1")
-    assert store.images == {f"{open_registry}/small:1": digest}
+    assert store.tags() == {f"{open_registry}/small:1": digest}
     image = file_in_layers(store, digest)
     assert image["config"]["config"]["Cmd"] == ["/hello"]
     assert len(image["layers"]) == 2 and all(map(store.has_blob, image["layers"]))
@@ -406,7 +380,7 @@ def test_pull_by_tag_keeps_the_config_every_layer_and_the_manifest(open_registry
 @needs_tools
 def test_pull_a_docker_schema_2_image(open_registry, store):
     digest = registry.pull(f"{open_registry}/docker/small:1", store)
-    manifest = json.loads(store.blob(digest))
+    manifest = json.loads(blob(store, digest))
     assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     assert all(store.has_blob(layer["digest"]) for layer in manifest["layers"])
 
@@ -415,7 +389,7 @@ def test_pull_a_docker_schema_2_image(open_registry, store):
 def test_pull_by_digest_gets_exactly_that_manifest(open_registry, store):
     digest = pushed_digest(open_registry, "small", "1")
     assert registry.pull(f"{open_registry}/small@{digest}", store) == digest
-    assert store.images == {f"{open_registry}/small@{digest}": digest}
+    assert store.tags() == {f"{open_registry}/small@{digest}": digest}
 
 
 @needs_tools
@@ -451,7 +425,7 @@ def test_platform_chooses_another_cpus_image_from_an_index(open_registry, store,
 def test_a_platform_the_index_lacks_is_refused_naming_those_it_has(open_registry, store):
     with pytest.raises(RegistryError, match="no linux/s390x image .*linux/amd64, linux/arm64/v8"):
         registry.pull(f"{open_registry}/multi", store, platform="linux/s390x")
-    assert store.images == {}
+    assert store.tags() == {}
 
 
 @needs_tools
@@ -492,8 +466,8 @@ def test_a_corrupted_layer_is_refused_and_nothing_of_it_is_kept(open_registry, s
             registry.pull(f"{open_registry}/fragile:1", store)
     finally:
         data.write_bytes(original)
-    assert store.images == {} and not store.has_blob(layer) and not store.has_blob(digest)
-    assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == []
+    assert store.tags() == {} and not store.has_blob(layer) and not store.has_blob(digest)
+    assert list((store.root / "tmp").iterdir()) == []          # no half blob either
     registry.pull(f"{open_registry}/fragile:1", store)       # whole again: it is pulled
 
 
@@ -503,9 +477,9 @@ def test_basic_auth_needs_the_right_login(basic_registry, store):
         registry.pull(f"{basic_registry}/small:1", store)
     with pytest.raises(RegistryError, match="refused the login of 'student'"):
         registry.pull(f"{basic_registry}/small:1", store, credentials=(USER, "wrong"))
-    assert store.images == {}
+    assert store.tags() == {}
     registry.pull(f"{basic_registry}/small:1", store, credentials=(USER, PASSWORD))
-    assert list(store.images) == [f"{basic_registry}/small:1"]
+    assert list(store.tags()) == [f"{basic_registry}/small:1"]
 
 
 @needs_tools
@@ -517,7 +491,7 @@ def test_bearer_token_from_the_token_service_for_the_repositorys_scope(token_reg
     TokenService.scopes.clear()
     digest = registry.pull(f"{token_registry}/multi", store, credentials=(USER, PASSWORD))
     assert TokenService.scopes == ["repository:multi:pull"]       # one token for the pull
-    assert store.images == {f"{token_registry}/multi:latest": digest}
+    assert store.tags() == {f"{token_registry}/multi:latest": digest}
 
 
 @needs_tools
@@ -600,7 +574,7 @@ def test_a_redirect_to_blob_storage_does_not_carry_our_authorization(store):
             manifest_of(), OCI_MANIFEST, blobs_at=f"http://{storage}") as (
             address, seen):
         digest = registry.pull(f"{address}/app:1", store, credentials=("u", "p"))
-    assert store.images == {f"{address}/app:1": digest} and store.blob(digest) == manifest_of()
+    assert store.tags() == {f"{address}/app:1": digest} and blob(store, digest) == manifest_of()
     assert len(stored) == 2, "the config and the layer, from storage"
     assert not any("Authorization" in headers for headers in stored)
     assert all(authorization for _, authorization in seen[1:]), "the registry did get it"
@@ -611,7 +585,7 @@ def test_a_redirect_to_plain_http_elsewhere_is_refused_before_connecting(store):
                        blobs_at="http://storage.example.com") as (address, seen):
         with pytest.raises(RegistryError, match="refusing http://storage.example.com/"):
             registry.pull(f"{address}/app:1", store, credentials=("u", "p"))
-    assert store.images == {}
+    assert store.tags() == {}
 
 
 def test_schema_1_is_refused_as_deprecated(store):
@@ -620,7 +594,7 @@ def test_schema_1_is_refused_as_deprecated(store):
             address, _):
         with pytest.raises(RegistryError, match="schema 1 is deprecated: "):
             registry.pull(f"{address}/app:1", store, credentials=("u", "p"))
-    assert store.images == {}
+    assert store.tags() == {}
 
 
 @pytest.mark.parametrize("manifest, media_type, message", [
@@ -634,7 +608,7 @@ def test_what_is_not_an_image_manifest_is_refused_by_name(store, manifest, media
     with fake_registry(manifest, media_type) as (address, _):
         with pytest.raises(RegistryError, match=message):
             registry.pull(f"{address}/app:1", store, credentials=("u", "p"))
-    assert store.images == {}
+    assert store.tags() == {}
 
 
 def test_a_manifest_that_is_not_the_digest_asked_for_is_refused(store):
@@ -645,7 +619,8 @@ def test_a_manifest_that_is_not_the_digest_asked_for_is_refused(store):
             registry.pull(f"{address}/app@{other}", store, credentials=("u", "p"))
         with pytest.raises(DigestMismatch):       # by tag: the registry's own header lies
             registry.pull(f"{address}/app:1", store, credentials=("u", "p"))
-    assert store.images == {} and list(store.root.iterdir()) == []
+    assert store.tags() == {} and [p.name for p in store.root.rglob("*") if p.is_file()] == [
+        "gc.lock"]
 
 
 # --- the command line ---------------------------------------------------------------
@@ -679,3 +654,63 @@ def test_cli_login_reads_the_password_from_stdin_and_pull_uses_it(basic_registry
     assert saved.returncode == 0 and "Login Succeeded" in saved.stdout, saved.stderr
     pulled = mc("pull", f"{basic_registry}/small:1", tmp_path=tmp_path)
     assert pulled.returncode == 0, pulled.stderr
+
+
+# --- a pull killed at any point --------------------------------------------------------
+
+KILLED_PULL = """
+import os, signal, sys
+from minicontainer.images import registry
+from minicontainer.images.store import Store
+ref, root, name, when, nth = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+calls = []
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if name == "chunk":                      # in the middle of a layer's bytes
+    def progress(digest, size):
+        def update(count):
+            calls.append(count)
+            if len(calls) == nth:
+                die()
+        return update
+else:
+    progress, real = None, getattr(Store, name)
+    def wrapped(*args, **kwargs):
+        calls.append(name)
+        if when == "before" and len(calls) == nth:
+            die()
+        result = real(*args, **kwargs)
+        if when == "after" and len(calls) == nth:
+            die()
+        return result
+    setattr(Store, name, wrapped)
+registry.pull(ref, Store(root), progress=progress)
+"""
+
+
+@needs_tools
+@pytest.mark.parametrize("name, when, nth", [
+    ("ingest", "before", 1), ("ingest", "after", 1), ("ingest", "before", 3),
+    ("ingest", "after", 3), ("add_image", "before", 1), ("add_image", "after", 1),
+    ("chunk", "during", 1)])
+def test_a_pull_killed_at_any_point_leaves_a_consistent_store_that_the_next_pull_completes(
+        open_registry, tmp_path, name, when, nth):
+    ref, root = f"{open_registry}/fragile:1", tmp_path / "store"
+    killed = subprocess.run([sys.executable, "-c", KILLED_PULL, ref, str(root), name, when,
+                             str(nth)], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    store = Store(root)
+    for path in (root / "blobs/sha256").glob("*"):   # every blob whole, under its digest
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+    for tag in store.tags():                          # a tag only ever names a whole image
+        store.image(tag)
+    if name == "add_image" and when == "after":
+        assert list(store.tags()) == [ref]
+    else:
+        assert store.tags() == {}
+    store.prune()
+    assert not (root / "tmp").exists() or list((root / "tmp").iterdir()) == []
+    digest = registry.pull(ref, store)
+    assert store.image(ref).digest == digest and store.tags() == {ref: digest}

@@ -82,7 +82,8 @@ def pull(ref: str, store: Store, platform: str | None = None, progress: Progress
     wanted = parse_platform(platform) if platform else this_platform()
     login = credentials or logins.saved(reference.registry)
     repository = reference.repository
-    with Registry(reference.registry, login, f"repository:{repository}:pull") as registry:
+    with Registry(reference.registry, login, f"repository:{repository}:pull") as registry, \
+            store.adding():        # a prune meanwhile would take blobs not yet tagged
         registry.ping()                                                        # steps 1-2
         manifest = registry.manifest(repository, reference.digest or reference.tag)  # 3
         if manifest.media_type in INDEXES:
