@@ -407,6 +407,16 @@ def test_a_second_pull_downloads_no_layer_again(open_registry, store):
 
 
 @needs_tools
+def test_an_image_pulled_by_its_index_digest_is_found_by_that_name(open_registry, store):
+    index = pushed_digest(open_registry, "multi", "latest")
+    ref = f"{open_registry}/multi@{index}"
+    digest = registry.pull(ref, store)
+    assert digest != index and store.image(ref).digest == digest
+    assert store.tags() == {ref: digest}
+    assert file_in_layers(store, digest)["config"]["architecture"] == HERE
+
+
+@needs_tools
 @pytest.mark.parametrize("repository", ["multi", "multi-docker"])
 def test_an_index_gives_this_machines_image(open_registry, store, repository):
     digest = registry.pull(f"{open_registry}/{repository}", store)
