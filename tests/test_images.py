@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -569,3 +570,19 @@ def test_our_containers_root_is_umoci_unpacks_in_paths_types_modes_owners_and_co
     assert "/data/old" not in ours and ours["/data/new"][3] == digest_of(b"only me")
     assert "/etc/os-release" not in ours and "/keep/link" not in ours
     assert ours["/keep/owned"][1:3] == (1000, 1000) and ours["/keep/setuid"][0] == "-rwsr-xr-x"
+
+
+def test_a_rootless_unpack_makes_other_owners_files_the_users_and_says_so():
+    data = layer(file("mine", b"root's"), file("theirs", b"a user's", uid=1000))
+    script = ("import sys; from minicontainer.images.store import Store; s = Store(sys.argv[1]);"
+              "s.ingest(sys.argv[2], None, [sys.stdin.buffer.read()]);"
+              "print(s.unpacked(sys.argv[2], sys.argv[3]))")
+    with tempfile.TemporaryDirectory() as work:        # where an ordinary user may write
+        os.chmod(work, 0o777)
+        done = subprocess.run([sys.executable, "-c", script, f"{work}/images", digest_of(data),
+                               OCI_LAYER], input=data, user=65534, group=65534,
+                              capture_output=True, cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stderr
+        unpacked = Path(done.stdout.decode().strip())
+        assert (unpacked / "theirs").stat().st_uid == 65534 == (unpacked / "mine").stat().st_uid
+    assert b"1 entries owned by other users in the image are yours here" in done.stderr

@@ -84,6 +84,7 @@ class Unpacked:
     files: int = 0
     bytes: int = 0
     skipped_devices: list[str] = field(default_factory=list)
+    squashed_owners: int = 0        # entries not root's that a rootless user made theirs
 
 
 def decompressed(raw: BinaryIO) -> BinaryIO:
@@ -166,6 +167,8 @@ class _Writer:
         if not parts:
             return                   # the layer's own root: ours stays as made
         self.count(member)
+        if not self.is_root and (member.uid, member.gid) != (0, 0):
+            self.made.squashed_owners += 1
         *dirs, name = parts
         try:
             parent = self.directory(dirs)

@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +145,10 @@ class Store:
             try:
                 with open(self.blob_path(layer_digest), "rb") as blob:
                     stream = layers.Hashed(layers.decompressed(blob))
-                    layers.unpack(stream, staging, self.limits)
+                    made = layers.unpack(stream, staging, self.limits)
                     _check_diff_id(layer_digest, stream.digest(), diff_id)
+                if made.squashed_owners:
+                    _warn_squashed(layer_digest, made.squashed_owners)
                 staging.chmod(0o755)
                 staging.rename(target)           # atomic; fails if another was first
             except FileNotFoundError:
@@ -356,6 +359,15 @@ def busybox_image(store: Store | None = None) -> Image:
                             f"minicontainer: {tree.name}, the host's busybox-static") as made:
         store.add(made)
     return store.image("busybox:latest")
+
+
+def _warn_squashed(layer_digest: str, count: int) -> None:
+    """Say that a rootless unpack gave other users' files to the caller: inside, they
+    are all root's. Podman maps a range of subordinate uids (/etc/subuid, through the
+    setuid newuidmap) so each keeps its owner; we map the caller's uid alone."""
+    warnings.warn(f"layer {layer_digest[7:19]}: {count} entries owned by other users in the "
+                  "image are yours here, root's inside (a rootless container maps one uid; "
+                  "programs that check owners, like sshd, may refuse them)", stacklevel=4)
 
 
 def _check_diff_id(layer_digest: str, found: str, promised: str | None) -> None:
