@@ -433,6 +433,19 @@ def test_a_docker_save_tarball_with_a_tampered_layer_loads_nothing(store, tmp_pa
     assert store.tags() == {}
 
 
+def test_a_zstd_layer_unpacks_and_its_diff_id_is_checked(store, busybox):
+    import zstandard
+    tar = layer(file("zstd", b"squeezed"))
+    data = zstandard.ZstdCompressor().compress(tar)
+    store.ingest(digest_of(data), len(data), [data])
+    made = store.unpacked(digest_of(data), OCI_LAYER + "+zstd", digest_of(tar))
+    assert (made / "zstd").read_bytes() == b"squeezed"
+    other = Store(store.root.parent / "other")
+    other.ingest(digest_of(data), len(data), [data])
+    with pytest.raises(DigestMismatch):
+        other.unpacked(digest_of(data), OCI_LAYER + "+zstd", digest_of(b"another tar"))
+
+
 def test_a_gzip_layer_whose_tar_is_not_its_diff_id_is_refused_and_not_kept(store, busybox):
     # The blob's digest is right (it is what the manifest names) but the config lists
     # another tar inside: a registry or a tool that swapped layers. Docker refuses it.

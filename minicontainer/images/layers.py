@@ -94,11 +94,7 @@ def decompressed(raw: BinaryIO) -> BinaryIO:
     if head[:2] == GZIP:
         return gzip.GzipFile(fileobj=raw)
     if head == ZSTD:
-        try:
-            import zstandard
-        except ImportError:
-            raise ImageError("this layer is zstd-compressed: `pip install zstandard` "
-                             "to unpack it") from None
+        import zstandard                  # loaded for zstd layers only
         return zstandard.ZstdDecompressor().stream_reader(raw)
     return raw
 
