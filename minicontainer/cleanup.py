@@ -70,7 +70,8 @@ def refused_records() -> dict[str, str]:
             refused[name] = str(e)
         except ContainerNotFound:
             pass
-    return refused
+    from .vm import cleanup as vm_cleanup
+    return refused | vm_cleanup.refusals()
 
 
 def remove_stray_cgroups() -> list[str]:

@@ -202,11 +202,18 @@ def write_vm(vm_id: str, record: dict) -> None:
         write_json(vms_dir() / f"{vm_id}.json", record)
 
 
-def vm_records() -> dict[str, dict]:
-    """Every VM's record, by its id."""
+def vm_records() -> dict[str, object]:
+    """Every VM's record, by its id, as JSON read it (None if it is not JSON): check it
+    before acting on it (vm.cleanup.refused)."""
     if not vms_dir().is_dir():
         return {}
-    return {p.stem: json.loads(p.read_text()) for p in vms_dir().glob("*.json")}
+    records = {}
+    for path in vms_dir().glob("*.json"):
+        try:
+            records[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            records[path.stem] = None
+    return records
 
 
 def release_vm(vm_id: str) -> None:

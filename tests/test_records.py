@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -283,3 +284,39 @@ def test_cleanup_leaves_a_refused_record_alone_and_says_so(bait):
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         state.release(directory)
+
+
+# -- a VM's record is untrusted input too ------------------------------------------------------
+
+def test_a_forged_vm_record_can_neither_remove_a_directory_nor_kill_a_process(tmp_path,
+                                                                              monkeypatch):
+    from minicontainer.cleanup import refused_records
+    from minicontainer.process import start_time
+    from minicontainer.vm import cleanup as vm_cleanup
+    monkeypatch.setenv("MINICONTAINER_RUN", str(tmp_path / "run"))   # records of our own
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    bystander = subprocess.Popen(["sleep", "60"])
+    dead = 2 ** 22 - 1                    # above any pid this kernel gives: no owner
+    forged = {
+        "a" * 12: {"owner": dead, "owner_started": 1, "tmp": str(victim), "qemu": None},
+        "b" * 12: {"owner": dead, "owner_started": 1,
+                   "tmp": f"{tempfile.gettempdir()}/mc-vm-{'b' * 12}",
+                   "qemu": [bystander.pid, start_time(bystander.pid)]},
+        "c" * 12: "not a record", "not-an-id": {}}
+    try:
+        state.vms_dir().mkdir(parents=True)
+        for vm_id, record in forged.items():
+            (state.vms_dir() / f"{vm_id}.json").write_text(json.dumps(record))
+        (state.vms_dir() / f"{'d' * 12}.json").write_text("{not json")
+        assert vm_cleanup.cleanup() == [f"vm {'b' * 12}"]        # its files: none here
+        assert (victim / "precious").read_text() == "keep me"
+        assert bystander.poll() is None, "cleanup killed a process a record pointed at"
+        said = refused_records()
+        assert sorted(said) == [f"vm {'a' * 12}", f"vm {'c' * 12}", f"vm {'d' * 12}",
+                                "vm not-an-id"]
+        assert "is not mc-vm-aaaaaaaaaaaa" in said[f"vm {'a' * 12}"]
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 from .. import state
+from ..arguments import ID
 from ..process import start_time, wait_for_exit
 
 
@@ -28,10 +30,12 @@ def cleanup() -> list[str]:
     """Stop the QEMUs whose owner died without stop(), and remove their files."""
     removed = []
     for vm_id, record in state.vm_records().items():
-        if state.owner_alive(record):
+        if refused(vm_id, record) or state.owner_alive(record):   # refused: see refusals()
             continue
-        if record["qemu"]:
-            pids = [record["qemu"][0]] if start_time(record["qemu"][0]) == record["qemu"][1] else []
+        if record["qemu"]:             # that pid, if it still is QEMU booting from tmp
+            pid, started = record["qemu"]
+            pids = [pid] if start_time(pid) == started and pid in _running_with(
+                record["tmp"]) else []
         else:                          # died between starting QEMU and writing its pid:
             pids = _running_with(record["tmp"])   # it is the one booting our initramfs
         for pid in pids:
@@ -41,6 +45,28 @@ def cleanup() -> list[str]:
         state.release_vm(vm_id)
         removed.append(f"vm {vm_id}")
     return removed
+
+
+def refusals() -> dict[str, str]:
+    """The VM records cleanup leaves alone, each with why (for the user to look at)."""
+    return {f"vm {vm_id}": f"the record of VM {vm_id!r} is refused, nothing was done: {why}"
+            for vm_id, record in state.vm_records().items() if (why := refused(vm_id, record))}
+
+
+def refused(vm_id: str, record: object) -> str | None:
+    """Why a VM record may not be acted on (None: it may). A record is untrusted input:
+    it must name only what VM.start makes — its scratch directory /tmp/mc-vm-<its id>,
+    never another path to remove or to look for in command lines — and pids as numbers."""
+    if not ID.fullmatch(vm_id) or not isinstance(record, dict):
+        return "not a VM record of ours"
+    qemu = record.get("qemu")
+    numbers = [record.get("owner"), record.get("owner_started"), *(qemu or [])]
+    if not all(type(n) is int and n > 0 for n in numbers) or not (
+            qemu is None or (isinstance(qemu, list) and len(qemu) == 2)):
+        return "its pids are not positive numbers with their start times"
+    if record.get("tmp") != str(Path(tempfile.gettempdir()) / f"mc-vm-{vm_id}"):
+        return f"its scratch directory {record.get('tmp')!r} is not mc-vm-{vm_id}"
+    return None
 
 
 def _running_with(path: str) -> list[int]:
