@@ -667,7 +667,8 @@ def cmd_images(args: argparse.Namespace) -> int:
     from .images.store import Store
     rows = commands.listing(Store(), args.reference, full=args.no_trunc)
     if args.quiet:
-        print("\n".join(dict.fromkeys(row[2] for row in rows)))
+        for image_id in dict.fromkeys(row[2] for row in rows):   # each image once
+            print(image_id)
         return 0
     rows.insert(0, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])
     widths = [max(len(row[column]) for row in rows) for column in range(4)]

@@ -266,6 +266,8 @@ def test_import_makes_a_one_layer_image_keeping_owners(store, tmp_path):
     assert image_id == image.digest and len(image.layers) == 1
     assert (image.layers[0] / "home/owned").stat().st_uid == 1234
     assert image.config["history"][0]["created_by"] == "from a test"
+    piped = mc("import", "-", "mc-ic/piped:1", stdin=tarball.read_bytes(), text=False)
+    assert piped.stdout.decode().strip() == store.tags()["docker.io/mc-ic/piped:1"]
 
 
 def test_an_escaping_tarball_is_refused_on_import_and_leaves_nothing(store, tmp_path):

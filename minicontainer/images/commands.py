@@ -78,7 +78,11 @@ def find(store: Store, text: str) -> Found:
 def containers_of(store: Store, digest: str) -> list[tuple[str, bool]]:
     """The containers created from image `digest` (their records name its layers, top
     first, in this store), each with whether it is running."""
-    manifest = store.manifest(digest)
+    try:
+        manifest = store.manifest(digest)
+    except ImageError:
+        return []       # its blobs removed by hand: nothing can be made from it, prune keeps
+                        # the layers a record names all the same (store.layers_in_use)
     wanted = [os.path.abspath(store.root / "layers" / layer["digest"].removeprefix("sha256:"))
               for layer in reversed(manifest["layers"])]
     found = []
