@@ -15,7 +15,9 @@ has a record, running or stopped, unless `-f`; and never while one runs, even wi
 refused input). A container was created from an image if its record names that
 image's layers, top first, in this store: records are read with state.read, and one
 it refuses names nothing. Once untagged, an image's blobs go at once (Store.prune);
-its unpacked layers stay while a container stands on them.
+its unpacked layers stay while a container stands on them. Docker also keeps images
+without a name (`<none>` in `images`); this store keeps tagged images only, so `import`
+needs a REPOSITORY, and an unnamed image a `load` brings goes at the next prune.
 """
 from __future__ import annotations
 
