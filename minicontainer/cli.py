@@ -1,5 +1,6 @@
 """The command line, with Docker's names: run (-it, -d), exec, attach, ps, stop, rm,
-stats, logs, network, pull, login; plus compare, doctor and cleanup. Every user error is
+stats, logs, network, pull, login, images, rmi, tag, load, save, import and `image ...`;
+plus compare, doctor and cleanup. Every user error is
 one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
     login.add_argument("registry", nargs="?", default="docker.io",
                        help="host[:port] (default: docker.io)")
     login.set_defaults(handler=cmd_login)
+    image_commands(sub)
 
     compare = sub.add_parser("compare", help="measure containers against VMs, write plots")
     compare.add_argument("--quick", action="store_true", help="fewer runs (about 30 s)")
@@ -601,6 +603,186 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     print(f"removed {len(removed)} leftover(s)" + (": " + ", ".join(removed) if removed else ""))
     for why in refused_records().values():
         print(f"minicontainer: left alone: {why}", file=sys.stderr)
+    return 0
+
+
+# -- images --------------------------------------------------------------------------------
+# `images`, `rmi`, `tag`, `load`, `save`, `import`, and `image ls|rm|inspect|prune|...`: the
+# work is in images/commands.py; here, Docker's options and what they print.
+
+def image_commands(sub) -> None:
+    """The image commands, each where Docker has it: at the top (images, rmi, ...) and
+    under `image` (ls, rm, inspect, prune, ...)."""
+    image = sub.add_parser("image", help="manage images: ls, rm, inspect, prune, load, save, "
+                           "import, tag")
+    actions = image.add_subparsers(required=True, metavar="ACTION")
+
+    def both(top: str | None, nested: str, help: str) -> list[argparse.ArgumentParser]:
+        made = [actions.add_parser(nested, help=help)]
+        return made + [sub.add_parser(top, help=help)] if top else made
+
+    for p in both("images", "ls", "list images"):
+        p.add_argument("-q", "--quiet", action="store_true", help="only the image IDs")
+        p.add_argument("--no-trunc", action="store_true", help="whole IDs")
+        p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]")
+        p.set_defaults(handler=cmd_images)
+    for p in both("rmi", "rm", "untag images; remove those no tag names any more"):
+        p.add_argument("-f", "--force", action="store_true",
+                       help="also an image a stopped container was created from")
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.set_defaults(handler=cmd_rmi)
+    for p in both(None, "inspect", "images described in JSON, as docker image inspect"):
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.set_defaults(handler=cmd_image_inspect)
+    for p in both(None, "prune", "remove the blobs and layers no tag names"):
+        p.add_argument("-a", "--all", action="store_true",
+                       help="also every image no container was created from")
+        p.add_argument("-f", "--force", action="store_true", help="do not ask first")
+        p.set_defaults(handler=cmd_image_prune)
+    for p in both("load", "load", "load images from a docker save tarball or an OCI layout"):
+        p.add_argument("-i", "--input", metavar="FILE",
+                       help="a tar archive or an OCI layout directory (default: stdin)")
+        p.add_argument("-q", "--quiet", action="store_true", help="(no progress is shown anyway)")
+        p.set_defaults(handler=cmd_load)
+    for p in both("save", "save", "write images to a tar archive (default: stdout)"):
+        p.add_argument("-o", "--output", metavar="FILE", help="write to FILE")
+        p.add_argument("--format", choices=["docker", "oci"], default="docker",
+                       help="docker: docker save's tarball (default); oci: an OCI image layout")
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.set_defaults(handler=cmd_save)
+    for p in both("import", "import", "a rootfs tarball as a one-layer image"):
+        p.add_argument("-m", "--message", default="", help="the image's comment")
+        p.add_argument("file", metavar="FILE", help="a tar archive (plain, gzip or zstd) or -")
+        p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]")
+        p.set_defaults(handler=cmd_import)
+    for p in both("tag", "tag", "name an image TARGET too"):
+        p.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")
+        p.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+        p.set_defaults(handler=cmd_tag)
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    """`images`: REPOSITORY TAG IMAGE ID CREATED SIZE, as docker's."""
+    from .images import commands
+    from .images.store import Store
+    rows = commands.listing(Store(), args.reference, full=args.no_trunc)
+    if args.quiet:
+        for image_id in dict.fromkeys(row[2] for row in rows):   # each image once
+            print(image_id)
+        return 0
+    rows.insert(0, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("   ".join(cells) + "   " + row[4])      # docker's tabwriter: 3 spaces
+    return 0
+
+
+def cmd_rmi(args: argparse.Namespace) -> int:
+    """`rmi`: untag, and remove what no tag names any more."""
+    from .images import commands
+    from .images.store import Store
+    print("\n".join(commands.remove(Store(), args.images, force=args.force)))
+    return 0
+
+
+def cmd_image_inspect(args: argparse.Namespace) -> int:
+    """`image inspect`: a JSON list, indented as docker's."""
+    import json
+
+    from .images import commands
+    from .images.store import Store
+    print(json.dumps(commands.inspect(Store(), args.images), indent=4))
+    return 0
+
+
+def cmd_image_prune(args: argparse.Namespace) -> int:
+    """`image prune`: ask (unless -f), remove, and say how much space came back."""
+    from .errors import MinicontainerError
+    from .images import commands
+    from .images.store import Store
+    if not args.force:
+        what = "every image without a container" if args.all else "every unnamed blob"
+        print(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ",
+              end="", flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            raise MinicontainerError("image prune has been cancelled")
+    lines, reclaimed = commands.prune(Store(), unused=args.all)
+    if lines:
+        print("Deleted Images:\n" + "\n".join(lines) + "\n")
+    print(f"Total reclaimed space: {commands.docker_size(reclaimed)}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """`load`: "Loaded image: NAME" for each image, as docker's."""
+    import shutil
+    import tempfile
+
+    from .errors import MinicontainerError
+    from .images.reference import familiar, parse
+    from .images.store import Store
+    if args.input is not None:
+        loaded = Store().load(args.input)
+    elif os.isatty(0):
+        raise MinicontainerError("requested load from stdin, but stdin is empty: "
+                                 "minicontainer load -i FILE, or < FILE")
+    else:
+        with tempfile.NamedTemporaryFile(prefix="mc-load-") as spooled:   # tar needs to seek
+            shutil.copyfileobj(sys.stdin.buffer, spooled)
+            spooled.flush()
+            loaded = Store().load(spooled.name)
+    for name in loaded:
+        print(f"Loaded image ID: {name}" if name.startswith("sha256:")
+              else f"Loaded image: {familiar(parse(name))}")
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    """`save`: images into a tar archive, to -o FILE or to stdout (never a terminal)."""
+    from .errors import MinicontainerError
+    from .images import commands
+    from .images.store import Store
+    docker = args.format == "docker"
+    if args.output is not None:
+        commands.save_to_file(Store(), args.images, args.output, docker)
+    elif os.isatty(1):
+        raise MinicontainerError("cowardly refusing to save to a terminal: use the -o flag "
+                                 "or redirect")
+    else:
+        commands.save(Store(), args.images, sys.stdout.buffer, docker)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """`import`: a rootfs tarball as a one-layer image; prints its ID."""
+    import shutil
+    import tempfile
+
+    from .errors import InvalidArgument
+    from .images import commands
+    from .images.reference import parse
+    from .images.store import Store
+    if args.reference is None:
+        raise InvalidArgument("name the image: minicontainer import FILE REPOSITORY[:TAG] "
+                              "(the store keeps named images only)")
+    parse(args.reference)                        # a bad name is refused before reading
+    if args.file != "-":
+        print(commands.import_rootfs(Store(), args.file, args.reference, args.message))
+        return 0
+    with tempfile.NamedTemporaryFile(prefix="mc-import-") as spooled:
+        shutil.copyfileobj(sys.stdin.buffer, spooled)
+        spooled.flush()
+        print(commands.import_rootfs(Store(), spooled.name, args.reference,
+                                     args.message or "Imported from -"))
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    """`tag`: another name for an image."""
+    from .images import commands
+    from .images.store import Store
+    commands.tag(Store(), args.source, args.target)
     return 0
 
 

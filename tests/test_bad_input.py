@@ -86,6 +86,15 @@ CLI_CASES = [
     ("no such container", ["exec", "ghost", "--", "true"], "no container named"),
     ("stop a ghost", ["stop", "ghost"], "no container named"),
     ("remove a ghost", ["rm", "ghost"], "no container named"),
+    # The image commands (each refused before the image store is read).
+    ("rmi of a name docker refuses", ["rmi", "Busybox"], "invalid image reference"),
+    ("tag to a name with a space", ["tag", "busybox", "bad name"], "invalid image reference"),
+    ("tag to a digest", ["tag", "busybox", "app@sha256:" + "a" * 64], "not name@digest"),
+    ("inspect an empty name", ["image", "inspect", ""], "invalid image reference"),
+    ("load a missing file", ["load", "-i", "/nonexistent.tar"], "not a directory or a tar"),
+    ("import without a name", ["import", "/nonexistent.tar"], "name the image"),
+    ("import a missing file", ["import", "/nonexistent.tar", "mc-app"], "No such file"),
+    ("import under a bad name", ["import", "/nonexistent.tar", "App"], "invalid image reference"),
 ]
 
 

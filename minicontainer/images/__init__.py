@@ -26,4 +26,6 @@ Read in this order:
                 checks that keep a hostile tarball inside its directory
   archives.py   `docker save` tarballs and OCI layouts; a directory made an image
   store.py      blobs by digest, layers unpacked once, tags, prune; Store().image(ref)
+  commands.py   Docker's image commands over the store: images, tag, rmi, inspect,
+                prune, save, import (IDs, and the rules about containers)
 """

@@ -11,8 +11,23 @@ blobs. Either way nothing is trusted: each blob is named by the digest it must h
 (its path says it, the config's `rootfs.diff_ids` say it for an uncompressed layer, or
 a descriptor does), and the store checks every byte against it on the way in.
 
-This module only reads and describes (Contents: blobs to ingest, names to tag); the
-store (store.py) does the writing. The media types (which JSON is which) are here.
+Since Docker 25, `docker save` writes both at once: an OCI layout whose index.json
+names each image (`io.containerd.image.name` the whole reference,
+`org.opencontainers.image.ref.name` its tag), with `manifest.json` (and the legacy
+`repositories`: name → tag → top layer) beside it, pointing into the same blobs/:
+
+    blobs/sha256/<hex>   manifests, configs, layers   (the OCI layout's)
+    oci-layout           {"imageLayoutVersion": "1.0.0"}
+    index.json           a descriptor of each image's manifest, with its name
+    manifest.json        [{"Config": "blobs/sha256/…", "RepoTags": ["busybox:latest"],
+                           "Layers": ["blobs/sha256/…", …]}]          (docker save's)
+    repositories         {"busybox": {"latest": "<top layer hex>"}}   (docker save's)
+
+write() makes either (`--format oci` leaves out docker's two files); reading one back
+finds the manifest it wrote in index.json, so the round trip keeps its digest.
+
+Reading only describes (Contents: blobs to ingest, names to tag); the store
+(store.py) does the writing into itself.
 """
 from __future__ import annotations
 
@@ -24,17 +39,19 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from io import BytesIO
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ImageError
 from ..host import cpu
 from ..rootfs import PATH
 from .layers import GZIP, ZSTD, components, pack
-from .manifests import (INDEXES, LAYERS, NONDISTRIBUTABLE, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST,
-                        entry_for, this_platform)
-from .reference import TAG, parse
+from .manifests import (INDEXES, LAYERS, NONDISTRIBUTABLE, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
+                        OCI_MANIFEST, entry_for, this_platform)
+from .reference import TAG, Reference, familiar, parse
 
 LAYER_TYPES = {*LAYERS, *NONDISTRIBUTABLE}
 INDEX_TYPES = set(INDEXES)
@@ -42,6 +59,7 @@ REF_NAME = "org.opencontainers.image.ref.name"   # an OCI layout's tag (or whole
 FULL_NAME = "io.containerd.image.name"           # Docker's and containerd's whole reference
 CHUNK = 1 << 20
 DIGEST_IN_PATH = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'    # the layout's version, in its own file
 
 
 @dataclass
@@ -121,14 +139,37 @@ def _docker_save(source: _Source) -> Contents:
                            "digest": digest, "size": source.size(layer_path)})
             blobs.append(source.blob(layer_path, digest))
         blobs.append(source.blob(config_path, config_digest))
-        manifest = json_bytes({
+        manifest = _recorded_manifest(source, config_digest, layers) or bytes_blob(json_bytes({
             "schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
                        "size": source.size(config_path)},
-            "layers": layers})
-        blobs.append(bytes_blob(manifest))
-        images += [(tag, digest_of(manifest)) for tag in entry.get("RepoTags") or [None]]
+            "layers": layers}))
+        blobs.append(manifest)
+        images += [(tag, manifest.digest) for tag in entry.get("RepoTags") or [None]]
     return Contents(blobs, images)
+
+
+def _recorded_manifest(source: _Source, config_digest: str, layers: list[dict]) -> Blob | None:
+    """The manifest a save since Docker 25 (or ours) wrote in index.json for this
+    config and these layers, so a round trip keeps the image's digest; None if there is
+    none (an older save; Docker 25.0's, which listed no layers there)."""
+    if not source.exists("index.json"):
+        return None
+    index = _mapping(source.json("index.json"), "index.json")
+    for descriptor in _listed(index.get("manifests") or [], "index.json's manifests"):
+        if not isinstance(descriptor, dict) or descriptor.get("mediaType") in INDEX_TYPES:
+            continue
+        path = _blob_path(descriptor)
+        if not source.exists(path):
+            continue
+        manifest = source.json(path)
+        if (isinstance(manifest, dict) and isinstance(manifest.get("config"), dict)
+                and manifest["config"].get("digest") == config_digest
+                and isinstance(manifest.get("layers"), list)
+                and [layer.get("digest") if isinstance(layer, dict) else None
+                     for layer in manifest["layers"]] == [layer["digest"] for layer in layers]):
+            return source.blob(path, descriptor["digest"], descriptor.get("size"))
+    return None
 
 
 def _oci_layout(source: _Source, repository: str) -> Contents:
@@ -315,19 +356,24 @@ class _Tarball(_Source):
 # -- a directory as an image -------------------------------------------------------------
 
 @contextmanager
-def from_tree(tree: Path, name: str, cmd: list[str], comment: str) -> Iterator[Contents]:
-    """A one-layer image of directory `tree`, owned by root inside, tagged `name`,
-    running `cmd` by default: what `docker import` makes of a rootfs tarball."""
+def from_tree(tree: Path, name: str, cmd: list[str] | None, comment: str,
+              owner: tuple[int, int] | None = (0, 0),
+              created: datetime | None = None) -> Iterator[Contents]:
+    """A one-layer image of directory `tree`, tagged `name`, running `cmd` by default
+    (None: no command), its files owned by `owner` (None: as they are in the tree),
+    made at `created` (default: the tree's mtime, so the same tree makes the same
+    image): what `docker import` makes of a rootfs tarball."""
     with tempfile.TemporaryFile() as layer:
-        pack(tree, layer, owner=(0, 0))
+        pack(tree, layer, owner=owner)
         size = layer.tell()
         layer.seek(0)
         layer_digest = "sha256:" + hashlib.file_digest(layer, "sha256").hexdigest()
-        created = datetime.fromtimestamp(tree.stat().st_mtime, UTC)
-        created = created.strftime("%Y-%m-%dT%H:%M:%SZ")   # fixed: the same tree, the same image
+        created = created or datetime.fromtimestamp(tree.stat().st_mtime, UTC)
+        created = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+        settings = {"Env": [f"PATH={PATH}"], **({"Cmd": cmd} if cmd is not None else {})}
         config = json_bytes({
             "created": created, "architecture": cpu().debian, "os": "linux",
-            "config": {"Env": [f"PATH={PATH}"], "Cmd": cmd},
+            "config": settings,
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
             "history": [{"created": created, "created_by": comment}]})
         manifest = json_bytes({
@@ -342,3 +388,92 @@ def from_tree(tree: Path, name: str, cmd: list[str], comment: str) -> Iterator[C
                 yield chunk
         yield Contents([Blob(layer_digest, size, chunks), bytes_blob(config),
                         bytes_blob(manifest)], [(name, digest_of(manifest))])
+
+
+# -- writing an archive ------------------------------------------------------------------
+
+@dataclass
+class Saved:
+    """An image to write: its manifest (digest and document) and the tags to give it."""
+
+    digest: str
+    manifest: dict
+    names: list[Reference] = field(default_factory=list)   # tagged: name:tag
+
+
+def write(out: BinaryIO, images: list[Saved], blob_path: Callable[[str], Path],
+          docker: bool = True) -> None:
+    """Write `images` to `out` as a tar: an OCI image layout, and with `docker` also
+    docker save's manifest.json and repositories, as Docker 25 and later write it. Every
+    blob comes from blob_path(digest); entries are sorted and dated 1970, so the same
+    images always make the same bytes."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+        for directory in ("blobs", "blobs/sha256"):
+            archive.addfile(_entry(directory, tarfile.DIRTYPE, 0o755))
+        written = set()
+        for image in images:
+            for digest in [image.digest, *_parts(image.manifest)]:
+                if digest not in written:
+                    written.add(digest)
+                    _add_file(archive, _blob_path({"digest": digest}), blob_path(digest))
+        _add_bytes(archive, "oci-layout", OCI_LAYOUT)
+        _add_bytes(archive, "index.json", json_bytes(_index(images, blob_path)))
+        if docker:
+            _add_bytes(archive, "manifest.json", json_bytes(_docker_manifest(images)))
+            repositories = _repositories(images)
+            if repositories:
+                _add_bytes(archive, "repositories", json_bytes(repositories))
+
+
+def _parts(manifest: dict) -> list[str]:
+    """The digests of a manifest's config and layers, in the manifest's order."""
+    return [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+
+
+def _index(images: list[Saved], blob_path: Callable[[str], Path]) -> dict:
+    """index.json: one descriptor of a manifest for each name it has (none: one, unnamed)."""
+    descriptors = []
+    for image in images:
+        descriptor = {"mediaType": image.manifest.get("mediaType", OCI_MANIFEST),
+                      "digest": image.digest, "size": blob_path(image.digest).stat().st_size}
+        descriptors += [{**descriptor, "annotations": {FULL_NAME: str(name),
+                                                       REF_NAME: name.tag}}
+                        for name in image.names] or [descriptor]
+    return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+
+
+def _docker_manifest(images: list[Saved]) -> list[dict]:
+    """manifest.json: each image's config and layers as paths, and its tags as Docker
+    shows them (busybox:latest); Docker writes null for no tags."""
+    return [{"Config": _blob_path(image.manifest["config"]),
+             "RepoTags": [familiar(name) for name in image.names] or None,
+             "Layers": [_blob_path(layer) for layer in image.manifest["layers"]]}
+            for image in images]
+
+
+def _repositories(images: list[Saved]) -> dict:
+    """repositories, kept for loaders older than manifest.json: name → tag → top layer."""
+    repositories: dict[str, dict[str, str]] = {}
+    for image in images:
+        top = image.manifest["layers"][-1]["digest"].removeprefix("sha256:")
+        for name in image.names:
+            short = familiar(Reference(name.registry, name.repository, None))
+            repositories.setdefault(short, {})[name.tag] = top
+    return repositories
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644,
+           size: int = 0) -> tarfile.TarInfo:
+    """A tar entry owned by root, dated 1970 (as Docker's), so the bytes never vary."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.mtime = kind, mode, size, 0
+    return info
+
+
+def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    archive.addfile(_entry(name, size=len(data)), BytesIO(data))
+
+
+def _add_file(archive: tarfile.TarFile, name: str, path: Path) -> None:
+    with open(path, "rb") as content:
+        archive.addfile(_entry(name, size=os.fstat(content.fileno()).st_size), content)

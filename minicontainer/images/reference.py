@@ -79,6 +79,17 @@ def parse(ref: str) -> Reference:
                      digest or None)
 
 
+def familiar(reference: Reference) -> str:
+    """The short name Docker shows for `reference`: docker.io/library/busybox:latest →
+    busybox:latest, docker.io/user/app:1 → user/app:1 (distribution's FamiliarString)."""
+    name = reference.name
+    if reference.registry == DOCKER_HUB:
+        name = reference.repository.removeprefix(OFFICIAL) if reference.repository.count(
+            "/") == 1 else reference.repository
+    tag = f":{reference.tag}" if reference.tag else ""
+    return name + tag + (f"@{reference.digest}" if reference.digest else "")
+
+
 def _split_registry(name: str) -> tuple[str, str]:
     """The registry part of a name, as Docker decides it (distribution's splitDockerDomain)."""
     first, slash, rest = name.partition("/")

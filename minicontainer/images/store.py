@@ -305,6 +305,19 @@ class Store:
         with self._lock("gc.lock", fcntl.LOCK_SH):
             yield
 
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """An empty directory inside the store (root's alone: a tarball being imported
+        may hold setuid files), removed when the block ends; prune() removes one a killed
+        process left, as it removes a half-unpacked layer."""
+        with self.adding():
+            staging = Path(tempfile.mkdtemp(prefix=".unpacking-import-",
+                                            dir=self._made("layers")))
+            try:
+                yield staging
+            finally:
+                _remove_tree(staging)
+
     # -- the details ------------------------------------------------------------------------
 
     def _made(self, below: str = "") -> Path:
