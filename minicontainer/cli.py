@@ -218,15 +218,16 @@ def environment_of(pairs: list[str]) -> dict[str, str]:
 def image_in_store(name: str, pull: str):
     """The image `name`, pulled first if the store lacks it (Docker's --pull missing)."""
     from .errors import ImageError
+    from .images.commands import image
     from .images.store import Store
     try:
-        return Store().image(name)
+        return image(Store(), name)
     except ImageError:
         if pull == "never":
             raise
     print(f"Unable to find image '{name}' locally", file=sys.stderr)
     pull_with_progress(name, None)
-    return Store().image(name)
+    return image(Store(), name)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

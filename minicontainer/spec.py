@@ -152,11 +152,12 @@ def image_layers(image: str | Image, rootfs: object, namespaces: frozenset[str]
                  ) -> tuple[Image, tuple[str, ...]]:
     """The image (a name in the store, or an Image) and its layers, top first, as
     overlayfs stacks them; InvalidArgument if they cannot make a root here."""
+    from .images.commands import image as named
     from .images.store import Image, Store     # only when asked: `--help` starts fast
     if rootfs is not None:
         raise InvalidArgument("give an image or a rootfs directory, not both")
     if not isinstance(image, Image):
-        image = Store().image(image)
+        image = named(Store(), image)          # a tag, name@digest, or an image ID
     if "mnt" not in namespaces:      # chroot alone would write into the shared layers
         raise InvalidArgument(f"image {image.name} runs on an overlay, in a mount namespace "
                               "(keep 'mnt'): its layers are shared by every container of it, "

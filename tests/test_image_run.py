@@ -133,5 +133,10 @@ def test_an_image_the_store_lacks_is_one_line_with_pull_never(tmp_path, busybox)
     done = cli(tmp_path, "run", "--pull", "never", "nosuchimage", "true")
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
-        "minicontainer: no image docker.io/library/nosuchimage:latest in the store: "
-        "pull or load it first"]
+        "minicontainer: no such image: nosuchimage: pull or load it first (see `minicontainer "
+        "images`)"]
+
+
+def test_run_by_image_id_as_docker_does(tmp_path, busybox):
+    short = busybox.digest[7:19]
+    assert cli(tmp_path, "run", short, "echo", "by id").stdout == "by id\n"

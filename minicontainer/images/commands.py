@@ -33,7 +33,7 @@ from .. import state
 from ..errors import ImageError, InvalidArgument, MinicontainerError
 from . import archives, layers
 from .reference import Reference, familiar, parse
-from .store import Store, blobs_of
+from .store import Image, Store, blobs_of
 
 ID_START = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
 SHORT_ID = 12                   # hex digits of an ID that `images` shows, as Docker
@@ -74,7 +74,13 @@ def find(store: Store, text: str) -> Found:
         if ids:
             digest = ids.pop()
             return Found(digest, sorted(n for n, d in tags.items() if d == digest), True)
-    raise ImageError(f"no such image: {text} (see `minicontainer images`)")
+    raise ImageError(f"no such image: {text}: pull or load it first (see `minicontainer images`)")
+
+
+def image(store: Store, text: str) -> Image:
+    """The image `text` names (as find() reads it: a tag, name@digest, or an ID), its
+    layers unpacked: what `run IMAGE` and Container(image=...) start from."""
+    return store.image(find(store, text).names[0])
 
 
 def containers_of(store: Store, digest: str) -> list[tuple[str, bool]]:
