@@ -94,8 +94,8 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: 
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
         mount_kernel_filesystems(rootfs.merged, sysfs, shm_size, "user" not in namespaces)
-        for wanted in mounts:
-            mount_inside(rootfs.merged, wanted)
+        for wanted in mounts:             # nodev as the image is (Security.devices)
+            mount_inside(rootfs.merged, wanted, rootfs.nodev)
         pivot_into(rootfs.merged)
     else:
         chroot_into(rootfs.lower)         # layer 1: all there is without a mount namespace
@@ -145,8 +145,8 @@ def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE, tty_group: bool = Tru
     (dev / "fd").symlink_to("/proc/self/fd")
 
 
-def mount_inside(root: Path, wanted: Mount) -> None:
-    """Mount `wanted` at its target in `root`, nosuid and nodev (a host's setuid
+def mount_inside(root: Path, wanted: Mount, nodev: bool = True) -> None:
+    """Mount `wanted` at its target in `root`, nosuid and `nodev` (a host's setuid
     program or device node in a volume does nothing), the target found as the
     container will see it (open_in_root). A bind is one mount, not Docker's `rbind`:
     mounts below the host directory do not come along with their own flags.
@@ -158,7 +158,7 @@ def mount_inside(root: Path, wanted: Mount) -> None:
     binds are `rbind` plus `ro`, without nosuid or nodev: Docker counts on its device
     cgroup alone; we add nodev as we mount the image nodev.
     """
-    flags = MS_NOSUID | MS_NODEV | (MS_NOEXEC if wanted.noexec else 0) | (
+    flags = MS_NOSUID | (MS_NODEV if nodev else 0) | (MS_NOEXEC if wanted.noexec else 0) | (
         MS_RDONLY if wanted.read_only else 0)
     if wanted.source is None:
         target, made = open_in_root(root, wanted.target, directory=True)
