@@ -19,6 +19,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
+from pathlib import Path
 
 from . import namespaces as ns
 from .cgroups import PARENT
@@ -130,10 +131,11 @@ TMPFS_FLAGS = {"ro", "rw", "exec", "noexec"}
 
 
 def check_mounts(volumes: str | Iterable[str], tmpfs: str | Iterable[str],
-                 namespaces: frozenset[str]) -> tuple[ns.Mount, ...]:
+                 namespaces: frozenset[str], ours: Iterable[Path]) -> tuple[ns.Mount, ...]:
     """`-v HOST:CONTAINER[:ro|rw]` and `--tmpfs PATH[:OPTIONS]` as Mounts, the
-    shallowest target first (as Docker orders them: /data before /data/logs)."""
-    mounts = ([volume_of(text) for text in _as_list(volumes)]
+    shallowest target first (as Docker orders them: /data before /data/logs); `ours`
+    are the directories of our own state (state.roots()), which no volume may reach."""
+    mounts = ([volume_of(text, ours) for text in _as_list(volumes)]
               + [tmpfs_of(text) for text in _as_list(tmpfs)])
     if mounts and "mnt" not in namespaces:
         raise InvalidArgument("volumes and tmpfs need a mount namespace (keep 'mnt'): "
@@ -144,7 +146,7 @@ def check_mounts(volumes: str | Iterable[str], tmpfs: str | Iterable[str],
     return tuple(sorted(mounts, key=lambda mount: mount.target.count("/")))
 
 
-def volume_of(text: str) -> ns.Mount:
+def volume_of(text: str, ours: Iterable[Path]) -> ns.Mount:
     """`HOST:CONTAINER[:ro|rw]`, Docker's -v, for a host path that exists.
 
     Docker's `-v` makes a missing host directory (as root, wherever a typo points);
@@ -157,7 +159,7 @@ def volume_of(text: str) -> ns.Mount:
     if not host.startswith("/"):
         raise InvalidArgument(f"volume {text!r}: the host side {host!r} is not an absolute "
                               "path (named volumes are not supported): give /path/on/host")
-    source = check_source(host)
+    source = check_source(host, ours)
     if not os.path.exists(source):
         raise InvalidArgument(f"volume {text!r}: the host path {host} does not exist: make "
                               "it first (like docker's --mount, we make nothing on the host)")
@@ -182,18 +184,17 @@ def tmpfs_of(text: str) -> ns.Mount:
     return ns.Mount(check_target(target, text), **values)
 
 
-def check_source(host: str, exists: bool = True) -> str:
-    """The host side of a volume, symlinks resolved: never `/`, nor what holds or is
-    inside our own state (records, layers, images), which the host acts on."""
-    from . import state    # state.py reads records with check_record, from this module
+def check_source(host: str, ours: Iterable[Path], exists: bool = True) -> str:
+    """The host side of a volume, symlinks resolved (if it `exists`): never `/`, nor
+    what holds or is inside `ours`, our own state (records, layers, images), which
+    the host acts on."""
     real = os.path.realpath(host) if exists else posixpath.normpath(host)
     if real == "/":
         raise InvalidArgument("the host's / cannot be a volume: bind a directory below it")
-    for ours in (state.containers_dir().parent, state.data_dir().parent):
-        ours = os.path.realpath(ours)
-        if os.path.commonpath([real, ours]) in (real, ours):
+    for directory in map(os.path.realpath, ours):
+        if os.path.commonpath([real, directory]) in (real, directory):
             raise InvalidArgument(f"the host path {host} is or holds minicontainer's own "
-                                  f"state ({ours}): a container must never reach it")
+                                  f"state ({directory}): a container must never reach it")
     return real
 
 
@@ -257,11 +258,12 @@ RECORD = {   # field: the types it may have
 SECURITY_SWITCHES = tuple(switch.name for switch in fields(Security))
 
 
-def check_record(name: str, record: object) -> dict:
+def check_record(name: str, record: object, ours: Iterable[Path]) -> dict:
     """A container's record from disk, refused (BadRecord) unless it has a record's
     shape and everything the host acts on is one of ours: its cgroup below ours and
     named after it, its interface its own veth `mc-<id>` on a network of ours. (Its
-    processes are checked against the kernel when they are looked up: Container.load.)"""
+    processes are checked against the kernel when they are looked up: Container.load.)
+    Its mounts are ones check_mounts could have made, outside `ours` (state.roots())."""
     def refuse(why: str) -> BadRecord:
         """The error for this record, and why."""
         return BadRecord(f"the record of container {name!r} is refused, nothing was done: {why}")
@@ -279,6 +281,11 @@ def check_record(name: str, record: object) -> dict:
         raise refuse(f"its proxy's cgroup {proxy_group!r} is not {PARENT}/mc-{record['id']}-proxy")
     if record["network"] is not None:
         _check_attachment(record["network"], record["id"], refuse)
+    mounts = record.get("mounts", [])           # not in records older than volumes
+    if not isinstance(mounts, list):
+        raise refuse("its mounts are not a list")
+    for mount in mounts:
+        _check_mount(mount, ours, refuse)
     return record
 
 
@@ -307,11 +314,6 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
     for helper in ("proxy", "console"):
         if record[helper] is not None and [type(n) for n in record[helper]] != [int, int]:
             raise refuse(f"its {helper} is not a pid and a start time")
-    mounts = record.get("mounts", [])           # not in records older than volumes
-    if not isinstance(mounts, list):
-        raise refuse("its mounts are not a list")
-    for fields_ in mounts:
-        _check_mount(fields_, refuse)
     layers = record.get("layers", [])           # not in records older than images
     if not isinstance(layers, list) or not all(isinstance(p, str) for p in layers) or not (
             isinstance(record.get("image"), (str, type(None)))):
@@ -322,7 +324,8 @@ MOUNT = {"target": (Str,), "source": (Str, Null), "read_only": (Bool,), "noexec"
          "size": (Int, Null), "mode": (Int, Null)}
 
 
-def _check_mount(mount: object, refuse: Callable[[str], BadRecord]) -> None:
+def _check_mount(mount: object, ours: Iterable[Path],
+                 refuse: Callable[[str], BadRecord]) -> None:
     """A mount as check_mounts makes them: its target a clean one, its source a clean
     absolute path outside our state, a size and mode only for a tmpfs."""
     if not isinstance(mount, dict) or set(mount) != set(MOUNT) or any(
@@ -336,7 +339,7 @@ def _check_mount(mount: object, refuse: Callable[[str], BadRecord]) -> None:
                                    or posixpath.normpath(source) != source):
             raise InvalidArgument(f"its source {source!r} is not a clean absolute path")
         if source is not None:
-            check_source(source, exists=False)
+            check_source(source, ours, exists=False)
     except InvalidArgument as e:
         raise refuse(f"a mount: {e}") from None
     if (source is not None and (size, mode) != (None, None)) or (size is not None and size <= 0) \

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cgroups
+from . import cgroups, state
 from . import namespaces as ns
 from .arguments import (as_argv, check_count, check_host, check_hostname, check_mounts,
                         check_name, check_namespaces, check_ports, check_rootless)
@@ -131,7 +131,7 @@ def describe(command: str | Sequence[str] | Callable[[], None] = (), *,
         preserve_fds=check_count(preserve_fds, "preserve_fds", 0), tty=bool(tty),
         image=image.name if image is not None else None, layers=layers,
         workdir=run.workdir, user=(run.uid, run.gid),
-        mounts=check_mounts(volumes, tmpfs, kinds))
+        mounts=check_mounts(volumes, tmpfs, kinds, state.roots()))
 
 
 def how_to_run(command: str | Sequence[str] | Callable[[], None], image: Image | None,
