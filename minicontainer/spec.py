@@ -1,12 +1,13 @@
 """What a container is, before anything runs: one frozen description, checked once.
 
 A container is its command, its image (a directory, or an image's layers from the
-store: images/), the namespaces it gets, its budget, its network, its defences and
-whether it has a terminal. That is written down once, here,
-as a Spec: the CLI's options and Container(...)'s arguments become one (describe()),
-its record on disk holds one (record_of, from_record), and an OCI bundle's config.json
-or an image's config will map onto the same fields. Every value is checked on the way
-in by arguments.py, where bad input stops, so a Spec is always one we can build.
+store: images/), the host paths and tmpfs mounted over it (volumes), the namespaces
+it gets, its budget, its network, its defences and whether it has a terminal. That is
+written down once, here, as a Spec: the CLI's options and Container(...)'s arguments
+become one (describe()), its record on disk holds one (record_of, from_record), and an
+OCI bundle's config.json or an image's config will map onto the same fields. Every
+value is checked on the way in by arguments.py, where bad input stops, so a Spec is
+always one we can build.
 """
 from __future__ import annotations
 
