@@ -3,7 +3,8 @@
 Every argument a user gives (through the CLI, `Container(...)` or a notebook cell) is
 checked first and refused with one line that says what is wrong and what to do:
 a container that fails half-built is the very thing a classroom machine must not
-collect. The budget (cgroups.Limits.parse) and the image (rootfs.check_rootfs) check
+collect. Volumes (`-v`, `--tmpfs`) are checked here too, before a path on the host
+is ever touched. The budget (cgroups.Limits.parse) and the image (rootfs.check_rootfs) check
 their own arguments the same way; a VM's are checked here too (check_vm_options).
 
 A record read back from disk is input too. The host wrote it, but `rm -f` acts on
@@ -14,9 +15,11 @@ check_record() confines every such field to what a container of ours could own.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
+from pathlib import Path
 
 from . import namespaces as ns
 from .cgroups import PARENT
@@ -122,6 +125,107 @@ def check_namespaces(kinds: Iterable[str]) -> frozenset[str]:
     return kinds
 
 
+# -- volumes and tmpfs ----------------------------------------------------------------------
+
+TMPFS_FLAGS = {"ro", "rw", "exec", "noexec"}
+
+
+def check_mounts(volumes: str | Iterable[str], tmpfs: str | Iterable[str],
+                 namespaces: frozenset[str], ours: Iterable[Path]) -> tuple[ns.Mount, ...]:
+    """`-v HOST:CONTAINER[:ro|rw]` and `--tmpfs PATH[:OPTIONS]` as Mounts, the
+    shallowest target first (as Docker orders them: /data before /data/logs); `ours`
+    are the directories of our own state (state.roots()), which no volume may reach."""
+    mounts = ([volume_of(text, ours) for text in _as_list(volumes)]
+              + [tmpfs_of(text) for text in _as_list(tmpfs)])
+    if mounts and "mnt" not in namespaces:
+        raise InvalidArgument("volumes and tmpfs need a mount namespace (keep 'mnt'): "
+                              "without one they would be mounted on the host")
+    targets = [mount.target for mount in mounts]
+    if duplicate := next((t for t in targets if targets.count(t) > 1), None):
+        raise InvalidArgument(f"duplicate mount point: {duplicate}")     # Docker's words
+    return tuple(sorted(mounts, key=lambda mount: mount.target.count("/")))
+
+
+def volume_of(text: str, ours: Iterable[Path]) -> ns.Mount:
+    """`HOST:CONTAINER[:ro|rw]`, Docker's -v, for a host path that exists.
+
+    Docker's `-v` makes a missing host directory (as root, wherever a typo points);
+    its `--mount` refuses, and so do we: bad input changes nothing on the host."""
+    host, target, *options = _split(text, "volume", "HOST:CONTAINER[:ro]")
+    flags = options[0].split(",") if options else []
+    for flag in flags:
+        if flag not in ("ro", "rw"):
+            raise InvalidArgument(f"volume option {flag!r} is not supported: use ro or rw")
+    if not host.startswith("/"):
+        raise InvalidArgument(f"volume {text!r}: the host side {host!r} is not an absolute "
+                              "path (named volumes are not supported): give /path/on/host")
+    source = check_source(host, ours)
+    if not os.path.exists(source):
+        raise InvalidArgument(f"volume {text!r}: the host path {host} does not exist: make "
+                              "it first (like docker's --mount, we make nothing on the host)")
+    return ns.Mount(check_target(target, text), source, read_only="ro" in flags)
+
+
+def tmpfs_of(text: str) -> ns.Mount:
+    """`PATH[:size=64m,mode=1777,ro,exec]`, Docker's --tmpfs: noexec unless exec."""
+    target, _, options = text.partition(":") if isinstance(text, str) else ("", "", "")
+    values = {"noexec": True, "read_only": False, "size": None, "mode": None}
+    for option in filter(None, options.split(",")):
+        name, equals, value = option.partition("=")
+        if option in TMPFS_FLAGS:
+            values["read_only" if option in ("ro", "rw") else "noexec"] = option in ("ro", "noexec")
+        elif name == "size" and equals:
+            values["size"] = parse_size(value, "tmpfs size", 4096)
+        elif name == "mode" and re.fullmatch(r"[0-7]{3,4}", value):
+            values["mode"] = int(value, 8)
+        else:
+            raise InvalidArgument(f"tmpfs option {option!r} is not supported: use size=64m, "
+                                  "mode=1777 (octal), ro, rw, exec or noexec")
+    return ns.Mount(check_target(target, text), **values)
+
+
+def check_source(host: str, ours: Iterable[Path], exists: bool = True) -> str:
+    """The host side of a volume, symlinks resolved (if it `exists`): never `/`, nor
+    what holds or is inside `ours`, our own state (records, layers, images), which
+    the host acts on."""
+    real = os.path.realpath(host) if exists else posixpath.normpath(host)
+    if real == "/":
+        raise InvalidArgument("the host's / cannot be a volume: bind a directory below it")
+    for directory in map(os.path.realpath, ours):
+        if os.path.commonpath([real, directory]) in (real, directory):
+            raise InvalidArgument(f"the host path {host} is or holds minicontainer's own "
+                                  f"state ({directory}): a container must never reach it")
+    return real
+
+
+def check_target(target: str, text: str) -> str:
+    """The container side of a mount, cleaned: absolute, not / and not in the kernel's
+    own /proc, /sys or /dev (where it is after the image's symlinks is checked again,
+    inside: namespaces.open_in_root)."""
+    if not target.startswith("/") or re.search(r"[\0\n]", target):
+        raise InvalidArgument(f"mount {text!r}: the container side {target!r} must be an "
+                              "absolute path")
+    clean = "/" + posixpath.normpath(target).lstrip("/")
+    if clean == "/" or any(clean == kernel or clean.startswith(kernel + "/")
+                           for kernel in ns.KERNEL_PATHS):
+        raise InvalidArgument(f"mount {text!r}: {clean} is not a place for a volume (not /, "
+                              "nor under /proc, /sys or /dev)")
+    return clean
+
+
+def _split(text: str, what: str, form: str) -> list[str]:
+    """`text` at its colons: 2 or 3 parts, the first without NUL or newline."""
+    parts = text.split(":") if isinstance(text, str) else []
+    if not 2 <= len(parts) <= 3 or not all(parts[:2]) or re.search(r"[\0\n]", parts[0]):
+        raise InvalidArgument(f"invalid {what} {text!r}: use {form}")
+    return parts
+
+
+def _as_list(values: str | Iterable[str]) -> list:
+    """One string is one value, not its characters."""
+    return [values] if isinstance(values, str) else list(values or ())
+
+
 # -- a VM -----------------------------------------------------------------------------------
 
 def check_vm_options(memory: str | int, cpus: int, accel: str, machine: str) -> int:
@@ -154,11 +258,12 @@ RECORD = {   # field: the types it may have
 SECURITY_SWITCHES = tuple(switch.name for switch in fields(Security))
 
 
-def check_record(name: str, record: object) -> dict:
+def check_record(name: str, record: object, ours: Iterable[Path]) -> dict:
     """A container's record from disk, refused (BadRecord) unless it has a record's
     shape and everything the host acts on is one of ours: its cgroup below ours and
     named after it, its interface its own veth `mc-<id>` on a network of ours. (Its
-    processes are checked against the kernel when they are looked up: Container.load.)"""
+    processes are checked against the kernel when they are looked up: Container.load.)
+    Its mounts are ones check_mounts could have made, outside `ours` (state.roots())."""
     def refuse(why: str) -> BadRecord:
         """The error for this record, and why."""
         return BadRecord(f"the record of container {name!r} is refused, nothing was done: {why}")
@@ -176,6 +281,11 @@ def check_record(name: str, record: object) -> dict:
         raise refuse(f"its proxy's cgroup {proxy_group!r} is not {PARENT}/mc-{record['id']}-proxy")
     if record["network"] is not None:
         _check_attachment(record["network"], record["id"], refuse)
+    mounts = record.get("mounts", [])           # not in records older than volumes
+    if not isinstance(mounts, list):
+        raise refuse("its mounts are not a list")
+    for mount in mounts:
+        _check_mount(mount, ours, refuse)
     return record
 
 
@@ -208,6 +318,33 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
     if not isinstance(layers, list) or not all(isinstance(p, str) for p in layers) or not (
             isinstance(record.get("image"), (str, type(None)))):
         raise refuse("its image or layers are not a name and a list of paths")
+
+
+MOUNT = {"target": (Str,), "source": (Str, Null), "read_only": (Bool,), "noexec": (Bool,),
+         "size": (Int, Null), "mode": (Int, Null)}
+
+
+def _check_mount(mount: object, ours: Iterable[Path],
+                 refuse: Callable[[str], BadRecord]) -> None:
+    """A mount as check_mounts makes them: its target a clean one, its source a clean
+    absolute path outside our state, a size and mode only for a tmpfs."""
+    if not isinstance(mount, dict) or set(mount) != set(MOUNT) or any(
+            type(mount[key]) not in types for key, types in MOUNT.items()):
+        raise refuse("a mount of its has other fields or types")
+    target, source, size, mode = (mount[key] for key in ("target", "source", "size", "mode"))
+    try:
+        if check_target(target, target) != target:
+            raise InvalidArgument(f"its target {target!r} is not a clean path")
+        if source is not None and (not source.startswith("/") or "\0" in source
+                                   or posixpath.normpath(source) != source):
+            raise InvalidArgument(f"its source {source!r} is not a clean absolute path")
+        if source is not None:
+            check_source(source, ours, exists=False)
+    except InvalidArgument as e:
+        raise refuse(f"a mount: {e}") from None
+    if (source is not None and (size, mode) != (None, None)) or (size is not None and size <= 0) \
+            or (mode is not None and not 0 <= mode <= 0o7777):
+        raise refuse(f"its mount at {target!r} has a size or mode it cannot have")
 
 
 def _our_group(path: str, container_id: str) -> bool:

@@ -55,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--pids-limit", help="at most this many processes")
     run.add_argument("--shm-size", default="64M", help="size of /dev/shm (default: 64M)")
     run.add_argument("--network", help="attach to this bridge network (e.g. mc-br0)")
+    run.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
+                     help="bind a host file or directory (it must exist) into the container")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:size=64m,mode=1777]",
+                     help="a new tmpfs at PATH (nosuid, nodev, noexec unless exec)")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:PORT",
                      help="publish a container port on the host (needs --network)")
     run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
@@ -242,7 +246,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                "preserve_fds": args.preserve_fds, "tty": args.tty,
                "network": args.network, "ports": args.publish, "rootless": args.rootless,
                "env": environment_of(args.env), "workdir": args.workdir, "user": args.user,
-               "entrypoint": args.entrypoint}
+               "entrypoint": args.entrypoint,
+               "volumes": args.volume, "tmpfs": args.tmpfs}
     if args.namespaces is not None:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
     keys = parse_detach_keys(args.detach_keys)

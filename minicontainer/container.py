@@ -115,7 +115,7 @@ class Container:
             layer = Overlay.create([Path(p) for p in spec.lower], self.data,
                                    nodev=spec.security.devices,
                                    userxattr=bool(spec.layers) and "user" in spec.namespaces)
-            files: dict[str, Path] = {}
+            files: list[ns.Mount] = []
             if spec.network:                 # layer 4, host side; recorded at once
                 self.attachment, files = lease_address(spec, self.data)
                 self._save()
@@ -330,13 +330,14 @@ Container.__init__.__signature__ = inspect.signature(describe).replace(
 # -- what the child does ---------------------------------------------------------------
 
 def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
-                files: dict[str, Path], procs: list[int], pty: Pty | None,
+                files: list[ns.Mount], procs: list[int], pty: Pty | None,
                 on_exit: Callable[[int], None]) -> list[process.Step]:
     """What the container's first process does to itself between fork and exec, in
     the kernel's order (the module's docstring tells why this one)."""
     steps = [os.setsid,               # our own session: the terminal's Ctrl-C is not ours
              partial(ns.isolate, layer, spec.namespaces, spec.hostname, channel,
-                     on_exit=on_exit, files=files, shm_size=spec.shm_size),
+                     on_exit=on_exit, mounts=[*files, *spec.mounts],
+                     shm_size=spec.shm_size),
              partial(make_workdir, spec.workdir)]
     if procs:
         steps.append(partial(cgroups.join, procs))   # in its budget before exec
@@ -365,13 +366,15 @@ def make_workdir(path: str) -> None:
 
 # -- what this process does for it on the host --------------------------------------------
 
-def lease_address(spec: Spec, data: Path) -> tuple[networking.Attachment, dict[str, Path]]:
+def lease_address(spec: Spec, data: Path) -> tuple[networking.Attachment, list[ns.Mount]]:
     """Layer 4, host side: an address on the container's network, and the /etc/hosts
     and /etc/resolv.conf files (written in `data`) to show at those paths inside."""
     hosts, resolv = data / "hosts", data / "resolv.conf"
     resolv.write_text(networking.resolv_conf())
     attachment = networking.attach(spec.network, spec.name, spec.id, spec.hostname, hosts)
-    return attachment, {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
+    hosts, resolv = (os.path.realpath(path) for path in (hosts, resolv))  # as openat2 wants
+    return attachment, [ns.Mount("/etc/hosts", hosts),
+                        ns.Mount("/etc/resolv.conf", resolv)]
 
 
 def run(command: str | Sequence[str] | Callable[[], None] = (),

@@ -15,8 +15,9 @@ to a loopback port the lab opens, and probe the kernel's switches (/proc/sys,
 sysrq-trigger) only with access(2), which asks "could I write?" without writing.
 Router advertisements go only to bridges the lab made for them, with a prefix from
 the documentation range (2001:db8::/32) and no default route; the bridges go after.
-The device node an image brings names a loop device the lab attaches, read-only, to a
-file holding the marker: reading it proves the host's device, and cannot harm it.
+The device node an image (or a host directory given as a volume) brings names a loop
+device the lab attaches, read-only, to a file holding the marker: reading it proves
+the host's device, and cannot harm it.
 A fork bomb and a memory hog are only ever run under a limit.
 """
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Target:
     network_taking_ras: str   # the same, but taking IPv6 router advertisements
     image: str       # the busybox image plus /lab-disk, a node for a host loop device
     fd: int          # an open directory fd of the caller's, on the marker's directory
+    volume: str      # a host directory holding lab-disk, a node for the same loop device
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,11 @@ ATTACKS = [
            options={"rootfs": lambda bait: bait.image},
            shown_with={"security": Security(devices=False)},
            behind_it=({"namespaces": NOT_MNT}, "the cgroup's device allow-list")),
+    Attack("open a host device through a node in a volume (-v)",
+           "head -c 22 /volume/lab-disk | grep host-only", "nodev on volumes",
+           # No cgroup, so no device allow-list: nodev alone stands in the way.
+           options={"volumes": lambda bait: [f"{bait.volume}:/volume"], "cgroup": False},
+           shown_with={"security": Security(devices=False)}),
     Attack("configure the host's network (IPv6 router advertisement)", advertise_a_router,
            "bridge ignores router advertisements (accept_ra=0)",
            shown_with={"network": lambda bait: bait.network_taking_ras},
@@ -325,8 +332,10 @@ def target() -> Iterator[Target]:
             network.create(networks[1], router_advertisements=True)
             loop = attach_loop_device(marker)
             image = image_with_a_node(Path(directory) / "image", loop)
+            volume = with_a_node(Path(directory) / "volume", loop)
             yield Target(str(marker), sleeper.pid, listener.getsockname()[1],
-                         f"{os.major(disk)}:{os.minor(disk)}", *networks, str(image), fd)
+                         f"{os.major(disk)}:{os.minor(disk)}", *networks, str(image), fd,
+                         str(volume))
         finally:
             sleeper.kill()
             sleeper.wait()
@@ -351,9 +360,15 @@ def image_with_a_node(image: Path, device: str) -> Path:
     """A copy of the busybox image with /lab-disk: a node for `device`, as any image
     from anywhere may hold one (made here, on the host, where mknod is allowed)."""
     shutil.copytree(default_rootfs(), image, symlinks=True)
-    os.mknod(image / "lab-disk", 0o600 | os.stat(device).st_mode & 0o170000,
+    return with_a_node(image, device)
+
+
+def with_a_node(directory: Path, device: str) -> Path:
+    """`directory` (made if missing) holding lab-disk, a node for `device`."""
+    directory.mkdir(exist_ok=True)
+    os.mknod(directory / "lab-disk", 0o600 | os.stat(device).st_mode & 0o170000,
              os.stat(device).st_rdev)
-    return image
+    return directory
 
 
 def _answer(listener: socket.socket) -> None:

@@ -13,22 +13,29 @@ machine: it virtualizes the operating system's names, not the hardware.
 
 With a mount namespace, the new root is entered with pivot_root(2) instead of
 chroot: the old root is moved aside and then detached, so unlike layer 1 there is
-nothing left to climb back to.
+nothing left to climb back to. Before that, while the host's paths still resolve,
+the new root gets its mounts (`Mount`): host files and directories bound into it
+(volumes, `-v`, and the network's /etc/hosts) and tmpfs (`--tmpfs`), each placed by
+resolving its path *inside* the new root, as the container will see it (openat2).
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import socket
+import stat
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import syscalls
 from .chroot import chroot_into
+from .errors import InvalidArgument
 from .process import Channel, fork_and_wait
 from .rootfs import Overlay
-from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, mount
+from .syscalls import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+                       MS_REMOUNT, mount)
 
 # /proc/PID/ns/<name> → the unshare/setns flag for that kind of namespace.
 FLAGS = {
@@ -40,6 +47,20 @@ DEFAULT = frozenset({"mnt", "pid", "uts", "ipc", "net"})  # what `docker run` un
 DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
 PTYS = 256                # terminals a container may open (kernel.pty.max counts all)
 SHM_SIZE = 64 * 1024**2   # Docker's default /dev/shm: shared memory is memory, so bounded
+KERNEL_PATHS = ("/proc", "/sys", "/dev")   # the kernel's own views: never a mount's place
+
+
+@dataclass(frozen=True)
+class Mount:
+    """What the container sees at `target`, over its image: the host's `source` bound
+    there (a volume, `-v`), or, without a source, a new tmpfs (`--tmpfs`)."""
+
+    target: str                  # absolute, inside the container
+    source: str | None = None    # a host path, symlinks resolved; None: a tmpfs
+    read_only: bool = False
+    noexec: bool = False         # Docker's default for --tmpfs
+    size: int | None = None      # a tmpfs's bytes (None: the kernel's, half the RAM)
+    mode: int | None = None      # a tmpfs's mode (None: the target's, or 1777)
 
 
 def ns_ids(pid: int | str = "self") -> dict[str, int]:
@@ -49,13 +70,13 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 
 def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: Channel,
             on_exit: Callable[[int], None] | None = None,
-            files: dict[str, Path] | None = None, shm_size: int = SHM_SIZE) -> None:
+            mounts: Sequence[Mount] = (), shm_size: int = SHM_SIZE) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec; `channel` is spawn's, on which a new pid
     namespace's first process is reported. `on_exit` is called with the command's
-    wait status by the process left waiting outside the pid namespace. `files` are
-    host files to show at container paths (/etc/hosts), as Docker bind-mounts them.
+    wait status by the process left waiting outside the pid namespace. `mounts` go
+    over the image in their order (/etc/hosts, volumes, tmpfs: see mount_inside).
     `shm_size` bounds /dev/shm, in bytes.
     """
     namespaces = set(namespaces)
@@ -73,8 +94,8 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: 
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
         mount_kernel_filesystems(rootfs.merged, sysfs, shm_size, "user" not in namespaces)
-        for inside, outside in (files or {}).items():
-            bind_file(outside, rootfs.merged / inside.lstrip("/"))
+        for wanted in mounts:             # nodev as the image is (Security.devices)
+            mount_inside(rootfs.merged, wanted, rootfs.nodev)
         pivot_into(rootfs.merged)
     else:
         chroot_into(rootfs.lower)         # layer 1: all there is without a mount namespace
@@ -124,10 +145,133 @@ def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE, tty_group: bool = Tru
     (dev / "fd").symlink_to("/proc/self/fd")
 
 
-def bind_file(source: Path, target: Path) -> None:
-    """Show the host file `source` at `target` (its changes show through, live)."""
-    target.touch()
-    mount(str(source), target, None, MS_BIND)
+def mount_inside(root: Path, wanted: Mount, nodev: bool = True) -> None:
+    """Mount `wanted` at its target in `root`, nosuid and `nodev` (a host's setuid
+    program or device node in a volume does nothing), the target found as the
+    container will see it (open_in_root). A bind is one mount, not Docker's `rbind`:
+    mounts below the host directory do not come along with their own flags.
+
+    The mount goes through /proc/self/fd/N, the fds we resolved, never through a path
+    the kernel would walk again (as runc's mountViaFds). A bind mount takes its
+    source's flags; MS_REMOUNT then sets ours, where the new mount is: on top of the
+    mount point, so reopened from `root` (runc's reopenAfterMount). Docker's `-v`
+    binds are `rbind` plus `ro`, without nosuid or nodev: Docker counts on its device
+    cgroup alone; we add nodev as we mount the image nodev.
+    """
+    flags = MS_NOSUID | (MS_NODEV if nodev else 0) | (MS_NOEXEC if wanted.noexec else 0) | (
+        MS_RDONLY if wanted.read_only else 0)
+    if wanted.source is None:
+        target, made = open_in_root(root, wanted.target, directory=True)
+        mode = wanted.mode if wanted.mode is not None else (
+            0o1777 if made else stat.S_IMODE(os.fstat(target).st_mode))  # as runc copies it
+        size = f",size={wanted.size}" if wanted.size else ""
+        mount("tmpfs", _fd_path(target), "tmpfs", flags, f"mode={mode:o}{size}")
+        os.close(target)
+        return
+    # The host side was resolved when the container was described; a symlink put on
+    # its way since then is refused, not followed.
+    source = syscalls.openat2(AT_FDCWD, wanted.source, os.O_PATH, syscalls.RESOLVE_NO_SYMLINKS)
+    target, _ = open_in_root(root, wanted.target, stat.S_ISDIR(os.fstat(source).st_mode))
+    mount(_fd_path(source), _fd_path(target), None, MS_BIND)
+    top = reopen(root, target)
+    # In a user namespace, the host mount's flags (ro, nosuid, nodev, noexec, atime) are
+    # locked: a remount must keep them, or EPERM. Root keeps them too: a volume never
+    # gets more than the host's mount allows.
+    mount(None, _fd_path(top), None, MS_BIND | MS_REMOUNT | flags | locked_flags(source))
+    for fd in (source, target, top):
+        os.close(fd)
+
+
+AT_FDCWD = -100
+IN_ROOT = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+
+
+def open_in_root(root: Path, path: str, directory: bool) -> tuple[int, bool]:
+    """An O_PATH fd of `path` in `root`, resolved as if `root` were `/`, and whether it
+    was made (a directory, or an empty file if not `directory`, parents 0755).
+
+    An image is untrusted: its `data -> /etc` must lead to the image's /etc, never the
+    host's, and a `data -> /proc/sys` is refused. openat2(RESOLVE_IN_ROOT) resolves
+    `..` and absolute symlinks within `root`; what is missing is made one name at a
+    time below the last fd, with O_NOFOLLOW. runc does the same with
+    securejoin's OpenInRoot and MkdirAllInRoot (libcontainer/rootfs_linux.go,
+    createOpenMountpoint), then checks the resolved path against /proc (checkProcMount).
+    """
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = path.strip("/").split("/")
+        found = len(parts)
+        while True:                      # the longest part of the path that exists
+            try:
+                fd = syscalls.openat2(root_fd, "/".join(parts[:found]) or ".", os.O_PATH,
+                                      IN_ROOT)
+                break
+            except FileNotFoundError:
+                found -= 1
+        for i, name in enumerate(parts[found:], start=found + 1):
+            try:
+                if i == len(parts) and not directory:
+                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY
+                                     | os.O_CLOEXEC, 0o644, dir_fd=fd))
+                else:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                step = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:       # e.g. a symlink to nowhere: we make nothing through it
+                raise InvalidArgument(f"mount target {path}: cannot make {name!r} in the "
+                                      f"image: {e.strerror}") from None
+            finally:
+                os.close(fd)
+            fd = step
+    finally:
+        os.close(root_fd)
+    _refuse_kernel_paths(root, fd, path)
+    return fd, found < len(parts)
+
+
+def _refuse_kernel_paths(root: Path, fd: int, path: str) -> None:
+    """InvalidArgument (fd closed) unless `fd` is below `root`, and not at its top or
+    in /proc, /sys or /dev there: what `path` led to after the image's symlinks."""
+    reached, root = os.readlink(_fd_path(fd)), os.path.realpath(root)
+    inside = "/" + os.path.relpath(reached, root)
+    if os.path.commonpath([reached, root]) != root or inside == "/." or any(
+            inside == kernel or inside.startswith(kernel + "/") for kernel in KERNEL_PATHS):
+        os.close(fd)
+        raise InvalidArgument(f"mount target {path} leads to {inside} in the image (through "
+                              "a symlink): refused, that is not a place for a volume")
+
+
+def reopen(root: Path, fd: int) -> int:
+    """The path of `fd` opened again from `root`: it now finds what was just mounted on
+    top of it. A rename in between would show as another path: refused."""
+    reached = os.readlink(_fd_path(fd))
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        again = syscalls.openat2(root_fd, os.path.relpath(reached, os.path.realpath(root)),
+                                 os.O_PATH, IN_ROOT)
+    finally:
+        os.close(root_fd)
+    if os.readlink(_fd_path(again)) != reached:
+        os.close(again)
+        raise InvalidArgument(f"the mount point {reached} moved while it was mounted on")
+    return again
+
+
+def locked_flags(fd: int) -> int:
+    """The mount flags of the mount `fd` is on, as mount(2) spells them (statfs's
+    ST_* bits are MS_* bits, but for the atime ones)."""
+    st_flags = os.statvfs(fd).f_flag
+    flags = st_flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | syscalls.MS_NOATIME
+                        | syscalls.MS_NODIRATIME)
+    if st_flags & os.ST_RELATIME:
+        flags |= syscalls.MS_RELATIME
+    elif not st_flags & syscalls.MS_NOATIME:
+        flags |= syscalls.MS_STRICTATIME     # no atime flag in statfs: strictatime
+    return flags
+
+
+def _fd_path(fd: int) -> str:
+    """The path through which the kernel reaches the very file `fd` is open on."""
+    return f"/proc/self/fd/{fd}"
 
 
 def pivot_into(new_root: Path) -> None:

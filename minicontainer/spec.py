@@ -1,12 +1,13 @@
 """What a container is, before anything runs: one frozen description, checked once.
 
 A container is its command, its image (a directory, or an image's layers from the
-store: images/), the namespaces it gets, its budget, its network, its defences and
-whether it has a terminal. That is written down once, here,
-as a Spec: the CLI's options and Container(...)'s arguments become one (describe()),
-its record on disk holds one (record_of, from_record), and an OCI bundle's config.json
-or an image's config will map onto the same fields. Every value is checked on the way
-in by arguments.py, where bad input stops, so a Spec is always one we can build.
+store: images/), the host paths and tmpfs mounted over it (volumes), the namespaces
+it gets, its budget, its network, its defences and whether it has a terminal. That is
+written down once, here, as a Spec: the CLI's options and Container(...)'s arguments
+become one (describe()), its record on disk holds one (record_of, from_record), and an
+OCI bundle's config.json or an image's config will map onto the same fields. Every
+value is checked on the way in by arguments.py, where bad input stops, so a Spec is
+always one we can build.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cgroups
+from . import cgroups, state
 from . import namespaces as ns
-from .arguments import (as_argv, check_count, check_host, check_hostname, check_name,
-                        check_namespaces, check_ports, check_rootless)
+from .arguments import (as_argv, check_count, check_host, check_hostname, check_mounts,
+                        check_name, check_namespaces, check_ports, check_rootless)
 from .cgroups import Cgroup, Limits
 from .errors import InvalidArgument
 from .host import parse_size
@@ -61,6 +62,7 @@ class Spec:
     layers: tuple[str, ...] = ()       # that image's unpacked layers, top first
     workdir: str = "/"                 # where the command starts (-w, the image's WorkingDir)
     user: tuple[int, int] = (0, 0)     # uid and gid it runs as (-u, the image's User)
+    mounts: tuple[ns.Mount, ...] = ()  # volumes (-v) and tmpfs (--tmpfs), over the image
 
     @property
     def lower(self) -> tuple[str, ...]:
@@ -86,7 +88,8 @@ def describe(command: str | Sequence[str] | Callable[[], None] = (), *,
              shm_size: str | int = ns.SHM_SIZE, preserve_fds: int = 0,
              tty: bool = False, image: str | Image | None = None,
              entrypoint: str | None = None, workdir: str | None = None,
-             user: str | None = None) -> Spec:
+             user: str | None = None, volumes: str | Iterable[str] = (),
+             tmpfs: str | Iterable[str] = ()) -> Spec:
     """The Spec of a container from Docker's options (`docker run`'s names), every one
     checked: InvalidArgument, saying what to write instead, for the first that is wrong.
     With an `image`, its config gives what the options leave out, as `docker run IMAGE
@@ -128,7 +131,8 @@ def describe(command: str | Sequence[str] | Callable[[], None] = (), *,
         shm_size=parse_size(shm_size, "shm size", 1),
         preserve_fds=check_count(preserve_fds, "preserve_fds", 0), tty=bool(tty),
         image=image.name if image is not None else None, layers=layers,
-        workdir=run.workdir, user=(run.uid, run.gid))
+        workdir=run.workdir, user=(run.uid, run.gid),
+        mounts=check_mounts(volumes, tmpfs, kinds, state.roots()))
 
 
 def how_to_run(command: str | Sequence[str] | Callable[[], None], image: Image | None,
@@ -176,7 +180,8 @@ def record_of(spec: Spec) -> dict:
             "security": spec.security.as_dict(), "tty": spec.tty,
             "shm_size": spec.shm_size, "preserve_fds": spec.preserve_fds,
             "image": spec.image, "layers": list(spec.layers), "workdir": spec.workdir,
-            "user": list(spec.user)}
+            "user": list(spec.user),
+            "mounts": [asdict(mount) for mount in spec.mounts]}
 
 
 def from_record(record: dict) -> Spec:
@@ -192,4 +197,5 @@ def from_record(record: dict) -> Spec:
                 rootless=record["rootless"], shm_size=record.get("shm_size", ns.SHM_SIZE),
                 preserve_fds=record.get("preserve_fds", 0), tty=record["tty"],
                 image=record.get("image"), layers=tuple(record.get("layers", ())),
-                workdir=record["workdir"], user=tuple(record["user"]))
+                workdir=record["workdir"], user=tuple(record["user"]),
+                mounts=tuple(ns.Mount(**mount) for mount in record.get("mounts", ())))

@@ -60,6 +60,11 @@ def data_dir() -> Path:
     return base / "containers"
 
 
+def roots() -> tuple[Path, Path]:
+    """Where all our state lives (records; layers, images, logs): no volume may reach it."""
+    return containers_dir().parent, data_dir().parent
+
+
 def claim(name: str, record: dict) -> Path:
     """Create the container's directory holding `record`, or fail if the name is taken."""
     directory = containers_dir() / name
@@ -115,7 +120,7 @@ def write_json(path: Path, record: dict) -> None:
 def read(name: str) -> dict:
     """The record of container `name`, checked before anyone acts on it: a name is never
     a path (`rm ../x` reads nothing outside our directory), a record never trusted."""
-    return check_record(name, read_unchecked(name))
+    return check_record(name, read_unchecked(name), roots())
 
 
 def read_unchecked(name: str) -> dict:
