@@ -34,7 +34,7 @@ def pack_initramfs(rootfs: Path, extra: dict[str, bytes | Path]) -> bytes:
     """The tree at `rootfs` plus `extra` files (archive path → content), gzip'd newc cpio."""
     out = io.BytesIO()
     with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as archive:
-        inode = write_tree(archive, rootfs, owner=(0, 0)).entries   # as root built it
+        inode = write_tree(archive, rootfs).entries
         for name, content in extra.items():
             data = content.read_bytes() if isinstance(content, Path) else content
             for parent in reversed(Path(name).parents[:-1]):
@@ -42,7 +42,7 @@ def pack_initramfs(rootfs: Path, extra: dict[str, bytes | Path]) -> bytes:
                                          stat.S_IFDIR | 0o755, b""))
             mode = 0o100755 if name == "init" else 0o100644
             archive.write(cpio_entry(inode := inode + 1, name, mode, data))
-        archive.write(TRAILER)
+        archive.write(trailer())
     return out.getvalue()
 
 
@@ -58,10 +58,10 @@ class Packed:
 
 
 def write_tree(out: BinaryIO, rootfs: Path, skip: frozenset[str] = frozenset(),
-               max_bytes: int | None = None, owner: tuple[int, int] | None = None) -> Packed:
+               max_bytes: int | None = None, keep_owners: bool = False) -> Packed:
     """Write the tree at `rootfs` (but its top-level names in `skip`) to `out` as newc
-    records, modes and times kept, and owners (or all `owner`); VMError past
-    `max_bytes` of contents.
+    records with their modes, and (`keep_owners`) their owners and times; VMError
+    past `max_bytes` of contents.
 
     What a layer may hold is untrusted: a regular file is opened with O_NOFOLLOW and
     read exactly as long as its fstat says, never through a symlink; device nodes
@@ -88,8 +88,11 @@ def write_tree(out: BinaryIO, rootfs: Path, skip: frozenset[str] = frozenset(),
         packed.entries += 1
         packed.data_bytes += len(data)
         packed.ram_bytes += -(-len(data) // 4096) * 4096 + 1024
+        # An image's files keep their owners; the busybox tree goes as root built it,
+        # in the four fields the course's exercise writes cpio_entry with.
+        kept = {"owner": (info.st_uid, info.st_gid), "mtime": int(info.st_mtime)}
         out.write(cpio_entry(packed.entries, name, info.st_mode, data,
-                             owner=owner or (info.st_uid, info.st_gid), mtime=int(info.st_mtime)))
+                             **(kept if keep_owners else {})))
     return packed
 
 
@@ -117,7 +120,9 @@ def cpio_entry(inode: int, name: str, mode: int, data: bytes, owner: tuple[int, 
     return header + data + b"\0" * (-len(data) % 4)
 
 
-TRAILER = cpio_entry(0, "TRAILER!!!", 0, b"")    # the end of one archive
+def trailer() -> bytes:
+    """The record that ends one archive (the kernel reads on: another may follow)."""
+    return cpio_entry(0, "TRAILER!!!", 0, b"")
 
 
 # -- the guest's /init ------------------------------------------------------------------------
@@ -166,7 +171,8 @@ def guest_init(command: str, modules: list[str] | None = None, keep: tuple[str, 
 # kept with the init in a directory of ours, /.minicontainer, that the kernel is told
 # to start from (rdinit=): the image's own /init, if it has one, stays untouched. The
 # command itself runs in the image's /bin/sh, with the image's Env in its working
-# directory, as `docker run IMAGE sh -c COMMAND` would.
+# directory, as `docker run IMAGE sh -c COMMAND` would (but as the guest's root: the
+# image's User is not applied yet).
 
 PRIVATE = ".minicontainer"             # our init and busybox, beside the image's files
 IMAGE_INIT = f"/{PRIVATE}/init"        # for the kernel's rdinit=
@@ -197,7 +203,7 @@ def image_init_archive(command: str, env: tuple[tuple[str, str], ...], workdir: 
                (f"{PRIVATE}/init", stat.S_IFREG | 0o755, init)]
     archive = b"".join(cpio_entry(inode, name, mode, data)
                        for inode, (name, mode, data) in enumerate(records, start=1))
-    return gzip.compress(archive + TRAILER, compresslevel=1, mtime=0)
+    return gzip.compress(archive + trailer(), compresslevel=1, mtime=0)
 
 
 def _fill(template: str, **slots: str) -> str:

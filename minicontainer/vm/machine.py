@@ -185,11 +185,11 @@ class VM:
             return
         packed = packed_image(self.image, self.scratch)
         if packed.memory_needed() > self.memory:
-            raise VMError(f"image {self.image.name} needs a VM of at least "
-                          f"{-(-packed.memory_needed() // 2**20)}M: its "
+            needed = -(-packed.memory_needed() // 2**20)
+            raise VMError(f"image {self.image.name} needs a VM of at least {needed}M: its "
                           f"{packed.packed.ram_bytes // 2**20} MiB of files live in the "
-                          f"guest's RAM (an initramfs), which may give them half; give "
-                          f"memory=... or boot it in a container")
+                          "guest's RAM (an initramfs's tmpfs, at most half of it): give "
+                          f"memory=\"{needed}M\", or run the image in a container")
         shutil.copyfile(packed.archive, initrd)
         settings = self.image.config.get("config") or {}
         env = {"PATH": PATH, "HOME": "/root", **environment_of(settings.get("Env") or [])}
