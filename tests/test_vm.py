@@ -1,6 +1,7 @@
 """The VM side: a real QEMU guest booted from the containers' own image."""
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import signal
@@ -275,6 +276,26 @@ def test_an_image_without_busybox_boots_on_our_own_and_keeps_its_own_init(store)
                               'test -e /bin/mount || echo no mount')
     assert (code, output) == (0, "from the image in /work\n#!/bin/sh\necho WRONG INIT\n"
                                  "no mount\n"), output
+
+
+def test_symlinks_in_an_image_are_packed_as_links_never_followed_to_the_hosts_files(
+        store, tmp_path):
+    # The packer runs on the host's /, so a followed link would read the host's files.
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, target in (("leak", "/etc/shadow"), ("hostetc", "/etc"),
+                             ("etc/passwd", "../../../../etc/shadow")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    image = put_image(store, "mc-vm/links", [archive.getvalue()], base=busybox_image(store))
+    packed = gzip.decompress(packed_image(image, tmp_path).archive.read_bytes())
+    host_secret = Path("/etc/shadow").read_bytes().split(b"\n")[0]
+    assert host_secret not in packed, "the host's /etc/shadow went into the image"
+    listing = subprocess.run(["busybox", "cpio", "-t"], input=packed,
+                             capture_output=True).stdout.decode().split()
+    assert {"leak", "hostetc", "etc/passwd"} <= set(listing)
+    assert not [name for name in listing if name.startswith("hostetc/")]
 
 
 def test_an_image_too_big_for_the_vms_ram_is_refused_in_one_line(store, tmp_path):
