@@ -122,7 +122,8 @@ def test_bad_vm_arguments_are_refused(options, message):
 # -- an image from the store, booted as a VM ----------------------------------------------
 
 def layer(*members: tuple, uid: int = 0) -> bytes:
-    """A layer tarball: (name, contents[, mode]) for a file, (name, None) for a directory."""
+    """A layer tarball: (name, contents[, mode]) for a file, (name, None) for a
+    directory, (name, "other name") for a hard link."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as archive:
         for name, data, *mode in members:
@@ -131,6 +132,8 @@ def layer(*members: tuple, uid: int = 0) -> bytes:
             info.mtime = 1_700_000_000
             if data is None:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
+            elif isinstance(data, str):
+                info.type, info.linkname, data = tarfile.LNKTYPE, data, None
             else:
                 info.size, info.mode = len(data), mode[0] if mode else 0o644
             archive.addfile(info, io.BytesIO(data) if data is not None else None)
@@ -169,13 +172,14 @@ def store(tmp_path):
 
 @pytest.fixture
 def deletions(store):
-    """Two layers on busybox: the top one deletes a file and a program, makes a
-    directory opaque, adds a file owned by uid 1000."""
+    """Layers on busybox: one deletes a file and a program and makes a directory
+    opaque, the top one adds a file owned by uid 1000, and a hard link to it."""
     lower = layer(("etc", None), ("etc/gone", b"1"), ("etc/kept", b"2\n"), ("opt", None),
                   ("opt/old", None), ("opt/old/a", b"3"))
     upper = layer(("etc/.wh.gone", b""), ("opt/old", None), ("opt/old/.wh..wh..opq", b""),
                   ("opt/old/b", b"4"), ("bin/.wh.vi", b""))
-    owned = layer(("home", None), ("home/user", None), ("home/user/notes", b"5\n"), uid=1000)
+    owned = layer(("home", None), ("home/user", None), ("home/user/notes", b"5\n"),
+                  ("home/user/same", "home/user/notes"), uid=1000)
     return put_image(store, "mc-vm/deletions", [lower, upper, owned], base=busybox_image(store))
 
 
@@ -196,7 +200,7 @@ def test_the_same_command_says_the_same_in_a_container_and_a_vm_of_one_image(del
         in_vm = vm.run(SEEN)
     in_container = run(SEEN, image=deletions, name="mc-vm-same")
     assert in_vm == (0, in_container.stdout), "same files, owners, modes and times"
-    assert "1000     1000" in in_vm[1]
+    assert in_vm[1].count("-rw-r--r--    2 1000     1000") == 2, "owners; a hard link kept"
 
 
 def test_an_image_is_packed_once_and_cached_by_its_manifest_digest(store):

@@ -66,9 +66,11 @@ def write_tree(out: BinaryIO, rootfs: Path, skip: frozenset[str] = frozenset(),
     What a layer may hold is untrusted: a regular file is opened with O_NOFOLLOW and
     read exactly as long as its fstat says, never through a symlink; device nodes
     are left out (the guest's /dev is its own devtmpfs, and overlayfs's 0:0
-    whiteouts must not reappear as files); a hard link becomes a second copy.
+    whiteouts must not reappear as files). A hard link (with keep_owners) is a
+    record with the inode number of the first name and no data: the kernel links
+    it to that name, as `ls -l` in the container counts it.
     """
-    packed = Packed()
+    packed, first_names = Packed(), {}     # (device, inode) → its first record's number
     for path in sorted(rootfs.rglob("*")):     # a parent sorts before its children
         name = str(path.relative_to(rootfs))
         if name.split("/")[0] in skip:
@@ -76,23 +78,27 @@ def write_tree(out: BinaryIO, rootfs: Path, skip: frozenset[str] = frozenset(),
         info = path.lstat()
         if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
             continue
+        linked = keep_owners and stat.S_ISREG(info.st_mode) and info.st_nlink > 1
+        first = first_names.setdefault((info.st_dev, info.st_ino), packed.entries + 1) if (
+            linked) else packed.entries + 1
         size = info.st_size if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode) else 0
+        size = 0 if first <= packed.entries else size    # its data went with the first
         if max_bytes is not None and packed.data_bytes + size > max_bytes:   # before reading
             raise VMError(f"the image holds more than {max_bytes // 2**20} MiB of files, "
                           "more than a VM boots from RAM (an initramfs) here")
         data = b""
         if stat.S_ISLNK(info.st_mode):
             data = os.readlink(path).encode()
-        elif stat.S_ISREG(info.st_mode):
+        elif stat.S_ISREG(info.st_mode) and size:
             info, data = _read_regular(path, size)
         packed.entries += 1
         packed.data_bytes += len(data)
         packed.ram_bytes += -(-len(data) // 4096) * 4096 + 1024
         # An image's files keep their owners; the busybox tree goes as root built it,
         # in the four fields the course's exercise writes cpio_entry with.
-        kept = {"owner": (info.st_uid, info.st_gid), "mtime": int(info.st_mtime)}
-        out.write(cpio_entry(packed.entries, name, info.st_mode, data,
-                             **(kept if keep_owners else {})))
+        kept = {"owner": (info.st_uid, info.st_gid), "mtime": int(info.st_mtime),
+                "links": info.st_nlink if linked else 1}
+        out.write(cpio_entry(first, name, info.st_mode, data, **(kept if keep_owners else {})))
     return packed
 
 
@@ -108,12 +114,12 @@ def _read_regular(path: Path, size: int) -> tuple[os.stat_result, bytes]:
 
 
 def cpio_entry(inode: int, name: str, mode: int, data: bytes, owner: tuple[int, int] = (0, 0),
-               mtime: int = 0) -> bytes:
+               mtime: int = 0, links: int = 1) -> bytes:
     """One newc record: "070701", 13 fields of 8 hex digits (inode, mode, uid, gid,
     nlink, mtime, size, 4 device numbers, name size, checksum), the name and a NUL,
     padding to a multiple of 4, the data, padding again."""
     encoded = name.encode() + b"\0"
-    fields = [inode, mode, *owner, 1, mtime & 0xFFFFFFFF, len(data), 0, 0, 0, 0,
+    fields = [inode, mode, *owner, links, mtime & 0xFFFFFFFF, len(data), 0, 0, 0, 0,
               len(encoded), 0]
     header = b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
     header += b"\0" * (-len(header) % 4)
