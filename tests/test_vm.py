@@ -1,15 +1,27 @@
 """The VM side: a real QEMU guest booted from the containers' own image."""
 from __future__ import annotations
 
+import gzip
+import io
+import os
+import signal
 import subprocess
+import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from minicontainer.container import run
 from minicontainer.errors import InvalidArgument, Timeout, VMError
+from minicontainer.host import cpu
+from minicontainer.images.archives import digest_of, json_bytes
+from minicontainer.images.manifests import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
+from minicontainer.images.store import Store, busybox_image
 from minicontainer.rootfs import default_rootfs
 from minicontainer.vm import VM
+from minicontainer.vm.image import initramfs_dir, packed_image
 from minicontainer.vm.initramfs import pack_initramfs
 from minicontainer.vm.kernel import Kernel
 from minicontainer.vm.qemu import accelerator
@@ -105,3 +117,203 @@ def test_a_boot_that_takes_too_long_is_stopped_and_reported():
 def test_bad_vm_arguments_are_refused(options, message):
     with pytest.raises(InvalidArgument, match=message):
         VM(**options)
+
+
+# -- an image from the store, booted as a VM ----------------------------------------------
+
+def layer(*members: tuple, uid: int = 0) -> bytes:
+    """A layer tarball: (name, contents[, mode]) for a file, (name, None) for a
+    directory, (name, "other name") for a hard link."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data, *mode in members:
+            info = tarfile.TarInfo(name)
+            info.uid = info.gid = uid
+            info.mtime = 1_700_000_000
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            elif isinstance(data, str):
+                info.type, info.linkname, data = tarfile.LNKTYPE, data, None
+            else:
+                info.size, info.mode = len(data), mode[0] if mode else 0o644
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def put_image(store: Store, name: str, tarballs: list[bytes], base=None, settings=None):
+    """Image `name` in `store`: the layers of `base` (an Image), then `tarballs`; a
+    nonce layer on top, so that its digest (and its cached archive) is new each run."""
+    layers = list(base.manifest["layers"]) if base else []
+    for data in [*tarballs, layer((f"nonce-{os.urandom(4).hex()}", b""))]:
+        store.ingest(digest_of(data), len(data), [data])
+        layers.append({"mediaType": OCI_LAYER, "digest": digest_of(data), "size": len(data)})
+    config = json_bytes({"architecture": cpu().debian, "os": "linux",
+                         "config": settings or {"Cmd": ["sh"]},
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": [d["digest"] for d in layers]}})
+    manifest = json_bytes({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config),
+                                      "size": len(config)}, "layers": layers})
+    for blob in (config, manifest):
+        store.ingest(digest_of(blob), len(blob), [blob])
+    store.add_image(name, digest_of(manifest))
+    return store.image(name)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store of our own; the archives its images left in the cache are removed."""
+    store = Store(tmp_path / "images")
+    yield store
+    for digest in store.tags().values():
+        for made in initramfs_dir().glob(digest.removeprefix("sha256:") + "-*"):
+            made.unlink()
+
+
+@pytest.fixture
+def deletions(store):
+    """Layers on busybox: one deletes a file and a program and makes a directory
+    opaque, the top one adds a file owned by uid 1000, and a hard link to it."""
+    lower = layer(("etc", None), ("etc/gone", b"1"), ("etc/kept", b"2\n"), ("opt", None),
+                  ("opt/old", None), ("opt/old/a", b"3"))
+    upper = layer(("etc/.wh.gone", b""), ("opt/old", None), ("opt/old/.wh..wh..opq", b""),
+                  ("opt/old/b", b"4"), ("bin/.wh.vi", b""))
+    owned = layer(("home", None), ("home/user", None), ("home/user/notes", b"5\n"),
+                  ("home/user/same", "home/user/notes"), uid=1000)
+    return put_image(store, "mc-vm/deletions", [lower, upper, owned], base=busybox_image(store))
+
+
+SEEN = ("cat /etc/kept; ls -1 /opt/old; ls /etc/gone /bin/vi 2>&1 | wc -l; "
+        "ls -ln /etc/kept /opt/old/b /home/user | cat; echo $PATH; pwd")
+
+
+def test_a_vm_of_an_image_has_its_top_layers_files_and_not_those_it_deleted(deletions):
+    with VM(image=deletions) as vm:
+        code, output = vm.run("cat /etc/kept /opt/old/b; ls /opt/old; ls /etc/gone /bin/vi")
+    assert code != 0, "ls fails: the deleted file and program are absent"
+    assert output.splitlines()[:2] == ["2", "4b"], output
+    assert "/etc/gone: No such file" in output and "/bin/vi: No such file" in output
+
+
+def test_the_same_command_says_the_same_in_a_container_and_a_vm_of_one_image(deletions):
+    with VM(image=deletions) as vm:
+        in_vm = vm.run(SEEN)
+    in_container = run(SEEN, image=deletions, name="mc-vm-same")
+    assert in_vm == (0, in_container.stdout), "same files, owners, modes and times"
+    assert in_vm[1].count("-rw-r--r--    2 1000     1000") == 2, "owners; a hard link kept"
+
+
+def test_an_image_is_packed_once_and_cached_by_its_manifest_digest(store):
+    image = put_image(store, "mc-vm/cached", [layer(("hello", b"hi\n"))],
+                      base=busybox_image(store))
+    archive = initramfs_dir() / f"{image.digest.removeprefix('sha256:')}-v1.cpio.gz"
+    assert not archive.exists()
+    starts = []
+    for _ in range(2):
+        with VM(image=image) as vm:
+            began = time.monotonic()
+            vm.start("cat /hello")
+            starts.append(time.monotonic() - began)
+            vm.ready()
+            assert vm.wait() == (0, "hi\n")
+        if not starts[1:]:
+            packed = archive.stat()
+    again = archive.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (packed.st_ino, packed.st_mtime_ns)
+    assert starts[1] < starts[0] / 4, f"the second start did not pack again: {starts}"
+
+
+def test_a_killed_pack_leaves_no_archive_no_mount_and_no_process(store, tmp_path):
+    big = layer(("big", os.urandom(64 * 2**20)))       # random: 2 s to gzip
+    image = put_image(store, "mc-vm/killed", [big], base=busybox_image(store))
+    archive = initramfs_dir() / f"{image.digest.removeprefix('sha256:')}-v1.cpio.gz"
+    scratch = tmp_path / "mc-scratch"
+    scratch.mkdir()
+    before = set(initramfs_dir().iterdir()) if initramfs_dir().is_dir() else set()
+    packer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from minicontainer.images.store import Store; "
+         "from minicontainer.vm.image import packed_image; "
+         "packed_image(Store(sys.argv[1]).image('mc-vm/killed'), Path(sys.argv[2]))",
+         str(store.root), str(scratch)])
+    deadline = time.monotonic() + 30
+    while not (helper := _running_with(str(scratch), b"minicontainer.vm.image")):
+        assert time.monotonic() < deadline and packer.poll() is None, "no packing child"
+        time.sleep(0.02)
+    time.sleep(0.3)                                     # well into packing
+    assert str(scratch) not in Path("/proc/self/mountinfo").read_text(), "the host sees it"
+    packer.send_signal(signal.SIGKILL)
+    packer.wait()
+    deadline = time.monotonic() + 0.5                   # not the second its packing takes
+    while _running_with(str(scratch), b"minicontainer.vm.image"):
+        assert time.monotonic() < deadline, f"packing child {helper} outlived its packer"
+        time.sleep(0.05)
+    assert not archive.exists()
+    assert set(initramfs_dir().iterdir()) == before, "not even a temporary file"
+
+
+def _running_with(*words: bytes | str) -> list[int]:
+    """The processes whose command line holds every one of `words`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        if cmdline and all((w.encode() if isinstance(w, str) else w) in cmdline
+                           for w in words):
+            found.append(int(proc.name))
+    return found
+
+
+def test_an_image_without_busybox_boots_on_our_own_and_keeps_its_own_init(store):
+    # Only a shell (busybox under another name, as a distribution's dash would be):
+    # no mount, no reboot, no /proc, /sys, /dev or /tmp, and an /init of its own.
+    shell = (default_rootfs() / "bin/busybox").read_bytes()
+    bare = layer(("bin", None), ("bin/sh", shell, 0o755),
+                 ("init", b"#!/bin/sh\necho WRONG INIT\n", 0o755),
+                 ("work", None))
+    image = put_image(store, "mc-vm/bare", [bare],
+                      settings={"Env": ["GREETING=from the image"], "WorkingDir": "/work"})
+    with VM(image=image) as vm:
+        code, output = vm.run('echo "$GREETING in $PWD"; cat /init; '
+                              'test -e /bin/mount || echo no mount')
+    assert (code, output) == (0, "from the image in /work\n#!/bin/sh\necho WRONG INIT\n"
+                                 "no mount\n"), output
+
+
+def test_symlinks_in_an_image_are_packed_as_links_never_followed_to_the_hosts_files(
+        store, tmp_path):
+    # The packer runs on the host's /, so a followed link would read the host's files.
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, target in (("leak", "/etc/shadow"), ("hostetc", "/etc"),
+                             ("etc/passwd", "../../../../etc/shadow")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    image = put_image(store, "mc-vm/links", [archive.getvalue()], base=busybox_image(store))
+    packed = gzip.decompress(packed_image(image, tmp_path).archive.read_bytes())
+    host_secret = Path("/etc/shadow").read_bytes().split(b"\n")[0]
+    assert host_secret not in packed, "the host's /etc/shadow went into the image"
+    listing = subprocess.run(["busybox", "cpio", "-t"], input=packed,
+                             capture_output=True).stdout.decode().split()
+    assert {"leak", "hostetc", "etc/passwd"} <= set(listing)
+    assert not [name for name in listing if name.startswith("hostetc/")]
+
+
+def test_an_image_too_big_for_the_vms_ram_is_refused_in_one_line(store, tmp_path):
+    image = put_image(store, "mc-vm/big", [layer(("zeros", bytes(24 * 2**20)))],
+                      base=busybox_image(store))
+    with pytest.raises(VMError, match="more than 16 MiB of files, more than a VM boots from RAM"):
+        packed_image(image, tmp_path, max_bytes=16 * 2**20)
+    assert not list(initramfs_dir().glob(image.digest.removeprefix("sha256:") + "*"))
+    with pytest.raises(VMError, match=r"needs a VM of at least 1\d\dM: its 2\d MiB of files"):
+        with VM(image=image, memory="64M") as vm:
+            vm.start()
+    assert vm.process is None, "QEMU never started"
+
+
+def test_an_image_and_the_hosts_files_together_are_refused():
+    with pytest.raises(InvalidArgument, match="an image or host_files"):
+        VM(image="busybox", host_files=True)

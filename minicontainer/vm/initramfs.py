@@ -16,52 +16,128 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import shlex
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from ..errors import VMError
 from ..rootfs import default_rootfs
 from .kernel import GUEST_MODULES
 
 
 def pack_initramfs(rootfs: Path, extra: dict[str, bytes | Path]) -> bytes:
     """The tree at `rootfs` plus `extra` files (archive path → content), gzip'd newc cpio."""
-    out = bytearray()
-    inode = 1
-    for path in sorted(rootfs.rglob("*")):
-        data = os.readlink(path).encode() if path.is_symlink() else (
-            path.read_bytes() if path.is_file() else b"")
-        out += cpio_entry(inode, str(path.relative_to(rootfs)), path.lstat().st_mode, data)
-        inode += 1
-    for name, content in extra.items():
-        data = content.read_bytes() if isinstance(content, Path) else content
-        for parent in reversed(Path(name).parents[:-1]):
-            out += cpio_entry(inode := inode + 1, str(parent), stat.S_IFDIR | 0o755, b"")
-        mode = 0o100755 if name == "init" else 0o100644
-        out += cpio_entry(inode := inode + 1, name, mode, data)
-    out += cpio_entry(0, "TRAILER!!!", 0, b"")
-    return gzip.compress(bytes(out), compresslevel=1)
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as archive:
+        inode = write_tree(archive, rootfs).entries
+        for name, content in extra.items():
+            data = content.read_bytes() if isinstance(content, Path) else content
+            for parent in reversed(Path(name).parents[:-1]):
+                archive.write(cpio_entry(inode := inode + 1, str(parent),
+                                         stat.S_IFDIR | 0o755, b""))
+            mode = 0o100755 if name == "init" else 0o100644
+            archive.write(cpio_entry(inode := inode + 1, name, mode, data))
+        archive.write(trailer())
+    return out.getvalue()
 
 
-def cpio_entry(inode: int, name: str, mode: int, data: bytes) -> bytes:
+@dataclass
+class Packed:
+    """What write_tree put into an archive: entries, bytes of file contents, and the
+    RAM the guest needs to hold them (a page per started 4 KiB, and about 1 KiB of
+    inode and name per entry)."""
+
+    entries: int = 0
+    data_bytes: int = 0
+    ram_bytes: int = 0
+
+
+def write_tree(out: BinaryIO, rootfs: Path, skip: frozenset[str] = frozenset(),
+               max_bytes: int | None = None, keep_owners: bool = False) -> Packed:
+    """Write the tree at `rootfs` (but its top-level names in `skip`) to `out` as newc
+    records with their modes, and (`keep_owners`) their owners and times; VMError
+    past `max_bytes` of contents.
+
+    What a layer may hold is untrusted: a regular file is opened with O_NOFOLLOW and
+    read exactly as long as its fstat says, never through a symlink; device nodes
+    are left out (the guest's /dev is its own devtmpfs, and overlayfs's 0:0
+    whiteouts must not reappear as files). A hard link (with keep_owners) is a
+    record with the inode number of the first name and no data: the kernel links
+    it to that name, as `ls -l` in the container counts it.
+    """
+    packed, first_names = Packed(), {}     # (device, inode) → its first record's number
+    for path in sorted(rootfs.rglob("*")):     # a parent sorts before its children
+        name = str(path.relative_to(rootfs))
+        if name.split("/")[0] in skip:
+            continue
+        info = path.lstat()
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            continue
+        linked = keep_owners and stat.S_ISREG(info.st_mode) and info.st_nlink > 1
+        first = first_names.setdefault((info.st_dev, info.st_ino), packed.entries + 1) if (
+            linked) else packed.entries + 1
+        size = info.st_size if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode) else 0
+        size = 0 if first <= packed.entries else size    # its data went with the first
+        if max_bytes is not None and packed.data_bytes + size > max_bytes:   # before reading
+            raise VMError(f"the image holds more than {max_bytes // 2**20} MiB of files, "
+                          "more than a VM boots from RAM (an initramfs) here")
+        data = b""
+        if stat.S_ISLNK(info.st_mode):
+            data = os.readlink(path).encode()
+        elif stat.S_ISREG(info.st_mode) and size:
+            info, data = _read_regular(path, size)
+        packed.entries += 1
+        packed.data_bytes += len(data)
+        packed.ram_bytes += -(-len(data) // 4096) * 4096 + 1024
+        # An image's files keep their owners; the busybox tree goes as root built it,
+        # in the four fields the course's exercise writes cpio_entry with.
+        kept = {"owner": (info.st_uid, info.st_gid), "mtime": int(info.st_mtime),
+                "links": info.st_nlink if linked else 1}
+        out.write(cpio_entry(first, name, info.st_mode, data, **(kept if keep_owners else {})))
+    return packed
+
+
+def _read_regular(path: Path, size: int) -> tuple[os.stat_result, bytes]:
+    """A regular file's status and its `size` bytes, never through a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as file:
+        info = os.fstat(fd)
+        data = file.read(size + 1) if stat.S_ISREG(info.st_mode) else b""
+    if not stat.S_ISREG(info.st_mode) or len(data) != size:
+        raise VMError(f"{path} changed while it was packed")
+    return info, data
+
+
+def cpio_entry(inode: int, name: str, mode: int, data: bytes, owner: tuple[int, int] = (0, 0),
+               mtime: int = 0, links: int = 1) -> bytes:
     """One newc record: "070701", 13 fields of 8 hex digits (inode, mode, uid, gid,
     nlink, mtime, size, 4 device numbers, name size, checksum), the name and a NUL,
     padding to a multiple of 4, the data, padding again."""
     encoded = name.encode() + b"\0"
-    fields = [inode, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
+    fields = [inode, mode, *owner, links, mtime & 0xFFFFFFFF, len(data), 0, 0, 0, 0,
+              len(encoded), 0]
     header = b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
     header += b"\0" * (-len(header) % 4)
     return header + data + b"\0" * (-len(data) % 4)
 
 
+def trailer() -> bytes:
+    """The record that ends one archive (the kernel reads on: another may follow)."""
+    return cpio_entry(0, "TRAILER!!!", 0, b"")
+
+
 # -- the guest's /init ------------------------------------------------------------------------
 # Templates with @NAME@ slots: `$` is the shell's, so string.Template would not do.
 
-INIT = """#!/bin/sh
+INIT = """#!@SHELL@
 # PID 1 of the guest: say when the kernel handed over, mount the kernel's own
 # filesystems, say when ready, run the command, report, power off.
+@PREPARE@
 mount -t proc proc /proc
 echo "MC-INIT $(cut -d' ' -f1 /proc/uptime)"
 mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
@@ -91,8 +167,49 @@ def guest_init(command: str, modules: list[str] | None = None, keep: tuple[str, 
     host_files = modules is not None
     mounts = _fill(HOST_FILES, MODULES=_shell_words(modules or []),
                    KEEP=_shell_words(p for p in keep if p.startswith(("/tmp/", "/run/"))))
-    return _fill(INIT, HOST_FILES=mounts if host_files else "",
+    return _fill(INIT, SHELL="/bin/sh", PREPARE="", HOST_FILES=mounts if host_files else "",
                  ROOT="chroot $H" if host_files else "", COMMAND=shlex.quote(command))
+
+
+# -- the /init of an image from the store -----------------------------------------------------
+# An image need not have a busybox, nor `reboot` or `mount` (a python or debian image
+# has neither reboot nor a static shell), so the init runs on our own static busybox,
+# kept with the init in a directory of ours, /.minicontainer, that the kernel is told
+# to start from (rdinit=): the image's own /init, if it has one, stays untouched. The
+# command itself runs in the image's /bin/sh, with the image's Env in its working
+# directory, as `docker run IMAGE sh -c COMMAND` would (but as the guest's root: the
+# image's User is not applied yet).
+
+PRIVATE = ".minicontainer"             # our init and busybox, beside the image's files
+IMAGE_INIT = f"/{PRIVATE}/init"        # for the kernel's rdinit=
+INIT_APPLETS = ("sh", "mount", "mkdir", "cut", "env", "reboot")   # what INIT calls
+
+IMAGE_PREPARE = f"""export PATH=/{PRIVATE}/bin      # our busybox's applets, not the image's
+mkdir -p /proc /sys /dev /tmp           # an image need not have them"""
+
+
+def image_init(command: str, env: dict[str, str], workdir: str) -> str:
+    """The init script that runs `command` in an image, with `env` in `workdir`."""
+    variables = _shell_words(f"{name}={value}" for name, value in env.items())
+    return _fill(INIT, SHELL=f"/{PRIVATE}/bin/busybox sh", PREPARE=IMAGE_PREPARE,
+                 HOST_FILES="", ROOT=f"cd {shlex.quote(workdir)} && env -i {variables}",
+                 COMMAND=shlex.quote(command))
+
+
+@functools.lru_cache(maxsize=16)
+def image_init_archive(command: str, env: tuple[tuple[str, str], ...], workdir: str) -> bytes:
+    """A small archive of /.minicontainer: our busybox, links to the applets the init
+    uses, and the init running `command`; booted after the image's own archive."""
+    busybox = (default_rootfs() / "bin" / "busybox").read_bytes()
+    init = image_init(command, dict(env), workdir).encode()
+    records = [(PRIVATE, stat.S_IFDIR | 0o755, b""), (f"{PRIVATE}/bin", stat.S_IFDIR | 0o755, b""),
+               (f"{PRIVATE}/bin/busybox", stat.S_IFREG | 0o755, busybox),
+               *((f"{PRIVATE}/bin/{applet}", stat.S_IFLNK | 0o777, b"busybox")
+                 for applet in INIT_APPLETS),
+               (f"{PRIVATE}/init", stat.S_IFREG | 0o755, init)]
+    archive = b"".join(cpio_entry(inode, name, mode, data)
+                       for inode, (name, mode, data) in enumerate(records, start=1))
+    return gzip.compress(archive + trailer(), compresslevel=1, mtime=0)
 
 
 def _fill(template: str, **slots: str) -> str:

@@ -10,6 +10,10 @@ kernel hands over, "MC-READY <uptime>" when it is ready, runs its command, print
 clock tells where the boot time went (`Boot`). (Typing commands into a serial port
 under TCG loses characters; a command baked into the initramfs cannot be lost.)
 
+VM(image="alpine") boots an image from the store instead (image.py): its layers merged
+as the container's overlay shows them, packed once, with our own init and busybox on
+top; the command runs in the image's /bin/sh, with its Env and WorkingDir.
+
 Every VM is written down (state.write_vm) before anything of it exists, so that
 cleanup.py can stop its QEMU if this process dies without stop().
 """
@@ -26,15 +30,22 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import state
 from ..arguments import check_vm_options
-from ..errors import Timeout, VMError
+from ..errors import InvalidArgument, Timeout, VMError
 from ..host import cpu
+from ..images.config import check_workdir, environment_of
 from ..process import start_time
+from ..spec import PATH
 from . import qemu
-from .initramfs import IDLE, guest_initramfs
+from .image import packed_image
+from .initramfs import IDLE, IMAGE_INIT, guest_initramfs, image_init_archive
 from .kernel import Kernel, find_kernel, kernel_dir
+
+if TYPE_CHECKING:
+    from ..images.store import Image
 
 
 @dataclass
@@ -56,15 +67,21 @@ class VM:
         with VM() as vm:
             vm.boot()                             # up and idle, until stop()
 
+        with VM(image="alpine") as vm:           # an image from the store
+            code, output = vm.run("cat /etc/os-release")
+
     host_files=True boots the guest into the host's own files instead (read-only,
     over 9p): the host's programs on the guest's kernel.
     """
 
     def __init__(self, *, memory: str = "128M", cpus: int = 1, accel: str = "auto",
                  machine: str = "auto", kernel_args: str = "", host_files: bool = False,
-                 keep: tuple[str, ...] = (), kernel: Kernel | None = None) -> None:
-        """Check the arguments and find QEMU, a kernel and an accelerator; start nothing."""
+                 keep: tuple[str, ...] = (), kernel: Kernel | None = None,
+                 image: str | Image | None = None) -> None:
+        """Check the arguments and find QEMU, a kernel, an accelerator and the image
+        (a name in the store, or an Image; default: the busybox tree); start nothing."""
         self.memory = check_vm_options(memory, cpus, accel, machine)
+        self.image = stored_image(image, host_files) if image is not None else None
         self.qemu = qemu.find_qemu()
         self.kernel = kernel or find_kernel(need_modules=host_files)
         usable, self.accel_reason = qemu.accelerator() if accel != "tcg" else ("tcg", "asked for")
@@ -100,7 +117,7 @@ class VM:
         state.write_vm(self.id, record)
         self.scratch.mkdir(mode=0o700)
         initrd = self.scratch / "initramfs.gz"
-        initrd.write_bytes(self.initramfs(command))
+        self.write_initramfs(initrd, command)
         self._started = time.monotonic()
         self.process = subprocess.Popen(self.qemu_argv(initrd), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -155,9 +172,30 @@ class VM:
     # -- the pieces -----------------------------------------------------------------------
 
     def initramfs(self, command: str) -> bytes:
-        """The archive this VM boots from: the image, and an /init that runs `command`."""
+        """The archive this VM boots from: the busybox tree, and an /init that runs
+        `command` (an image's: see write_initramfs)."""
         return guest_initramfs(command, self.kernel.modules if self.host_files else None,
                                self.keep)
+
+    def write_initramfs(self, initrd: Path, command: str) -> None:
+        """Write the archive this VM boots from to `initrd`: for an image, its packed
+        tree (cached: packed on the first boot only), then our init's own archive."""
+        if self.image is None:
+            initrd.write_bytes(self.initramfs(command))
+            return
+        packed = packed_image(self.image, self.scratch)
+        if packed.memory_needed() > self.memory:
+            needed = -(-packed.memory_needed() // 2**20)
+            raise VMError(f"image {self.image.name} needs a VM of at least {needed}M: its "
+                          f"{packed.packed.ram_bytes // 2**20} MiB of files live in the "
+                          "guest's RAM (an initramfs's tmpfs, at most half of it): give "
+                          f"memory=\"{needed}M\", or run the image in a container")
+        shutil.copyfile(packed.archive, initrd)
+        settings = self.image.config.get("config") or {}
+        env = {"PATH": PATH, "HOME": "/root", **environment_of(settings.get("Env") or [])}
+        workdir = check_workdir(settings.get("WorkingDir") or "/")
+        with open(initrd, "ab") as out:
+            out.write(image_init_archive(command, tuple(env.items()), workdir))
 
     def qemu_argv(self, initrd: Path) -> list[str]:
         """QEMU's command line for this VM, booting from `initrd`."""
@@ -166,8 +204,14 @@ class VM:
         return [self.qemu, *machine,
                 *qemu.hardware_options(self.accel, self.memory, self.cpus),
                 *qemu.SERIAL_CONSOLE_ONLY,
-                *qemu.direct_boot_options(image, initrd, self.kernel_args),
+                *qemu.direct_boot_options(image, initrd, self.kernel_arguments()),
                 *(qemu.HOST_ROOT_SHARE if self.host_files else [])]
+
+    def kernel_arguments(self) -> str:
+        """The guest kernel's extra command line: the caller's, and for an image, where
+        our init is (the image's own /init, if any, is not ours to run)."""
+        return f"{self.kernel_args} rdinit={IMAGE_INIT}".strip() if self.image else (
+            self.kernel_args)
 
     def _read_console(self) -> None:
         """Queue QEMU's output line by line (a thread); None when QEMU has exited."""
@@ -209,6 +253,15 @@ class VM:
     def tail(self, lines: int = 15) -> str:
         """The last `lines` lines the guest printed, for error messages."""
         return "\n".join(self.console[-lines:])
+
+
+def stored_image(image: str | Image, host_files: bool) -> Image:
+    """The image to boot, found in the store (its layers unpacked); InvalidArgument with
+    host_files, which boots the host's files instead."""
+    from ..images.store import Image, Store     # only when asked: importing VM stays quick
+    if host_files:
+        raise InvalidArgument("give an image or host_files=True, not both")
+    return image if isinstance(image, Image) else Store().image(image)
 
 
 def choose_machine(kernel: Kernel, accel: str) -> str:
