@@ -117,8 +117,8 @@ print("\n".join(tar_tv(store.blob_path(lesson_manifest["layers"][1]["digest"])))
 # %% [markdown]
 # overlayfs, which stacks the layers for a container, does not read aufs's `.wh.` names:
 # it has a mark of its own, a *character device numbered 0:0*. The store converts
-# whiteouts when it unpacks a layer (`minicontainer/images/layers.py`). On the host,
-# the unpacked top layer:
+# whiteouts when it unpacks a layer (`minicontainer/images/layers.py`), as Docker's
+# overlay2 driver does while it reads the tarball. On the host, the unpacked top layer:
 
 # %%
 top_unpacked = lesson.layers[1]
@@ -195,11 +195,12 @@ reference = lab.push(store, "lesson:1", "lesson/whiteout:1")
 print("pushed:", reference)
 
 # %% [markdown]
-# `minicontainer pull` takes four steps (`minicontainer/images/registry.py` says each
-# with the curl command that does it). Every HTTP request below is printed as it is made.
+# `minicontainer pull` takes the steps `minicontainer/images/registry.py` lists, each
+# with the curl command that does it. Every HTTP request below is printed as it is made.
 #
 # **Step 1:** is this a v2 registry, and may we come in? (Docker Hub answers 401 and
-# where to get a token.) **Step 3:** the manifest, by tag.
+# where to get a token: step 2. This registry asks for no login.) **Step 3:** the
+# manifest, by tag.
 
 # %%
 from minicontainer.images import registry
@@ -216,9 +217,23 @@ print(json.dumps(pulled_manifest.document, indent=2))
 #
 # skopeo gzipped our plain tar layers on the way in (registries serve compressed layers),
 # and a digest names bytes: other bytes, other digest. The config's `diff_ids` still
-# name the uncompressed trees, which did not change.
+# name the uncompressed trees, which did not change: the config keeps its digest.
 # </details>
-#
+
+# %%
+def short(descriptor: dict) -> str:
+    """A descriptor in one line: its digest (abridged), its size, what it is."""
+    kind = descriptor["mediaType"].rsplit(".", 1)[1]      # tar, tar+gzip, v1+json
+    return f"{descriptor['digest'][7:19]}… {descriptor['size']:>9,} bytes, {kind:8}"
+
+
+for ours, theirs in zip(lesson_manifest["layers"], pulled_manifest.document["layers"],
+                        strict=True):
+    print("layer   ours:", short(ours), "  the registry's:", short(theirs))
+print("config  ours:", short(lesson_manifest["config"]), "  the registry's:",
+      short(pulled_manifest.document["config"]))
+
+# %% [markdown]
 # **Step 4:** each blob by its digest, hashed as it arrives and kept only if it matches.
 
 # %%

@@ -83,7 +83,7 @@ def layer_sharing_figure(disk: dict[str, int]) -> Figure:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlim(0, max(kib) * 1.3)
     axes.set_xlabel("disk used, KiB (du)")
-    axes.set_title("Two containers of one image: the layers once, a small upper each")
+    axes.set_title("One image, two containers: the layers once, an upper each")
     figure.tight_layout()
     return figure
 
@@ -93,6 +93,6 @@ def show(figure: Figure, alt: str) -> None:
     reader, kept in the HTML handout), and close it."""
     from IPython.display import Image, display
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     display(Image(data=buffer.getvalue(), format="png", alt=alt))
