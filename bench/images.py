@@ -10,7 +10,8 @@ busybox image.
 The image is the busybox layer and LAYERS more, each FILES files of FILE_KIB KiB (half
 random bytes, half text, so gzip has something to do), built here and pushed with
 skopeo (which gzips it): no internet. Runs alternate between the two sides, so drift
-hits both alike.
+hits both alike. Not quite the same work: umoci also writes an mtree listing of the
+tree (for a later repack) and a runtime config.json; skopeo's copy is two processes.
 """
 from __future__ import annotations
 

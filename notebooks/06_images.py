@@ -38,7 +38,6 @@
 import hashlib
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 
 from minicontainer import Container
@@ -47,7 +46,7 @@ from minicontainer.course import imagelab, plots
 from minicontainer.images.store import Store, busybox_image
 
 cleanup()                              # what a killed earlier run left (a dead owner's only)
-work = tempfile.TemporaryDirectory()   # an earlier run's goes when this replaces it
+work = imagelab.scratch()              # a temporary directory; an earlier run's goes
 store = Store(Path(work.name) / "images")
 busybox = busybox_image(store)
 print(busybox.name, "\n  manifest", busybox.digest)

@@ -81,14 +81,22 @@ def test_a_second_lesson_registry_stops_the_first_and_stop_twice_is_harmless():
     assert imagelab.LocalRegistry.running is None
 
 
-def test_a_killed_kernel_takes_its_registry_with_it():
-    """As a Jupyter kernel killed by the stop button twice, or by a crash."""
+def test_a_killed_kernel_takes_its_registry_along_and_the_next_run_its_files():
+    """As a Jupyter kernel killed by a restart, or by a crash: no clean-up of its own."""
     owner = subprocess.Popen([sys.executable, "-c",
                               "from minicontainer.course import imagelab; import time; "
-                              "print(imagelab.LocalRegistry().start().server.pid, flush=True); "
+                              "lab = imagelab.LocalRegistry().start(); "
+                              "work = imagelab.scratch(); "
+                              "print(lab.server.pid, lab.directory.name, work.name, flush=True); "
                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
-    pid = int(owner.stdout.readline())
-    assert alive(pid)
+    pid, *directories = owner.stdout.readline().split()
+    assert alive(int(pid)) and all(map(os.path.isdir, directories))
     owner.send_signal(signal.SIGKILL)
     owner.wait()
-    assert gone_within(pid, 5), "the registry outlived the process that started it"
+    assert gone_within(int(pid), 5), "the registry outlived the process that started it"
+    mine = imagelab.scratch()
+    try:
+        assert not any(map(os.path.exists, directories)), "a dead process's files stayed"
+        assert Path(mine.name).is_dir()
+    finally:
+        mine.cleanup()

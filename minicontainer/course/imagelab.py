@@ -15,9 +15,13 @@ Notebooks are interrupted and run again, so nothing here may outlive its use:
 starting a LocalRegistry stops the one this process started before (one at a time),
 stop() may be called any number of times, and the server dies with the process that
 started it (`setpriv --pdeathsig KILL`), so even a killed kernel leaves none running.
+Files go in scratch() directories, named after the process that made them (pid and
+start time, as a container's record names its owner): removed with their object or
+when the process exits, and, if it was killed, by the next scratch() on this machine.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from .. import process
 from ..errors import ImageError, ToolFailed
 from ..images import archives, layers
 from ..images.archives import Blob, Contents, digest_of, json_bytes
@@ -38,6 +43,18 @@ from ..images.store import Image, Store
 
 TOOLS = ("docker-registry", "skopeo")
 STARTUP_SECONDS = 20
+SCRATCH = "imagelab-"              # imagelab-<pid>-<start time>-<random>, in $TMPDIR
+
+
+def scratch() -> tempfile.TemporaryDirectory:
+    """A new temporary directory of this process's (after removing those whose process
+    is gone: a killed kernel runs no clean-up of its own)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH}*"):
+        _, pid, started, _ = (path.name.split("-", 3) + ["", "", ""])[:4]
+        if not (pid.isdigit() and str(process.start_time(int(pid))) == started):
+            shutil.rmtree(path, ignore_errors=True)
+    me = os.getpid()
+    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH}{me}-{process.start_time(me)}-")
 
 
 class LocalRegistry:
@@ -62,7 +79,7 @@ class LocalRegistry:
             LocalRegistry.running.stop()
         LocalRegistry.running = self
         try:
-            self.directory = tempfile.TemporaryDirectory()
+            self.directory = scratch()
             port = free_port()
             config = Path(self.directory.name) / "config.yml"
             config.write_text(json.dumps({         # JSON is YAML too
@@ -71,6 +88,8 @@ class LocalRegistry:
                 "storage": {"filesystem": {"rootdirectory": f"{self.directory.name}/storage"}}}))
             log = open(Path(self.directory.name) / "registry.log", "wb")
             with log:
+                # PR_SET_PDEATHSIG: killed when the thread that started it ends (in a
+                # notebook the kernel's main thread, which runs the cells).
                 self.server = subprocess.Popen(
                     ["setpriv", "--pdeathsig", "KILL", "--",
                      "docker-registry", "serve", str(config)],
@@ -128,7 +147,7 @@ class LocalRegistry:
         """Push the store's image `name` to this registry as `destination`
         (repository:tag) with skopeo; return the reference to pull it by."""
         image = store.image(name)
-        with tempfile.TemporaryDirectory() as work:
+        with scratch() as work:
             layout = save_layout(store, image, Path(work) / "layout")
             skopeo(["copy", "--dest-tls-verify=false", f"oci:{layout}:push",
                     f"docker://{self.address}/{destination}"], Path(work))
@@ -180,14 +199,14 @@ def add_layer(store: Store, base: str, tree: Path, name: str, comment: str) -> I
         layers.pack(tree, layer, owner=(0, 0))
         size = layer.tell()
         layer.seek(0)
-        layer_digest = digest_of(layer.read())    # uncompressed: its digest is its diff_id
+        layer_digest = "sha256:" + hashlib.file_digest(layer, "sha256").hexdigest()
 
         def chunks():
             layer.seek(0)
             while chunk := layer.read(archives.CHUNK):
                 yield chunk
         config = json.loads(json.dumps(parent.config))
-        config["rootfs"]["diff_ids"].append(layer_digest)
+        config["rootfs"]["diff_ids"].append(layer_digest)   # uncompressed: the same digest
         config.setdefault("history", []).append({"created": config.get("created", ""),
                                                  "created_by": comment})
         config_bytes = json_bytes(config)
