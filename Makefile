@@ -30,6 +30,7 @@ bench:
 	@MAKE_TARGET=bench bash scripts/setup.sh bench
 	$(PY) bench/start_time.py
 	$(PY) bench/load.py
+	$(PY) bench/images.py
 
 doctor: setup
 	$(PY) -m minicontainer doctor

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Make this machine ready for minicontainer: Debian packages, .venv, the busybox image.
 # Shared by `make setup`, the Vagrantfile and CI. Idempotent: when nothing is missing
-# it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun and
-# runc; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant,
-# a registry server and image tools).
+# it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun,
+# runc and umoci; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant,
+# umoci and htpasswd for the registry's tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,9 +21,10 @@ case "$(uname -m)" in
   aarch64) qemu=qemu-system-arm ;;
   *) fail "unsupported CPU $(uname -m): use the Vagrant VM" ;;
 esac
-packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu"
-[ "${1:-}" = bench ] && packages="$packages crun runc"
-[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux docker-registry skopeo umoci apache2-utils"
+# The images lesson (06) starts a real registry on 127.0.0.1 and pushes to it with skopeo.
+packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu docker-registry skopeo"
+[ "${1:-}" = bench ] && packages="$packages crun runc umoci"
+[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux umoci apache2-utils"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

@@ -24,6 +24,7 @@ def host_objects() -> dict[str, list[str]]:
     qemu = [p.name for p in alive if _comm(p).startswith("qemu-system")]
     proxies = [p.name for p in alive if b"minicontainer.proxy" in _cmdline(p)]
     keepers = [p.name for p in alive if b"minicontainer.console" in _cmdline(p)]
+    registries = [p.name for p in alive if _comm(p) == "docker-registry"]
     return {
         "links": sorted(n for n in os.listdir("/sys/class/net") if n.startswith("mc-")),
         "netns": [n for n in netns if n.startswith("mc-")],
@@ -36,6 +37,7 @@ def host_objects() -> dict[str, list[str]]:
         "qemu processes": qemu,
         "port proxies": proxies,
         "terminal keepers": keepers,
+        "registry servers": registries,
         "firewall rules": firewall_rules(),
         "binfmt handlers": sorted(p.name for p in Path("/proc/sys/fs/binfmt_misc").glob("mc-*")),
         "binfmt_misc mounted": [line for line in Path("/proc/self/mounts").read_text().splitlines()

@@ -25,8 +25,10 @@ from jupyter_client.manager import start_new_kernel
 from hostcheck import host_objects
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-# What starts something on the host: a container, a network, a VM, the lab, a check.
-CREATES = re.compile(r"\b(Container|run|VM|run_lab|grade|compare|create)\(|measure\.\w+\(")
+# What starts something on the host: a container, a network, a VM, the lab, a check, a
+# registry.
+CREATES = re.compile(r"\b(Container|run|VM|run_lab|grade|compare|create|LocalRegistry)\("
+                     r"|measure\.\w+\(")
 CELL_TIMEOUT = 240
 
 

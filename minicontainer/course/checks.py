@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -258,6 +259,85 @@ def your_attack_is_stopped_by_the_pid_namespace_alone(student) -> None:
            "exit 0 only when /proc/$PID/cmdline mentions mc-escape-target")
 
 
+# -- 06 images -------------------------------------------------------------------------------
+
+def unpacked_layer(files: dict[str, bytes]) -> Path:
+    """A layer as a plain `tar x` leaves it: these files (whiteouts are empty ones), in a
+    new temporary directory (the grader's own, removed after the check)."""
+    layer = Path(tempfile.mkdtemp(prefix="layer-"))
+    for name, content in files.items():
+        (layer / name).parent.mkdir(parents=True, exist_ok=True)
+        (layer / name).write_bytes(content)
+    return layer
+
+
+def kind_of(path: Path) -> str:
+    """What is at `path`, in words a hint can use: missing, a file, a 0:0 device..."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return "nothing"
+    if stat.S_ISCHR(found.st_mode):
+        return f"a character device {os.major(found.st_rdev)}:{os.minor(found.st_rdev)}"
+    return "a directory" if stat.S_ISDIR(found.st_mode) else "a file"
+
+
+def whiteout_files_become_0_0_devices(student) -> None:
+    """student.convert_whiteouts turns `.wh.NAME` into a 0:0 character device NAME, at
+    any depth, and removes the `.wh.` file."""
+    layer = unpacked_layer({"etc/.wh.hostname": b"", "etc/motd": b"kept\n", ".wh.home": b""})
+    student.convert_whiteouts(layer)
+    expect("etc/.wh.hostname after converting", "nothing", kind_of(layer / "etc/.wh.hostname"),
+           "remove each .wh. file: overlayfs would show it as an ordinary file")
+    expect("etc/hostname after converting", "a character device 0:0",
+           kind_of(layer / "etc/hostname"),
+           "os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0)), named without the .wh.")
+    expect("home (from .wh.home, at the layer's top)", "a character device 0:0",
+           kind_of(layer / "home"), "whiteouts can be anywhere: walk every directory")
+    expect("etc/motd, not a whiteout", "a file", kind_of(layer / "etc/motd"),
+           "leave every other file as it is")
+
+
+def an_opaque_marker_becomes_an_xattr(student) -> None:
+    """student.convert_whiteouts turns `.wh..wh..opq` into trusted.overlay.opaque=y on
+    its directory, keeping the directory's other files."""
+    layer = unpacked_layer({"srv/.wh..wh..opq": b"", "srv/new": b"new\n"})
+    student.convert_whiteouts(layer)
+    expect("srv/.wh..opq", "nothing", kind_of(layer / "srv/.wh..opq"),
+           ".wh..wh..opq is no whiteout of a file named .wh..opq: test for it first")
+    expect("srv/.wh..wh..opq after converting", "nothing",
+           kind_of(layer / "srv/.wh..wh..opq"), "remove the marker file too")
+    try:
+        mark = os.getxattr(layer / "srv", "trusted.overlay.opaque")
+    except OSError:
+        mark = None
+    expect("the xattr trusted.overlay.opaque of srv", b"y", mark,
+           "os.setxattr(directory, 'trusted.overlay.opaque', b'y') on the marker's directory")
+    expect("srv/new, the layer's own file", "a file", kind_of(layer / "srv/new"),
+           "an opaque directory hides the layers below, never its own files")
+
+
+def a_container_sees_your_layer_as_docker_would(student) -> None:
+    """Layers busybox, then one with /srv/old and /etc/motd, then one converted by
+    student.convert_whiteouts (deleting /etc/hostname, /srv made opaque, /srv/new):
+    overlayfs, mounted for a real container, shows what `docker run` would."""
+    from ..images.store import Image, Store, busybox_image
+    busybox = busybox_image(Store(Path(tempfile.mkdtemp(prefix="images-")))).layers[0]
+    middle = unpacked_layer({"srv/old": b"old\n", "srv/sub/deep": b"deep\n",
+                             "etc/motd": b"from the middle layer\n"})
+    top = unpacked_layer({"etc/.wh.hostname": b"", "srv/.wh..wh..opq": b"", "srv/new": b"new\n"})
+    student.convert_whiteouts(top)
+    image = Image("graded", "sha256:" + "0" * 64, {}, {}, [busybox, middle, top])
+    seen = run("ls -A /srv; echo --; ls -A /etc", image=image)
+    srv, _, etc = seen.stdout.partition("--")
+    said = f" (the container's stderr: {seen.stderr.strip()[-200:]})" if seen.stderr.strip() else ""
+    expect("ls -A /srv in the container", ["new"], srv.split(),
+           "the files of the layer below must not show through an opaque /srv" + said)
+    expected_etc = sorted({*os.listdir(busybox / "etc"), "motd"} - {"hostname"})
+    expect("ls -A /etc in the container", expected_etc, sorted(etc.split()),
+           "busybox's /etc, with the middle layer's motd, without the deleted hostname" + said)
+
+
 CHECKS = {
     "01": [chroot_makes_the_image_the_root, a_root_process_climbs_out_of_a_chroot,
            pivot_root_stops_the_same_escape],
@@ -268,6 +348,8 @@ CHECKS = {
     "04": [addresses_come_in_order, two_containers_talk_with_your_addresses],
     "07": [one_record_is_byte_for_byte_right, busybox_cpio_reads_your_archive,
            a_vm_boots_from_your_archive],
+    "06": [whiteout_files_become_0_0_devices, an_opaque_marker_becomes_an_xattr,
+           a_container_sees_your_layer_as_docker_would],
     "05": [capability_masks_are_the_kernels, your_mask_is_what_a_default_container_holds,
            your_attack_is_stopped_by_the_pid_namespace_alone],
 }

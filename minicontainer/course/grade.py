@@ -26,7 +26,8 @@ from ..cleanup import cleanup
 from ..errors import StepFailed
 
 FILES = {"01": "ex01_chroot", "02": "ex02_namespaces", "03": "ex03_cgroups",
-         "04": "ex04_networking", "05": "ex05_security", "07": "ex07_initramfs"}
+         "04": "ex04_networking", "05": "ex05_security", "06": "ex06_images",
+         "07": "ex07_initramfs"}
 TIMEOUT = 180
 
 

@@ -4,12 +4,15 @@ Each function returns a Figure: a notebook shows it, `minicontainer compare` sav
 """
 from __future__ import annotations
 
+import io
+
 import matplotlib
 
 if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
     matplotlib.use("Agg")            # no screen needed (CLI, CI); notebooks keep inline
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 MiB = 1024**2
 COLORS = {"container": "#2a7ab9", "vm": "#d9622b"}
@@ -66,3 +69,30 @@ def overprovision_figure(overprovision: dict) -> Figure:
     axes.legend(fontsize="small")
     figure.tight_layout()
     return figure
+
+
+def layer_sharing_figure(disk: dict[str, int]) -> Figure:
+    """Disk taken by an image's layers (stored once) beside each container's own upper
+    layer; `disk` maps a bar's label to bytes, the layers first."""
+    figure, axes = plt.subplots(figsize=(7, 3))
+    labels, kib = list(disk), [disk[label] / 1024 for label in disk]
+    colors = ["grey"] + [COLORS["container"]] * (len(labels) - 1)
+    bars = axes.barh(labels, kib, color=colors)
+    axes.bar_label(bars, [f"{k:,.0f} KiB" for k in kib], padding=3)
+    axes.invert_yaxis()                       # the layers on top, as overlayfs draws them
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlim(0, max(kib) * 1.3)
+    axes.set_xlabel("disk used, KiB (du)")
+    axes.set_title("One image, two containers: the layers once, an upper each")
+    figure.tight_layout()
+    return figure
+
+
+def show(figure: Figure, alt: str) -> None:
+    """Show `figure` in a notebook as a PNG with alt text (read aloud by a screen
+    reader, kept in the HTML handout), and close it."""
+    from IPython.display import Image, display
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    display(Image(data=buffer.getvalue(), format="png", alt=alt))
