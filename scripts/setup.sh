@@ -3,7 +3,8 @@
 # Shared by `make setup`, the Vagrantfile and CI. Idempotent: when nothing is missing
 # it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun and
 # runc; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant,
-# a registry server and image tools).
+# a registry server and image tools); `scripts/setup.sh slides` npm and a pinned reveal.js
+# for `make slides` (the test suite gets it too: tests/test_slides.py builds a deck).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ esac
 packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu"
 [ "${1:-}" = bench ] && packages="$packages crun runc"
 [ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux docker-registry skopeo umoci apache2-utils"
+case "${1:-}" in slides|test) packages="$packages npm" ;; esac
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
@@ -76,3 +78,20 @@ fi
 # The other CPU's busybox and qemu-user, for the architecture lesson (unpacked, not installed).
 .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()' ||
   { apt-get update -qq; .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()'; }
+
+# reveal.js for offline slides: the npm package, pinned and checked, unpacked into the
+# cache (not installed: nothing of it runs here, a browser loads it beside the slides).
+if [ "${1:-}" = slides ] || [ "${1:-}" = test ]; then
+  reveal_version=5.2.1   # as minicontainer/course/slides.py's REVEAL_VERSION
+  reveal_sha256=359b575dd51bbda32f89b2fd4c7dc46ad7389a805572158916c29252f7a27333
+  reveal_dir=${MINICONTAINER_CACHE:-/var/cache/minicontainer}/reveal.js-$reveal_version
+  if [ ! -f "$reveal_dir/package/dist/reveal.js" ]; then
+    rm -rf "$reveal_dir.partial" && mkdir -p "$reveal_dir.partial"
+    (cd "$reveal_dir.partial" && npm pack --silent "reveal.js@$reveal_version" >/dev/null)
+    echo "$reveal_sha256  $reveal_dir.partial/reveal.js-$reveal_version.tgz" | sha256sum -c --quiet ||
+      fail "reveal.js $reveal_version from npm is not the pinned one"
+    tar -xzf "$reveal_dir.partial/reveal.js-$reveal_version.tgz" -C "$reveal_dir.partial" --no-same-owner
+    rm -rf "$reveal_dir" && mv "$reveal_dir.partial" "$reveal_dir"
+    echo "setup: reveal.js $reveal_version in $reveal_dir"
+  fi
+fi
