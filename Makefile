@@ -1,7 +1,7 @@
 # minicontainer: every target installs what it needs first (as root).
 PY := .venv/bin/python
 
-.PHONY: setup lab test test-cgroup-v2 check html compare bench doctor clean
+.PHONY: setup lab test test-cgroup-v2 check html slides figures compare bench doctor clean
 
 setup:
 	@MAKE_TARGET=$(or $(MAKECMDGOALS),setup) bash scripts/setup.sh
@@ -22,6 +22,15 @@ check: setup
 html: setup
 	MINICONTAINER_EXERCISES=$(CURDIR)/solutions $(PY) -m jupyter nbconvert --execute \
 	  --to html --output-dir build/html notebooks/*.ipynb
+
+# The notebooks as reveal.js slides that work offline (reveal.js: a pinned local copy).
+slides:
+	@MAKE_TARGET=slides bash scripts/setup.sh slides
+	$(PY) -m minicontainer.course.slides --output-dir build/slides notebooks/*.ipynb
+
+# The instructor pack's figures, drawn by code (minicontainer/course/plots.py).
+figures: setup
+	$(PY) -m minicontainer.course.plots docs
 
 compare: setup
 	$(PY) -m minicontainer compare $(if $(QUICK),--quick)

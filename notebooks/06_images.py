@@ -173,9 +173,7 @@ with Container(["sleep", "60"], image=lesson) as a, Container(["sleep", "60"], i
             "A's upper": imagelab.disk_use(a.data / "upper"),
             "B's upper": imagelab.disk_use(b.data / "upper")}
 
-plots.show(plots.layer_sharing_figure(disk),
-           alt="Bar chart of disk use: " + "; ".join(
-               f"{label} {size // 1024} KiB" for label, size in disk.items()))
+plots.layer_sharing_figure(disk)
 
 # %% [markdown]
 # Ten containers of one image store its files once, and start without copying them:

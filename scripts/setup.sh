@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Make this machine ready for minicontainer: Debian packages, .venv, the busybox image.
 # Shared by `make setup`, the Vagrantfile and CI. Idempotent: when nothing is missing
-# it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun,
-# runc and umoci; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant,
-# umoci and htpasswd for the registry's tests).
+# it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun, runc
+# and umoci; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant,
+# umoci and htpasswd for the registry's tests, a pinned reveal.js for tests/test_slides.py);
+# `scripts/setup.sh slides` the pinned reveal.js for `make slides`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,3 +78,23 @@ fi
 # The other CPU's busybox and qemu-user, for the architecture lesson (unpacked, not installed).
 .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()' ||
   { apt-get update -qq; .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()'; }
+
+# reveal.js for offline slides: the npm package, pinned and checked, unpacked into the
+# cache (not installed: nothing of it runs here, a browser loads it beside the slides).
+if [ "${1:-}" = slides ] || [ "${1:-}" = test ]; then
+  reveal_version=5.2.1   # as minicontainer/course/slides.py's REVEAL_VERSION
+  reveal_sha256=359b575dd51bbda32f89b2fd4c7dc46ad7389a805572158916c29252f7a27333
+  reveal_dir=${MINICONTAINER_CACHE:-/var/cache/minicontainer}/reveal.js-$reveal_version
+  if [ ! -f "$reveal_dir/package/dist/reveal.js" ]; then
+    rm -rf "$reveal_dir.partial" && mkdir -p "$reveal_dir.partial"
+    # The npm registry's tarball, fetched as npm would (no node or npm needed for it).
+    .venv/bin/python -c 'import sys, urllib.request; urllib.request.urlretrieve(*sys.argv[1:])' \
+      "https://registry.npmjs.org/reveal.js/-/reveal.js-$reveal_version.tgz" \
+      "$reveal_dir.partial/reveal.js-$reveal_version.tgz"
+    echo "$reveal_sha256  $reveal_dir.partial/reveal.js-$reveal_version.tgz" | sha256sum -c --quiet ||
+      fail "reveal.js $reveal_version from npm is not the pinned one"
+    tar -xzf "$reveal_dir.partial/reveal.js-$reveal_version.tgz" -C "$reveal_dir.partial" --no-same-owner
+    rm -rf "$reveal_dir" && mv "$reveal_dir.partial" "$reveal_dir"
+    echo "setup: reveal.js $reveal_version in $reveal_dir"
+  fi
+fi

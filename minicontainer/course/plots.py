@@ -1,42 +1,96 @@
 """The comparison's figures, drawn with matplotlib from measure.py's plain data.
 
 Each function returns a Figure: a notebook shows it, `minicontainer compare` saves it.
+Every figure is finished by `finish()`, which gives it alt text, a sentence that says
+what the picture shows in numbers, for a reader who cannot see it, and whole-number
+ticks on any axis that counts things (no "2.5 containers").
+
+Where the alt text goes: a PNG in a notebook output has no place for one (Jupyter's
+image/png output and nbconvert's template ignore metadata such as `alt`, and nbconvert
+fills every <img> without one with "No description has been provided"). So a
+`DescribedFigure` also offers IPython an HTML form of itself, `<img alt="...">`: JupyterLab
+and `make html` prefer text/html to image/png, so the handout's <img> carries our text,
+which is what a screen reader reads. `python -m minicontainer.course.plots docs` saves the
+instructor pack's stack diagram, with its alt text in the SVG's <title> and <desc>.
 """
 from __future__ import annotations
 
+import base64
+import html
 import io
+import sys
+from pathlib import Path
 
 import matplotlib
 
 if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
     matplotlib.use("Agg")            # no screen needed (CLI, CI); notebooks keep inline
 from matplotlib import pyplot as plt
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
 from matplotlib.ticker import MaxNLocator
+
+from .. import cgroups, namespaces, security
 
 MiB = 1024**2
 COLORS = {"container": "#2a7ab9", "vm": "#d9622b"}
 
 
-def start_time_figure(start_time: dict) -> Figure:
-    """Start-to-exit of `true`, every run a dot, on a log axis: milliseconds vs seconds."""
-    figure, axes = plt.subplots(figsize=(7, 3))
-    for row, side in enumerate(("container", "vm")):
-        times = start_time[side]
-        axes.scatter(times, [row] * len(times), alpha=0.6, color=COLORS[side])
-        axes.plot([sorted(times)[len(times) // 2]] * 2, [row - 0.25, row + 0.25], color="black")
-    axes.set_xscale("log")
-    axes.set_yticks([0, 1], ["container", f"VM ({start_time.get('vm_accel', '?')})"])
-    axes.set_ylim(-0.6, 1.6)
-    axes.set_xlabel("start to exit of `true`, seconds (log scale; bar: median)")
-    axes.set_title("Starting a container vs booting a VM, same image")
+class DescribedFigure(Figure):
+    """A matplotlib Figure that carries alt text and shows itself as an <img> with it."""
+
+    alt_text = ""
+
+    def _repr_html_(self) -> str:
+        """The figure as a PNG <img> whose alt attribute is the figure's alt text."""
+        png = io.BytesIO()
+        self.savefig(png, format="png", bbox_inches="tight")
+        data = base64.b64encode(png.getvalue()).decode()
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(self.alt_text)}">'
+
+
+def described_subplots(figsize: tuple[float, float], **subplots) -> tuple[DescribedFigure, object]:
+    """A DescribedFigure and its axes, as plt.subplots makes them."""
+    return plt.subplots(figsize=figsize, FigureClass=DescribedFigure, **subplots)
+
+
+def finish(figure: DescribedFigure, alt: str, counts: tuple[Axis, ...] = ()) -> DescribedFigure:
+    """Give a figure its alt text and whole-number ticks on the axes that count, lay it out."""
+    for axis in counts:
+        axis.set_major_locator(MaxNLocator(integer=True))
+    figure.alt_text = alt
     figure.tight_layout()
     return figure
 
 
+def median(values: list[float]) -> float:
+    """The middle value (the upper one of the two middles for an even count)."""
+    return sorted(values)[len(values) // 2]
+
+
+def start_time_figure(start_time: dict) -> Figure:
+    """Start-to-exit of `true`, every run a dot, on a log axis: milliseconds vs seconds."""
+    figure, axes = described_subplots((7, 3))
+    for row, side in enumerate(("container", "vm")):
+        times = start_time[side]
+        axes.scatter(times, [row] * len(times), alpha=0.6, color=COLORS[side])
+        axes.plot([median(times)] * 2, [row - 0.25, row + 0.25], color="black")
+    accelerator = start_time.get("vm_accel", "?")
+    axes.set_xscale("log")
+    axes.set_yticks([0, 1], ["container", f"VM ({accelerator})"])
+    axes.set_ylim(-0.6, 1.6)
+    axes.set_xlabel("start to exit of `true`, seconds (log scale; bar: median)")
+    axes.set_title("Starting a container vs booting a VM, same image")
+    container, vm = start_time["container"], start_time["vm"]
+    return finish(figure, f"Dot plot of start-to-exit times of `true` on a log scale: "
+                          f"{len(container)} container runs, median {median(container):.3f} s; "
+                          f"{len(vm)} VM boots under {accelerator}, median {median(vm):.2f} s.")
+
+
 def memory_figure(scaling: dict, per_instance: dict | None = None) -> Figure:
     """Host memory used against the number of idle instances."""
-    figure, axes = plt.subplots(figsize=(7, 3.5))
+    figure, axes = described_subplots((7, 3.5))
     for side, key in (("container", "containers"), ("vm", "vms")):
         points = scaling[key]
         axes.plot([n for n, _ in points], [used / MiB for _, used in points], "o-",
@@ -47,13 +101,17 @@ def memory_figure(scaling: dict, per_instance: dict | None = None) -> Figure:
         axes.set_title(f"One container: {per_instance['container']['pss'] / MiB:.1f} MiB PSS; "
                        f"one VM: {per_instance['vm']['pss'] / MiB:.0f} MiB PSS")
     axes.legend()
-    figure.tight_layout()
-    return figure
+    last = {key: scaling[key][-1] for key in ("containers", "vms")}
+    return finish(figure, "Line plot of host memory against idle instances: "
+                          f"{last['containers'][0]} containers cost "
+                          f"{last['containers'][1] / MiB:.0f} MiB, "
+                          f"{last['vms'][0]} VMs cost {last['vms'][1] / MiB:.0f} MiB.",
+                  counts=(axes.xaxis,))
 
 
 def overprovision_figure(overprovision: dict) -> Figure:
     """Memory in use over time: containers sharing a budget vs VMs holding their RAM."""
-    figure, axes = plt.subplots(figsize=(7, 3.5))
+    figure, axes = described_subplots((7, 3.5))
     containers, vms = overprovision["containers"], overprovision["vms"]
     axes.plot([t for t, _ in containers["timeline"]], [m / MiB for _, m in containers["timeline"]],
               color=COLORS["container"], label=f"{containers['k']} containers (one budget)")
@@ -67,32 +125,121 @@ def overprovision_figure(overprovision: dict) -> Figure:
     axes.set_ylabel("memory in use, MiB")
     axes.set_title("Over-provisioning: budgets that add up to more than there is")
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    return figure
+    peak = {side: max(m for _, m in runs["timeline"]) / MiB
+            for side, runs in (("containers", containers), ("vms", vms))}
+    return finish(figure, "Line plot of memory in use over time: "
+                          f"{containers['k']} containers under one "
+                          f"{containers['budget'] / MiB:.0f} MiB budget (their limits add up to "
+                          f"{containers['sum_of_limits'] / MiB:.0f} MiB) peak at "
+                          f"{peak['containers']:.0f} MiB; {vms['k']} VMs peak at "
+                          f"{peak['vms']:.0f} MiB of QEMU RSS.")
 
 
-def layer_sharing_figure(disk: dict[str, int]) -> Figure:
+
+def layer_sharing_figure(disk: dict[str, int]) -> DescribedFigure:
     """Disk taken by an image's layers (stored once) beside each container's own upper
     layer; `disk` maps a bar's label to bytes, the layers first."""
-    figure, axes = plt.subplots(figsize=(7, 3))
+    figure, axes = described_subplots((7, 3))
     labels, kib = list(disk), [disk[label] / 1024 for label in disk]
     colors = ["grey"] + [COLORS["container"]] * (len(labels) - 1)
     bars = axes.barh(labels, kib, color=colors)
     axes.bar_label(bars, [f"{k:,.0f} KiB" for k in kib], padding=3)
     axes.invert_yaxis()                       # the layers on top, as overlayfs draws them
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlim(0, max(kib) * 1.3)
     axes.set_xlabel("disk used, KiB (du)")
     axes.set_title("One image, two containers: the layers once, an upper each")
-    figure.tight_layout()
-    return figure
+    return finish(figure, "Bar chart of disk use: " + "; ".join(
+        f"{label} {size // 1024} KiB" for label, size in disk.items()), (axes.xaxis,))
+
+def box(axes, x: float, y: float, width: float, height: float, text: str, color: str) -> None:
+    """A rounded box with centred text, in the axes' 0..1 coordinates."""
+    axes.add_patch(FancyBboxPatch((x, y), width, height, facecolor=color, edgecolor="#333333",
+                                  boxstyle="round,pad=0.005,rounding_size=0.015", linewidth=0.8))
+    axes.text(x + width / 2, y + height / 2, text, ha="center", va="center", fontsize=8.5)
 
 
-def show(figure: Figure, alt: str) -> None:
-    """Show `figure` in a notebook as a PNG with alt text (read aloud by a screen
-    reader, kept in the HTML handout), and close it."""
-    from IPython.display import Image, display
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+def arrow(axes, top: float, bottom: float, x: float) -> None:
+    """A downward arrow between two boxes of Docker's chain."""
+    axes.annotate("", xy=(x, bottom), xytext=(x, top),
+                  arrowprops={"arrowstyle": "->", "color": "#333333"})
+
+
+def stack_figure() -> DescribedFigure:
+    """Container vs VM, layer by layer, and Docker's chain from the CLI down to the kernel."""
+    figure, (stacks, chain) = described_subplots((11, 5.2), ncols=2,
+                                         gridspec_kw={"width_ratios": [1.35, 1]})
+    light = {"container": "#d4e6f4", "vm": "#f7dccd", "shared": "#e4e4e4", "app": "#ffffff"}
+    kinds = " ".join(sorted(namespaces.DEFAULT))
+    controllers = " ".join(c for c in cgroups.NEEDED if c in ("memory", "cpu", "pids"))
+    refused = len(security.DENIED_SYSCALLS)
+    left, right, width = 0.02, 0.51, 0.47
+    for x, side in ((left, "a container"), (right, "a VM")):
+        stacks.text(x + width / 2, 0.97, side, ha="center", fontsize=11, weight="bold")
+        box(stacks, x, 0.84, width, 0.08, "the application", light["app"])
+        box(stacks, x, 0.73, width, 0.08, "its libraries and files (the image)", light["app"])
+    box(stacks, left, 0.27, width, 0.43,
+        f"namespaces: {kinds}\n(its own view of the machine)\n\n"
+        f"cgroups: {controllers}\n(its own budget)\n\n"
+        f"security: capabilities, no_new_privs,\nseccomp ({refused} calls refused)\n\n"
+        "all of it: settings of the host kernel,\nnot a layer that runs", light["container"])
+    box(stacks, right, 0.60, width, 0.10, "the guest's own kernel", light["vm"])
+    box(stacks, right, 0.46, width, 0.11,
+        "virtual hardware\n(a CPU, RAM, a serial console, virtio)", light["vm"])
+    box(stacks, right, 0.27, width, 0.16, "QEMU: one host process\n+ KVM (hardware-assisted)\n"
+        "or TCG (emulated, slower)", light["vm"])
+    box(stacks, left, 0.08, right + width - left, 0.16,
+        "the host's Linux kernel: one kernel for every container\n"
+        "(a kernel bug reaches them all); for a VM, only QEMU's and KVM's part of it",
+        light["shared"])
+    stacks.text(0.5, 0.01, "one kernel shared  vs  a kernel per VM", ha="center", fontsize=9,
+                style="italic")
+    steps = [("docker (the CLI)", "sends a REST request to the daemon's socket"),
+             ("dockerd (the daemon)", "images, networks, volumes, the API"),
+             ("containerd", "runs containers for the daemon, over gRPC"),
+             ("containerd-shim-runc-v2", "one per container: holds its stdio, reaps it"),
+             ("runc", "config.json → namespaces, cgroups, seccomp; then exits"),
+             ("the host's Linux kernel", "the container is one of its processes")]
+    chain.text(0.5, 0.97, "Docker's chain", ha="center", fontsize=11, weight="bold")
+    step_height, gap = 0.115, 0.037
+    for i, (name, does) in enumerate(steps):
+        y = 0.82 - i * (step_height + gap)
+        color = light["shared"] if i == len(steps) - 1 else light["container"]
+        box(chain, 0.05, y, 0.9, step_height, f"{name}\n{does}", color)
+        if i:
+            arrow(chain, y + step_height + gap, y + step_height, 0.5)
+    chain.text(0.5, 0.01, "minicontainer's Container() does runc's part", ha="center",
+               fontsize=9, style="italic")
+    for axes in (stacks, chain):
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.axis("off")
+    return finish(figure, "Two diagrams. Left: a container and a VM side by side. Both run "
+                  "the application on its libraries. The container's process is held only by "
+                  f"settings of the host kernel (namespaces: {kinds}; cgroups: {controllers}; "
+                  f"capabilities, no_new_privs and seccomp refusing {refused} calls) and runs "
+                  "directly on the host's Linux kernel, shared by every container. The VM's "
+                  "application runs on the guest's own kernel, on virtual hardware emulated by "
+                  "QEMU, a host process accelerated by KVM or emulating with TCG, on the host "
+                  "kernel. Right: Docker's chain, top to bottom: "
+                  + ", then ".join(f"{name} ({does})" for name, does in steps) + ".")
+
+
+def save_pack_figures(directory: Path) -> list[Path]:
+    """Save the instructor pack's figure into directory as an SVG, its alt text inside."""
+    directory.mkdir(parents=True, exist_ok=True)
+    figure = stack_figure()
+    # An SVG's accessible name and description are its first <title> and <desc>:
+    # matplotlib writes the <title> from metadata, the <desc> we add after it.
+    svg = directory / "stack.svg"
+    with plt.rc_context({"svg.hashsalt": "minicontainer"}):     # the same file every time
+        figure.savefig(svg, format="svg", metadata={"Title": "A container vs a VM, and Docker's "
+                                                    "chain", "Date": None})
+    description = f"</title>\n <desc>{html.escape(figure.alt_text)}</desc>"
+    svg.write_text(svg.read_text().replace("</title>", description, 1))
     plt.close(figure)
-    display(Image(data=buffer.getvalue(), format="png", alt=alt))
+    return [svg]
+
+
+if __name__ == "__main__":
+    for path in save_pack_figures(Path(sys.argv[1] if len(sys.argv) > 1 else "docs")):
+        print(path)
