@@ -46,7 +46,7 @@ def reveal_package() -> Path:
     package = cache_dir() / f"reveal.js-{REVEAL_VERSION}" / "package"
     if not (package / "dist" / "reveal.js").is_file():
         raise MinicontainerError(f"reveal.js {REVEAL_VERSION} is not in {package.parent}: "
-                                 "run `sudo make slides` (it fetches it with npm)")
+                                 "run `sudo make slides` (it fetches it from the npm registry)")
     return package
 
 
