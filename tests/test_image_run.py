@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from minicontainer.container import Container, run
-from minicontainer.errors import InvalidArgument
+from minicontainer.errors import InvalidArgument, MinicontainerError
 from minicontainer.host import cpu
 from minicontainer.images.archives import digest_of, json_bytes
 from minicontainer.images.manifests import OCI_CONFIG, OCI_MANIFEST
@@ -92,6 +92,40 @@ def test_what_cannot_run_is_refused_before_anything_is_made(store, busybox, sett
     image = with_config(store, "bad", busybox, settings)
     with pytest.raises(InvalidArgument, match=message):
         Container(image=image, **options)
+
+
+HOSTILE_CONFIGS = [   # (the config's runtime part, a word of the one line)
+    ("a string", "`config` is not a JSON object"),
+    ({"Cmd": {"sh": 1}}, "Cmd is not a list of strings"),
+    ({"Cmd": ["echo", 1]}, "Cmd is not a list of strings"),
+    ({"Entrypoint": ["sh", "-c\0"]}, "Entrypoint is not a list of strings"),
+    ({"Cmd": ["true"], "Env": [1]}, "Env is not a list of strings"),
+    ({"Cmd": ["true"], "Env": "PATH=/bin"}, "Env is not a list of strings"),
+    ({"Cmd": ["true"], "Env": ["A=b\0c"]}, "Env is not a list of strings"),
+    ({"Cmd": ["true"], "WorkingDir": 5}, "WorkingDir is not a JSON string"),
+    ({"Cmd": ["true"], "User": 1000}, "User is not a JSON string"),
+    ({"Cmd": ["true"], "ExposedPorts": 80}, "ExposedPorts is not a JSON object"),
+    ({"Cmd": ["true"], "User": "4294967295"}, "must be in range 0-2147483647"),
+    ({"Cmd": ["true"], "User": "1:99999999999999999999"}, "must be in range 0-2147483647"),
+    ({"Cmd": ["true"], "User": "\u00b2"}, "not in the image's /etc/passwd"),
+    ({"Cmd": ["true"], "User": "nobody:\u00b2"}, "not in the image's /etc/group"),
+]
+
+
+@pytest.mark.parametrize("settings, message", HOSTILE_CONFIGS,
+                         ids=[repr(s)[:40] for s, _ in HOSTILE_CONFIGS])
+def test_an_image_configs_fields_of_the_wrong_type_or_range_are_one_line(
+        store, busybox, settings, message):
+    """The config is its author's JSON: a wrong type is refused by name, never a
+    traceback, and a uid past runc's range never reaches setuid(2)."""
+    image = with_config(store, "hostile", busybox, settings)
+    with pytest.raises(MinicontainerError, match=message):
+        Container(image=image)
+
+
+def test_a_string_entrypoint_is_one_word_as_docker_reads_it(store, busybox):
+    image = with_config(store, "stringy", busybox, {"Entrypoint": "echo", "Cmd": "one word"})
+    assert run(image=image).stdout == "one word\n"
 
 
 def test_entrypoint_needs_an_image():
