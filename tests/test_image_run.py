@@ -3,9 +3,11 @@ applied by Docker's rules, the options over them (--entrypoint, -e, -w, -u), in 
 and on the command line. Every store here is a temporary one, never the machine's."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -13,7 +15,7 @@ from minicontainer.container import Container, run
 from minicontainer.errors import InvalidArgument, MinicontainerError
 from minicontainer.host import cpu
 from minicontainer.images.archives import digest_of, json_bytes
-from minicontainer.images.manifests import OCI_CONFIG, OCI_MANIFEST
+from minicontainer.images.manifests import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 from minicontainer.images.store import Store, busybox_image
 
 WHO = "pwd; id -u; id -g; id -G; echo $GREETING; grep CapEff /proc/self/status"
@@ -169,6 +171,31 @@ def test_an_image_the_store_lacks_is_one_line_with_pull_never(tmp_path, busybox)
     assert done.stderr.strip().splitlines() == [
         "minicontainer: no such image: nosuchimage: pull or load it first (see `minicontainer "
         "images`)"]
+
+
+def test_an_image_the_store_refuses_is_said_as_it_is_not_pulled_over(tmp_path, store, busybox):
+    """Only a missing image is pulled (Docker's --pull missing): a hostile layer's
+    refusal must not turn into "Unable to find image" and a registry's error."""
+    entry = tarfile.TarInfo("/etc/cron.d/job")
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as archive:
+        archive.addfile(entry, io.BytesIO(b""))
+    blob = layer.getvalue()
+    store.ingest(digest_of(blob), len(blob), [blob])
+    config = json_bytes({"architecture": cpu().debian, "os": "linux", "config": {"Cmd": ["true"]},
+                         "rootfs": {"type": "layers", "diff_ids": [digest_of(blob)]}})
+    manifest = json_bytes({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config),
+                                      "size": len(config)},
+                           "layers": [{"mediaType": OCI_LAYER, "digest": digest_of(blob),
+                                       "size": len(blob)}]})
+    for document in (config, manifest):
+        store.ingest(digest_of(document), len(document), [document])
+    store.add_image("escaper", digest_of(manifest))
+    done = cli(tmp_path, "run", "escaper")
+    assert done.returncode == 125
+    assert done.stderr.splitlines() == [
+        "minicontainer: layer entry '/etc/cron.d/job' is an absolute path: refused"]
 
 
 def test_run_by_image_id_as_docker_does(tmp_path, busybox):

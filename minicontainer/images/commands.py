@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import state
-from ..errors import ImageError, InvalidArgument, MinicontainerError
+from ..errors import ImageError, ImageNotFound, InvalidArgument, MinicontainerError
 from . import archives, layers
 from .reference import Reference, familiar, parse
 from .store import Image, Store, blobs_of
@@ -74,7 +74,8 @@ def find(store: Store, text: str) -> Found:
         if ids:
             digest = ids.pop()
             return Found(digest, sorted(n for n, d in tags.items() if d == digest), True)
-    raise ImageError(f"no such image: {text}: pull or load it first (see `minicontainer images`)")
+    raise ImageNotFound(f"no such image: {text}: pull or load it first "
+                        "(see `minicontainer images`)")
 
 
 def image(store: Store, text: str) -> Image:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import state
-from ..errors import DigestMismatch, ImageError, MinicontainerError
+from ..errors import DigestMismatch, ImageError, ImageNotFound, MinicontainerError
 from ..rootfs import default_rootfs
 from . import archives, layers
 from .archives import INDEX_TYPES, LAYER_TYPES, Contents
@@ -216,7 +216,7 @@ class Store:
         reference = parse(ref)
         digest = self.tags().get(str(reference)) or reference.digest
         if digest is None:
-            raise ImageError(f"no image {reference} in the store: pull or load it first")
+            raise ImageNotFound(f"no image {reference} in the store: pull or load it first")
         manifest = self.manifest(digest)
         config = self.read_json(manifest["config"]["digest"])
         diff_ids = (config.get("rootfs") or {}).get("diff_ids")
