@@ -196,7 +196,15 @@ def mount_inside(root: Path, wanted: Mount, nodev: bool = True) -> None:
     # The host side was resolved when the container was described; a symlink put on
     # its way since then is refused, not followed.
     source = syscalls.openat2(AT_FDCWD, wanted.source, os.O_PATH, syscalls.RESOLVE_NO_SYMLINKS)
-    target, _ = open_in_root(root, wanted.target, stat.S_ISDIR(os.fstat(source).st_mode))
+    is_directory = stat.S_ISDIR(os.fstat(source).st_mode)
+    target, _ = open_in_root(root, wanted.target, is_directory)
+    if stat.S_ISDIR(os.fstat(target).st_mode) != is_directory:   # else mount(2): ENOTDIR
+        for fd in (source, target):
+            os.close(fd)
+        kinds = ("a directory", "a file") if is_directory else ("a file", "a directory")
+        raise InvalidArgument(f"volume {wanted.source}:{wanted.target}: the host path is "
+                              f"{kinds[0]}, {wanted.target} in the image is {kinds[1]}: "
+                              "bind a directory on a directory, a file on a file")
     mount(_fd_path(source), _fd_path(target), None, MS_BIND)
     top = reopen(root, target)
     # In a user namespace, the host mount's flags (ro, nosuid, nodev, noexec, atime) are

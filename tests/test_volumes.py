@@ -94,6 +94,14 @@ def test_a_single_file_is_bound_onto_a_file_made_for_it(shared):
     assert result.stdout.startswith("hello from the host\n-"), result.stderr
 
 
+@pytest.mark.parametrize("host, inside, kinds", [("from-host", "/etc", "a file, /etc"),
+                                                 (".", "/etc/passwd", "a directory, /etc")])
+def test_a_directory_on_a_file_or_a_file_on_a_directory_is_one_line(shared, host, inside, kinds):
+    with pytest.raises(MinicontainerError, match=f"the host path is {kinds}"):
+        sh("true", volumes=[f"{shared / host}:{inside}"])
+    counts["bad inputs tried"] += 1
+
+
 def test_nested_volumes_are_mounted_outer_first_as_docker_orders_them(shared, tmp_path):
     inner = tmp_path / "inner"
     inner.mkdir()
