@@ -220,13 +220,15 @@ def environment_of(pairs: list[str]) -> dict[str, str]:
 
 
 def image_in_store(name: str, pull: str):
-    """The image `name`, pulled first if the store lacks it (Docker's --pull missing)."""
-    from .errors import ImageError
+    """The image `name`, pulled first if the store lacks it (Docker's --pull missing);
+    an image the store has but refuses (a layer that escapes, a damaged blob) is
+    said as it is, not pulled over."""
+    from .errors import ImageNotFound
     from .images.commands import image
     from .images.store import Store
     try:
         return image(Store(), name)
-    except ImageError:
+    except ImageNotFound:
         if pull == "never":
             raise
     print(f"Unable to find image '{name}' locally", file=sys.stderr)

@@ -78,6 +78,10 @@ class ImageError(MinicontainerError):
     """An image, or a layer or blob of one, is missing or refused; the message says which."""
 
 
+class ImageNotFound(ImageError):
+    """No image by that name in the store (what `run --pull missing` pulls for)."""
+
+
 class DigestMismatch(ImageError):
     """Bytes that are not what their digest (or size) promised: nothing was kept."""
 

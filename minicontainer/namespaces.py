@@ -20,6 +20,7 @@ resolving its path *inside* the new root, as the container will see it (openat2)
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from . import syscalls
 from .chroot import chroot_into
-from .errors import InvalidArgument
+from .errors import ImageError, InvalidArgument
 from .process import Channel, fork_and_wait
 from .rootfs import Overlay
 from .syscalls import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
@@ -114,11 +115,35 @@ def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM
                              tty_group: bool = True) -> None:
     """Give the new root its own /proc (our pid namespace's), /sys, /dev and /tmp
     (`tty_group`: its terminals belong to group 5, which a user namespace lacks)."""
-    mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("proc", kernel_mount_point(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if sysfs:
-        mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount_minimal_dev(root / "dev", shm_size, tty_group)
-    mount("tmpfs", root / "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        mount("sysfs", kernel_mount_point(root, "sys"), "sysfs",
+              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount_minimal_dev(kernel_mount_point(root, "dev"), shm_size, tty_group)
+    # /tmp is no kernel's: an image's `tmp -> var/tmp` is followed inside the image, as a
+    # --tmpfs would be.
+    mount_inside(root, Mount("/tmp", mode=0o1777))
+
+
+def kernel_mount_point(root: Path, name: str) -> Path:
+    """root/name, a directory of the image's to mount a kernel filesystem on: made if
+    the image lacks it, ImageError if the image put a symlink or a file there.
+
+    These mounts happen before pivot_root, while paths still resolve on the host:
+    mount(2) would follow an image's `proc -> /srv/data` there, and a volume of
+    /srv/data would then show the container a procfs that no mask covers
+    (/proc/sys/kernel/core_pattern writable). runc refuses the same ("must be
+    mounted on ordinary directory", CVE-2019-19921). Checking, then mounting by the
+    path, is safe here: the overlay is mounted in this mount namespace alone, and
+    nothing of the container runs yet.
+    """
+    path = root / name
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)            # mkdir(2) never follows a symlink in its place
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise ImageError(f"the image's /{name} is a symlink or a file, not a directory: "
+                         f"refused (/{name} is where the kernel's own filesystem goes)")
+    return path
 
 
 def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE, tty_group: bool = True) -> None:
@@ -171,7 +196,15 @@ def mount_inside(root: Path, wanted: Mount, nodev: bool = True) -> None:
     # The host side was resolved when the container was described; a symlink put on
     # its way since then is refused, not followed.
     source = syscalls.openat2(AT_FDCWD, wanted.source, os.O_PATH, syscalls.RESOLVE_NO_SYMLINKS)
-    target, _ = open_in_root(root, wanted.target, stat.S_ISDIR(os.fstat(source).st_mode))
+    is_directory = stat.S_ISDIR(os.fstat(source).st_mode)
+    target, _ = open_in_root(root, wanted.target, is_directory)
+    if stat.S_ISDIR(os.fstat(target).st_mode) != is_directory:   # else mount(2): ENOTDIR
+        for fd in (source, target):
+            os.close(fd)
+        kinds = ("a directory", "a file") if is_directory else ("a file", "a directory")
+        raise InvalidArgument(f"volume {wanted.source}:{wanted.target}: the host path is "
+                              f"{kinds[0]}, {wanted.target} in the image is {kinds[1]}: "
+                              "bind a directory on a directory, a file on a file")
     mount(_fd_path(source), _fd_path(target), None, MS_BIND)
     top = reopen(root, target)
     # In a user namespace, the host mount's flags (ro, nosuid, nodev, noexec, atime) are

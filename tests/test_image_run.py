@@ -3,17 +3,19 @@ applied by Docker's rules, the options over them (--entrypoint, -e, -w, -u), in 
 and on the command line. Every store here is a temporary one, never the machine's."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
 from minicontainer.container import Container, run
-from minicontainer.errors import InvalidArgument
+from minicontainer.errors import InvalidArgument, MinicontainerError
 from minicontainer.host import cpu
 from minicontainer.images.archives import digest_of, json_bytes
-from minicontainer.images.manifests import OCI_CONFIG, OCI_MANIFEST
+from minicontainer.images.manifests import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 from minicontainer.images.store import Store, busybox_image
 
 WHO = "pwd; id -u; id -g; id -G; echo $GREETING; grep CapEff /proc/self/status"
@@ -94,6 +96,40 @@ def test_what_cannot_run_is_refused_before_anything_is_made(store, busybox, sett
         Container(image=image, **options)
 
 
+HOSTILE_CONFIGS = [   # (the config's runtime part, a word of the one line)
+    ("a string", "`config` is not a JSON object"),
+    ({"Cmd": {"sh": 1}}, "Cmd is not a list of strings"),
+    ({"Cmd": ["echo", 1]}, "Cmd is not a list of strings"),
+    ({"Entrypoint": ["sh", "-c\0"]}, "Entrypoint is not a list of strings"),
+    ({"Cmd": ["true"], "Env": [1]}, "Env is not a list of strings"),
+    ({"Cmd": ["true"], "Env": "PATH=/bin"}, "Env is not a list of strings"),
+    ({"Cmd": ["true"], "Env": ["A=b\0c"]}, "Env is not a list of strings"),
+    ({"Cmd": ["true"], "WorkingDir": 5}, "WorkingDir is not a JSON string"),
+    ({"Cmd": ["true"], "User": 1000}, "User is not a JSON string"),
+    ({"Cmd": ["true"], "ExposedPorts": 80}, "ExposedPorts is not a JSON object"),
+    ({"Cmd": ["true"], "User": "4294967295"}, "must be in range 0-2147483647"),
+    ({"Cmd": ["true"], "User": "1:99999999999999999999"}, "must be in range 0-2147483647"),
+    ({"Cmd": ["true"], "User": "\u00b2"}, "not in the image's /etc/passwd"),
+    ({"Cmd": ["true"], "User": "nobody:\u00b2"}, "not in the image's /etc/group"),
+]
+
+
+@pytest.mark.parametrize("settings, message", HOSTILE_CONFIGS,
+                         ids=[repr(s)[:40] for s, _ in HOSTILE_CONFIGS])
+def test_an_image_configs_fields_of_the_wrong_type_or_range_are_one_line(
+        store, busybox, settings, message):
+    """The config is its author's JSON: a wrong type is refused by name, never a
+    traceback, and a uid past runc's range never reaches setuid(2)."""
+    image = with_config(store, "hostile", busybox, settings)
+    with pytest.raises(MinicontainerError, match=message):
+        Container(image=image)
+
+
+def test_a_string_entrypoint_is_one_word_as_docker_reads_it(store, busybox):
+    image = with_config(store, "stringy", busybox, {"Entrypoint": "echo", "Cmd": "one word"})
+    assert run(image=image).stdout == "one word\n"
+
+
 def test_entrypoint_needs_an_image():
     with pytest.raises(InvalidArgument, match="needs an image"):
         Container(["true"], entrypoint="sh")
@@ -135,6 +171,31 @@ def test_an_image_the_store_lacks_is_one_line_with_pull_never(tmp_path, busybox)
     assert done.stderr.strip().splitlines() == [
         "minicontainer: no such image: nosuchimage: pull or load it first (see `minicontainer "
         "images`)"]
+
+
+def test_an_image_the_store_refuses_is_said_as_it_is_not_pulled_over(tmp_path, store, busybox):
+    """Only a missing image is pulled (Docker's --pull missing): a hostile layer's
+    refusal must not turn into "Unable to find image" and a registry's error."""
+    entry = tarfile.TarInfo("/etc/cron.d/job")
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as archive:
+        archive.addfile(entry, io.BytesIO(b""))
+    blob = layer.getvalue()
+    store.ingest(digest_of(blob), len(blob), [blob])
+    config = json_bytes({"architecture": cpu().debian, "os": "linux", "config": {"Cmd": ["true"]},
+                         "rootfs": {"type": "layers", "diff_ids": [digest_of(blob)]}})
+    manifest = json_bytes({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config),
+                                      "size": len(config)},
+                           "layers": [{"mediaType": OCI_LAYER, "digest": digest_of(blob),
+                                       "size": len(blob)}]})
+    for document in (config, manifest):
+        store.ingest(digest_of(document), len(document), [document])
+    store.add_image("escaper", digest_of(manifest))
+    done = cli(tmp_path, "run", "escaper")
+    assert done.returncode == 125
+    assert done.stderr.splitlines() == [
+        "minicontainer: layer entry '/etc/cron.d/job' is an absolute path: refused"]
 
 
 def test_run_by_image_id_as_docker_does(tmp_path, busybox):

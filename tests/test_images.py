@@ -295,6 +295,17 @@ def test_two_images_sharing_a_layer_unpack_it_once(store, busybox):
     assert run("ls /one /two 2>/dev/null", image=two, name="mc-st-two").stdout == "/two\n"
 
 
+def test_a_layer_repeated_in_an_image_runs_as_if_stacked_twice(store, busybox):
+    """overlayfs refuses one directory twice among its lowerdirs; the top copy of a
+    repeated layer shows all it holds, so the lower copies can go."""
+    again = layer(directory("opt"), file("opt/f", b"again\n"))
+    between = layer(directory("opt"), file("opt/.wh.f"), file("opt/g", b"between\n"))
+    image = put_image(store, "mc-st/repeated", [again, between, again], base=busybox)
+    assert len(image.layers) == 3 and len(image.manifest["layers"]) == 4
+    result = run("cat /opt/f /opt/g", image=image, name="mc-st-repeated")
+    assert result.stdout == "again\nbetween\n", result
+
+
 def test_a_deep_image_fits_overlayfs_options_by_short_names(store, busybox):
     image = put_image(store, "mc-st/deep", [layer(file(f"layer-{n}", b"%d\n" % n))
                                             for n in range(80)], base=busybox)

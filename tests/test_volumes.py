@@ -94,6 +94,14 @@ def test_a_single_file_is_bound_onto_a_file_made_for_it(shared):
     assert result.stdout.startswith("hello from the host\n-"), result.stderr
 
 
+@pytest.mark.parametrize("host, inside, kinds", [("from-host", "/etc", "a file, /etc"),
+                                                 (".", "/etc/passwd", "a directory, /etc")])
+def test_a_directory_on_a_file_or_a_file_on_a_directory_is_one_line(shared, host, inside, kinds):
+    with pytest.raises(MinicontainerError, match=f"the host path is {kinds}"):
+        sh("true", volumes=[f"{shared / host}:{inside}"])
+    counts["bad inputs tried"] += 1
+
+
 def test_nested_volumes_are_mounted_outer_first_as_docker_orders_them(shared, tmp_path):
     inner = tmp_path / "inner"
     inner.mkdir()
@@ -137,6 +145,32 @@ def test_an_images_symlink_to_the_kernels_paths_or_its_root_is_refused(
     with pytest.raises(MinicontainerError, match="not a place for a volume"):
         sh("true", rootfs=image_copy, volumes=[f"{shared}:/data"])
     counts["bad inputs tried"] += 1
+
+
+@pytest.mark.parametrize("kernel_path", ["proc", "sys", "dev"])
+def test_an_images_proc_sys_or_dev_as_a_symlink_to_the_host_is_refused_as_runc_refuses_it(
+        shared, image_copy, kernel_path):
+    """The kernel's filesystems are mounted before pivot_root, where the image's
+    `proc -> /host/dir` would lead to the host's /host/dir: a volume of it would show
+    the container a second procfs that no mask covers (CVE-2019-19921 in runc)."""
+    shutil.rmtree(image_copy / kernel_path)
+    (image_copy / kernel_path).symlink_to(shared)
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    with pytest.raises(MinicontainerError, match=f"image's /{kernel_path} is a symlink"):
+        sh("ls /volume", rootfs=image_copy, volumes=[f"{shared}:/volume"])
+    assert sorted(os.listdir(shared)) == ["from-host"]
+    nothing_left(mounts_before)
+    counts["bad inputs tried"] += 1
+
+
+def test_an_images_tmp_symlink_is_followed_inside_the_image_and_missing_proc_is_made(
+        image_copy):
+    shutil.rmtree(image_copy / "tmp")
+    (image_copy / "tmp").symlink_to("var/tmp")
+    shutil.rmtree(image_copy / "proc")
+    result = sh("grep -c ' /var/tmp tmpfs ' /proc/mounts; ls -ld /proc/self", rootfs=image_copy)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("1\n")
 
 
 # -- what is refused before anything exists ---------------------------------------------------

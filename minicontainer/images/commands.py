@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import state
-from ..errors import ImageError, InvalidArgument, MinicontainerError
+from ..errors import ImageError, ImageNotFound, InvalidArgument, MinicontainerError
 from . import archives, layers
 from .reference import Reference, familiar, parse
-from .store import Image, Store, blobs_of
+from .store import Image, Store, blobs_of, stacked
 
 ID_START = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
 SHORT_ID = 12                   # hex digits of an ID that `images` shows, as Docker
@@ -74,7 +74,8 @@ def find(store: Store, text: str) -> Found:
         if ids:
             digest = ids.pop()
             return Found(digest, sorted(n for n, d in tags.items() if d == digest), True)
-    raise ImageError(f"no such image: {text}: pull or load it first (see `minicontainer images`)")
+    raise ImageNotFound(f"no such image: {text}: pull or load it first "
+                        "(see `minicontainer images`)")
 
 
 def image(store: Store, text: str) -> Image:
@@ -91,8 +92,9 @@ def containers_of(store: Store, digest: str) -> list[tuple[str, bool]]:
     except ImageError:
         return []       # its blobs removed by hand: nothing can be made from it, prune keeps
                         # the layers a record names all the same (store.layers_in_use)
-    wanted = [os.path.abspath(store.root / "layers" / layer["digest"].removeprefix("sha256:"))
-              for layer in reversed(manifest["layers"])]
+    wanted = [os.path.abspath(layer) for layer in reversed(stacked(
+        [store.root / "layers" / layer["digest"].removeprefix("sha256:")
+         for layer in manifest["layers"]]))]
     found = []
     for name in state.names():
         try:

@@ -15,18 +15,23 @@ and so does run_config():
 Those two files come from whoever built the image, so they are read as untrusted
 input: only as regular files inside the image's layers, never through a symlink (a
 /etc/passwd linking to the host's would read the host's), and only the first MiB.
+The config is the image author's JSON too: settings_of() checks each field's type
+before it is used, and a uid or gid must be 0 to 2147483647, as runc requires.
 """
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidArgument
+from ..errors import ImageError, InvalidArgument
 
 MOST_READ = 1024 * 1024          # bytes of /etc/passwd or /etc/group we look at
+MAX_ID = 2**31 - 1               # the largest uid or gid runc (so Docker) takes
+NUMBER = re.compile(r"[0-9]+")   # str.isdigit() takes "²" too, which int() refuses
 ReadFile = Callable[[str], bytes | None]   # an image's file by its path inside, or None
 
 
@@ -48,13 +53,35 @@ def run_config(config: dict, read: ReadFile, command: Sequence[str] = (),
     """The image config combined with `docker run`'s options, as Docker combines them;
     `read` gives the image's files (for the user's name). InvalidArgument if there is
     no command, or the user is unknown to the image."""
-    settings = config.get("config") or {}      # the image config's runtime part
+    settings = settings_of(config)             # the image config's runtime part
     uid, gid = user_of(user or settings.get("User") or "", read)
     return RunConfig(
         argv=command_of(settings, command, entrypoint),
         env={**environment_of(settings.get("Env") or []), **(env or {})},
         workdir=check_workdir(workdir or settings.get("WorkingDir") or "/"),
         uid=uid, gid=gid, exposed_ports=tuple(sorted(settings.get("ExposedPorts") or {})))
+
+
+def settings_of(config: dict) -> dict:
+    """The image config's runtime part (`config`), each field docker run reads checked
+    for its type; ImageError naming the first that is wrong. A string Entrypoint or
+    Cmd is one word, as Docker reads it (its strslice type)."""
+    settings = config.get("config") or {}
+    if not isinstance(settings, dict):
+        raise ImageError("the image config's `config` is not a JSON object: refused")
+    checked = dict(settings)
+    for key in ("Entrypoint", "Cmd", "Env"):
+        value = settings.get(key)
+        if isinstance(value, str) and key != "Env":
+            checked[key] = value = [value]
+        if value is not None and not (isinstance(value, list) and all(
+                isinstance(word, str) and "\0" not in word for word in value)):
+            raise ImageError(f"the image config's {key} is not a list of strings: refused")
+    for key, kind in (("WorkingDir", str), ("User", str), ("ExposedPorts", dict)):
+        if settings.get(key) is not None and not isinstance(settings[key], kind):
+            raise ImageError(f"the image config's {key} is not a JSON "
+                             f"{'string' if kind is str else 'object'}: refused")
+    return checked
 
 
 def command_of(settings: dict, command: Sequence[str], entrypoint: str | None) -> tuple[str, ...]:
@@ -88,19 +115,27 @@ def user_of(user: str, read: ReadFile) -> tuple[int, int]:
     name, _, group = user.partition(":")
     if not name:
         return 0, 0
-    entry = _entry(read, "/etc/passwd", name, by_number=name.isdigit())
-    if entry is None and not name.isdigit():
-        raise InvalidArgument(f"user {name!r} is not in the image's /etc/passwd: use a "
-                              "number (e.g. -u 1000) or a user the image has")
-    uid = int(name) if name.isdigit() else int(entry[2])
+    by_number = bool(NUMBER.fullmatch(name))
+    entry = _entry(read, "/etc/passwd", name, by_number)
+    if entry is None and not by_number:
+        raise InvalidArgument(f"user {name[:64]!r} is not in the image's /etc/passwd: use "
+                              "a number (e.g. -u 1000) or a user the image has")
+    uid = _id(name if by_number else entry[2])
     if not group:
-        return uid, int(entry[3]) if entry else 0
-    if group.isdigit():
-        return uid, int(group)
+        return uid, _id(entry[3]) if entry else 0
+    if NUMBER.fullmatch(group):
+        return uid, _id(group)
     found = _entry(read, "/etc/group", group, by_number=False)
     if found is None:
-        raise InvalidArgument(f"group {group!r} is not in the image's /etc/group")
-    return uid, int(found[2])
+        raise InvalidArgument(f"group {group[:64]!r} is not in the image's /etc/group")
+    return uid, _id(found[2])
+
+
+def _id(number: str) -> int:
+    """A uid or gid (digits already checked); InvalidArgument past runc's range."""
+    if int(number) > MAX_ID:
+        raise InvalidArgument(f"uids and gids must be in range 0-{MAX_ID}, not {number[:20]}")
+    return int(number)
 
 
 def _entry(read: ReadFile, path: str, key: str, by_number: bool) -> list[str] | None:
@@ -109,7 +144,7 @@ def _entry(read: ReadFile, path: str, key: str, by_number: bool) -> list[str] | 
     for line in text.splitlines():
         fields = line.split(":")
         ids = fields[2:4] if path == "/etc/passwd" else fields[2:3]   # uid, gid; or gid
-        if len(fields) >= 4 and all(n.isdigit() for n in ids) and (
+        if len(fields) >= 4 and all(NUMBER.fullmatch(n) for n in ids) and (
                 fields[2] == key if by_number else fields[0] == key):
             return fields
     return None

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import state
-from ..errors import DigestMismatch, ImageError, MinicontainerError
+from ..errors import DigestMismatch, ImageError, ImageNotFound, MinicontainerError
 from ..rootfs import default_rootfs
 from . import archives, layers
 from .archives import INDEX_TYPES, LAYER_TYPES, Contents
@@ -216,16 +216,16 @@ class Store:
         reference = parse(ref)
         digest = self.tags().get(str(reference)) or reference.digest
         if digest is None:
-            raise ImageError(f"no image {reference} in the store: pull or load it first")
+            raise ImageNotFound(f"no image {reference} in the store: pull or load it first")
         manifest = self.manifest(digest)
         config = self.read_json(manifest["config"]["digest"])
         diff_ids = (config.get("rootfs") or {}).get("diff_ids")
         if not isinstance(diff_ids, list) or len(diff_ids) != len(manifest["layers"]):
             raise ImageError(f"image {reference}: its config's rootfs.diff_ids do not list "
                              "one digest per layer of its manifest")
-        return Image(str(reference), digest, manifest, config,
-                     [self.unpacked(layer["digest"], layer.get("mediaType", ""), diff_id)
-                      for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True)])
+        return Image(str(reference), digest, manifest, config, stacked(
+            [self.unpacked(layer["digest"], layer.get("mediaType", ""), diff_id)
+             for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True)]))
 
     def images(self) -> list[Summary]:
         """Every tagged image: name, manifest digest, size of its blobs, created."""
@@ -346,6 +346,16 @@ class Store:
 def blobs_of(manifest: dict) -> list[str]:
     """The digests of the blobs a (checked) manifest names: its config, then its layers."""
     return [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+
+
+def stacked(layers: list[Path]) -> list[Path]:
+    """An image's layers, bottom first, each once, at its topmost place: overlayfs
+    refuses a directory twice among its lowerdirs (ELOOP), and images do repeat a
+    layer (an empty one, the same COPY twice). Dropping the lower copies changes
+    nothing seen: whatever they hold, whiteouts too, the top copy holds above them.
+    (Docker's overlay2 keeps one directory per layer *and* what is below it, so a
+    repeated layer is two directories there.)"""
+    return list(reversed(dict.fromkeys(reversed(layers))))
 
 
 def layers_in_use(directory: Path) -> set[str]:

@@ -36,7 +36,7 @@ from .. import state
 from ..arguments import check_vm_options
 from ..errors import InvalidArgument, Timeout, VMError
 from ..host import cpu
-from ..images.config import check_workdir, environment_of
+from ..images.config import check_workdir, environment_of, settings_of
 from ..process import start_time
 from ..spec import PATH
 from . import qemu
@@ -191,7 +191,7 @@ class VM:
                           "guest's RAM (an initramfs's tmpfs, at most half of it): give "
                           f"memory=\"{needed}M\", or run the image in a container")
         shutil.copyfile(packed.archive, initrd)
-        settings = self.image.config.get("config") or {}
+        settings = settings_of(self.image.config)
         env = {"PATH": PATH, "HOME": "/root", **environment_of(settings.get("Env") or [])}
         workdir = check_workdir(settings.get("WorkingDir") or "/")
         with open(initrd, "ab") as out:
