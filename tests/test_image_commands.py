@@ -148,8 +148,8 @@ def test_rmi_untags_and_removes_the_image_with_its_last_tag(store):
     assert ok("rmi", "mc-ic/app:1") == "Untagged: mc-ic/app:1\n"
     assert store.has_blob(digest)                       # busybox:latest still names it
     assert ok("rmi", digest[7:19]) == f"Untagged: busybox:latest\nDeleted: {digest}\n"
-    assert store.tags() == {} and stored(store) == ["blobs", "blobs/sha256", "layers",
-                                                    "tags.json", "tmp"]
+    assert store.tags() == {} and stored(store) == ["blobs", "blobs/sha256", "diff_ids",
+                                                    "layers", "tags.json", "tmp"]
 
 
 def test_rmi_by_id_of_an_image_in_two_repositories_must_be_forced(store):

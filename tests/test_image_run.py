@@ -201,3 +201,9 @@ def test_an_image_the_store_refuses_is_said_as_it_is_not_pulled_over(tmp_path, s
 def test_run_by_image_id_as_docker_does(tmp_path, busybox):
     short = busybox.digest[7:19]
     assert cli(tmp_path, "run", short, "echo", "by id").stdout == "by id\n"
+
+
+def test_run_busybox_works_offline_in_a_store_that_lacks_it(tmp_path):
+    done = cli(tmp_path, "run", "--pull", "never", "busybox", "echo", "made here")
+    assert done.returncode == 0 and done.stdout == "made here\n", done.stderr
+    assert "Unable to find image" not in done.stderr

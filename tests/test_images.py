@@ -374,12 +374,13 @@ def test_prune_removes_only_what_no_tag_names(store, busybox):
     removed = store.prune()
     own = one.manifest["layers"][-1]["digest"].removeprefix("sha256:")
     assert f"layers/{own}" in removed and f"blobs/sha256/{own}" in removed
+    assert f"diff_ids/{own}" in removed
     assert f"blobs/sha256/{one.digest.removeprefix('sha256:')}" in removed
     assert busybox.layers[0].is_dir()                      # two and busybox still use it
     store.remove("mc-st/two")
     store.remove("busybox")
     store.prune()
-    assert stored(store) == ["blobs", "blobs/sha256", "layers", "tags.json", "tmp"]
+    assert stored(store) == ["blobs", "blobs/sha256", "diff_ids", "layers", "tags.json", "tmp"]
 
 
 def test_prune_keeps_the_layers_a_running_container_stands_on(store, busybox):
@@ -473,6 +474,24 @@ def test_a_gzip_layer_whose_tar_is_not_its_diff_id_is_refused_and_not_kept(store
         store.image("mc-st/swapped")
     assert not (store.root / "layers" / digest_of(swapped)[7:]).exists()
     assert [p.name for p in (store.root / "layers").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_second_image_that_names_an_unpacked_layer_by_another_diff_id_is_refused(store,
+                                                                                  busybox):
+    # The layer is unpacked already (checked then); a later image's config that says
+    # another tar is inside it lies about it just the same, and is refused too.
+    right = put_image(store, "mc-st/first", [layer(file("x", b"one"))], base=busybox)
+    config = {**right.config, "rootfs": {"type": "layers", "diff_ids": [
+        *right.config["rootfs"]["diff_ids"][:-1], digest_of(b"another tar")]}}
+    body = json_bytes(config)
+    store.ingest(digest_of(body), len(body), [body])
+    manifest = json_bytes({**right.manifest, "config": {
+        "mediaType": OCI_CONFIG, "digest": digest_of(body), "size": len(body)}})
+    store.ingest(digest_of(manifest), len(manifest), [manifest])
+    store.add_image("mc-st/liar", digest_of(manifest))
+    with pytest.raises(DigestMismatch, match="rootfs.diff_ids"):
+        store.image("mc-st/liar")
+    assert store.image("mc-st/first").layers == right.layers     # the truthful one still runs
 
 
 def test_an_oci_index_of_platforms_loads_this_machines_image(store, tmp_path):

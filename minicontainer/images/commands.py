@@ -33,7 +33,7 @@ from .. import state
 from ..errors import ImageError, ImageNotFound, InvalidArgument, MinicontainerError
 from . import archives, layers
 from .reference import Reference, familiar, parse
-from .store import Image, Store, blobs_of, stacked
+from .store import Image, Store, blobs_of, busybox_image, stacked
 
 ID_START = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
 SHORT_ID = 12                   # hex digits of an ID that `images` shows, as Docker
@@ -80,8 +80,23 @@ def find(store: Store, text: str) -> Found:
 
 def image(store: Store, text: str) -> Image:
     """The image `text` names (as find() reads it: a tag, name@digest, or an ID), its
-    layers unpacked: what `run IMAGE` and Container(image=...) start from."""
-    return store.image(find(store, text).names[0])
+    layers unpacked: what `run IMAGE` and Container(image=...) start from. busybox:latest
+    is made from this machine's busybox if the store lacks it (any user's store, offline:
+    `run busybox` works first time; it stands in for Docker Hub's, which is much alike)."""
+    try:
+        return store.image(find(store, text).names[0])
+    except ImageNotFound:
+        if _is_busybox(text):
+            return busybox_image(store)
+        raise
+
+
+def _is_busybox(text: str) -> bool:
+    """Does `text` name busybox:latest, the image this machine makes itself?"""
+    try:
+        return str(parse(text)) == "docker.io/library/busybox:latest"
+    except InvalidArgument:
+        return False
 
 
 def containers_of(store: Store, digest: str) -> list[tuple[str, bool]]:

@@ -134,7 +134,10 @@ class Store:
         time it is asked for (layers.unpack: whiteouts converted, escapes refused), and
         kept only if its tar stream is the `diff_id` the image config names for it."""
         target = self.root / "layers" / self.blob_path(layer_digest).name
+        known = self.root / "diff_ids" / target.name    # the diff_id its tar was, checked
         if target.is_dir():
+            if diff_id is not None and known.is_file():  # another image's word for it
+                _check_diff_id(layer_digest, json.loads(known.read_text())["diff_id"], diff_id)
             return target
         if media_type not in LAYER_TYPES:
             raise ImageError(f"layer {layer_digest} is of type {media_type!r}, not a layer "
@@ -147,6 +150,8 @@ class Store:
                     stream = layers.Hashed(layers.decompressed(blob))
                     made = layers.unpack(stream, staging, self.limits)
                     _check_diff_id(layer_digest, stream.digest(), diff_id)
+                    state.write_json(self._made("diff_ids") / target.name,
+                                     {"diff_id": stream.digest()})
                 if made.squashed_owners:
                     _warn_squashed(layer_digest, made.squashed_owners)
                 staging.chmod(0o755)
@@ -292,6 +297,10 @@ class Store:
             for path in self._entries("layers"):
                 if path.name not in wanted_hex | in_use:
                     _remove_tree(path)           # and .unpacking-* left by a kill
+                    removed.append(path)
+            for path in self._entries("diff_ids"):     # and .new ones a kill left
+                if not (self.root / "layers" / path.name).is_dir():
+                    path.unlink()
                     removed.append(path)
             for path in self._entries("tmp"):
                 path.unlink()
