@@ -15,7 +15,9 @@ DETACH_KEYS = "ctrl-p,ctrl-q"   # Docker's: they leave a -it container running
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command line; its exit code (a user's error: one line on stderr, 125)."""
-    args = parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = parser(words[0] if words and not words[0].startswith("-") else None
+                  ).parse_args(argv)
     from .errors import MinicontainerError
     try:
         return args.handler(args)
@@ -28,11 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         return 125
 
 
-def parser() -> argparse.ArgumentParser:
-    """Every subcommand and option, with Docker's names."""
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand and option, with Docker's names; given `command`, the options
+    of that subcommand only (the others are named, not built: a start pays for one)."""
     p = argparse.ArgumentParser(prog="minicontainer", description=(
         "Build a container layer by layer, and a VM beside it. As root."))
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
+    sub = OnlyOne(p.add_subparsers(required=True, metavar="COMMAND"), command)
 
     run = sub.add_parser("run", help="run a command in a new container")
     run.add_argument("--name", help="the container's name (default: mc-<id>)")
@@ -152,7 +155,32 @@ def parser() -> argparse.ArgumentParser:
     cleanup = sub.add_parser("cleanup", help="remove what crashed runs left behind")
     cleanup.add_argument("--all", action="store_true", help="also stop running containers")
     cleanup.set_defaults(handler=cmd_cleanup)
+    if command is not None and command not in sub.subparsers.choices:
+        return parser()             # not a command: argparse's message lists them all
     return p
+
+
+class OnlyOne:
+    """The subcommands of parser(), where only `command`'s parser is built (all of
+    them when `command` is None); each other one is an Unbuilt that drops its options."""
+
+    def __init__(self, subparsers, command: str | None) -> None:
+        """Wrap argparse's subparsers action."""
+        self.subparsers, self.command = subparsers, command
+
+    def add_parser(self, name: str, **options):
+        """A real parser for the command being run; an Unbuilt for the others."""
+        if self.command in (None, name):
+            return self.subparsers.add_parser(name, **options)
+        return Unbuilt()
+
+
+class Unbuilt:
+    """A subcommand parser that is never used in this run: every call builds nothing."""
+
+    def __getattr__(self, name: str):
+        """Any method of ArgumentParser: does nothing, returns this (for chained calls)."""
+        return lambda *args, **kwargs: self
 
 
 def terminal_options(p: argparse.ArgumentParser, detach: bool) -> None:

@@ -26,9 +26,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import cgroups, console as keeper, devices, joining, process, proxy, security, state
-from . import network as networking
+# What only some containers use (a network, published ports, exec, a kept terminal) is
+# imported where it is used: `minicontainer run -- true` pays for none of it.
+from . import cgroups, devices, process, security, state
 from . import namespaces as ns
 from .cgroups import Cgroup
 from .errors import MinicontainerError, Timeout
@@ -37,6 +39,10 @@ from .rootfs import Overlay
 from .process import Result, result_of
 from .spec import Spec, describe, from_record, record_of
 from .terminal import WINDOW, Pty
+
+if TYPE_CHECKING:
+    from . import joining
+    from .network import Attachment
 
 
 class Container:
@@ -66,9 +72,14 @@ class Container:
         self.spec = spec
         record = record or {}
         self.cgroup = Cgroup(spec.cgroup, spec.limits) if spec.cgroup else None
-        self.proxy_cgroup = Cgroup(spec.proxy_cgroup, proxy.LIMITS) if spec.ports else None
-        attachment = record.get("network")
-        self.attachment = networking.Attachment(**attachment) if attachment else None
+        self.proxy_cgroup = None
+        if spec.ports:
+            from .proxy import LIMITS
+            self.proxy_cgroup = Cgroup(spec.proxy_cgroup, LIMITS)
+        self.attachment: Attachment | None = None
+        if record.get("network"):
+            from .network import Attachment
+            self.attachment = Attachment(**record["network"])
         self.detached = record.get("detached", False)
         self.directory = state.containers_dir() / spec.name if record else None  # the record
         self.data = state.data_dir() / spec.name if record else None  # its layer and logs
@@ -123,7 +134,9 @@ class Container:
             channel = process.Channel()      # spawn's pipes, for the steps that use them
             steps = setup_steps(spec, layer, channel, files, procs, pty,
                                 on_exit=partial(_record_exit, self.directory))
-            listeners = proxy.bind(spec.ports)   # a port in use fails before anything runs
+            if spec.ports:                   # a port in use fails before anything runs
+                from .proxy import bind
+                listeners = bind(spec.ports)
             self._spawn(steps, stdio, channel)
             self.console = pty.master() if pty else None
             self._save()                     # its pids, at once: cleanup must find them
@@ -145,6 +158,7 @@ class Container:
     def keep_console(self) -> None:
         """Hand the terminal's master to a keeper process (console.py) and let the
         container outlive us: `run -dit`, or the detach keys typed."""
+        from . import console as keeper
         child = self._require_child()
         started = keeper.start(child.pidfd, self.console, self.directory, self.data / "stdout")
         self._keeper = [started.pid, process.start_time(started.pid)]
@@ -189,7 +203,8 @@ class Container:
         _stop_helper(self._proxy, self._proxy_process, b"minicontainer.proxy")
         self._keeper = self._keeper_process = self._proxy = self._proxy_process = None
         if self.attachment is not None:
-            networking.detach(self.attachment)
+            from .network import detach
+            detach(self.attachment)
             self.attachment = None
         for group in (self.cgroup, self.proxy_cgroup):
             if group is not None and self.directory is not None:
@@ -228,6 +243,7 @@ class Container:
              hardened: bool = True) -> Result:
         """Run another command inside the running container to its end (docker exec;
         joining.run_in says how, and what the options do)."""
+        from . import joining
         return joining.run_in(self, command, timeout, attach, interactive, hardened)
 
     def exec_start(self, command: str | Sequence[str] | Callable[[], None],
@@ -235,6 +251,7 @@ class Container:
                    window: tuple[int, int] = WINDOW, hardened: bool = True) -> joining.Exec:
         """Start another command inside the running container, and return it running
         (joining.start_in)."""
+        from . import joining
         return joining.start_in(self, command, stdio, tty, window, hardened)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -290,6 +307,7 @@ class Container:
 
     def _start_proxy(self, listeners: list) -> None:
         """Hand the published ports' sockets to a relay process, in a cgroup of its own."""
+        from . import proxy
         self.proxy_cgroup.create()
         self._proxy_process = proxy.start(
             self.pid, self.attachment.address, listeners,
@@ -366,9 +384,10 @@ def make_workdir(path: str) -> None:
 
 # -- what this process does for it on the host --------------------------------------------
 
-def lease_address(spec: Spec, data: Path) -> tuple[networking.Attachment, list[ns.Mount]]:
+def lease_address(spec: Spec, data: Path) -> tuple[Attachment, list[ns.Mount]]:
     """Layer 4, host side: an address on the container's network, and the /etc/hosts
     and /etc/resolv.conf files (written in `data`) to show at those paths inside."""
+    from . import network as networking
     hosts, resolv = data / "hosts", data / "resolv.conf"
     resolv.write_text(networking.resolv_conf())
     attachment = networking.attach(spec.network, spec.name, spec.id, spec.hostname, hosts)

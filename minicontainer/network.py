@@ -37,7 +37,9 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from .arguments import NETWORK_NAME
 from .errors import InvalidArgument, MinicontainerError, NameInUse, ToolFailed
 from .namespaces import refuse_router_advertisements
 from .process import start_time
+from .syscalls import CLONE_NEWNET, setns
 
 P, T = ParamSpec("P"), TypeVar("T")
 DEFAULT_NETWORK = "mc-br0"
@@ -56,10 +59,41 @@ TAG = re.compile(r'--comment "?(mc-[^" ]+)"?')  # how our iptables rules are tag
 
 
 def ip_route(**options):
-    """A pyroute2 netlink connection (`netns=` for another namespace's). The library is
+    """A pyroute2 netlink connection (fileno=: over a socket of ours). The library is
     large: it is loaded on first use, so containers without a network never pay."""
     from pyroute2 import IPRoute
     return IPRoute(**options)
+
+
+def netlink_socket_in(pid: int) -> socket.socket:
+    """A netlink (rtnetlink) socket that talks to the network namespace of process `pid`.
+
+    A socket belongs for life to the namespace it was created in, and setns(2) moves only
+    the calling thread: so a short-lived thread enters the namespace, creates the socket
+    and ends there, and no other thread of ours ever leaves the host's namespace. Docker
+    does the same (vishvananda/netlink's GetNetlinkSocketAt: a locked OS thread, setns,
+    socket). pyroute2's own netns= forks a child process to do it, on every container:
+    a process started from a threaded one (a Jupyter kernel), on our hot path."""
+    made: list = []
+
+    def create_inside() -> None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd, CLONE_NEWNET)          # this thread only
+            finally:
+                os.close(fd)
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                      socket.NETLINK_ROUTE))
+        except OSError as e:
+            made.append(e)
+
+    worker = threading.Thread(target=create_inside, name=f"mc-netns-{pid}")
+    worker.start()
+    worker.join()
+    if isinstance(made[0], OSError):
+        raise made[0]
+    return made[0]
 
 
 def outside_event_loop(function: Callable[P, T]) -> Callable[P, T]:
@@ -103,7 +137,8 @@ class Attachment:
             bridge = host.link_lookup(ifname=self.network)[0]
             host.link("add", ifname=self.host_end, kind="veth", master=bridge, state="up",
                       peer={"ifname": "eth0", "net_ns_pid": pid})
-        with ip_route(netns=f"/proc/{pid}/ns/net", flags=0) as inside:
+        inside_socket = netlink_socket_in(pid).detach()    # pyroute2 owns it (and closes it)
+        with ip_route(fileno=inside_socket) as inside:
             eth0 = inside.link_lookup(ifname="eth0")[0]
             inside.addr("add", index=eth0, address=self.address, prefixlen=self.prefix)
             inside.link("set", index=eth0, state="up")
@@ -215,9 +250,11 @@ def _remove(record: dict, force: bool = False) -> None:
 def choose_subnet(wanted: str | None) -> ipaddress.IPv4Network:
     """`wanted`, or the first candidate /24 that overlaps no route of the host's."""
     with ip_route() as ip:
+        # Every link at once: one looked up by index could vanish between the two dumps
+        # (another container's veth going), and its route is only named in a message.
+        devices = {link["index"]: link.get("IFLA_IFNAME") for link in ip.get_links()}
         routes = [(ipaddress.ip_network(f"{r.get('RTA_DST')}/{r['dst_len']}", strict=False),
-                   ip.get_links(r.get("RTA_OIF"))[0].get("IFLA_IFNAME") if r.get("RTA_OIF")
-                   else "?")
+                   devices.get(r.get("RTA_OIF"), "?"))
                   for r in ip.get_routes(family=2) if r.get("RTA_DST")]
     if wanted is not None:
         try:
