@@ -78,6 +78,8 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
                      help="pass on the caller's fds 3 to 3+N-1 (podman's option; default none)")
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background and print the name")
+    run.add_argument("--rm", action="store_true", help="remove it when it exits (here a "
+                     "foreground container always is; with -d: not yet, `rm` it)")
     terminal_options(run, detach=True)
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND [ARG...]]",
                      help="an image and what to run in it; or -- COMMAND [ARG...] in the "
@@ -96,7 +98,8 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     attach.add_argument("name")
     attach.set_defaults(handler=cmd_attach)
 
-    ps = sub.add_parser("ps", help="list containers")
+    ps = sub.add_parser("ps", help="list running containers (-a: all)")
+    ps.add_argument("-a", "--all", action="store_true", help="exited ones too, as docker ps -a")
     ps.set_defaults(handler=cmd_ps)
 
     stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after the grace period")
@@ -267,6 +270,7 @@ def image_in_store(name: str, pull: str):
 def cmd_run(args: argparse.Namespace) -> int:
     """`run`: a new container, in the foreground (with pipes or a terminal) or detached."""
     from .container import Container
+    from .errors import InvalidArgument
     from .security import from_options
     from .terminal import parse_detach_keys, window_size
     options = {"security": from_options(args.security_opt, args.privileged, args.cap_add),
@@ -282,6 +286,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["namespaces"] = [n for n in args.namespaces.split(",") if n]
     keys = parse_detach_keys(args.detach_keys)
     check_terminal(args)
+    if args.rm and args.detach:      # nothing of ours outlives `run -d` to remove it yet
+        raise InvalidArgument("--rm with -d is not supported yet: `minicontainer rm NAME` "
+                              "once it has exited")
     image, command = image_and_command(args)
     if image is not None:
         options["image"] = image_in_store(image, args.pull)
@@ -443,13 +450,16 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    """`ps`: every container with a record, and its status."""
+    """`ps`: the running containers (with -a, every container with a record), and their
+    status; a refused record is always shown."""
     from . import state
     from .errors import BadRecord, ContainerNotFound
     rows = []
     for name in state.names():
         try:
-            rows.append(state.describe(name))
+            row = state.describe(name)
+            if args.all or row["status"] == "running":
+                rows.append(row)
         except ContainerNotFound:     # being created or removed right now
             pass
         except BadRecord:             # shown, never acted on (see SECURITY.md)

@@ -55,6 +55,7 @@ CLI_CASES = [
     ("rootfs without /bin/sh", ["run", "--rootfs", "{no-shell}", "--", "true"], "/bin/sh"),
     ("no image", ["run"], "no image given"),
     ("no command", ["run", "--"], "no command given"),
+    ("--rm with -d", ["run", "--rm", "-d", "busybox", "true"], "--rm with -d"),
     ("empty command", ["run", "--", ""], "command"),
     ("unknown command", ["run", "--", "no-such-program"], "not found"),
     ("bad hostname", ["run", "--hostname", "bad host", "--", "true"], "invalid hostname"),

@@ -82,7 +82,8 @@ def test_detached_container_ps_exec_stop_rm():
         clash = mc("run", "--name", "mc-cli-web", "--", "true")
         assert clash.returncode != 0 and "already in use" in one_line_error(clash)
         assert mc("stop", "mc-cli-web").returncode == 0
-        assert "exited (143)" in mc("ps").stdout
+        assert "exited (143)" not in mc("ps").stdout            # docker ps: running only
+        assert "exited (143)" in mc("ps", "-a").stdout
     finally:
         assert mc("rm", "-f", "mc-cli-web").returncode == 0
     assert state.names() == []
@@ -120,7 +121,7 @@ def test_cleanup_removes_what_a_killed_owner_left():
         assert mc("cleanup").stdout == "removed 0 leftover(s)\n", "the owner is alive"
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        assert "mc-orphan" in mc("ps").stdout
+        assert "mc-orphan" in mc("ps", "-a").stdout
         assert mc("cleanup").stdout == "removed 1 leftover(s): mc-orphan\n"
         assert mc("cleanup").stdout == "removed 0 leftover(s)\n", "safe to run twice"
     finally:
@@ -178,7 +179,7 @@ def test_a_killed_cli_leaves_an_orphan_that_ps_shows_and_cleanup_removes():
     run = start_in_foreground("mc-cli-orphan", "sleep", "30")
     run.kill()
     run.wait()
-    line = next(row for row in mc("ps").stdout.splitlines() if "mc-cli-orphan" in row)
+    line = next(row for row in mc("ps", "-a").stdout.splitlines() if "mc-cli-orphan" in row)
     assert "orphaned" in line
     assert "mc-cli-orphan" in mc("cleanup").stdout
     assert state.names() == []

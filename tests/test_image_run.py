@@ -207,3 +207,8 @@ def test_run_busybox_works_offline_in_a_store_that_lacks_it(tmp_path):
     done = cli(tmp_path, "run", "--pull", "never", "busybox", "echo", "made here")
     assert done.returncode == 0 and done.stdout == "made here\n", done.stderr
     assert "Unable to find image" not in done.stderr
+
+
+def test_docker_habits_rm_and_ps_a(tmp_path, busybox):
+    assert cli(tmp_path, "run", "--rm", "busybox", "echo", "gone after").stdout == "gone after\n"
+    assert cli(tmp_path, "ps", "-a").stdout.count("\n") == 1        # the header alone
