@@ -189,13 +189,36 @@ def check_source(host: str, ours: Iterable[Path], exists: bool = True) -> str:
     what holds or is inside `ours`, our own state (records, layers, images), which
     the host acts on."""
     real = os.path.realpath(host) if exists else posixpath.normpath(host)
-    if real == "/":
+    if real == "/" or (exists and _identity(real) == _identity("/")):
         raise InvalidArgument("the host's / cannot be a volume: bind a directory below it")
     for directory in map(os.path.realpath, ours):
-        if os.path.commonpath([real, directory]) in (real, directory):
+        # By path, and by identity: a bind mount shows one directory at a second path.
+        # (A bind of a directory inside ours, seen elsewhere, still passes: telling
+        # would take the mount table's roots, /proc/self/mountinfo. Not done.)
+        if os.path.commonpath([real, directory]) in (real, directory) or (exists and (
+                _identity(directory) & _lineage(real) or _identity(real) & _lineage(directory))):
             raise InvalidArgument(f"the host path {host} is or holds minicontainer's own "
                                   f"state ({directory}): a container must never reach it")
     return real
+
+
+def _identity(path: str) -> set[tuple[int, int]]:
+    """The (device, inode) that is `path`, in a set (empty if it does not exist)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return set()
+    return {(info.st_dev, info.st_ino)}
+
+
+def _lineage(path: str) -> set[tuple[int, int]]:
+    """The identities of `path` and of every directory above it, up to /."""
+    found = set()
+    while True:
+        found |= _identity(path)
+        if path == "/":
+            return found
+        path = os.path.dirname(path)
 
 
 def check_target(target: str, text: str) -> str:

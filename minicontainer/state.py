@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .arguments import check_name, check_record
+from .host import cache_dir
 from .errors import ContainerNotFound, MinicontainerError, NameInUse
 from .process import exit_code, start_time
 
@@ -60,9 +61,13 @@ def data_dir() -> Path:
     return base / "containers"
 
 
-def roots() -> tuple[Path, Path]:
-    """Where all our state lives (records; layers, images, logs): no volume may reach it."""
-    return containers_dir().parent, data_dir().parent
+def roots() -> tuple[Path, ...]:
+    """Where all our state lives (records; layers, images, logs; the cached busybox tree
+    every container stands on): no volume may reach it. Root's usual places count even
+    when the environment moved ours elsewhere."""
+    usual = (Path("/run/minicontainer"), Path("/var/lib/minicontainer")) if (
+        os.geteuid() == 0) else ()
+    return (containers_dir().parent, data_dir().parent, cache_dir(), *usual)
 
 
 def claim(name: str, record: dict) -> Path:

@@ -341,3 +341,19 @@ def test_a_rootless_container_binds_a_volume_with_the_users_own_rights():
         assert (mine / "note").stat().st_uid == USER
     finally:
         shutil.rmtree(home)
+
+
+@pytest.mark.parametrize("alias_of", ["data", "above"])
+def test_our_state_shown_at_another_path_by_a_bind_mount_is_still_refused(alias_of, tmp_path):
+    # A path check alone sees /tmp/…/alias, not /var/lib/minicontainer: the inodes say
+    # it. (A bind of a directory *inside* our state is not caught: see check_source.)
+    state.data_dir().mkdir(parents=True, exist_ok=True)
+    source = state.data_dir().parent if alias_of == "data" else state.data_dir().parent.parent
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(alias)], check=True)
+    try:
+        with pytest.raises(InvalidArgument, match="own state"):
+            Container("true", volumes=[f"{alias}:/x"])
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)
