@@ -264,6 +264,10 @@ def save_to_file(store: Store, texts: list[str], path: Path, docker: bool = True
     path = Path(path)
     for text in texts:
         _to_save(store, text)               # every name found before the file is made
+    if not path.parent.is_dir():
+        raise InvalidArgument(f"cannot save to {path}: {path.parent} is not a directory")
+    if path.is_dir():
+        raise InvalidArgument(f"cannot save to {path}: it is a directory; name a file in it")
     fd, partial = tempfile.mkstemp(prefix=f".{path.name}.mc-", dir=path.parent)
     try:
         umask = os.umask(0)
