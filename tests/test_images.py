@@ -629,3 +629,23 @@ def test_a_rootless_unpack_makes_other_owners_files_the_users_and_says_so():
         unpacked = Path(done.stdout.decode().strip())
         assert (unpacked / "theirs").stat().st_uid == 65534 == (unpacked / "mine").stat().st_uid
     assert b"1 entries owned by other users in the image are yours here" in done.stderr
+
+
+@pytest.mark.parametrize("repo_tags, message", [("mc-st/x:1", "RepoTags is not a list"),
+                                                ([7], "a RepoTag is not a string")])
+def test_a_docker_save_whose_tags_are_not_a_list_of_names_loads_nothing(store, tmp_path,
+                                                                        repo_tags, message):
+    docker_save(tmp_path / "saved.tar", [layer(file("x"))], ["mc-st/x:1"])
+    with tarfile.open(tmp_path / "saved.tar") as archive:
+        members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
+    entries = json.loads(members["manifest.json"])
+    entries[0]["RepoTags"] = repo_tags
+    members["manifest.json"] = json.dumps(entries).encode()
+    with tarfile.open(tmp_path / "odd.tar", "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(ImageError, match=message):
+        store.load(tmp_path / "odd.tar")
+    assert store.tags() == {}

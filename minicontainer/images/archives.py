@@ -58,6 +58,7 @@ INDEX_TYPES = set(INDEXES)
 REF_NAME = "org.opencontainers.image.ref.name"   # an OCI layout's tag (or whole reference)
 FULL_NAME = "io.containerd.image.name"           # Docker's and containerd's whole reference
 CHUNK = 1 << 20
+MOST_JSON = 4 * 1024**2        # bytes of an index, manifest.json or config we will read
 DIGEST_IN_PATH = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'    # the layout's version, in its own file
 
@@ -145,7 +146,9 @@ def _docker_save(source: _Source) -> Contents:
                        "size": source.size(config_path)},
             "layers": layers}))
         blobs.append(manifest)
-        images += [(tag, manifest.digest) for tag in entry.get("RepoTags") or [None]]
+        tags = _listed(entry.get("RepoTags") or [None], "RepoTags")
+        images += [(tag if tag is None else _string(tag, "a RepoTag"), manifest.digest)
+                   for tag in tags]
     return Contents(blobs, images)
 
 
@@ -272,7 +275,11 @@ class _Source:
         """File `name`, parsed as JSON; ImageError if it is missing or not JSON."""
         try:
             with self.open(name) as f:
-                return json.loads(f.read())
+                text = f.read(MOST_JSON + 1)
+            if len(text) > MOST_JSON:
+                raise ImageError(f"{name} is over {MOST_JSON // 1024**2} MiB: not an "
+                                 "image's index or manifest")
+            return json.loads(text)
         except (KeyError, FileNotFoundError, ValueError) as e:
             raise ImageError(f"{name} is missing or not JSON: {e}") from None
 
