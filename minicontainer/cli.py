@@ -14,6 +14,10 @@ DETACH_KEYS = "ctrl-p,ctrl-q"   # Docker's: they leave a -it container running
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command line; its exit code (a user's error: one line on stderr, 125)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["oci"]:              # runc's command line, parsed by oci.py
+        from .oci import main as oci_main
+        return oci_main(argv[1:])
     args = parser().parse_args(argv)
     from .errors import MinicontainerError
     try:
@@ -143,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="is this machine ready for the course?")
     doctor.set_defaults(handler=cmd_doctor)
 
+    sub.add_parser("oci", add_help=False, help="the OCI runtime (runc's commands: create, "
+                   "start, state, kill, delete; `oci --help`)")
     cleanup = sub.add_parser("cleanup", help="remove what crashed runs left behind")
     cleanup.add_argument("--all", action="store_true", help="also stop running containers")
     cleanup.set_defaults(handler=cmd_cleanup)
