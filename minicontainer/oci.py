@@ -36,7 +36,7 @@ from pathlib import Path
 
 from . import process, state
 from .container import Container, make_workdir
-from .errors import BadBundle, ContainerNotFound, MinicontainerError, WrongState
+from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
 from .security import (CAPABILITIES, DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS, MASKED_PATHS,
                        NEW_NAMESPACE_FLAGS, NOT_IMPLEMENTED, READ_ONLY_PATHS, Security,
                        become_user, confine)
@@ -55,6 +55,27 @@ STANDARD_MOUNTS = {("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"),
                    ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"), ("/sys", "sysfs"),
                    ("/sys/fs/cgroup", "cgroup")}
 DENY_ALL_DEVICES = [{"allow": False, "access": "rwm"}]   # then runc's allow-list, as ours
+
+# What a probe inside sees differently under runc and under us, on `runc spec`'s bundle
+# (tests/test_oci.py prints the rows and checks that these, and only these, differ).
+NODE = ("runc makes the node with mknod on its /dev tmpfs; we bind-mount the host's "
+        "(namespaces.mount_minimal_dev: mknod is denied in a user namespace)")
+MASKED_NODE = ("masked under the host's /dev/null (devtmpfs), runc's under its own node "
+               "(tmpfs): the same empty file")
+NO_CGROUPFS = "not mounted: the container does not see the cgroup tree (runc mounts it ro)"
+DIFFERENCES_FROM_RUNC = {
+    "mount /": "runc mounts the bundle's rootfs itself, so writes land in the bundle; ours "
+               "is an overlay on it: the bundle is never changed, delete drops the writes",
+    **{f"mount /dev/{name}": NODE for name in ("full", "null", "random", "tty", "urandom",
+                                               "zero")},
+    "mount /dev/mqueue": "not mounted: the ipc namespace has its own queues, no fs shows them",
+    "ls /dev": "no /dev/mqueue (above)",
+    "mount /proc/interrupts": "masked by us too: Docker's list has it (MASKED_PATHS), runc's not",
+    "mount /proc/keys": MASKED_NODE, "mount /proc/timer_list": MASKED_NODE,
+    "mount /sys/fs/cgroup": NO_CGROUPFS, "mount /sys/fs/cgroup/*": NO_CGROUPFS,
+    "mount /tmp": "a tmpfs of the container's own (namespaces.py), where runc leaves the "
+                  "image's /tmp",
+}
 
 
 # -- config.json → a Spec --------------------------------------------------------------
@@ -408,6 +429,9 @@ def create(container_id: str, bundle_dir: str, pid_file: str | None = None,
     container.bundle = bundle
     try:
         container.start(stdio=(None, None, None))
+    except NameInUse:
+        raise NameInUse(f"container {container_id} exists already: delete it first, or "
+                        "choose another id") from None
     finally:
         if hasattr(container, "fifo"):
             os.close(container.fifo)
@@ -422,6 +446,18 @@ def create(container_id: str, bundle_dir: str, pid_file: str | None = None,
         container.remove(force=True)
         raise
     return container
+
+
+def run(container_id: str, bundle_dir: str, pid_file: str | None = None,
+        console_socket: str | None = None) -> int:
+    """create, start, wait for the command, delete: runc run's foreground; its exit code."""
+    container = create(container_id, bundle_dir, pid_file, console_socket)
+    try:
+        start(container_id)
+        with process.signals_passed_to(container._require_child()):
+            return container.wait().exit_code
+    finally:
+        container.remove(force=True)
 
 
 def send_console(path: str, master: int) -> None:
@@ -502,8 +538,8 @@ def kill(container_id: str, sig: int = signal.SIGTERM) -> None:
 
 def delete(container_id: str, force: bool = False) -> None:
     """Remove a stopped container (a created one too, as runc does; force: any)."""
-    read_extras(container_id)               # an `oci` container, not a `run` one
     now, container = status(container_id)
+    read_extras(container_id)               # an `oci` container, not a `run` one
     if now == "running" and not force:
         raise WrongState(f"container {container_id} is running: kill it first, or "
                          "delete --force")
@@ -518,8 +554,8 @@ def parse_signal(text: str) -> int:
     if name.isdigit() and int(name) in set(signal.Signals):
         return int(name)
     try:
-        return signal.Signals(name if name.startswith("SIG") else f"SIG{name}")
-    except ValueError:
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    except KeyError:
         raise MinicontainerError(f"unknown signal {text!r}: use e.g. TERM, KILL or 9") from None
 
 
@@ -562,7 +598,7 @@ def main(argv: list[str]) -> int:
     if args.root:
         os.environ["MINICONTAINER_RUN"] = str(Path(args.root).absolute())
     try:
-        operate(args)
+        return operate(args)
     except (MinicontainerError, OSError) as e:
         message = str(e) if isinstance(e, MinicontainerError) else (
             f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
@@ -570,15 +606,14 @@ def main(argv: list[str]) -> int:
         if args.log:
             log_error(Path(args.log), args.log_format, message)
         return 1
-    return 0
 
 
-def operate(args: argparse.Namespace) -> None:
-    """Do what `args` asks."""
-    if args.operation in ("create", "run"):
+def operate(args: argparse.Namespace) -> int:
+    """Do what `args` asks; the exit code (`run`: the command's, as runc's)."""
+    if args.operation == "create":
         create(args.id, args.bundle, args.pid_file, args.console_socket)
-        if args.operation == "run":
-            start(args.id)
+    elif args.operation == "run":
+        return run(args.id, args.bundle, args.pid_file, args.console_socket)
     elif args.operation == "start":
         start(args.id)
     elif args.operation == "state":
@@ -587,6 +622,7 @@ def operate(args: argparse.Namespace) -> None:
         kill(args.id, parse_signal(args.signal))
     elif args.operation == "delete":
         delete(args.id, args.force)
+    return 0
 
 
 def log_error(path: Path, form: str, message: str) -> None:

@@ -23,7 +23,7 @@ case "$(uname -m)" in
 esac
 packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu"
 [ "${1:-}" = bench ] && packages="$packages crun runc"
-[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux docker-registry skopeo umoci apache2-utils"
+[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux docker-registry skopeo umoci apache2-utils runc crun"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
