@@ -147,6 +147,11 @@ def parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="is this machine ready for the course?")
     doctor.set_defaults(handler=cmd_doctor)
 
+    bundle = sub.add_parser("export-bundle", help="an OCI bundle (config.json, rootfs/) of "
+                            "a container or an image, for runc or `minicontainer oci`")
+    bundle.add_argument("source", metavar="NAME|IMAGE")
+    bundle.add_argument("directory", metavar="DIR")
+    bundle.set_defaults(handler=cmd_export_bundle)
     sub.add_parser("oci", add_help=False, help="the OCI runtime (runc's commands: create, "
                    "start, state, kill, delete; `oci --help`)")
     cleanup = sub.add_parser("cleanup", help="remove what crashed runs left behind")
@@ -596,6 +601,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """`doctor`: is this machine ready for the course?"""
     from .doctor import main as doctor
     return doctor()
+
+
+def cmd_export_bundle(args: argparse.Namespace) -> int:
+    """Write the bundle; print its directory."""
+    from .oci import export_bundle
+    print(export_bundle(args.source, args.directory))
+    return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

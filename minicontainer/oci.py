@@ -28,19 +28,22 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
-from . import process, state
+from . import process, state, syscalls
 from .container import Container, make_workdir
 from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
 from .security import (CAPABILITIES, DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS, MASKED_PATHS,
                        NEW_NAMESPACE_FLAGS, NOT_IMPLEMENTED, READ_ONLY_PATHS, Security,
                        become_user, confine)
-from .spec import Spec, describe
+from .namespaces import make_mounts_private
+from .spec import Spec, describe, from_record
 from .syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT, mount
 
 OCI_VERSION = "1.0.2"       # what we write; any 1.x is read
@@ -632,3 +635,99 @@ def log_error(path: Path, form: str, message: str) -> None:
             else f'time="{when}" level=error msg={json.dumps(message)}')
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+# -- the other way: a bundle from one of our containers or images ---------------------------
+
+def export_bundle(source: str, directory: str | os.PathLike, store=None) -> Path:
+    """Write `directory`/config.json and rootfs/ for the container `source`, or else
+    the image `source` in the store: a bundle `runc run` runs as it is. The root is
+    the image's layers (and a container's writable layer) merged by overlayfs, so
+    its whiteouts hide what they hide, copied out with `cp -a`."""
+    from .images.store import Store
+    directory = Path(directory).absolute()
+    if source in state.names():
+        spec = from_record(state.read(source))
+        lower = [state.data_dir() / source / "upper", *map(Path, spec.lower)]
+    else:
+        spec = describe(image=(store or Store()).image(source))
+        lower = [Path(layer) for layer in spec.lower]
+    config = config_of(spec)                     # refuses what a bundle cannot say
+    if directory.exists() and any(directory.iterdir()):
+        raise MinicontainerError(f"{directory} is not empty: give a new directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        copy_merged([p for p in lower if p.is_dir()], directory / "rootfs")
+        (directory / "config.json").write_text(json.dumps(config, indent=1))
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return directory
+
+
+def config_of(spec: Spec) -> dict:
+    """A Spec as config.json (read_config's inverse, for what a bundle can say)."""
+    if spec.network or spec.rootless or spec.init or not spec.security.devices:
+        raise MinicontainerError("a bundle cannot say its network, user namespace, --init "
+                                 "or --privileged devices: export a container without them")
+    security, limits = spec.security, spec.limits
+    kept = security.kept if security.capabilities else tuple(CAPABILITIES)
+    names = [f"CAP_{name}" for name in kept]
+    resources = {"devices": DENY_ALL_DEVICES}
+    if limits.memory:
+        resources["memory"] = {"limit": limits.memory}
+    if limits.cpus:
+        resources["cpu"] = {"quota": round(limits.cpus * 100_000), "period": 100_000}
+    if limits.pids:
+        resources["pids"] = {"limit": limits.pids}
+    ours = {kind: name for name, kind in NAMESPACES.items()}
+    linux = {"namespaces": [{"type": ours[kind]} for kind in sorted(spec.namespaces)],
+             "resources": resources}
+    if security.system_paths:
+        linux.update(maskedPaths=list(MASKED_PATHS), readonlyPaths=list(READ_ONLY_PATHS))
+    if security.seccomp:
+        linux["seccomp"] = seccomp_profile()
+    return {"ociVersion": OCI_VERSION,
+            "process": {"terminal": spec.tty, "user": {"uid": spec.user[0], "gid": spec.user[1]},
+                        "args": list(spec.command), "cwd": spec.workdir,
+                        "env": [f"{name}={value}" for name, value in spec.env.items()],
+                        "capabilities": {kind: names for kind in
+                                         ("bounding", "effective", "permitted")},
+                        "noNewPrivileges": security.no_new_privs},
+            "root": {"path": "rootfs", "readonly": False}, "hostname": spec.hostname,
+            "mounts": BUNDLE_MOUNTS, "linux": linux}
+
+
+BUNDLE_MOUNTS = [   # as `runc spec` writes them (we make our own equivalents)
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+     "options": ["nosuid", "noexec", "nodev", "ro"]},
+]
+
+
+def copy_merged(layers: list[Path], target: Path) -> None:
+    """`cp -a` the layers (top first) as overlayfs merges them into `target`. The
+    overlay is mounted read-only by a child in a mount namespace of its own, never
+    here: the host never sees it, and it goes with the child."""
+    view = Path(tempfile.mkdtemp(prefix="mc-export-"))
+    if len(layers) == 1:         # overlayfs needs two lower layers without an upper
+        how = partial(mount, str(layers[0]), view, None, MS_BIND)
+    else:
+        how = partial(mount, "overlay", view, "overlay", MS_RDONLY,
+                      "lowerdir=" + ":".join(map(str, layers)))
+    try:
+        code, _ = process.capture(
+            ["cp", "-a", f"{view}/.", str(target)],
+            [partial(syscalls.unshare, syscalls.CLONE_NEWNS), make_mounts_private, how],
+            timeout=600)
+        if code != 0:
+            raise MinicontainerError(f"copying the image's files into {target} failed "
+                                     f"(cp exit code {code})")
+    finally:
+        view.rmdir()

@@ -268,3 +268,46 @@ def test_errors_go_to_the_log_in_runcs_json_format(root, tmp_path):
     oci_cli(root, "--log", str(log), "--log-format", "json", "state", "ghost")
     entry = json.loads(log.read_text())
     assert entry["level"] == "error" and "ghost" in entry["msg"]
+
+
+# -- bundles of our own ----------------------------------------------------------------------
+
+@needs_runc
+def test_exported_image_bundle_runs_under_runc_as_under_minicontainer(root, tmp_path):
+    from minicontainer.images.store import Store, busybox_image
+    store = Store(tmp_path / "images")
+    busybox_image(store)
+    bundle = oci.export_bundle("busybox:latest", tmp_path / "exported", store)
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["linux"]["seccomp"] == oci.seccomp_profile()
+    write_config(bundle, changed(config, "process.args", ["sh", "-c", PROBE]))
+    theirs = rows(run_with_runc(bundle, tmp_path))
+    (bundle / "rootfs" / "probe").unlink(missing_ok=True)
+    ours = rows(run_with_minicontainer(bundle, root, tmp_path))
+    assert theirs["Seccomp"] == "2" and theirs["CapBnd"] == "00000000a00425fb"   # Docker's
+    differing = {row for row in theirs.keys() | ours.keys() if theirs.get(row) != ours.get(row)}
+    assert differing <= set(oci.DIFFERENCES_FROM_RUNC), differing
+
+
+def test_exported_container_keeps_its_changes_and_deletions(rootfs, tmp_path):
+    from minicontainer.container import Container
+    with Container("rm /etc/passwd; echo changed > /etc/motd", rootfs=rootfs) as container:
+        container.start()
+        assert container.wait(30).exit_code == 0
+        bundle = oci.export_bundle(container.name, tmp_path / "exported")
+    assert (bundle / "rootfs" / "etc" / "motd").read_text() == "changed\n"
+    assert not (bundle / "rootfs" / "etc" / "passwd").exists()   # the whiteout honoured
+    assert (rootfs / "etc" / "passwd").exists()                   # the image untouched
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["process"]["args"][:2] == ["/bin/sh", "-c"]
+
+
+def test_export_refuses_a_directory_that_is_not_empty(tmp_path):
+    from minicontainer.images.store import Store, busybox_image
+    store = Store(tmp_path / "images")
+    busybox_image(store)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine").write_text("keep me")
+    with pytest.raises(oci.MinicontainerError, match="not empty"):
+        oci.export_bundle("busybox:latest", tmp_path / "full", store)
+    assert (tmp_path / "full" / "mine").read_text() == "keep me"
