@@ -4,6 +4,7 @@ probe; the life cycle; and bad input, each refused in one line with nothing left
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -311,3 +312,31 @@ def test_export_refuses_a_directory_that_is_not_empty(tmp_path):
     with pytest.raises(oci.MinicontainerError, match="not empty"):
         oci.export_bundle("busybox:latest", tmp_path / "full", store)
     assert (tmp_path / "full" / "mine").read_text() == "keep me"
+
+
+def test_terminal_master_goes_to_the_console_socket(bundle, root, tmp_path):
+    import socket
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=True, args=["sh", "-c", "tty; stty size"])
+    write_config(bundle, config)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "console.sock"))
+    listener.listen(1)
+    with listener:
+        created = oci_cli(root, "create", "--bundle", str(bundle), "--console-socket",
+                          str(tmp_path / "console.sock"), "withtty")
+        assert created.returncode == 0, created.stderr
+        connection, _ = listener.accept()
+        with connection:
+            _, fds, _, _ = socket.recv_fds(connection, 64, 1)
+    master = fds[0]
+    try:
+        assert oci_cli(root, "start", "withtty").returncode == 0
+        output = b""
+        while b"\n" not in output.partition(b"/dev/pts/0")[2]:
+            output += os.read(master, 1024)
+        assert output.startswith(b"/dev/pts/0")          # its own devpts, its first pty
+    finally:
+        os.close(master)
+        wait_for_status(root, "withtty", "stopped")
+        assert oci_cli(root, "delete", "withtty").returncode == 0
