@@ -605,7 +605,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_export_bundle(args: argparse.Namespace) -> int:
     """Write the bundle; print its directory."""
-    from .oci import export_bundle
+    from .bundles import export_bundle
     print(export_bundle(args.source, args.directory))
     return 0
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from minicontainer import oci
+from minicontainer import bundles, oci
+from minicontainer.errors import MinicontainerError
 from minicontainer.rootfs import default_rootfs
 from report import counts
 
@@ -278,9 +279,9 @@ def test_exported_image_bundle_runs_under_runc_as_under_minicontainer(root, tmp_
     from minicontainer.images.store import Store, busybox_image
     store = Store(tmp_path / "images")
     busybox_image(store)
-    bundle = oci.export_bundle("busybox:latest", tmp_path / "exported", store)
+    bundle = bundles.export_bundle("busybox:latest", tmp_path / "exported", store)
     config = json.loads((bundle / "config.json").read_text())
-    assert config["linux"]["seccomp"] == oci.seccomp_profile()
+    assert config["linux"]["seccomp"] == bundles.seccomp_profile()
     write_config(bundle, changed(config, "process.args", ["sh", "-c", PROBE]))
     theirs = rows(run_with_runc(bundle, tmp_path))
     (bundle / "rootfs" / "probe").unlink(missing_ok=True)
@@ -295,7 +296,7 @@ def test_exported_container_keeps_its_changes_and_deletions(rootfs, tmp_path):
     with Container("rm /etc/passwd; echo changed > /etc/motd", rootfs=rootfs) as container:
         container.start()
         assert container.wait(30).exit_code == 0
-        bundle = oci.export_bundle(container.name, tmp_path / "exported")
+        bundle = bundles.export_bundle(container.name, tmp_path / "exported")
     assert (bundle / "rootfs" / "etc" / "motd").read_text() == "changed\n"
     assert not (bundle / "rootfs" / "etc" / "passwd").exists()   # the whiteout honoured
     assert (rootfs / "etc" / "passwd").exists()                   # the image untouched
@@ -309,8 +310,8 @@ def test_export_refuses_a_directory_that_is_not_empty(tmp_path):
     busybox_image(store)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine").write_text("keep me")
-    with pytest.raises(oci.MinicontainerError, match="not empty"):
-        oci.export_bundle("busybox:latest", tmp_path / "full", store)
+    with pytest.raises(MinicontainerError, match="not empty"):
+        bundles.export_bundle("busybox:latest", tmp_path / "full", store)
     assert (tmp_path / "full" / "mine").read_text() == "keep me"
 
 
