@@ -24,6 +24,7 @@ what a bundle asks beyond `run`: rlimits, an oom score, a read-only root.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import resource
@@ -91,7 +92,10 @@ class BundleContainer(Container):
                          if getattr(step, "func", None) is make_workdir)
         made_readonly = [remount_root_readonly] if bundle.readonly else []
         steps = first + steps[:after] + made_readonly + steps[after:]
-        return root_before_confine(steps) + [partial(wait_for_start, self.fifo, channel)]
+        command = partial(look_up_command, self.spec.command[0],
+                          self.spec.env.get("PATH", os.defpath))
+        return root_before_confine(steps) + [command, partial(wait_for_start, self.fifo,
+                                                                channel)]
 
 
 def root_before_confine(steps: list[process.Step]) -> list[process.Step]:
@@ -126,6 +130,15 @@ def remount_root_readonly() -> None:
     mount at / becomes read-only, keeping its other flags (nodev...), as runc does."""
     flags = os.statvfs("/").f_flag & 0o16     # ST_NOSUID, ST_NODEV, ST_NOEXEC = MS_*
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
+
+
+def look_up_command(program: str, path: str) -> None:
+    """A step: fail `create` now if the command cannot be found, as runc does (its
+    exec comes after `start`, when no one would hear the error)."""
+    places = [program] if "/" in program else [f"{d}/{program}" for d in path.split(":") if d]
+    if not any(os.access(place, os.X_OK) for place in places):
+        raise FileNotFoundError(errno.ENOENT, "command not found in the container "
+                                f"(PATH={path})", program)
 
 
 def wait_for_start(fifo: int, channel: process.Channel) -> None:

@@ -216,6 +216,7 @@ BAD_CONFIGS = {   # what we write into config.json → what the one line must sa
     "additional groups": (("process.user.additionalGids", [10]),
                           "process.user.additionalGids"),
     "a terminal without a console socket": (("process.terminal", True), "--console-socket"),
+    "a command not in the image": (("process.args", ["no-such-program"]), "no-such-program"),
 }
 
 
