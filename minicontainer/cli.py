@@ -15,9 +15,11 @@ DETACH_KEYS = "ctrl-p,ctrl-q"   # Docker's: they leave a -it container running
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command line; its exit code (a user's error: one line on stderr, 125)."""
-    words = sys.argv[1:] if argv is None else argv
-    args = parser(words[0] if words and not words[0].startswith("-") else None
-                  ).parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["oci"]:              # runc's command line, parsed by oci.py
+        from .oci import main as oci_main
+        return oci_main(argv[1:])
+    args = parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     from .errors import MinicontainerError
     try:
         return args.handler(args)
@@ -155,6 +157,13 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="is this machine ready for the course?")
     doctor.set_defaults(handler=cmd_doctor)
 
+    bundle = sub.add_parser("export-bundle", help="an OCI bundle (config.json, rootfs/) of "
+                            "a container or an image, for runc or `minicontainer oci`")
+    bundle.add_argument("source", metavar="NAME|IMAGE")
+    bundle.add_argument("directory", metavar="DIR")
+    bundle.set_defaults(handler=cmd_export_bundle)
+    sub.add_parser("oci", add_help=False, help="the OCI runtime (runc's commands: create, "
+                   "start, state, kill, delete; `oci --help`)")
     cleanup = sub.add_parser("cleanup", help="remove what crashed runs left behind")
     cleanup.add_argument("--all", action="store_true", help="also stop running containers")
     cleanup.set_defaults(handler=cmd_cleanup)
@@ -638,6 +647,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """`doctor`: is this machine ready for the course?"""
     from .doctor import main as doctor
     return doctor()
+
+
+def cmd_export_bundle(args: argparse.Namespace) -> int:
+    """Write the bundle; print its directory."""
+    from .bundles import export_bundle
+    print(export_bundle(args.source, args.directory))
+    return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

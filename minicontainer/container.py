@@ -67,6 +67,20 @@ class Container:
         self._hold(from_record(record), record)
         return self
 
+    @classmethod
+    def of(cls, spec: Spec) -> Container:
+        """A container of a Spec made elsewhere (oci.py makes one from a config.json)."""
+        self = cls.__new__(cls)
+        self.main = None
+        self._hold(spec)
+        return self
+
+    def child_steps(self, steps: list[process.Step],
+                    channel: process.Channel) -> list[process.Step]:
+        """The child's steps, as start() runs them: a runtime built on this class adds
+        its own here (oci.py), once the record directory exists."""
+        return steps
+
     def _hold(self, spec: Spec, record: dict | None = None) -> None:
         """The handles of a container: fresh, or as its record left them."""
         self.spec = spec
@@ -132,8 +146,9 @@ class Container:
                 self._save()
             procs = self._enter_budget()
             channel = process.Channel()      # spawn's pipes, for the steps that use them
-            steps = setup_steps(spec, layer, channel, files, procs, pty,
-                                on_exit=partial(_record_exit, self.directory))
+            steps = self.child_steps(setup_steps(spec, layer, channel, files, procs, pty,
+                                                 on_exit=partial(_record_exit, self.directory)),
+                                     channel)
             if spec.ports:                   # a port in use fails before anything runs
                 from .proxy import bind
                 listeners = bind(spec.ports)

@@ -40,6 +40,14 @@ class NameInUse(MinicontainerError):
     """A container by that name exists already."""
 
 
+class BadBundle(MinicontainerError):
+    """An OCI bundle we cannot run as written: the message names the config.json field."""
+
+
+class WrongState(MinicontainerError):
+    """An OCI runtime operation asked of a container in a state that does not allow it."""
+
+
 class VMError(MinicontainerError):
     """QEMU, the kernel or the guest failed; the message says where."""
 

@@ -150,11 +150,20 @@ READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sys
 class Security:
     """Which defences a container gets; all on by default, as in `docker run`."""
 
-    capabilities: bool = True    # keep only DEFAULT_CAPABILITIES
+    capabilities: bool = True    # keep only `kept` (Docker's DEFAULT_CAPABILITIES)
     no_new_privs: bool = True
     seccomp: bool = True         # refuse DENIED_SYSCALLS
     system_paths: bool = True    # hide MASKED_PATHS, make READ_ONLY_PATHS read-only
     devices: bool = True         # the image mounted nodev; devices.ALLOWED only
+    kept: tuple[str, ...] = DEFAULT_CAPABILITIES   # an OCI config names its own (oci.py)
+
+    def __post_init__(self) -> None:
+        """`kept` as a tuple of known names (a record on disk holds a list)."""
+        object.__setattr__(self, "kept", tuple(self.kept))
+        unknown = set(self.kept) - set(CAPABILITIES)
+        if unknown:
+            raise InvalidArgument(f"unknown capabilities {sorted(unknown)}: use names such "
+                                  "as NET_BIND_SERVICE (without CAP_)")
 
     @classmethod
     def off(cls) -> Security:
@@ -162,9 +171,9 @@ class Security:
         return cls(capabilities=False, no_new_privs=False, seccomp=False, system_paths=False,
                    devices=False)
 
-    def as_dict(self) -> dict[str, bool]:
-        """The switches by name, for the container's record."""
-        return asdict(self)
+    def as_dict(self) -> dict[str, bool | list[str]]:
+        """The switches by name (and the kept capabilities), for the container's record."""
+        return {**asdict(self), "kept": list(self.kept)}
 
 
 def from_options(options: Iterable[str] = (), privileged: bool = False,
@@ -255,7 +264,7 @@ def confine(security: Security, program: syscalls._SockFprog | None = None) -> N
     if security.seccomp:
         syscalls.load_seccomp(program)
     if security.capabilities:
-        keep = {CAPABILITIES[name] for name in DEFAULT_CAPABILITIES}
+        keep = {CAPABILITIES[name] for name in security.kept}
         syscalls.drop_capabilities(keep)
 
 

@@ -25,7 +25,7 @@ esac
 # The images lesson (06) starts a real registry on 127.0.0.1 and pushes to it with skopeo.
 packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu docker-registry skopeo"
 [ "${1:-}" = bench ] && packages="$packages crun runc umoci"
-[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux umoci apache2-utils"
+[ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux umoci apache2-utils runc crun"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

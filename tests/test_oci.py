@@ -1,0 +1,344 @@
+"""minicontainer as an OCI runtime: the bundle `runc spec` writes, run by runc and by
+`minicontainer oci` (create, start, state, kill, delete), seen from inside by the same
+probe; the life cycle; and bad input, each refused in one line with nothing left."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from minicontainer import bundles, oci
+from minicontainer.errors import MinicontainerError
+from minicontainer.rootfs import default_rootfs
+from report import counts
+
+PROBE = r"""hostname | sed 's/^/hostname: /'
+echo "id: $(id)"
+grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status | tr -d '\t' | sed 's/:/: /'
+echo "nofile: $(ulimit -n)"
+echo "oom_score_adj: $(cat /proc/self/oom_score_adj)"
+echo "write to /: $(touch /probe 2>&1 && echo written)"
+echo "cwd: $(pwd)"
+env | sort | sed 's/^/env /; s/=/: /'
+awk '{for (i = 7; i <= NF; i++) if ($i == "-") { print "mount " $5 ": " $(i+1); break }}' \
+    /proc/self/mountinfo | sed 's#^mount /sys/fs/cgroup/[^:]*#mount /sys/fs/cgroup/*#' | sort -u
+echo "ls /dev: $(ls /dev | tr '\n' ' ')"
+"""
+
+
+def runc_available() -> bool:
+    return shutil.which("runc") is not None
+
+
+needs_runc = pytest.mark.skipif(not runc_available(), reason="runc is not installed "
+                                "(scripts/setup.sh test installs it)")
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    """`--root` for our runtime: the records of this test's containers only."""
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    """`runc spec`'s defaults on a copy of the busybox rootfs, running the probe."""
+    directory = tmp_path / "bundle"
+    directory.mkdir()
+    shutil.copytree(default_rootfs(), directory / "rootfs", symlinks=True)
+    config = spec_defaults(directory)
+    config["process"].update(terminal=False, args=["sh", "-c", PROBE])
+    write_config(directory, config)
+    return directory
+
+
+def spec_defaults(directory: Path) -> dict:
+    """What `runc spec` writes (a copy of it, where runc is missing)."""
+    if runc_available():
+        subprocess.run(["runc", "spec", "--bundle", str(directory)], check=True)
+        return json.loads((directory / "config.json").read_text())
+    return json.loads((Path(__file__).parent / "data" / "runc-spec.json").read_text())
+
+
+def write_config(directory: Path, config: dict) -> None:
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+
+
+def oci_cli(root: Path, *args: str, stdout=None) -> subprocess.CompletedProcess:
+    """`minicontainer oci --root ROOT ARGS`, its output read back. `create` hands its
+    stdio to the container, as runc does: a pipe would stay open as long as the
+    container runs, so its stdout goes to the file `stdout` and stderr to a file."""
+    with tempfile.TemporaryFile("w+") as errors:
+        result = subprocess.run(
+            [sys.executable, "-m", "minicontainer", "oci", "--root", str(root), *args],
+            stdin=subprocess.DEVNULL, stdout=stdout or subprocess.PIPE, stderr=errors,
+            text=True, timeout=60)
+        errors.seek(0)
+        result.stderr = errors.read()
+    return result
+
+
+def state_of(root: Path, container_id: str) -> dict:
+    result = oci_cli(root, "state", container_id)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for_status(root: Path, container_id: str, status: str, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while (now := state_of(root, container_id))["status"] != status:
+        assert time.monotonic() < deadline, f"still {now['status']}, not {status}"
+        time.sleep(0.05)
+    return now
+
+
+def rows(output: str) -> dict[str, str]:
+    """The probe's lines as {row: value}."""
+    return dict(line.partition(": ")[::2] for line in output.splitlines() if line)
+
+
+def run_with_runc(bundle: Path, tmp_path: Path) -> str:
+    """The probe under runc: `runc run`, in the foreground."""
+    result = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle",
+                             str(bundle), "probe-runc"], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def run_with_minicontainer(bundle: Path, root: Path, tmp_path: Path) -> str:
+    """The probe under our runtime, through the whole life cycle."""
+    output = tmp_path / "probe-output"
+    with open(output, "w") as out:
+        created = oci_cli(root, "create", "--bundle", str(bundle), "probe-mc", stdout=out)
+    assert created.returncode == 0, created.stderr
+    assert oci_cli(root, "start", "probe-mc").returncode == 0
+    wait_for_status(root, "probe-mc", "stopped")
+    assert oci_cli(root, "delete", "probe-mc").returncode == 0
+    return output.read_text()
+
+
+@needs_runc
+def test_runc_spec_bundle_looks_the_same_inside_under_runc_and_minicontainer(
+        bundle, root, tmp_path):
+    theirs = rows(run_with_runc(bundle, tmp_path))
+    (bundle / "rootfs" / "probe").unlink(missing_ok=True)
+    ours = rows(run_with_minicontainer(bundle, root, tmp_path))
+    assert theirs["hostname"] == "runc" and theirs["NoNewPrivs"] == "1"
+    differing = {row for row in theirs.keys() | ours.keys() if theirs.get(row) != ours.get(row)}
+    table = "\n".join(f"{row:28} runc {theirs.get(row)!s:12} ours {ours.get(row)}"
+                      for row in sorted(differing))
+    # Every row the same, but for those oci.py lists with their reasons.
+    assert differing == set(oci.DIFFERENCES_FROM_RUNC), table
+
+
+def test_created_container_waits_for_start_then_runs_then_stops(bundle, root, tmp_path):
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["args"] = ["sh", "-c", "echo started > /dev/shm/mark; sleep 60"]
+    config["annotations"] = {"course": "oci"}
+    write_config(bundle, config)
+    pid_file = tmp_path / "pid"
+    created = oci_cli(root, "create", "--bundle", str(bundle), "--pid-file", str(pid_file),
+                      "life", stdout=subprocess.DEVNULL)
+    assert created.returncode == 0, created.stderr
+    now = state_of(root, "life")
+    assert now["status"] == "created" and now["pid"] == int(pid_file.read_text())
+    assert (now["ociVersion"], now["bundle"], now["annotations"]) == (
+        config["ociVersion"], str(bundle), {"course": "oci"})
+    assert not Path(f"/proc/{now['pid']}/root/dev/shm/mark").exists()   # not run yet
+    assert oci_cli(root, "start", "life").returncode == 0
+    assert state_of(root, "life")["status"] == "running"
+    deadline = time.monotonic() + 5
+    while not Path(f"/proc/{now['pid']}/root/dev/shm/mark").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert oci_cli(root, "kill", "life", "KILL").returncode == 0
+    assert wait_for_status(root, "life", "stopped")["pid"] == 0
+    assert oci_cli(root, "delete", "life").returncode == 0
+    assert not (root / "containers" / "life").exists()
+    assert not Path(f"/proc/{now['pid']}").exists()
+
+
+def test_created_container_can_be_deleted_before_it_starts(bundle, root):
+    assert oci_cli(root, "create", "--bundle", str(bundle), "never",
+                   stdout=subprocess.DEVNULL).returncode == 0
+    pid = state_of(root, "never")["pid"]
+    assert oci_cli(root, "delete", "never").returncode == 0
+    assert not Path(f"/proc/{pid}").exists() and not (root / "containers").exists()
+
+
+def test_run_is_create_start_wait_delete_with_the_commands_exit_code(bundle, root):
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["args"] = ["sh", "-c", "echo hello; exit 3"]
+    write_config(bundle, config)
+    result = oci_cli(root, "run", "--bundle", str(bundle), "once")
+    assert (result.returncode, result.stdout) == (3, "hello\n")
+    assert not (root / "containers").exists()
+
+
+# -- bad input: one line, and nothing left ------------------------------------------------
+
+def changed(config: dict, path: str, value: object) -> dict:
+    """`config` with the field at dotted `path` set to `value`."""
+    *parents, last = path.split(".")
+    target = config
+    for key in parents:
+        target = target.setdefault(key, {})
+    target[last] = value
+    return config
+
+
+BAD_CONFIGS = {   # what we write into config.json → what the one line must say
+    "not JSON": (None, "is not valid JSON"),
+    "unknown ociVersion": (("ociVersion", "2.0.0"), "ociVersion '2.0.0'"),
+    "missing rootfs": (("root.path", "no-such-dir"), "root.path"),
+    "seccomp": (("linux.seccomp", {"defaultAction": "SCMP_ACT_ERRNO"}), "linux.seccomp"),
+    "a bind mount": (("mounts", [{"destination": "/data", "type": "bind", "source": "/etc"}]),
+                     "mounts[0]"),
+    "joining a namespace": (("linux.namespaces", [{"type": "mount"},
+                                                  {"type": "network", "path": "/proc/1/ns/net"}]),
+                            "linux.namespaces[1].path"),
+    "a user namespace": (("linux.namespaces", [{"type": "mount"}, {"type": "user"}]),
+                         "linux.namespaces[1].type"),
+    "sysctl": (("linux.sysctl", {"net.ipv4.ip_forward": "1"}), "linux.sysctl"),
+    "hooks": (("hooks", {"prestart": [{"path": "/bin/true"}]}), "hooks"),
+    "an unknown field": (("process.frobnicate", True), "process.frobnicate"),
+    "other masked paths": (("linux.maskedPaths", ["/etc"]), "linux.maskedPaths"),
+    "inheritable capabilities": (("process.capabilities.inheritable", ["CAP_KILL"]),
+                                 "process.capabilities.inheritable"),
+    "additional groups": (("process.user.additionalGids", [10]),
+                          "process.user.additionalGids"),
+    "a terminal without a console socket": (("process.terminal", True), "--console-socket"),
+    "a command not in the image": (("process.args", ["no-such-program"]), "no-such-program"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_is_refused_in_one_line_and_leaves_nothing(case, bundle, root):
+    change, message = BAD_CONFIGS[case]
+    if change is None:
+        (bundle / "config.json").write_text("{ not json")
+    else:
+        write_config(bundle, changed(json.loads((bundle / "config.json").read_text()), *change))
+    result = oci_cli(root, "create", "--bundle", str(bundle), "bad")
+    counts["bad inputs tried"] += 1
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("minicontainer: ")
+    assert message in result.stderr, result.stderr
+    assert not (root / "containers").exists()
+
+
+def test_missing_bundle_is_refused(root, tmp_path):
+    result = oci_cli(root, "create", "--bundle", str(tmp_path / "nothing"), "bad")
+    assert result.returncode == 1 and "has no config.json" in result.stderr
+
+
+def test_operations_on_unknown_or_wrong_state_containers_are_refused(bundle, root):
+    for args in (["start", "ghost"], ["state", "ghost"], ["kill", "ghost"], ["delete", "ghost"],
+                 ["kill", "ghost", "NOSUCHSIGNAL"]):
+        result = oci_cli(root, *args)
+        counts["bad inputs tried"] += 1
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, args
+    config = json.loads((bundle / "config.json").read_text())
+    write_config(bundle, changed(config, "process.args", ["sleep", "60"]))
+    assert oci_cli(root, "create", "--bundle", str(bundle), "busy",
+                   stdout=subprocess.DEVNULL).returncode == 0
+    try:
+        duplicate = oci_cli(root, "create", "--bundle", str(bundle), "busy")
+        assert duplicate.returncode == 1 and "exists already" in duplicate.stderr
+        assert oci_cli(root, "start", "busy").returncode == 0
+        again = oci_cli(root, "start", "busy")
+        assert again.returncode == 1 and "is running" in again.stderr
+        running = oci_cli(root, "delete", "busy")
+        assert running.returncode == 1 and "is running" in running.stderr
+        assert state_of(root, "busy")["status"] == "running"      # no effect on it
+    finally:
+        assert oci_cli(root, "delete", "--force", "busy").returncode == 0
+    stopped = oci_cli(root, "kill", "busy")
+    assert stopped.returncode == 1 and "no container" in stopped.stderr
+    assert not (root / "containers").exists()
+
+
+def test_errors_go_to_the_log_in_runcs_json_format(root, tmp_path):
+    log = tmp_path / "log.json"
+    oci_cli(root, "--log", str(log), "--log-format", "json", "state", "ghost")
+    entry = json.loads(log.read_text())
+    assert entry["level"] == "error" and "ghost" in entry["msg"]
+
+
+# -- bundles of our own ----------------------------------------------------------------------
+
+@needs_runc
+def test_exported_image_bundle_runs_under_runc_as_under_minicontainer(root, tmp_path):
+    from minicontainer.images.store import Store, busybox_image
+    store = Store(tmp_path / "images")
+    busybox_image(store)
+    bundle = bundles.export_bundle("busybox:latest", tmp_path / "exported", store)
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["linux"]["seccomp"] == bundles.seccomp_profile()
+    write_config(bundle, changed(config, "process.args", ["sh", "-c", PROBE]))
+    theirs = rows(run_with_runc(bundle, tmp_path))
+    (bundle / "rootfs" / "probe").unlink(missing_ok=True)
+    ours = rows(run_with_minicontainer(bundle, root, tmp_path))
+    assert theirs["Seccomp"] == "2" and theirs["CapBnd"] == "00000000a00425fb"   # Docker's
+    differing = {row for row in theirs.keys() | ours.keys() if theirs.get(row) != ours.get(row)}
+    assert differing <= set(oci.DIFFERENCES_FROM_RUNC), differing
+
+
+def test_exported_container_keeps_its_changes_and_deletions(rootfs, tmp_path):
+    from minicontainer.container import Container
+    with Container("rm /etc/passwd; echo changed > /etc/motd", rootfs=rootfs) as container:
+        container.start()
+        assert container.wait(30).exit_code == 0
+        bundle = bundles.export_bundle(container.name, tmp_path / "exported")
+    assert (bundle / "rootfs" / "etc" / "motd").read_text() == "changed\n"
+    assert not (bundle / "rootfs" / "etc" / "passwd").exists()   # the whiteout honoured
+    assert (rootfs / "etc" / "passwd").exists()                   # the image untouched
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["process"]["args"][:2] == ["/bin/sh", "-c"]
+
+
+def test_export_refuses_a_directory_that_is_not_empty(tmp_path):
+    from minicontainer.images.store import Store, busybox_image
+    store = Store(tmp_path / "images")
+    busybox_image(store)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine").write_text("keep me")
+    with pytest.raises(MinicontainerError, match="not empty"):
+        bundles.export_bundle("busybox:latest", tmp_path / "full", store)
+    assert (tmp_path / "full" / "mine").read_text() == "keep me"
+
+
+def test_terminal_master_goes_to_the_console_socket(bundle, root, tmp_path):
+    import socket
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=True, args=["sh", "-c", "tty; stty size"])
+    write_config(bundle, config)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "console.sock"))
+    listener.listen(1)
+    with listener:
+        created = oci_cli(root, "create", "--bundle", str(bundle), "--console-socket",
+                          str(tmp_path / "console.sock"), "withtty")
+        assert created.returncode == 0, created.stderr
+        connection, _ = listener.accept()
+        with connection:
+            _, fds, _, _ = socket.recv_fds(connection, 64, 1)
+    master = fds[0]
+    try:
+        assert oci_cli(root, "start", "withtty").returncode == 0
+        output = b""
+        while b"\n" not in output.partition(b"/dev/pts/0")[2]:
+            output += os.read(master, 1024)
+        assert output.startswith(b"/dev/pts/0")          # its own devpts, its first pty
+    finally:
+        os.close(master)
+        wait_for_status(root, "withtty", "stopped")
+        assert oci_cli(root, "delete", "withtty").returncode == 0
