@@ -42,7 +42,7 @@ def cleanup(everything: bool = False) -> list[str]:
         removed.append(name)
     removed += remove_orphaned_data()
     if os.geteuid() == 0:               # a rootless user made no cgroups or networks
-        removed += remove_stray_cgroups()
+        removed += remove_stray_cgroups(everything)
         removed += networking.cleanup(set(state.names()))
     from .vm import cleanup as vm_cleanup      # the VM side's imports only when needed
     return removed + vm_cleanup.cleanup()
@@ -74,10 +74,12 @@ def refused_records() -> dict[str, str]:
     return refused | vm_cleanup.refusals()
 
 
-def remove_stray_cgroups() -> list[str]:
+def remove_stray_cgroups(everything: bool = False) -> list[str]:
     """Groups no container claims (a crashed experiment's budget group); a group
     holding a claimed one is in use and stays. A container claims its own group and
-    its port proxy's.
+    its port proxy's. A group that still holds processes stays too, unless
+    `everything`: their owner is alive, and its records are elsewhere (another
+    MINICONTAINER_RUN, or `oci --root`), not ours to judge.
 
     The groups are listed *before* the records are read: a container writes its
     record before it makes its group, so every group we list has its record by then.
@@ -90,8 +92,18 @@ def remove_stray_cgroups() -> list[str]:
             claimed |= {str(record["cgroup"]), str(record.get("proxy_cgroup"))}
         except (ContainerNotFound, KeyError, TypeError):
             pass
+    live = set() if everything else {path for path in groups if _holds_processes(path)}
     strays = [path for path in groups
-              if not any(c == path or (c or "").startswith(path + "/") for c in claimed)]
+              if not any(c == path or (c or "").startswith(path + "/") for c in claimed)
+              and not any(g == path or g.startswith(path + "/") for g in live)]
     for path in strays:                      # nested ones first
         Cgroup(path).remove()
     return [path.rsplit("/", 1)[1] for path in strays]
+
+
+def _holds_processes(path: str) -> bool:
+    """Does the group at `path` hold a process now (gone meanwhile: no)?"""
+    try:
+        return bool(Cgroup(path).pids())
+    except OSError:
+        return False

@@ -320,3 +320,24 @@ def test_a_forged_vm_record_can_neither_remove_a_directory_nor_kill_a_process(tm
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_cleanup_leaves_a_group_that_holds_processes_to_their_owner_unless_all():
+    # Its records are elsewhere (another MINICONTAINER_RUN, or `oci --root`): the
+    # processes say someone alive uses it. `cleanup --all` takes it anyway.
+    from minicontainer.cgroups import PARENT, Cgroup
+    from minicontainer.cleanup import cleanup, remove_stray_cgroups
+    group = Cgroup(f"{PARENT}/mc-0123456789ab")
+    group.create()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        for fd in group.open_procs():
+            os.write(fd, str(sleeper.pid).encode())
+            os.close(fd)
+        assert "mc-0123456789ab" not in cleanup() and sleeper.poll() is None
+        assert "mc-0123456789ab" in remove_stray_cgroups(everything=True)
+        assert sleeper.wait(5) == -9
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        group.remove()
