@@ -427,9 +427,12 @@ def run_firewall(argv: list[str], input: str | None = None) -> None:
 # -- after a crash --------------------------------------------------------------------------
 
 @outside_event_loop
-def cleanup(live_containers: set[str]) -> list[str]:
+def cleanup(live_containers: set[str], everything: bool = False) -> list[str]:
     """Free leases of containers that are gone, remove implicit networks left empty,
-    and delete mc-* veths, bridges and rules that no record explains."""
+    and delete mc-* veths, bridges and rules that no record explains — but for a veth
+    whose far end is still in a namespace (a live container's, recorded under another
+    state root: a dead one's veth goes with its namespace) and a bridge with ports,
+    unless `everything`."""
     removed = []
     with state.locked():
         for name in names():
@@ -444,11 +447,17 @@ def cleanup(live_containers: set[str]) -> list[str]:
                 removed.append(name)
         known = set(names())
         with ip_route() as ip:
-            for link in ip.get_links():
+            links = ip.get_links()
+            masters = {link.get("IFLA_MASTER") for link in links}
+            for link in links:
                 ifname = link.get("IFLA_IFNAME")
                 is_bridge = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
                 if ifname.startswith("mc-") and (not is_bridge or ifname not in known):
                     if not is_bridge and _veth_in_use(ifname, live_containers):
+                        continue
+                    in_use = (link["index"] in masters if is_bridge
+                              else link.get("IFLA_LINK_NETNSID") is not None)
+                    if in_use and not everything:
                         continue
                     delete_link(ip, index=link["index"])
                     removed.append(ifname)

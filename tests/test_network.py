@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -228,3 +229,25 @@ def test_a_veth_is_never_plugged_into_the_hosts_own_network_namespace():
 def host_links() -> str:
     """The host's interfaces, by name."""
     return subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+
+
+def test_cleanup_leaves_a_veth_whose_far_end_lives_and_its_bridge_unless_all():
+    # Recorded under another state root (or `oci --root`): the namespace at the far
+    # end is alive, so someone uses it. A dead container's veth goes with its namespace.
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+    try:
+        time.sleep(0.2)
+        for args in (["link", "add", "mc-xbr0", "type", "bridge"],
+                     ["link", "add", "mc-abcdef012345", "master", "mc-xbr0", "type", "veth",
+                      "peer", "name", "eth0", "netns", str(holder.pid)]):
+            subprocess.run(["ip", *args], check=True)
+        removed = network.cleanup(set(state.names()))
+        assert "mc-abcdef012345" not in removed and "mc-xbr0" not in removed
+        assert "mc-abcdef012345" in host_links() and "mc-xbr0" in host_links()
+        removed = network.cleanup(set(state.names()), everything=True)
+        assert "mc-abcdef012345" in removed and "mc-xbr0" in removed
+    finally:
+        holder.kill()
+        holder.wait()
+        for name in ("mc-abcdef012345", "mc-xbr0"):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
