@@ -96,3 +96,8 @@ def show(figure: Figure, alt: str) -> None:
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     display(Image(data=buffer.getvalue(), format="png", alt=alt))
+
+
+def integer_ticks(axis) -> None:
+    """Ticks only at whole numbers on `axis` (axes.xaxis or axes.yaxis): for counts."""
+    axis.set_major_locator(MaxNLocator(integer=True))
