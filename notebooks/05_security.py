@@ -96,7 +96,7 @@ settings = {"all on": Security(), "seccomp off": Security(seccomp=False),
 print(defence_table(LESSON_ATTACKS, settings))
 print("\nWhat each said with seccomp and capabilities both off:")
 for attack in LESSON_ATTACKS:
-    print(f"  {attack.name}: {went_through(attack, settings['both off'])[1] or '(nothing)'}")
+    print(f"  {attack.name}: {went_through(attack, settings['both off'])[1] or '(silence)'}")
 
 # %% [markdown]
 # Read the rows: `mount` gets through only with both off. `ip addr add` gets through
@@ -283,8 +283,9 @@ if user_namespaces_refused():
     print("this machine refuses user namespaces to ordinary users:", user_namespaces_refused())
 else:
     seen["rootless (by nobody)"] = root_inside_and_outside_as()
+print(f"{'':36}", "".join(f"{who:30}" for who in seen))
 for key in seen["default container (by root)"]:
-    print(f"{key:36}", "  ".join(f"{who}: {found[key]:<16}" for who, found in seen.items()))
+    print(f"{key:36}", "".join(f"{found[key]:30}" for found in seen.values()))
 
 # %% [markdown]
 # The price, said plainly by `--rootless`: no cgroup (creating one needs root, or a

@@ -55,7 +55,7 @@ def capability_figure(rows: dict[str, int]):
     """One row of squares per process (name → CapEff mask), one column per capability:
     filled where it holds it."""
     from . import plots
-    figure, axes = plots.plt.subplots(figsize=(9, 0.6 + 0.45 * len(rows)))
+    figure, axes = plots.plt.subplots(figsize=(9, 1.9 + 0.4 * len(rows)))   # + the names
     for row, mask in enumerate(rows.values()):
         held = [bit for bit in CAPABILITY_NAMES if mask >> bit & 1]
         axes.scatter(held, [row] * len(held), marker="s", s=60, color=plots.COLORS["container"])
@@ -217,10 +217,13 @@ def seccomp_figure(counts: dict[str, set[str]]):
     """Bars: this kernel's system calls, what Docker's profile denies, what ours does."""
     from . import plots
     figure, axes = plots.plt.subplots(figsize=(7, 2.4))
-    labels = list(counts)
-    axes.barh(labels, [len(counts[k]) for k in labels], color=plots.COLORS["container"])
-    for row, key in enumerate(labels):
-        axes.text(len(counts[key]) + 3, row, str(len(counts[key])), va="center")
+    labels = {"kernel": "this kernel has", "docker denies": "Docker's profile denies",
+              "docker checks arguments": "Docker checks the arguments of",
+              "we deny": "our filter denies"}
+    sizes = [len(counts[key]) for key in labels]
+    axes.barh(list(labels.values()), sizes, color=plots.COLORS["container"])
+    for row, size in enumerate(sizes):
+        axes.text(size + 3, row, str(size), va="center")
     plots.integer_ticks(axes.xaxis)
     axes.invert_yaxis()
     axes.set_xlabel("system calls (this machine, measured)")
@@ -263,16 +266,22 @@ def root_inside_and_outside_as(user: int = USER) -> dict[str, str]:
     shutil.rmtree(HOME, ignore_errors=True)
     HOME.mkdir()
     os.chown(HOME, user, user)
-    package_root = Path(__file__).resolve().parents[2]
     code = ("import json; from minicontainer.course.security_lab import "
             "root_inside_and_outside as f; print(json.dumps(f(rootless=True)))")
     try:
-        done = subprocess.run(
-            ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
-             sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/",
-            env={"HOME": str(HOME), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(package_root)})
-    finally:
+        done = _as_user(user, ["-c", code])
+    finally:    # a run stopped half-way (Ctrl-C) leaves the user's records: tidy them
+        _as_user(user, ["-m", "minicontainer", "cleanup"])
         shutil.rmtree(HOME, ignore_errors=True)
     if done.returncode != 0:
         raise RuntimeError(f"the rootless container failed: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout)
+
+
+def _as_user(user: int, python_args: list[str]) -> subprocess.CompletedProcess:
+    """This Python, with this package, run as `user` with the lesson's HOME."""
+    package_root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", sys.executable,
+         *python_args], capture_output=True, text=True, timeout=60, cwd="/",
+        env={"HOME": str(HOME), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(package_root)})
