@@ -159,8 +159,9 @@ for title, chosen in (("no_new_privs on", Security()),
 
 # %% [markdown]
 # Docker sets it with `--security-opt no-new-privileges` (off by default there: Docker
-# relies on capabilities; we switch it on, as Podman's and Kubernetes' hardened
-# profiles do; `no-new-privileges=false` undoes it here).
+# relies on capabilities). We switch it on by default, as Kubernetes' "restricted" pod
+# security standard demands (`allowPrivilegeEscalation: false`);
+# `--security-opt no-new-privileges=false` undoes it here.
 #
 # ## 3. seccomp: a filter in front of every system call
 # The kernel has about 370 system calls. A container needs most of them, but some reach
@@ -296,20 +297,22 @@ for key in seen["default container (by root)"]:
 # ## What no layer can fix
 # **The kernel is shared.** Every container makes its system calls to the host's one
 # kernel (02 showed the same `uname -r`); seccomp narrows the door, it does not remove
-# it. A bug in what is left — Dirty COW (CVE-2016-5195) and Dirty Pipe (CVE-2022-0847)
-# let any process write files it could only read, the host's among them — reaches every
-# container on the machine at once, whatever its capabilities.
+# it. A bug in what is left reaches every container on the machine at once, whatever
+# its capabilities: Dirty COW (CVE-2016-5195) and Dirty Pipe (CVE-2022-0847) let any
+# process write into files it could only read — an image layer other containers share,
+# a read-only mount of the host's, a setuid program.
 #
 # **The runtime is code too.** CVE-2019-5736: when `docker exec` joined a container,
 # runc was, for a moment, a process *inside* it, still running the host's runc binary.
 # Root in the container opened `/proc/PID/exe` of that process and, once runc exited,
 # wrote over the host's runc: the next `docker run` ran the attacker's code as root on
 # the host. Our `exec` (`minicontainer/joining.py`) joins the same way, and its joining
-# process is the host's Python until it execs. Like runc since the fix, it makes itself
+# process is the host's Python until it execs. Like runc, it makes itself
 # *non-dumpable* first, so the container cannot open its `/proc/PID/exe` (or its fds).
-# runc also re-executes itself from a sealed copy (a read-only overlay or a sealed
-# memfd: `libcontainer/exeseal`), so even an opened exe cannot be written; we do not
-# (a container with `CAP_SYS_PTRACE`, i.e. `--privileged`, could open it). The escape
+# runc's fix for this CVE went further: runc re-executes itself from a sealed copy (a
+# sealed memfd in 2019; today a read-only overlay or a sealed memfd,
+# `libcontainer/exeseal`), so even an opened exe cannot be written. We do not: a
+# container holding `CAP_SYS_PTRACE` (`--privileged`) could still open it. The escape
 # lab's version only *opens* it:
 
 # %%
@@ -322,8 +325,8 @@ print(with_it_off("open the host binary of a joining exec (CVE-2019-5736)", seco
 # |---|---|---|
 # | container (this course, runc) | the host kernel, narrowed by layer 5 | ~ms to start, no memory of its own |
 # | gVisor (`runsc`) | a kernel written in Go, in user space; it uses a few dozen host calls itself | slower system calls and I/O; not every call implemented |
-# | Kata Containers | a guest kernel in a small VM per container (QEMU, Cloud Hypervisor or Firecracker) | a VM's boot and memory per pod |
-# | Firecracker (microVMs, AWS Lambda) | a guest kernel; a minimal VMM with ~5 devices, itself under seccomp | ~125 ms boots, ~5 MiB per VMM |
+# | Kata Containers | a guest kernel in a small VM per pod (QEMU, Cloud Hypervisor or Firecracker) | a VM's boot and memory per pod |
+# | Firecracker (microVMs, AWS Lambda) | a guest kernel; a minimal VMM with a handful of devices, itself under seccomp | boots in ~125 ms and < 5 MiB per VMM (its published figures, with KVM) |
 # | VM (07) | a guest kernel; QEMU's emulated devices | seconds to boot, its RAM held |
 #
 # Each moves the line of trust from "the host kernel's system calls" to something
