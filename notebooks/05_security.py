@@ -312,13 +312,11 @@ for key in seen["default container (by root)"]:
 # runc's fix for this CVE went further: runc re-executes itself from a sealed copy (a
 # sealed memfd in 2019; today a read-only overlay or a sealed memfd,
 # `libcontainer/exeseal`), so even an opened exe cannot be written. We do not: a
-# container holding `CAP_SYS_PTRACE` (`--privileged`) could still open it. The escape
-# lab's version only *opens* it:
-
-# %%
-print(with_it_off("open the host binary of a joining exec (CVE-2019-5736)", seconds=4))
-
-# %% [markdown]
+# container holding `CAP_SYS_PTRACE` (`--privileged`) could still open it. Notebook
+# 08's escape lab runs this attack (it only *opens* the exe) against a default
+# container, then with `hardened=False` (the joining process left dumpable), where it
+# gets through: `open_a_joining_process_exe` in `minicontainer/escapes.py`.
+#
 # **The middle grounds** put something between the container and the host's kernel:
 #
 # | | what the container's system calls reach | cost |

@@ -109,27 +109,17 @@ def defence_table(attacks: list[Attack], settings: dict[str, Security]) -> str:
     return "\n".join(lines)
 
 
-def with_it_off(name: str, seconds: float | None = None) -> str:
+def with_it_off(name: str) -> str:
     """An escape-lab attack (by name) against a default container, then with its layer
     switched off (`shown_with`): two lines saying how each went. Only attacks that need
     no bait on the host (escapes.target) are taken."""
     attack = next(a for a in escapes.ATTACKS if a.name == name)
-    if seconds is not None:             # the lab waits 8 s for a joining process
-        attack = Attack(**{**attack.__dict__, "command": _waiting(attack.command, seconds)})
     lines = []
     for title, changes in (("defaults", {}), ("layer off", attack.shown_with or {})):
         outcome = escapes.attempt(attack, **changes)
         verdict = "GETS THROUGH" if outcome.escaped else "blocked"
         lines.append(f"{title:10} {verdict:12} {outcome.evidence}")
     return "\n".join(lines)
-
-
-def _waiting(command, seconds: float):
-    """`command` (an escape-lab function) with a shorter wait."""
-    def attack(bait) -> None:
-        """The lab's attack, giving up after `seconds`."""
-        command(bait, seconds=seconds)
-    return attack
 
 
 # -- seccomp -------------------------------------------------------------------------------------
