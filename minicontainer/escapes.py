@@ -381,8 +381,9 @@ def _answer(listener: socket.socket) -> None:
             connection.sendall(b"host service\n")
 
 
-def attempt(attack: Attack, bait: Target, **changes) -> Outcome:
-    """Run `attack` in a container with the attack's options, then `changes`."""
+def attempt(attack: Attack, bait: Target | None = None, **changes) -> Outcome:
+    """Run `attack` in a container with the attack's options, then `changes`; `bait`
+    (target()) only for attacks that reach for it."""
     options = {key: value(bait) if callable(value) else value
                for key, value in {**attack.options, **changes}.items()}
     lab_switches = {key: options.pop(key) for key in ("hardened",) if key in options}
@@ -391,7 +392,7 @@ def attempt(attack: Attack, bait: Target, **changes) -> Outcome:
     else:
         command = ["/bin/sh", "-c", attack.command]
     env = {"MARKER": bait.marker, "PID": str(bait.pid), "PORT": str(bait.port),
-           "DISK": bait.disk}
+           "DISK": bait.disk} if bait else {}
     with Container(command, env=env, **options) as container:
         container.start()
         host, proof = None, []

@@ -317,14 +317,31 @@ def _call_as_program(main: Callable[[], None], first_closed: int, channel: Chann
     pointed at an empty file now."""
     channel.stop_telling()
     blank_fds_from(first_closed)
+    # print() must reach fds 1 and 2, as an exec'd program's output would: a Jupyter
+    # kernel's sys.stdout is a socket to the notebook, served by a thread this copy
+    # does not have (its print would land in the notebook, or wait for that thread).
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
     try:
         main()
     except SystemExit as e:
-        os._exit(e.code if isinstance(e.code, int) else 1)
+        _flush_and_exit(e.code if isinstance(e.code, int) else 1)
     except BaseException as e:
+        sys.stdout.flush()
         os.write(2, f"{type(e).__name__}: {e}\n".encode())
         os._exit(1)
-    os._exit(0)
+    _flush_and_exit(0)
+
+
+def _flush_and_exit(code: int) -> None:
+    """What the function printed last, out; then exit with no interpreter clean-up
+    (it would run the caller's atexit handlers, in a copy of the caller)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):    # closed by the function, or its reader gone
+            pass
+    os._exit(code)
 
 
 def raised_in(stderr: str) -> tuple[str, str] | None:

@@ -79,7 +79,8 @@ print("  with qemu-user registered (binfmt_misc):", arch["with_qemu_user"])
 # ## Attack surface
 # > *"Compromising the container software often means you have kernel-level access to
 # > the host. Regardless, the attack surface is smaller than a VM…"* — the discussion
-# > disagrees with itself; here is what can be counted.
+# > disagrees with itself; here is what can be counted. (Notebook 05 lists, call by
+# call, what layer 5's seccomp filter refuses, beside Docker's default profile.)
 
 # %%
 surface = results["attack_surface"]
@@ -101,7 +102,8 @@ print(f"of the {surface['container']['host_syscalls']} system calls, layer 5's s
 # it, then tries again with that layer switched off — only where getting through harms
 # nothing (the attacks read a marker file, signal 0, or ask `access(2)` "could I
 # write?" without writing). Read them in `minicontainer/escapes.py`: each is a line of
-# shell or a few lines of Python.
+# shell or a few lines of Python. Notebook 05 teaches the layer-5 rows (capabilities,
+# seccomp, masked and read-only paths, no_new_privs) one defence at a time.
 
 # %%
 from minicontainer import escapes
@@ -156,14 +158,3 @@ claims = [
 ]
 for claim, where, number in claims:
     print(f"{claim:44} {where:34} {number}")
-
-# %% [markdown]
-# ## Exercise
-# Open `exercises/ex05_security.py`: turn capability names into the mask the kernel
-# prints (and compare it with what a default container holds), then write an attack
-# of your own for the escape lab — one the pid namespace, and nothing else, stops.
-
-# %%
-from minicontainer.course.grade import grade
-
-grade("05")

@@ -1,8 +1,11 @@
 """Container: the layers composed, started, exec'd into, stopped and removed."""
 from __future__ import annotations
 
+import io
 import os
+import sys
 import time
+from functools import partial
 
 import psutil
 import pytest
@@ -18,6 +21,21 @@ def test_run_reports_exit_code_and_output():
     result = run("echo out; echo err >&2; exit 3")
     assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
     assert result.signal is None and 0 < result.duration < 5
+
+
+def _print_both(text: str) -> None:
+    print(text, end="")                  # no newline: only the exit's flush sends it
+    print(text, file=sys.stderr)
+
+
+def test_a_python_functions_print_is_the_containers_output(monkeypatch):
+    """A Jupyter kernel's sys.stdout is a socket to the notebook, not fd 1: print() in a
+    function run as the container's program must still reach the container's stdout
+    (the escape lab's Python attacks lost their evidence in notebooks, and hung)."""
+    monkeypatch.setattr(sys, "stdout", io.StringIO())    # not fd 1, as in a kernel
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    result = run(partial(_print_both, "said"))
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "said", "said\n")
 
 
 def test_a_killed_command_reports_its_signal():

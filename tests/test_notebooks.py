@@ -12,8 +12,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 def test_there_is_a_notebook_per_layer_and_the_comparison():
     assert [p.stem for p in NOTEBOOKS] == ["00_welcome", "01_chroot", "02_namespaces",
-                                            "03_cgroups", "04_networking", "06_images",
-                                            "07_the_vm", "08_containers_vs_vms"]
+                                            "03_cgroups", "04_networking", "05_security",
+                                            "06_images", "07_the_vm", "08_containers_vs_vms"]
 
 
 @pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import socket
 from functools import partial
-from pathlib import Path
 
 import pytest
 
 from minicontainer import security
 from minicontainer.container import Container, run
+from minicontainer.course import security_lab
 from minicontainer.security import DEFAULT_CAPABILITIES, Security
 
 STATUS = "grep -E '^(CapEff|CapBnd|CapInh|NoNewPrivs|Seccomp):' /proc/self/status"
@@ -91,47 +90,14 @@ def test_the_cli_switches_each_part_with_dockers_words(options, field, value):
 
 # -- parity with Docker's default seccomp profile ------------------------------------------
 
-MOBY_PROFILE = Path(__file__).parent / "data" / "moby-seccomp-default.json"   # see README
-MOBY_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "riscv64": "riscv64", "s390x": "s390x",
-             "ppc64le": "ppc64le"}
 OPS = {"SCMP_CMP_LT": lambda a, v, _: a < v, "SCMP_CMP_LE": lambda a, v, _: a <= v,
        "SCMP_CMP_EQ": lambda a, v, _: a == v, "SCMP_CMP_NE": lambda a, v, _: a != v,
        "SCMP_CMP_GE": lambda a, v, _: a >= v, "SCMP_CMP_GT": lambda a, v, _: a > v,
        "SCMP_CMP_MASKED_EQ": lambda a, v, two: a & v == two}
-
-
-def kernel_calls() -> set[str]:
-    """Every system call of this architecture that libseccomp can name, plus the newer
-    ones security.py knows by number (a call unknown to both is invisible here)."""
-    import pyseccomp
-    names = set(security.NEWER_SYSCALLS)
-    for number in range(1024):
-        try:
-            name = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, number)
-        except (OSError, ValueError, RuntimeError):
-            continue
-        if name:
-            names.add(name.decode() if isinstance(name, bytes) else name)
-    return names
-
-
-def dockers_rules_for_us() -> list[dict]:
-    """The profile's allow rules that apply to a container with our capabilities here:
-    a rule for a capability we drop, or one excluded by one we keep, does not count."""
-    arch, ours = MOBY_ARCH[os.uname().machine], {f"CAP_{c}" for c in DEFAULT_CAPABILITIES}
-    profile = json.loads(MOBY_PROFILE.read_text())
-    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"      # an allow-list
-    kernel = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
-    rules = []
-    for rule in profile["syscalls"]:
-        includes, excludes = rule.get("includes", {}), rule.get("excludes", {})
-        if (rule["action"] != "SCMP_ACT_ALLOW"
-                or arch not in includes.get("arches", [arch]) or arch in excludes.get("arches", [])
-                or not set(includes.get("caps", [])) <= ours or set(excludes.get("caps", [])) & ours
-                or kernel < tuple(int(n) for n in includes.get("minKernel", "0.0").split("."))):
-            continue
-        rules.append(rule)
-    return rules
+# The pinned profile, and its reading for our capabilities, are the course's too
+# (notebook 05 counts what it denies): minicontainer/course/data/README.md.
+dockers_rules_for_us = security_lab.dockers_rules
+kernel_calls = security_lab.kernel_calls
 
 
 def test_we_deny_every_call_dockers_default_profile_denies():

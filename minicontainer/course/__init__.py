@@ -9,6 +9,7 @@ the results:
     measure.py  start time, memory, over-provisioning, kernel, attack surface: plain data
     plots.py    the comparison's figures (matplotlib), from measure.py's data
     panels.py   live notebook panels: controls, and a result that follows them
+    security_lab.py  notebook 05: each defence of layer 5 tried, then switched off
     load.py     many containers at once, started and removed
 
 Imports point down only: the layers never import from here. Import the module you
