@@ -35,7 +35,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from collections.abc import Iterable
 from functools import cache, partial
 from pathlib import Path
@@ -164,6 +164,11 @@ class Security:
         if unknown:
             raise InvalidArgument(f"unknown capabilities {sorted(unknown)}: use names such "
                                   "as NET_BIND_SERVICE (without CAP_)")
+
+    @classmethod
+    def switches(cls) -> tuple[str, ...]:
+        """The names of the defences that switch on and off (all but `kept`)."""
+        return tuple(f.name for f in fields(cls) if f.type in (bool, "bool"))
 
     @classmethod
     def off(cls) -> Security:

@@ -115,7 +115,7 @@ from minicontainer.course.panels import panel
 
 switches = {name: widgets.Checkbox(value=True, description=name, indent=False,
                                    layout=widgets.Layout(width="130px"))
-            for name in Security().as_dict()}
+            for name in Security.switches()}
 
 
 def table_for_the_boxes():

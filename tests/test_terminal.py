@@ -204,7 +204,7 @@ def test_detach_keys_leave_it_running_and_attach_returns(screens):
     last.wait_until_raw()
     last.type("exit 5\r")
     assert last.exit_code() == 5                # attach returns the container's code
-    assert "exited (5)" in mc("ps").stdout
+    assert "exited (5)" in mc("ps", "-a").stdout
     assert "cat /tmp/mark" in mc("logs", "mc-tty-detach").stdout   # a tty's log, as Docker's
     assert mc("rm", "mc-tty-detach").returncode == 0
 
@@ -420,8 +420,8 @@ def test_a_dit_command_that_ends_at_once_is_still_a_container_to_remove():
                   "exit 4").returncode == 0
     time.sleep(0.5)
     for n in range(3):
-        assert f"mc-tty-quick{n}" in mc("ps").stdout
-        assert "exited (4)" in mc("ps").stdout
+        assert f"mc-tty-quick{n}" in mc("ps", "-a").stdout
+        assert "exited (4)" in mc("ps", "-a").stdout
         removed = mc("rm", f"mc-tty-quick{n}")
         assert removed.returncode == 0, removed.stderr
     assert state.names() == [] and keepers() == []
@@ -452,8 +452,8 @@ def test_a_container_that_closes_its_terminal_can_still_be_detached_and_ends(scr
     s.expect("detached from mc-tty-closed")
     assert s.exit_code() == 0
     deadline = time.monotonic() + 10
-    while "exited (7)" not in mc("ps").stdout:  # the keeper outlived the closed terminal
-        assert time.monotonic() < deadline, mc("ps").stdout
+    while "exited (7)" not in mc("ps", "-a").stdout:  # the keeper outlived the closed terminal
+        assert time.monotonic() < deadline, mc("ps", "-a").stdout
         time.sleep(0.2)
     assert mc("rm", "mc-tty-closed").returncode == 0
     s = screens("run", "-it", "--", "sh", "-c", "exec </dev/null >/dev/null 2>&1; exit 6")
