@@ -237,8 +237,18 @@ class Container:
         return self
 
     def __exit__(self, *exc) -> None:
-        """Remove the container, running or not."""
-        self.remove(force=True)
+        """Remove the container, running or not. A Ctrl-C (a notebook's interrupt) that
+        lands in the middle of the removal does not leave half a container: remove()
+        picks up where it was, and the interrupt is raised once it is done."""
+        interrupted = None
+        while True:
+            try:
+                self.remove(force=True)
+                break
+            except KeyboardInterrupt as e:
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
 
     # -- looking inside ---------------------------------------------------------------
 
