@@ -19,8 +19,10 @@
 # > *"Containers come as a solidification of functionality which Linux already
 # > supports, chroot."* — from the discussion this course answers
 #
-# An image is only a directory tree. Ours is built from the host's static busybox: one
-# binary that is `sh`, `ls`, `ps` and 300 other commands at once.
+# What a container sees as `/` is only a directory tree: its *root filesystem*. (An OCI
+# image, what `docker pull` fetches, is more — a manifest, a config and layers that
+# are stacked into such a tree: notebook 06.) Ours is built from the host's static
+# busybox: one binary that is `sh`, `ls`, `ps` and 300 other commands at once.
 
 # %%
 from minicontainer.rootfs import default_rootfs
@@ -51,6 +53,16 @@ plt.show()
 # ## chroot(2)
 # `chroot_into` is two system calls. The child process sees the image as `/`; this
 # notebook's own process is untouched.
+#
+# **Predict, then run.** A chroot only (`namespaces=[]`) prints its hostname and counts
+# the entries of its `/proc`. Whose hostname, and how many entries?
+#
+# <details><summary>Answer</summary>
+#
+# The host's hostname, and 0: `/proc` in the image is an empty directory, because nobody
+# mounted the kernel's proc filesystem there. chroot changes which directory is `/`,
+# nothing else — no new hostname, no process list of its own.
+# </details>
 
 # %%
 import inspect
@@ -74,6 +86,17 @@ print(inside.stdout)
 # A root process inside a chroot can climb out: chroot again into a subdirectory, and
 # its working directory is now *above* its root, where `..` is never stopped. Here is
 # the attacker's code, run as the container's process:
+#
+# **Predict, then run.** The same code runs twice below: in a plain chroot, and in a
+# container with namespaces (layer 2). Which run prints the host's secret file?
+#
+# <details><summary>Answer</summary>
+#
+# Only the plain chroot. In the container the climb stops at the container's own `/`:
+# `pivot_root` moved the host's root aside and detached it, so there is no "above" to
+# reach, and opening the host's path fails (the error is on its stderr). Being root
+# inside did not help: the host's files are simply not in its mount table.
+# </details>
 
 # %%
 print(inspect.getsource(chroot.escape_chroot))

@@ -21,9 +21,30 @@
 #
 # A namespace gives a process its own copy of one kind of name: mount points (`mnt`),
 # process ids (`pid`), the hostname (`uts`), IPC, the network (`net`), user ids
-# (`user`). The system call is `unshare(2)`; the code is `minicontainer/namespaces.py`.
+# (`user`), the cgroup tree it sees as `/` (`cgroup`) and the boot-time clocks
+# (`time`) — Linux has these eight. The system call is `unshare(2)`; the code is
+# `minicontainer/namespaces.py`. A container here gets the first five, as `docker run`
+# does; `user` only when rootless (notebook 05). A `cgroup` namespace is made only when
+# asked for (`namespaces={..., "cgroup"}`), and it hides less than runc's: we unshare it
+# before the process joins its own cgroup, so its `/` is the runtime's group and
+# `/proc/self/cgroup` still shows a path below it. runc joins first and unshares after,
+# so the container's own group is its `/`. Docker makes one by default on cgroup v2
+# hosts (`--cgroupns=private`), not on v1 ones. We never make a `time` namespace (it only
+# shifts `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME`, for checkpoint and restore), and
+# `docker run` has no option for one.
 #
 # Tick namespaces and see what the container sees. (Run the cell, then change the boxes.)
+#
+# **Predict, then run.** With the five boxes ticked, what is the container's own pid
+# (`$$`), and how many processes does it see? Then untick `pid`: what changes?
+#
+# <details><summary>Answer</summary>
+#
+# It is **PID 1**, and it sees only itself and the commands of its probe (`ls`,
+# `grep`): a handful. Without `pid` it gets an ordinary host pid and sees every process
+# of the host — its `/proc` is still its own mount, but it lists the host's
+# pid namespace.
+# </details>
 
 # %%
 import ipywidgets as widgets
@@ -68,6 +89,16 @@ panel(boxes.values(), show)
 #
 # ## Namespaces have identities
 # Each namespace is an inode under `/proc/PID/ns/`. Same inode: same namespace.
+#
+# **Predict, then run.** The table lists seven kinds (all but `time`, which we never
+# touch). Which ones does a default container *share* with the host?
+#
+# <details><summary>Answer</summary>
+#
+# `user` and `cgroup`. Root in the container is the host's root (uid 0 on both sides,
+# held in check by layer 5, not by a namespace), and it sees the host's cgroup tree.
+# The other five — `ipc`, `uts`, `net`, `pid`, `mnt` — are its own.
+# </details>
 
 # %%
 from minicontainer import Container
@@ -182,7 +213,18 @@ with Container("/bin/sh", tty=True) as c:
 # **PID 1 is special.** The kernel delivers a signal to a namespace's PID 1 only if PID 1
 # has a handler for it. `sleep` has none — run as PID 1, Ctrl-C (and `docker stop`'s
 # SIGTERM) do nothing to it. A tiny init as PID 1 (`--init`, `init.py`) runs the command
-# as PID 2, where the defaults apply again:
+# as PID 2, where the defaults apply again.
+#
+# **Predict, then run.** Ctrl-C is typed at `sleep 100`, once as PID 1 and once with
+# `init=True`. Which one ends, and with which exit code?
+#
+# <details><summary>Answer</summary>
+#
+# As PID 1, nothing happens: `sleep` has no handler for SIGINT, so the kernel drops the
+# signal, and it is still running 2 s later. With `init=True` the init receives the
+# SIGINT (it does handle it), passes it to `sleep` as PID 2, where the default action
+# kills it: exit code 130, which is 128 + 2, SIGINT's number.
+# </details>
 
 # %%
 import time

@@ -36,6 +36,20 @@ for controller in ("memory", "cpu", "pids"):
 # %% [markdown]
 # ## Memory: over the limit, the OOM killer
 # A program that wants 64 MiB at once (`dd` with a 64 MiB buffer). Slide the limit.
+#
+# **Predict, then run.** At the starting limit, 32 MiB, what happens to `dd`, and what
+# exit code does the line print?
+#
+# <details><summary>Answer</summary>
+#
+# The kernel kills it, and the exit code is **137**. When the group's memory is full and
+# nothing can be reclaimed (a container gets no swap here: its memory+swap limit equals
+# its memory limit), the kernel's *OOM killer* sends SIGKILL, signal 9, which no program
+# can catch; a shell, and Docker, report death by signal N as 128 + N: 128 + 9 = 137.
+# So exit 137 means "killed by SIGKILL" — by the OOM killer, as here and as
+# `docker inspect`'s `OOMKilled` says, or by anyone's `kill -9` (`docker kill`). The
+# limit has to be a little above 64 MiB for `dd` to finish: the buffer alone is 64.
+# </details>
 
 # %%
 import ipywidgets as widgets
@@ -60,7 +74,18 @@ panel([memory], try_hog)
 # %% [markdown]
 # ## CPU: a quota per period
 # `cpus=0.5` means 50 000 µs of CPU time in every 100 000 µs period. A busy loop under
-# a quota, sampled ten times a second (slide and re-run to compare):
+# a quota, sampled ten times a second (slide and re-run to compare).
+#
+# **Predict, then run.** The loop never sleeps. With `cpus=0.3`, how many CPU seconds
+# has it used after 2 seconds?
+#
+# <details><summary>Answer</summary>
+#
+# About 0.6: a line with slope 0.3, well under the dotted "one whole CPU" line. The
+# loop is always ready to run, but after 30 000 µs in each 100 000 µs period the
+# scheduler *throttles* the group until the next period. Nothing is killed: CPU is
+# slowed, where memory over the limit is taken away.
+# </details>
 
 # %%
 import time
@@ -99,6 +124,17 @@ panel([quota], plot_quota)
 # ## Processes: a fork bomb, stopped
 # `bomb() { bomb | bomb & }; bomb` doubles without end. Under `pids_limit=32` the
 # kernel refuses the 33rd process, and this machine stays usable.
+#
+# **Predict, then run.** After 2 seconds of the bomb, how many processes are in the
+# container's group?
+#
+# <details><summary>Answer</summary>
+#
+# At the limit, 32 (or just under, as some end while others are refused): `fork` fails
+# with `EAGAIN` ("can't fork") for the group's 33rd process, whoever asks. Without the
+# limit the count grows until the host's own process table is full, and every program
+# on the machine fails to fork.
+# </details>
 
 # %%
 with Container(["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 30"], pids_limit=32) as c:
@@ -111,6 +147,18 @@ with Container(["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 30"], pids_li
 # Six containers, each allowed 96 MiB — 576 MiB in all — share a budget group of 160
 # MiB. Each needs 64 MiB for half a second, one after the other. Then the same six
 # workloads as VMs of 160 MiB each.
+#
+# **Predict, then run.** The limits add up to 576 MiB, more than three times the
+# budget. How many of the six containers does the OOM killer take?
+#
+# <details><summary>Answer</summary>
+#
+# None: the budget caps what is *in use* at once, not what is promised, and the peaks
+# come one after another, so the group's peak stays far under 160 MiB. The VMs are the
+# other way round: each keeps the memory its guest touched (without a balloon or free
+# page reporting, QEMU does not learn that the guest freed it), so the host holds six
+# peaks at the end, not one.
+# </details>
 
 # %%
 from minicontainer.course import measure, plots
@@ -124,7 +172,8 @@ plt.show()
 # %% [markdown]
 # The containers' limits add up to more than the budget, and all finish: only memory
 # *in use* counts, and the kernel sees every container's processes. Each VM holds the
-# memory its guest touched, whether it still uses it or not.
+# memory its guest touched, whether it still uses it or not. (Peaks that *overlap* are
+# another story: then the budget is full and the OOM killer takes one — exit 137.)
 #
 # ## What you know now
 # - A container's budget is a cgroup: the kernel counts and limits its processes

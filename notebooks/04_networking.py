@@ -33,6 +33,41 @@ print(net["name"], net["subnet"], "gateway", net["gateway"])
 
 # %% [markdown]
 # ## Two containers talk
+# A web server (`mc-web`) and a client (`mc-client`) on the network; the server's port
+# 80 is published on the host's port 18080 (`-p 18080:80`).
+#
+# **Predict, then run.** The client runs `ping mc-web`. There is no DNS server on this
+# network: what turns the name `mc-web` into an address?
+#
+# <details><summary>Answer</summary>
+#
+# The client's `/etc/hosts` (the cell prints it). Our runtime writes that file for every
+# container on the network, one line per neighbour, and rewrites it in place whenever a
+# container joins or leaves. Docker does not do this on a network you create: there
+# dockerd answers names itself, as an *embedded DNS server* at `127.0.0.11` (the
+# container's `/etc/resolv.conf` points there, and its `/etc/hosts` lists only itself).
+# On Docker's default `bridge` network, containers get no names at all (only the
+# legacy `--link` writes `/etc/hosts` lines).
+# </details>
+#
+# **Predict, then run.** The host opens `http://127.0.0.1:18080/`. Which process
+# accepts that TCP connection?
+#
+# <details><summary>Answer</summary>
+#
+# Not `httpd`: our port proxy (`minicontainer/proxy.py`), a small process on the host
+# that listens on 18080, accepts, and opens a second connection to the container's
+# address, port 80 — so `httpd` sees a client on the bridge's address, not 127.0.0.1.
+# Docker publishes ports mainly with **DNAT** rules instead: in iptables' `nat` table,
+# `PREROUTING` (packets from elsewhere) and `OUTPUT` (the host's own connections to its
+# addresses) jump to a `DOCKER` chain that rewrites the destination to the container's
+# address and port; no process is in the way. The `OUTPUT` rule skips `127.0.0.0/8`,
+# because the kernel does not route loopback addresses out to a bridge unless
+# `route_localnet` is switched on; so connections to `127.0.0.1` go to a userland
+# proxy, `docker-proxy` (on by default; with `userland-proxy: false` Docker sets
+# `route_localnet` and uses DNAT for loopback too). We use the proxy for every case,
+# which keeps the host's loopback protection on (`network.py` says why).
+# </details>
 
 # %%
 WEB = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"
@@ -58,7 +93,20 @@ with Container(WEB, name="mc-web", network="mc-lesson", ports={18080: 80}) as we
 
 # %% [markdown]
 # ## What the host sees
-# The bridge, and one veth end per running container, named `mc-…`:
+# The bridge, and one veth end per running container, named `mc-…`.
+#
+# **Predict, then run.** With one container running on `mc-lesson`, which new links
+# does the host list, and which address does the bridge hold?
+#
+# <details><summary>Answer</summary>
+#
+# Two: the bridge `mc-lesson` and the host's end of the container's veth pair, named
+# `mc-…` and plugged into the bridge (its other end is the container's `eth0`, in the
+# container's namespace, so the host does not list it). The bridge holds the network's
+# gateway address, the first of its subnet: the containers' default route. The NAT
+# rules are not links; in a terminal, `sudo iptables -t nat -S | grep mc-` shows ours:
+# one `MASQUERADE` rule per network, tagged with a `mc-…` comment, and no `DNAT`.
+# </details>
 
 # %%
 import subprocess
@@ -75,8 +123,13 @@ print("networks left:", network.names())
 # %% [markdown]
 # ## What you know now
 # - A container's network is a namespace plus a virtual cable to a virtual switch;
-#   NAT on the host lets it out, a proxy lets published ports in.
-# - A VM would instead get a virtual *network card* emulated by QEMU (next notebook).
+#   NAT on the host lets it out, a proxy lets published ports in (Docker: DNAT rules,
+#   and its docker-proxy for 127.0.0.1); neighbours' names come from `/etc/hosts`
+#   (Docker: its embedded DNS server at 127.0.0.11).
+# - A VM is networked another way: QEMU emulates a *network card* (virtio-net, e1000)
+#   that the guest's own kernel drives, and its host side is a tap device, which can be
+#   plugged into a bridge like ours. The VM of notebook 07 has no network card at all
+#   (QEMU runs with `-nodefaults`); we talk to it over its serial console.
 #
 # ## Exercise 04
 # `exercises/ex04_networking.py`: hand out addresses on a bridge.

@@ -40,6 +40,19 @@ print("accelerator:", accel, "—", why)
 # virtual), QEMU's TCG translates every instruction: correct, and much slower.
 #
 # ## Booting, and where the time goes
+#
+# **Predict, then run.** The boot is split in three: QEMU starting (with its firmware),
+# the guest kernel until it runs `/init`, and our `/init` until the guest says it is
+# ready. Which bar is the longest under TCG?
+#
+# <details><summary>Answer</summary>
+#
+# The kernel's, on a machine without KVM: it sets up a whole computer — memory, CPU
+# features, interrupt controllers, devices — and under TCG each of its instructions is
+# translated first. QEMU's own start is a fraction of a second and our `/init` runs a
+# few commands. With KVM the kernel's bar shrinks the most. A container has none of the
+# three: its "boot" is a `fork`.
+# </details>
 
 # %%
 import matplotlib.pyplot as plt
@@ -61,6 +74,18 @@ plt.show()
 
 # %% [markdown]
 # ## Its own kernel, its own hardware
+#
+# **Predict, then run.** The VM has `memory="128M"`. Does its `MemTotal` say 128 MiB?
+# And its `boot_id`: the host's?
+#
+# <details><summary>Answer</summary>
+#
+# `MemTotal` is a little under 128 MiB: it counts what the guest's kernel can hand
+# out, after its own code and reserved areas — the guest sees only the RAM QEMU gave it,
+# never the host's. The `boot_id` is its own, since this kernel booted a moment ago. Its
+# release may even equal the host's (when the VM boots the host's own kernel file from
+# `/boot`): the same program, a second copy running on other hardware.
+# </details>
 
 # %%
 with VM(memory="128M") as vm:
@@ -70,11 +95,26 @@ with VM(memory="128M") as vm:
 print(output)
 
 # %% [markdown]
-# A different kernel release from the host's, its own boot, its own (smaller) memory,
-# a CPU model that QEMU presents, and devices that exist only in software.
+# A kernel of its own (a different release from the host's when it comes from the
+# distribution's package; a second boot of the same one when it is the host's file),
+# its own boot, its own (smaller) memory, a CPU model that QEMU presents, and devices
+# that exist only in software — but no network card: we started QEMU with
+# `-nodefaults` and gave it none, so it talks to us only over its serial console.
 #
 # ## What the VM costs: slide its memory
 # QEMU's own memory (PSS) split into the guest's RAM it has touched and QEMU itself.
+#
+# **Predict, then run.** From 128M to 256M, the guest gets twice the RAM. Does the
+# host pay twice as much?
+#
+# <details><summary>Answer</summary>
+#
+# No, far from it: QEMU maps the guest's RAM, but the host gives it a page only when
+# the guest first writes there. An idle guest has touched its kernel, its unpacked
+# image and its bookkeeping of the RAM (which grows a little with the size), not the
+# rest. What it *has* touched stays with QEMU even after the guest frees it, unless a
+# balloon driver or free page reporting tells the host.
+# </details>
 
 # %%
 import ipywidgets as widgets
