@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 # What only some containers use (a network, published ports, exec, a kept terminal) is
 # imported where it is used: `minicontainer run -- true` pays for none of it.
-from . import cgroups, devices, process, security, state
+from . import cgroups, devices, process, security, state, syscalls
 from . import namespaces as ns
 from .cgroups import Cgroup
 from .errors import MinicontainerError, Timeout
@@ -384,6 +384,8 @@ def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
              partial(make_workdir, spec.workdir)]
     if procs:
         steps.append(partial(cgroups.join, procs))   # in its budget before exec
+    if "cgroup" in spec.namespaces:     # after joining: its own group is its "/" (as runc)
+        steps.append(partial(syscalls.unshare, syscalls.CLONE_NEWCGROUP))
     if spec.network:
         steps.append(partial(process.wait_for_parent, channel))  # eth0 plugged in
     if pty:

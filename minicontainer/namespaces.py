@@ -86,7 +86,9 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: 
     if "pid" in namespaces:               # a new pid namespace is for our children only:
         syscalls.unshare(syscalls.CLONE_NEWPID)
         fork_and_wait(channel, on_exit)   # the child goes on as PID 1; we wait outside
-    syscalls.unshare(sum(FLAGS[kind] for kind in namespaces - {"user", "pid"}))
+    # cgroup: not here. Its root is the group the process is in when it is made, so
+    # the caller makes it once the process has joined its own (container.setup_steps).
+    syscalls.unshare(sum(FLAGS[kind] for kind in namespaces - {"user", "pid", "cgroup"}))
     if "net" in namespaces:               # while /proc/sys still answers for our netns:
         refuse_router_advertisements()    # eth0, made later, takes no RA from a neighbour
     if "mnt" in namespaces:

@@ -25,10 +25,10 @@
 # (`time`) — Linux has these eight. The system call is `unshare(2)`; the code is
 # `minicontainer/namespaces.py`. A container here gets the first five, as `docker run`
 # does; `user` only when rootless (notebook 05). A `cgroup` namespace is made only when
-# asked for (`namespaces={..., "cgroup"}`), and it hides less than runc's: we unshare it
-# before the process joins its own cgroup, so its `/` is the runtime's group and
-# `/proc/self/cgroup` still shows a path below it. runc joins first and unshares after,
-# so the container's own group is its `/`. Docker makes one by default on cgroup v2
+# asked for (`namespaces={..., "cgroup"}`); like runc, we make it only once the process
+# has joined its own cgroup, so that group is its `/` and `/proc/self/cgroup` shows no
+# path of the host's (made earlier, its `/` would be the runtime's group, and the
+# container would read its own place below it). Docker makes one by default on cgroup v2
 # hosts (`--cgroupns=private`), not on v1 ones. We never make a `time` namespace (it only
 # shifts `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME`, for checkpoint and restore), and
 # `docker run` has no option for one.

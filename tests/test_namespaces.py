@@ -108,3 +108,11 @@ def test_the_command_pid_reaches_the_parent_before_its_ready_even_when_the_waite
     child.wait(10)
     child.close()
     assert heard == [child.main_pid] and child.main_pid != child.pid
+
+
+def test_a_cgroup_namespace_is_rooted_at_the_containers_own_group():
+    # Made before the process joins its group, its "/" would be the runtime's group
+    # and the container would see its own path (/minicontainer/mc-…) from there.
+    result = run(["cat", "/proc/self/cgroup"], namespaces=DEFAULT | {"cgroup"})
+    lines = result.stdout.splitlines()
+    assert lines and all(line.endswith(":/") for line in lines), result.stdout
