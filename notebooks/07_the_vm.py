@@ -80,8 +80,9 @@ plt.show()
 #
 # <details><summary>Answer</summary>
 #
-# `MemTotal` is a little under 128 MiB: it counts what the guest's kernel can hand
-# out, after its own code and reserved areas — the guest sees only the RAM QEMU gave it,
+# `MemTotal` is well under the 128 MiB given (about 80 MiB measured here): it counts
+# what the guest's kernel can hand out, after its own code, reserved areas and the
+# initramfs it unpacked into RAM — the guest sees only the RAM QEMU gave it,
 # never the host's. The `boot_id` is its own, since this kernel booted a moment ago. Its
 # release may even equal the host's (when the VM boots the host's own kernel file from
 # `/boot`): the same program, a second copy running on other hardware.
