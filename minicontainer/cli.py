@@ -343,7 +343,7 @@ def run_with_terminal(container, args: argparse.Namespace, keys: bytes) -> int:
     detached = False
     try:
         container.start(window=window_size(1))
-        code = relay_terminal(container.console, container._require_child(), args,
+        code = relay_terminal(container.console, container.child(), args,
                               container.wait, keys)
         detached = code is None
         if detached:
@@ -394,7 +394,7 @@ def wait_in_foreground(container, sig_proxy: bool = True):
     Without sig_proxy, the first of them stops it."""
     from .errors import Ended
     from .process import ending_on, signals_passed_to
-    child = container._require_child()
+    child = container.child()
     try:
         with signals_passed_to(child) if sig_proxy else ending_on(
                 [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]):

@@ -180,7 +180,7 @@ def create(container_id: str, bundle_dir: str, pid_file: str | None = None,
         if console_socket:
             send_console(console_socket, container.console)
         container.detached = True           # it outlives us; `delete` removes it
-        container._save()
+        container.save()
         if pid_file:
             write_pid_file(Path(pid_file), container.pid)
     except BaseException:
@@ -195,7 +195,7 @@ def run(container_id: str, bundle_dir: str, pid_file: str | None = None,
     container = create(container_id, bundle_dir, pid_file, console_socket)
     try:
         start(container_id)
-        with process.signals_passed_to(container._require_child()):
+        with process.signals_passed_to(container.child()):
             return container.wait().exit_code
     finally:
         container.remove(force=True)
@@ -237,7 +237,7 @@ def start(container_id: str, timeout: float = 10) -> None:
     fifo = container.directory / FIFO
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        pidfd = container._require_child().pidfd
+        pidfd = container.child().pidfd
         ready, _, _ = select.select([reader, pidfd], [], [], timeout)
         if reader not in ready or os.read(reader, 1) != b"0":
             raise WrongState(f"container {container_id} ended before it was started")
