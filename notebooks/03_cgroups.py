@@ -177,8 +177,11 @@ plt.show()
 # %% [markdown]
 # The containers' limits add up to more than the budget, and all finish: only memory
 # *in use* counts, and the kernel sees every container's processes. Each VM holds the
-# memory its guest touched, whether it still uses it or not. (Peaks that *overlap* are
-# another story: then the budget is full and the OOM killer takes one — exit 137.)
+# memory its guest touched, whether it still uses it or not — unless the guest gives it
+# back: a virtio balloon the host inflates, or free page reporting; and KSM can merge
+# identical pages of several guests. None is on here, as on a default QEMU. (Peaks that
+# *overlap* are another story: then the budget is full and the OOM killer takes one —
+# exit 137; notebook 08 shows it.)
 #
 # ## What you know now
 # - A container's budget is a cgroup: the kernel counts and limits its processes

@@ -74,6 +74,16 @@ plt.show()
 # itself — tens of MiB at least, each time: the last line below prints the containers'
 # total.
 # </details>
+#
+# The VMs' stack is what their QEMU processes hold, split three ways: the guest's RAM
+# as far as the guest has touched it (its `-m` is a promise; untouched pages cost
+# nothing yet), TCG's translation cache (the guest's code translated to the host's:
+# none under KVM), and QEMU itself. The dashed line is what the VMs were promised: a
+# host that runs them must be ready to give it all. Memory a guest touched stays with
+# QEMU even once the guest frees it, unless the guest hands it back — a virtio
+# *balloon* that the host inflates, or *free page reporting* (virtio-balloon's
+# `free-page-reporting=on`); and KSM (`/sys/kernel/mm/ksm`) can merge identical pages
+# of several guests. None of them is on here, as on a default QEMU.
 
 # %%
 plots.memory_figure(results["scaling"], results["memory"])
@@ -82,11 +92,40 @@ n, used = results["scaling"]["containers"][-1]
 print(f"{n} idle containers: {used / 2**20:.0f} MiB of host memory in all")
 
 # %% [markdown]
+# ## Fifty real web servers
+# Idle `sleep`s prove little: here each instance is busybox's `httpd`, loaded with 200
+# requests from this notebook over our bridge, timed one by one. The containers share
+# one memory budget; as VMs, only as many fit as the budget can promise their `-m` to
+# (at most six under TCG). Our VMs have no network card, so their servers run but
+# cannot be reached from here: for VMs, memory only. `make compare` runs 50 containers
+# and saves the numbers; without them, a small version runs now (5 and 1). The full
+# one from here: `servers.servers()` (about a minute, plus the VMs' boots).
+
+# %%
+from minicontainer.course import servers
+
+served = servers.saved()
+if served is None:                     # `make compare` has not run on this machine
+    served = servers.servers(containers=5, vms=1, progress_factory=progress)
+print(servers.summary(served))
+plots.servers_figure(served)
+plt.show()
+
+# %% [markdown]
 # ## Over-provisioning
+# Left: peaks in turn, as in 03 — every container finishes, and the VMs keep each
+# guest's peak (no balloon, no free page reporting: QEMU is never told the guest freed
+# it). Right: the same budget, but four containers need 64 MiB *at the same time*.
+# Over-provisioning is a bet that peaks do not meet; when they do, the kernel's OOM
+# killer takes the process using the most memory in the budget group, SIGKILL, exit
+# 137 — which is what a `docker run --memory` container shows as `OOMKilled`.
 
 # %%
 plots.overprovision_figure(results["overprovision"])
 plt.show()
+overlapping = results["overprovision"]["overlapping"]
+print("peaks at once, exit codes:", overlapping["exit_codes"],
+      "| OOM-killed:", overlapping["oom_killed"])
 
 # %% [markdown]
 # ## Architecture
