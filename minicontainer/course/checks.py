@@ -236,8 +236,8 @@ def cpu_max_is_quota_and_period(student) -> None:
             hint = "the kernel reads whole microseconds: make the quota an int"
         elif str(got).split()[:1] == [str(int(exact))] and got != value:
             hint = (f"{cpus} * {period or 100_000} is {exact!r} in floating point, and int() "
-                    "truncates it: one microsecond short. round() it (Docker reads --cpus as an exact "
-                    "fraction, a big.Rat, so its quota comes out whole)")
+                    "truncates it: one microsecond short. round() it (Docker reads --cpus "
+                    "as an exact fraction, a big.Rat, so its quota comes out whole)")
         expect(f"cpu_max{args}", value, got, hint)
 
 
