@@ -127,8 +127,9 @@ with Container(["sleep", "30"], network="mc-lesson") as c:
 #
 # None. Ours are one `MASQUERADE` rule per network in `POSTROUTING` — packets from the
 # subnet leaving by another interface get the host's address as their source, so
-# replies find their way back — and, in the `filter` table, `FORWARD` rules letting the
-# bridge's traffic through. Published ports go through our proxy, a process. Docker
+# replies find their way back — and, in the `filter` table, `FORWARD` rules that let the
+# bridge's traffic out and its replies in, and drop new connections from elsewhere into
+# it. Published ports go through our proxy, a process. Docker
 # would also list, per published port, a `DNAT` rule in its `DOCKER` chain:
 # `-A DOCKER ! -i docker0 -p tcp -m tcp --dport 18080 -j DNAT --to-destination
 # 172.17.0.2:80`, reached from `PREROUTING` and `OUTPUT`; its `docker-proxy` handles only
