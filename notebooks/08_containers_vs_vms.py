@@ -199,36 +199,12 @@ plt.show()
 
 # %% [markdown]
 # ## Every claim, and the cell that measured it
+# The discussion's claims one by one: where this course measured each, the number this
+# run measured (read from the variables the cells above filled — `results`, `lab` — by
+# `minicontainer/course/claims.py`; nothing is typed in), and whether the claim held. A
+# claim whose measurement this run did not make says so.
 
 # %%
-import statistics
+from minicontainer.course import claims
 
-start, mem, kernel = results["start_time"], results["memory"], results["kernel"]
-over_c = results["overprovision"]["containers"]
-claims = [
-    ("containers come from chroot", "01: the escape", "chroot alone escaped; pivot_root stopped it"),
-    ("the OS is virtualized, not the hardware", "02: namespace inodes; 07: devices",
-     f"{surface['vm']['emulated_devices']} emulated devices in the VM, none in a container"),
-    ("same OS / kernel as the host", "02 and here: uname -r, boot_id",
-     f"container {kernel['container']['release']}, VM {kernel['vm']['release']}"),
-    ("a VM has virtual hardware", "07: its own kernel and devices", f"VM boot_id differs: "
-     f"{kernel['vm']['boot_id'] != kernel['host']['boot_id']}"),
-    ("containers must match the CPU architecture", "here: the foreign busybox",
-     ("fails: Exec format error" if "Exec format" in arch["without"] else arch["without"][:40])
-     + f"; via qemu-user: {arch['with_qemu_user']}"),
-    ("smaller attack surface than a VM?", "here: entry points",
-     f"{surface['container']['host_syscalls']} syscalls vs {surface['vm']['emulated_devices']} devices"),
-    ("the container software is the attack surface", "here: the escape lab",
-     f"{sum(r['blocked'] for r in lab)}/{len(lab)} escapes blocked, "
-     f"{len(layers)} layers doing it"),
-    ("easier to over-provision containers", "03 and here",
-     f"limits {over_c['sum_of_limits'] / 2**20:.0f} MiB > budget {over_c['budget'] / 2**20:.0f}: "
-     f"all done at {over_c['peak_in_use'] / 2**20:.0f} MiB; VMs held "
-     f"{results['overprovision']['vms']['peak_in_use'] / 2**20:.0f} MiB"),
-    ("fast minimal VMs are possible", "07: boot phases",
-     f"VM median start {statistics.median(start['vm']):.2f} s ({start['vm_accel']})"),
-    ("30–50 servers on one platform", "here: scaling",
-     f"{n} containers in {used / 2**20:.0f} MiB; one VM {mem['vm']['pss'] / 2**20:.0f} MiB"),
-]
-for claim, where, number in claims:
-    print(f"{claim:44} {where:34} {number}")
+claims.show(claims.closing_table(globals()))

@@ -295,7 +295,9 @@ def stack_figure() -> DescribedFigure:
              ("dockerd (the daemon)", "images, networks, volumes, the API"),
              ("containerd", "runs containers for the daemon, over gRPC"),
              ("containerd-shim-runc-v2", "one per container: holds its stdio, reaps it"),
-             ("runc", "config.json → namespaces, cgroups, seccomp; then exits"),
+             ("runc (or crun; minicontainer oci)",
+              "config.json → namespaces, cgroups, seccomp; then exits\n"
+              "the VM side plugs in here: Kata, Firecracker boot a VM"),
              ("the host's Linux kernel", "the container is one of its processes")]
     chain.text(0.5, 0.97, "Docker's chain", ha="center", fontsize=11, weight="bold")
     step_height, gap = 0.115, 0.037
