@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 # What only some containers use (a network, published ports, exec, a kept terminal) is
 # imported where it is used: `minicontainer run -- true` pays for none of it.
-from . import cgroups, devices, process, security, state, syscalls
+from . import cgroups, devices, monitor, process, security, state, syscalls
 from . import namespaces as ns
 from .cgroups import Cgroup
 from .errors import MinicontainerError, Timeout
@@ -133,7 +133,9 @@ class Container:
         procs: list[int] = []
         listeners: list = []
         pty = Pty(window, console=True) if spec.tty else None
+        waiter = process.Waiter()
         try:
+            waiter = monitor.waiter_for(self.directory)   # fds, opened on the host, now
             self.data = state.make_data(spec.name)
             # An image's layers from the store, in a user namespace: overlayfs reads
             # their opaque marks from user.* xattrs (trusted.* are not for it there).
@@ -147,8 +149,7 @@ class Container:
             procs = self._enter_budget()
             channel = process.Channel()      # spawn's pipes, for the steps that use them
             steps = self.child_steps(setup_steps(spec, layer, channel, files, procs, pty,
-                                                 on_exit=partial(_record_exit, self.directory)),
-                                     channel)
+                                                 waiter), channel)
             if spec.ports:                   # a port in use fails before anything runs
                 from .proxy import bind
                 listeners = bind(spec.ports)
@@ -166,6 +167,7 @@ class Container:
             raise
         finally:
             process.close_all(procs)
+            monitor.close(waiter)
             if pty:
                 pty.close()
         return self
@@ -187,7 +189,7 @@ class Container:
         """Wait for the command to exit (Timeout after `timeout` seconds)."""
         status = self._require_child().wait(timeout)
         duration = time.monotonic() - self._started
-        if status is not None and not (self.directory / "exit_status").exists():
+        if status is not None and monitor.exit_status(self.directory) is None:
             _record_exit(self.directory, status)   # no waiter wrote it: no pid namespace
         return self._result(duration)
 
@@ -284,10 +286,15 @@ class Container:
         self._require_child().send_signal(sig)
 
     def stats(self) -> dict[str, float | int | None]:
-        """Memory, CPU time and processes used so far, from the container's cgroup."""
+        """Memory, CPU time and processes used so far, from the container's cgroup; and
+        what the host spends on it besides (monitor.host_cost: its monitor, proxy, keeper)."""
         if self.cgroup is None:
             raise MinicontainerError(f"container {self.name} has no cgroup to measure")
-        return self.cgroup.stats()
+        child = self._child
+        waiter = child.pid if child and not child.exited and child.pid != child.main_pid else None
+        return {**self.cgroup.stats(), **monitor.host_cost(
+            waiter, _live(self._proxy, b"minicontainer.proxy"),
+            _live(self._keeper, b"minicontainer.console"))}
 
     def logs(self) -> tuple[str, str]:
         """What the command wrote so far to stdout and stderr (when not attached)."""
@@ -341,9 +348,8 @@ class Container:
         self._save()
 
     def _result(self, duration: float) -> Result:
-        status = int(_text_or_empty(self.directory / "exit_status") or -1)
         out, err = self.logs()
-        result = result_of(status if status >= 0 else None, out, err, duration)
+        result = result_of(monitor.exit_status(self.directory), out, err, duration)
         result.startup = self._startup
         if self.cgroup is not None and result.signal == "SIGKILL":
             result.oom_killed = self.cgroup.stats()["oom_kills"] > 0
@@ -374,12 +380,13 @@ Container.__init__.__signature__ = inspect.signature(describe).replace(
 
 def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
                 files: list[ns.Mount], procs: list[int], pty: Pty | None,
-                on_exit: Callable[[int], None]) -> list[process.Step]:
+                waiter: process.Waiter) -> list[process.Step]:
     """What the container's first process does to itself between fork and exec, in
-    the kernel's order (the module's docstring tells why this one)."""
+    the kernel's order (the module's docstring tells why this one); `waiter` is for
+    the process left outside its pid namespace (monitor.py)."""
     steps = [os.setsid,               # our own session: the terminal's Ctrl-C is not ours
              partial(ns.isolate, layer, spec.namespaces, spec.hostname, channel,
-                     on_exit=on_exit, mounts=[*files, *spec.mounts],
+                     waiter=waiter, mounts=[*files, *spec.mounts],
                      shm_size=spec.shm_size),
              partial(make_workdir, spec.workdir)]
     if procs:
@@ -434,7 +441,8 @@ def run(command: str | Sequence[str] | Callable[[], None] = (),
 # -- small helpers -------------------------------------------------------------------------
 
 def _record_exit(directory: Path, status: int) -> None:
-    """Write the command's wait status (called by the waiter, outside the namespaces)."""
+    """Write the command's wait status (by this process: no monitor waits without a
+    pid namespace)."""
     fd = os.open(directory / "exit_status.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, b"%d" % status)
     os.close(fd)
@@ -475,12 +483,20 @@ def _open_logs(data: Path) -> list[int]:
         for name in ("stdout", "stderr")]
 
 
+def _live(helper: list[int] | None, module: bytes) -> int | None:
+    """The pid of a helper named in a record by [pid, start time], if that process
+    still runs and runs `module` (a record is not trusted); else None."""
+    if helper and process.start_time(helper[0]) == helper[1] and module in _cmdline(helper[0]):
+        return helper[0]
+    return None
+
+
 def _stop_helper(helper: list[int] | None, started: process.Child | None,
                  module: bytes) -> None:
     """Kill a helper of the container's (its proxy, its terminal's keeper), named in its
     record by pid and start time, if it still runs: only if that pid is still that
     process, and it runs `module` (a record is not trusted). Collect it if it is ours."""
-    if helper and process.start_time(helper[0]) == helper[1] and module in _cmdline(helper[0]):
+    if _live(helper, module):
         os.kill(helper[0], signal.SIGKILL)
     if started is not None:
         started.wait()
