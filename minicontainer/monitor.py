@@ -11,7 +11,10 @@ Ours was a forked copy of our Python runtime: about 3 MiB of the host's memory p
 container, for a `sleep` that costs 0.1 MiB. Now the copy execs mc-monitor
 (monitor.c, built by setup into the cache's lib directory), a static C program of a
 few dozen lines that waits, writes the status, and exits the way its child did: what
-is left per container is that program's few private pages. That is conmon's design
+is left per container is that program's few private pages (bench/cost.py, 50 idle
+`run -d sleep`: 0.05 MiB PSS of monitor per container, beside 0.07 MiB for the
+`sleep` itself and 0.08 for a crun container's; the Python waiter was ~10 MiB PSS,
+~3 MiB USS). That is conmon's design
 without conmon's other duties (the logs are files the container writes itself; a
 terminal's keeper, console.py, is the only other process, and only with `-t`).
 
