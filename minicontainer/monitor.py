@@ -14,9 +14,9 @@ few dozen lines that waits, writes the status, and exits the way its child did: 
 is left per container is that program's few private pages (bench/cost.py, 50 idle
 `run -d sleep`: 0.05 MiB PSS of monitor per container, beside 0.07 MiB for the
 `sleep` itself and 0.08 for a crun container's; the Python waiter was ~10 MiB PSS,
-~3 MiB USS). That is conmon's design
-without conmon's other duties (the logs are files the container writes itself; a
-terminal's keeper, console.py, is the only other process, and only with `-t`).
+~3 MiB USS). That is conmon's design without conmon's other duties (the logs are
+files the container writes itself; a terminal's keeper, console.py, is the only
+other process, and only with `-t`).
 
 What it holds must not be a way out of the container (Hardening item 1): the exit
 status goes to a *regular file* the runtime opened before any namespace changed,
