@@ -508,7 +508,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """`stats`: what containers use, from their cgroups."""
+    """`stats`: what containers use, from their cgroups; and HOST+, what the host
+    spends on each besides (PSS of its monitor, port proxy and terminal keeper)."""
     from . import state
     from .host import format_bytes
     from .arguments import check_host
@@ -516,13 +517,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     check_host()
     names = args.names or [n for n in state.names() if state.describe(n)["status"] == "running"]
     print(f"{'NAME':20} {'MEM USAGE / LIMIT':>20} {'MEM PEAK':>9} {'CPU (s)':>8} "
-          f"{'THROTTLED':>9} {'PIDS':>5} {'OOM':>4}")
+          f"{'THROTTLED':>9} {'PIDS':>5} {'OOM':>4} {'HOST+':>7}")
     for name in names:
         s = Container.load(name).stats()
         usage = f"{format_bytes(s['memory'])} / {format_bytes(s['memory_limit'])}"
         print(f"{name:20} {usage:>20} {format_bytes(s['memory_peak']):>9} "
               f"{s['cpu_seconds']:8.2f} {s['throttled_seconds']:9.2f} {s['pids']:>5} "
-              f"{s['oom_kills']:>4}")
+              f"{s['oom_kills']:>4} {format_bytes(s['host_pss']):>7}")
     return 0
 
 

@@ -12,8 +12,8 @@ waits and reads results.
 
 Everything the container leaves on the host lives in its record (in /run) and its
 data directory (its writable layer and logs, on disk; see state.py), is listed by
-its Handles (handles.py) and goes with remove(); the mounts live in the container's own mount namespace and vanish with its
-last process.
+its Handles (handles.py) and goes with remove(); the mounts live in the container's
+own mount namespace and vanish with its last process.
 """
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING
 
 # What only some containers use (a network, published ports, exec, a kept terminal) is
 # imported where it is used: `minicontainer run -- true` pays for none of it.
-from . import cgroups, devices, process, security, state, syscalls
+from . import cgroups, devices, monitor, process, security, state, syscalls
 from . import namespaces as ns
 from .cgroups import Cgroup
 from .errors import MinicontainerError, Timeout
-from .handles import Handles, exit_status, open_logs, record_exit
+from .handles import Handles, live_helper, open_logs, record_exit
 from .init import become_init
 from .rootfs import Overlay
 from .process import Result
@@ -99,7 +99,9 @@ class Container(Handles):
         procs: list[int] = []
         listeners: list = []
         pty = Pty(window, console=True) if spec.tty else None
+        waiter = process.Waiter()
         try:
+            waiter = monitor.waiter_for(self.directory)   # fds, opened on the host, now
             self.data = state.make_data(spec.name)
             # An image's layers from the store, in a user namespace: overlayfs reads
             # their opaque marks from user.* xattrs (trusted.* are not for it there).
@@ -113,8 +115,7 @@ class Container(Handles):
             procs = enter_budget(spec, self.cgroup)
             channel = process.Channel()      # spawn's pipes, for the steps that use them
             steps = self.child_steps(setup_steps(spec, layer, channel, files, procs, pty,
-                                                 on_exit=partial(record_exit, self.directory)),
-                                     channel)
+                                                 waiter), channel)
             if spec.ports:                   # a port in use fails before anything runs
                 from .proxy import bind
                 listeners = bind(spec.ports)
@@ -140,6 +141,7 @@ class Container(Handles):
             raise
         finally:
             process.close_all(procs)
+            monitor.close(waiter)
             if pty:
                 pty.close()
         return self
@@ -148,7 +150,7 @@ class Container(Handles):
         """Wait for the command to exit (Timeout after `timeout` seconds)."""
         status = self.child().wait(timeout)
         duration = time.monotonic() - self._started
-        if status is not None and exit_status(self.directory) is None:
+        if status is not None and monitor.exit_status(self.directory) is None:
             record_exit(self.directory, status)   # no waiter wrote it: no pid namespace
         return self.result(duration)
 
@@ -212,10 +214,15 @@ class Container(Handles):
         self.child().send_signal(sig)
 
     def stats(self) -> dict[str, float | int | None]:
-        """Memory, CPU time and processes used so far, from the container's cgroup."""
+        """Memory, CPU time and processes used so far, from the container's cgroup; and
+        what the host spends on it besides (monitor.host_cost: its monitor, proxy, keeper)."""
         if self.cgroup is None:
             raise MinicontainerError(f"container {self.name} has no cgroup to measure")
-        return self.cgroup.stats()
+        child = self._child
+        waiter = child.pid if child and not child.exited and child.pid != child.main_pid else None
+        return {**self.cgroup.stats(), **monitor.host_cost(
+            waiter, live_helper(self._proxy, b"minicontainer.proxy"),
+            live_helper(self._keeper, b"minicontainer.console"))}
 
 
 # Container(...) takes describe()'s options: show them where help() and Jupyter's
@@ -229,12 +236,13 @@ Container.__init__.__signature__ = inspect.signature(describe).replace(
 
 def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
                 files: list[ns.Mount], procs: list[int], pty: Pty | None,
-                on_exit: Callable[[int], None]) -> list[process.Step]:
+                waiter: process.Waiter) -> list[process.Step]:
     """What the container's first process does to itself between fork and exec, in
-    the kernel's order (the module's docstring tells why this one)."""
+    the kernel's order (the module's docstring tells why this one); `waiter` is for
+    the process left outside its pid namespace (monitor.py)."""
     steps = [os.setsid,               # our own session: the terminal's Ctrl-C is not ours
              partial(ns.isolate, layer, spec.namespaces, spec.hostname, channel,
-                     on_exit=on_exit, mounts=[*files, *spec.mounts],
+                     waiter=waiter, mounts=[*files, *spec.mounts],
                      shm_size=spec.shm_size),
              partial(make_workdir, spec.workdir)]
     if procs:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import process, state
+from . import monitor, process, state
 from .cgroups import Cgroup
 from .errors import MinicontainerError
 from .process import Result, result_of
@@ -90,7 +90,7 @@ class Handles:
         """How the command ended, as the waiter recorded it, with its logs; a SIGKILL
         says whether the cgroup's OOM killer sent it."""
         out, err = self.logs()
-        result = result_of(exit_status(self.directory), out, err, duration)
+        result = result_of(monitor.exit_status(self.directory), out, err, duration)
         result.startup = self._startup
         if self.cgroup is not None and result.signal == "SIGKILL":
             result.oom_killed = self.cgroup.stats()["oom_kills"] > 0
@@ -152,17 +152,12 @@ class Handles:
 
 
 def record_exit(directory: Path, status: int) -> None:
-    """Write the command's wait status (called by the waiter, outside the namespaces)."""
+    """Write the command's wait status (by this process: no monitor waits without a
+    pid namespace)."""
     fd = os.open(directory / "exit_status.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, b"%d" % status)
     os.close(fd)
     os.rename(directory / "exit_status.new", directory / "exit_status")
-
-
-def exit_status(directory: Path) -> int | None:
-    """The command's wait status as the waiter recorded it, or None if not (yet)."""
-    status = int(_text_or_empty(directory / "exit_status") or -1)
-    return status if status >= 0 else None
 
 
 def open_logs(data: Path) -> list[int]:
@@ -199,12 +194,20 @@ def _child_of(record: dict) -> process.Child | None:
                          process.open_pidfd(record["main_pid"], parent=record["pid"]))
 
 
+def live_helper(helper: list[int] | None, module: bytes) -> int | None:
+    """The pid of a helper named in a record by [pid, start time], if that process
+    still runs and runs `module` (a record is not trusted); else None."""
+    if helper and process.start_time(helper[0]) == helper[1] and module in _cmdline(helper[0]):
+        return helper[0]
+    return None
+
+
 def _stop_helper(helper: list[int] | None, started: process.Child | None,
                  module: bytes) -> None:
     """Kill a helper of the container's (its proxy, its terminal's keeper), named in its
     record by pid and start time, if it still runs: only if that pid is still that
     process, and it runs `module` (a record is not trusted). Collect it if it is ours."""
-    if helper and process.start_time(helper[0]) == helper[1] and module in _cmdline(helper[0]):
+    if live_helper(helper, module):
         os.kill(helper[0], signal.SIGKILL)
     if started is not None:
         started.wait()

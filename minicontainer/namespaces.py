@@ -26,14 +26,14 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import syscalls
 from .chroot import chroot_into
 from .errors import ImageError, InvalidArgument
-from .process import Channel, fork_and_wait
+from .process import PLAIN_WAITER, Channel, Waiter, fork_and_wait
 from .rootfs import Overlay
 from .syscalls import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                        MS_REMOUNT, mount)
@@ -70,22 +70,23 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 
 
 def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: Channel,
-            on_exit: Callable[[int], None] | None = None,
-            mounts: Sequence[Mount] = (), shm_size: int = SHM_SIZE) -> None:
+            waiter: Waiter = PLAIN_WAITER, mounts: Sequence[Mount] = (),
+            shm_size: int = SHM_SIZE) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec; `channel` is spawn's, on which a new pid
-    namespace's first process is reported. `on_exit` is called with the command's
-    wait status by the process left waiting outside the pid namespace. `mounts` go
-    over the image in their order (/etc/hosts, volumes, tmpfs: see mount_inside).
-    `shm_size` bounds /dev/shm, in bytes.
+    namespace's first process is reported. `waiter` is what the process left waiting
+    outside the pid namespace holds (process.Waiter: where the command's wait status
+    goes, and the program it becomes, monitor.c). `mounts` go over the image in their
+    order (/etc/hosts, volumes, tmpfs: see mount_inside). `shm_size` bounds /dev/shm,
+    in bytes.
     """
     namespaces = set(namespaces)
     if "user" in namespaces:              # first: it owns the namespaces made after it
         enter_user_namespace()
     if "pid" in namespaces:               # a new pid namespace is for our children only:
         syscalls.unshare(syscalls.CLONE_NEWPID)
-        fork_and_wait(channel, on_exit)   # the child goes on as PID 1; we wait outside
+        fork_and_wait(channel, waiter)    # the child goes on as PID 1; we wait outside
     # cgroup: not here. Its root is the group the process is in when it is made, so
     # the caller makes it once the process has joined its own (container.setup_steps).
     syscalls.unshare(sum(FLAGS[kind] for kind in namespaces - {"user", "pid", "cgroup"}))

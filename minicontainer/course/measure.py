@@ -308,8 +308,10 @@ def vm_parts(machines: list[VM]) -> dict[str, int]:
 
 
 def container_cost(container: Container) -> int:
-    """Bytes a running container costs the host: its processes' USS (our waiter
-    included) plus the kernel memory charged to its cgroup."""
+    """Bytes a running container costs the host: the USS of its processes and of our
+    monitor above them (monitor.py: a small C program; a Python waiter where setup
+    did not build it), plus the kernel memory charged to its cgroup. These containers
+    publish no port and hold no terminal, so no proxy or keeper is left out."""
     kernel = (container.stats()["kernel_memory"] or 0) if container.cgroup else 0
     return tree_memory(_waiter_pid(container))["uss"] + kernel
 

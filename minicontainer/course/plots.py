@@ -198,7 +198,7 @@ def servers_figure(servers: dict) -> DescribedFigure:
         heights = [vm[key] / MiB for vm in vms]
         memory.bar(range(first_vm, first_vm + len(vms)), heights, bottom=bottom, color=color,
                    label=f"VM: {label}")
-        bottom = [b + h for b, h in zip(bottom, heights)]
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     if vms:
         memory.axhline(servers["vm_memory"] / MiB, color="black", linestyle="--",
                        label="a VM's committed memory (-m)")
