@@ -101,7 +101,7 @@ def test_the_monitor_records_the_exit_code_and_ends_the_same_way():
         c.kill(signal.SIGKILL)
         status = c._child.wait(10)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        assert c._result(0).exit_code == 137
+        assert c.result(0).exit_code == 137
 
 
 def test_ps_shows_a_detached_containers_exit_code_from_the_monitor():
