@@ -41,7 +41,7 @@
 # <details><summary>Answer</summary>
 #
 # It is **PID 1**, and it sees only itself and the commands of its probe (`ls`,
-# `grep`): a handful. Without `pid` it gets an ordinary host pid and sees every process
+# `grep`, and the subshell of `$(...)`): 4 processes when this was written. Without `pid` it gets an ordinary host pid and sees every process
 # of the host — its `/proc` is still its own mount, but it lists the host's
 # pid namespace.
 # </details>
