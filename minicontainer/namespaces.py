@@ -26,7 +26,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,20 +71,24 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 
 def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: Channel,
             on_exit: Callable[[int], None] | None = None,
-            mounts: Sequence[Mount] = (), shm_size: int = SHM_SIZE) -> None:
+            mounts: Sequence[Mount] = (), shm_size: int = SHM_SIZE,
+            joined: Mapping[str, str] | None = None) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec; `channel` is spawn's, on which a new pid
     namespace's first process is reported. `on_exit` is called with the command's
     wait status by the process left waiting outside the pid namespace. `mounts` go
     over the image in their order (/etc/hosts, volumes, tmpfs: see mount_inside).
-    `shm_size` bounds /dev/shm, in bytes.
+    `shm_size` bounds /dev/shm, in bytes. `joined` names existing namespaces to
+    enter first, by their files ({kind: path}: an OCI bundle's), before any is made.
     """
-    namespaces = set(namespaces)
+    namespaces, joined = set(namespaces), dict(joined or {})
+    join_by_path(joined)                  # first, as runc's nsexec: the new ones go below
     if "user" in namespaces:              # first: it owns the namespaces made after it
         enter_user_namespace()
     if "pid" in namespaces:               # a new pid namespace is for our children only:
         syscalls.unshare(syscalls.CLONE_NEWPID)
+    if "pid" in namespaces or "pid" in joined:   # so is one joined
         fork_and_wait(channel, on_exit)   # the child goes on as PID 1; we wait outside
     # cgroup: not here. Its root is the group the process is in when it is made, so
     # the caller makes it once the process has joined its own (container.setup_steps).
@@ -102,10 +106,44 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: 
         pivot_into(rootfs.merged)
     else:
         chroot_into(rootfs.lower)         # layer 1: all there is without a mount namespace
-    if "uts" in namespaces:
+    if "uts" in namespaces or "uts" in joined:   # runc names a joined one too
         socket.sethostname(hostname)
     if "net" in namespaces:
         bring_up_loopback()               # a new network namespace starts with lo down
+
+
+def join_by_path(paths: Mapping[str, str]) -> None:
+    """Enter the namespaces whose files `paths` names ({kind: path}), in setns's order.
+    setns(2) is given the kind: the kernel refuses (EINVAL) a file that is not a
+    namespace of that kind, whatever was checked before (namespace_kind)."""
+    for kind in (kind for kind in FLAGS if kind in paths):
+        fd = os.open(paths[kind], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            syscalls.setns(fd, FLAGS[kind])
+        finally:
+            os.close(fd)
+
+
+NS_GET_NSTYPE = 0xB703       # <linux/nsfs.h>: _IO(0xb7, 0x3)
+
+
+def namespace_kind(path: str) -> str | None:
+    """The kind of namespace the file at `path` is (None: it is not a namespace file),
+    asked of the kernel with the NS_GET_NSTYPE ioctl on nsfs. Only a regular file is
+    opened (an nsfs file is one): opening a device or a FIFO could act or block."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        flag = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:            # ENOTTY: an ordinary file, a device, a directory...
+        return None
+    finally:
+        os.close(fd)
+    return next((kind for kind, value in FLAGS.items() if value == flag), None)
 
 
 def make_mounts_private() -> None:

@@ -18,12 +18,15 @@ directory; the container's last step before execve(2) opens it for writing, whic
 blocks in the kernel until `start` opens it for reading. We do the same
 (wait_for_start). Everything else is our layers: config.json becomes a Spec
 (bundles.py, which refuses by its JSON path what our layers cannot honour), and
-container.Container builds it as for `minicontainer run -d`; this module adds only
-what a bundle asks beyond `run`: rlimits, an oom score, a read-only root.
+container.Container builds it as for `minicontainer run -d`; this module hands our
+layers' steps only what a bundle asks beyond `run` (with_bundle): rlimits, an oom
+score, namespaces joined by path, sysctls, a read-only root, its own masked and
+read-only paths, its seccomp profile, its additional groups.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -35,11 +38,13 @@ import time
 from functools import partial
 from pathlib import Path
 
-from . import process, state
+from . import process, state, syscalls
+from .bundle_linux import write_sysctls
 from .bundles import Bundle, read_bundle
 from .container import Container, make_workdir
 from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
-from .security import become_user, confine
+from .namespaces import isolate
+from .security import become_user, confine, protect_system_paths
 from .syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT, mount
 
 FIFO, EXTRAS = "exec.fifo", "oci.json"   # in the container's record directory
@@ -58,12 +63,14 @@ DIFFERENCES_FROM_RUNC = {
                                                "zero")},
     "mount /dev/mqueue": "not mounted: the ipc namespace has its own queues, no fs shows them",
     "ls /dev": "no /dev/mqueue (above)",
-    "mount /proc/interrupts": "masked by us too: Docker's list has it (MASKED_PATHS), runc's not",
     "mount /proc/keys": MASKED_NODE, "mount /proc/timer_list": MASKED_NODE,
     "mount /sys/fs/cgroup": NO_CGROUPFS, "mount /sys/fs/cgroup/*": NO_CGROUPFS,
     "mount /tmp": "a tmpfs of the container's own (namespaces.py), where runc leaves the "
                   "image's /tmp",
 }
+
+# ... and on the bundles we export (bundles.export_bundle), which mask Docker's list.
+DIFFERENCES_ON_OUR_BUNDLES = {"mount /proc/interrupts": MASKED_NODE}
 
 # -- the container's own steps: what runc does that `run` does not ----------------------
 
@@ -74,28 +81,58 @@ class BundleContainer(Container):
 
     def child_steps(self, steps: list[process.Step],
                     channel: process.Channel) -> list[process.Step]:
-        """Our layers' steps, with the bundle's rlimits and oom score first, the root
-        made read-only once the working directory exists (runc's order), and the
-        wait for `start` last. Runs once the record directory exists: the FIFO is made
-        there, and opened here (O_PATH) for the child, who cannot reach this path
-        after pivot_root."""
+        """Our layers' steps, given what the bundle asks beyond `run` (with_bundle),
+        with the wait for `start` last. Runs once the record directory exists: the
+        FIFO is made there, and opened here (O_PATH) for the child, who cannot reach
+        this path after pivot_root."""
         bundle = self.bundle
         state.write_json(self.directory / EXTRAS, {
             "ociVersion": bundle.oci_version, "bundle": str(bundle.directory),
             "annotations": bundle.annotations})
         os.mkfifo(self.directory / FIFO, 0o600)
         self.fifo = os.open(self.directory / FIFO, os.O_PATH | os.O_CLOEXEC)
-        first = [partial(set_rlimits, bundle.rlimits)]
-        if bundle.oom_score_adj is not None:
-            first.append(partial(set_oom_score_adj, bundle.oom_score_adj))
-        after = 1 + next(n for n, step in enumerate(steps)
-                         if getattr(step, "func", None) is make_workdir)
-        made_readonly = [remount_root_readonly] if bundle.readonly else []
-        steps = first + steps[:after] + made_readonly + steps[after:]
         command = partial(look_up_command, self.spec.command[0],
                           self.spec.env.get("PATH", os.defpath))
-        return root_before_confine(steps) + [command, partial(wait_for_start, self.fifo,
-                                                                channel)]
+        steps = with_bundle(root_before_confine(steps), bundle)
+        last = [command, partial(wait_for_start, self.fifo, channel)]
+        if bundle.seccomp is not None and self.spec.security.no_new_privs:
+            # runc's order: with no_new_privs the filter goes in last, right before
+            # exec, so a strict profile cannot refuse the runtime's own last calls.
+            last.append(partial(syscalls.load_seccomp,
+                                syscalls.seccomp_program(bundle.seccomp)))
+        return steps + last
+
+
+def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]:
+    """Our layers' steps given the bundle's own inputs, each where its layer takes it:
+    rlimits and the oom score first; the namespaces to join (isolate); the sysctls
+    right after pivot_root, before /proc/sys goes read-only; the root made read-only
+    once the working directory exists (runc's order); the masked and read-only paths;
+    the seccomp program (confine, or last: child_steps); additionalGids (become_user)."""
+    first = [partial(set_rlimits, bundle.rlimits)]
+    if bundle.oom_score_adj is not None:
+        first.append(partial(set_oom_score_adj, bundle.oom_score_adj))
+    changed = []
+    for step in steps:
+        func = getattr(step, "func", step)
+        if func is isolate and bundle.joined:
+            step = partial(step, joined=bundle.joined)
+        elif func is protect_system_paths:
+            step = partial(protect_system_paths, bundle.masked or (), bundle.read_only or ())
+        elif func is confine and bundle.seccomp is not None:
+            security = step.args[0]
+            if security.no_new_privs:        # loaded last instead (child_steps)
+                step = partial(confine, dataclasses.replace(security, seccomp=False))
+            else:
+                step = partial(confine, security, syscalls.seccomp_program(bundle.seccomp))
+        elif func is become_user:
+            step = partial(become_user, *step.args[:2], bundle.additional_gids)
+        changed.append(step)
+        if func is isolate and bundle.sysctl:
+            changed.append(partial(write_sysctls, bundle.sysctl))
+        if func is make_workdir and bundle.readonly:
+            changed.append(remount_root_readonly)
+    return first + changed
 
 
 def root_before_confine(steps: list[process.Step]) -> list[process.Step]:

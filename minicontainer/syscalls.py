@@ -109,6 +109,7 @@ def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
 # openat2(2)'s `resolve` bits (from <linux/openat2.h>).
 RESOLVE_NO_MAGICLINKS = 0x02  # no /proc/PID/fd/N-style jumps
 RESOLVE_NO_SYMLINKS = 0x04    # no symlink at all on the way
+RESOLVE_BENEATH = 0x08        # never above the directory fd (`..`, absolute paths refused)
 RESOLVE_IN_ROOT = 0x10        # `/`, `..` and absolute symlinks stop at the directory fd
 
 
