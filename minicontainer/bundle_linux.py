@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -164,6 +165,82 @@ def tmpfs_of(where: str, target: str, options: list[str]) -> ns.Mount:
         raise BadBundle(f"config.json: {where}: mode={mode} is not an octal mode")
     return ns.Mount(clean, None, read_only="ro" in options, noexec="noexec" in options,
                     size=size, mode=None if mode is None else int(mode, 8))
+
+
+# -- linux.devices and linux.resources.devices -------------------------------------------------
+
+NODE_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+OUR_DEV = set(ns.DEVICES) | {"stdin", "stdout", "stderr", "fd", "ptmx", "pts", "shm",
+                             "mqueue", "console"}
+
+
+def device_nodes_of(linux: Fields) -> tuple[tuple[str, int, int, int, int], ...]:
+    """linux.devices: the nodes to make in the container's /dev, each (path, mode with
+    its type, device number, uid, gid). As runc: mode 0666 unless fileMode. A node
+    only names a device; whether it opens is the cgroup's allow-list (device_rules_of).
+    We make them under /dev only (our tmpfs, never the image's files: it is nodev),
+    and never over a node of ours (namespaces.DEVICES): runc takes any path."""
+    nodes = []
+    for number, entry in enumerate(linux.take("devices", list, [])):
+        item = Fields(entry, f"linux.devices[{number}]")
+        path, kind = item.take("path", str, ""), item.take("type", str)
+        major, minor = item.take("major", int, 0), item.take("minor", int, 0)
+        mode, uid, gid = (item.take("fileMode", int, 0o666), item.take("uid", int, 0),
+                          item.take("gid", int, 0))
+        item.done()
+        clean = os.path.normpath(path)
+        if (clean != path or not path.startswith("/dev/") or
+                path.split("/")[2] in OUR_DEV):
+            raise item.bad("path", f"{path!r} is not a clean path under /dev, apart from "
+                                   f"ours ({', '.join(sorted(OUR_DEV))})")
+        if kind not in NODE_TYPES:
+            raise item.bad("type", f"{kind!r} is not one of c, u, b, p")
+        if min(major, minor, uid, gid) < 0 or major >= 1 << 12 or minor >= 1 << 20:
+            raise item.bad("major", "and minor, uid and gid must be device numbers and ids")
+        nodes.append((path, NODE_TYPES[kind] | (mode & 0o7777 & ~0o6000),
+                      os.makedev(major, minor), uid, gid))
+    return tuple(nodes)
+
+
+def make_device_nodes(nodes: tuple[tuple[str, int, int, int, int], ...]) -> None:
+    """A step, after pivot_root: linux.devices made in our /dev (a tmpfs of ours, so
+    no symlink of the image's is on the way), owned and moded as asked."""
+    for path, mode, device, uid, gid in nodes:
+        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+        os.mknod(path, mode, device)
+        os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, stat.S_IMODE(mode))      # mknod's mode went through the umask
+
+
+def device_rules_of(resources: Fields) -> tuple[tuple, ...]:
+    """linux.resources.devices as rules added to our allow-list (devices.ALLOWED, which
+    runc appends too): deny-all first, then allow rules of c or b devices. runc takes
+    any list, emulating the v1 controller's order; an allow-all, a deny after an allow,
+    or allows without deny-all first (all devices open) are refused here by name."""
+    rules = resources.take("devices", list, [])
+    if not rules:
+        return ()
+    first = Fields(rules[0], f"{resources.path}.devices[0]")
+    if (first.take("allow", bool), first.take("type", str, "a"), first.take("major", int),
+            first.take("minor", int), first.take("access", str)) != (
+            False, "a", None, None, "rwm"):
+        raise resources.refuse("devices", ": the list must start with deny-all "
+                                          '({"allow": false, "access": "rwm"})')
+    first.done()
+    added = []
+    for number, entry in enumerate(rules[1:], start=1):
+        rule = Fields(entry, f"{resources.path}.devices[{number}]")
+        allow, kind = rule.take("allow", bool), rule.take("type", str)
+        major, minor = rule.take("major", int), rule.take("minor", int)
+        access = rule.take("access", str, "")
+        rule.done()
+        if allow is not True or kind not in ("c", "b"):
+            raise rule.refuse("allow", ": after deny-all, only allow rules of c or b "
+                                       "devices (our allow-list grows, never shrinks)")
+        if not access or set(access) - set("rwm") or len(set(access)) != len(access):
+            raise rule.bad("access", f"{access!r} is not made of r, w and m")
+        added.append((kind, major, minor, access))
+    return tuple(added)
 
 
 # -- linux.maskedPaths, readonlyPaths, sysctl ------------------------------------------------

@@ -11,8 +11,9 @@ becomes the Spec that `minicontainer run` makes from Docker's options (spec.py).
 field our layers cannot honour is refused by its JSON path, never skipped: the
 reader takes each field it knows out of its object (jsonfields.Fields), and
 whatever is left over is an error. This module reads the process, the root and the
-resources; bundle_linux.py the namespaces, mounts, paths, sysctls and seccomp. Writing one (export_bundle) goes the other way, from a Spec and
-the image's layers merged by overlayfs, whiteouts honoured.
+resources; bundle_linux.py the namespaces, mounts, devices, paths, sysctls and
+seccomp. Writing one (export_bundle) goes the other way, from a Spec and the
+image's layers merged by overlayfs, whiteouts honoured.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ from pathlib import Path
 import dataclasses
 
 from . import process, state, syscalls
-from .bundle_linux import (NAMESPACES, mounts_of, namespaces_of, paths_of, seccomp_of,
-                           seccomp_profile, sysctl_of)
+from .bundle_linux import (NAMESPACES, device_nodes_of, device_rules_of, mounts_of,
+                           namespaces_of, paths_of, seccomp_of, seccomp_profile, sysctl_of)
 from .errors import BadBundle, MinicontainerError
 from .jsonfields import Fields
 from .namespaces import make_mounts_private
@@ -57,6 +58,8 @@ class Bundle:
     read_only: tuple[str, ...] | None = None    # linux.readonlyPaths (None: ours)
     sysctl: dict[str, str] = dataclasses.field(default_factory=dict)
     seccomp: bytes | None = None                # linux.seccomp compiled: BPF
+    device_nodes: tuple[tuple, ...] = ()        # linux.devices: (path, mode, rdev, uid, gid)
+    device_rules: tuple[tuple, ...] = ()        # allowed beyond ours: (type, major, minor, access)
 
 
 def read_bundle(directory: str | os.PathLike, container_id: str) -> Bundle:
@@ -199,9 +202,7 @@ def linux_options(linux: Fields, made: set[str]) -> tuple[dict, dict, dict]:
     as Security's switches; and what only the runtime applies (bundle_linux.py reads
     it: the paths' lists, the sysctls, the seccomp program)."""
     resources = Fields(linux.take("resources", dict, {}), "linux.resources")
-    devices = resources.take("devices", list, DENY_ALL_DEVICES)
-    if devices not in ([], DENY_ALL_DEVICES):
-        raise resources.refuse("devices", ": only deny-all (then our allow-list, as runc's)")
+    device_rules = device_rules_of(resources)
     memory = Fields(resources.take("memory", dict, {}), "linux.resources.memory")
     cpu = Fields(resources.take("cpu", dict, {}), "linux.resources.cpu")
     pids = Fields(resources.take("pids", dict, {}), "linux.resources.pids")
@@ -215,7 +216,8 @@ def linux_options(linux: Fields, made: set[str]) -> tuple[dict, dict, dict]:
         part.done()
     extras = {"masked": paths_of(linux, "maskedPaths"),
               "read_only": paths_of(linux, "readonlyPaths"),
-              "sysctl": sysctl_of(linux, made), "seccomp": seccomp_of(linux)}
+              "sysctl": sysctl_of(linux, made), "seccomp": seccomp_of(linux),
+              "device_nodes": device_nodes_of(linux), "device_rules": device_rules}
     return options, {"system_paths": bool(extras["masked"] or extras["read_only"]),
                      "seccomp": extras["seccomp"] is not None}, extras
 

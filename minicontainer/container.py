@@ -81,6 +81,11 @@ class Container:
         its own here (oci.py), once the record directory exists."""
         return steps
 
+    def allowed_devices(self) -> tuple:
+        """The devices its cgroup lets it open (devices.ALLOWED): a runtime built on
+        this class adds the ones its bundle allows (oci.py)."""
+        return devices.ALLOWED
+
     def _hold(self, spec: Spec, record: dict | None = None) -> None:
         """The handles of a container: fresh, or as its record left them."""
         self.spec = spec
@@ -307,7 +312,8 @@ class Container:
         procs: list[int] = []
         if self.cgroup:
             self.cgroup.create()
-            listed = self.spec.security.devices and devices.allow_only(self.cgroup)
+            listed = self.spec.security.devices and devices.allow_only(
+                self.cgroup, self.allowed_devices())
             procs = self.cgroup.open_procs()
         if self.spec.security.devices and "mnt" not in self.spec.namespaces and not listed:
             devices.refuse_device_nodes(Path(self.spec.rootfs))   # neither nodev nor a list

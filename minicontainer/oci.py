@@ -38,8 +38,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from . import process, state, syscalls
-from .bundle_linux import write_sysctls
+from . import devices, process, state, syscalls
+from .bundle_linux import make_device_nodes, write_sysctls
 from .bundles import Bundle, read_bundle
 from .container import Container, make_workdir
 from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
@@ -91,6 +91,10 @@ class BundleContainer(Container):
             "annotations": bundle.annotations})
         os.mkfifo(self.directory / FIFO, 0o600)
         self.fifo = os.open(self.directory / FIFO, os.O_PATH | os.O_CLOEXEC)
+        if (bundle.device_nodes or bundle.device_rules) and not (
+                self.cgroup and devices.can_list(self.cgroup)):
+            raise BadBundle("config.json: linux.devices and linux.resources.devices need "
+                            "the device cgroup (v1 devices, or v2), which this host lacks")
         command = partial(look_up_command, self.spec.command[0],
                           self.spec.env.get("PATH", os.defpath))
         steps = with_bundle(root_before_confine(steps), bundle)
@@ -102,13 +106,18 @@ class BundleContainer(Container):
                                 syscalls.seccomp_program(bundle.seccomp)))
         return steps + last
 
+    def allowed_devices(self) -> tuple:
+        """Ours (devices.ALLOWED) and the ones linux.resources.devices allows."""
+        return devices.ALLOWED + self.bundle.device_rules
+
 
 def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]:
     """Our layers' steps given the bundle's own inputs, each where its layer takes it:
     rlimits and the oom score first; the namespaces to join (isolate); the sysctls
-    right after pivot_root, before /proc/sys goes read-only; the root made read-only
-    once the working directory exists (runc's order); the masked and read-only paths;
-    the seccomp program (confine, or last: child_steps); additionalGids (become_user)."""
+    and the device nodes right after pivot_root, before /proc/sys goes read-only; the
+    root made read-only once the working directory exists (runc's order); the masked
+    and read-only paths; the seccomp program (confine, or last: child_steps);
+    additionalGids (become_user)."""
     first = [partial(set_rlimits, bundle.rlimits)]
     if bundle.oom_score_adj is not None:
         first.append(partial(set_oom_score_adj, bundle.oom_score_adj))
@@ -130,6 +139,8 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
         changed.append(step)
         if func is isolate and bundle.sysctl:
             changed.append(partial(write_sysctls, bundle.sysctl))
+        if func is isolate and bundle.device_nodes:
+            changed.append(partial(make_device_nodes, bundle.device_nodes))
         if func is make_workdir and bundle.readonly:
             changed.append(remount_root_readonly)
     return first + changed

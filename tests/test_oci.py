@@ -239,8 +239,21 @@ BAD_CONFIGS = {   # what we write into config.json → what the one line must sa
     "hooks": (("hooks", {"prestart": [{"path": "/bin/true"}]}), "hooks"),
     "an unknown field": (("process.frobnicate", True), "process.frobnicate"),
     "a relative masked path": (("linux.maskedPaths", ["etc"]), "linux.maskedPaths"),
-    "device nodes": (("linux.devices", [{"path": "/dev/sda", "type": "b", "major": 8,
-                                         "minor": 0}]), "linux.devices"),
+    "a device node over ours": (("linux.devices", [{"path": "/dev/null", "type": "b",
+                                                    "major": 8, "minor": 0}]),
+                                "linux.devices[0].path"),
+    "a device node outside /dev": (("linux.devices", [{"path": "/etc/sda", "type": "b",
+                                                       "major": 8, "minor": 0}]),
+                                   "linux.devices[0].path"),
+    "every device allowed": (("linux.resources.devices", [{"allow": True, "access": "rwm"}]),
+                             "linux.resources.devices"),
+    "a device denied after one allowed": (
+        ("linux.resources.devices", [{"allow": False, "access": "rwm"},
+                                     {"allow": True, "type": "c", "major": 1, "minor": 1,
+                                      "access": "r"},
+                                     {"allow": False, "type": "c", "major": 1, "minor": 1,
+                                      "access": "r"}]),
+        "linux.resources.devices[2].allow"),
     "inheritable capabilities": (("process.capabilities.inheritable", ["CAP_KILL"]),
                                  "process.capabilities.inheritable"),
     "additional groups that are not ids": (("process.user.additionalGids", ["wheel"]),
@@ -398,6 +411,31 @@ def test_bind_and_tmpfs_mounts_go_where_the_bundle_says(bundle, root, tmp_path):
                     "scratch": "700 1024"}, ours
     assert theirs in (None, ours)
     assert sorted(os.listdir(shared)) == ["hello"]
+
+
+DEVICE_PROBE = ("echo node: $(stat -c '%t,%T %a %u:%g' /dev/test/null2); "
+                "echo null2: $( (echo x > /dev/test/null2) 2>&1 | sed 's/.*: //' | grep . "
+                "|| echo opened); "
+                "echo fifo: $(stat -c %F /dev/fifo1); "
+                "echo fuse: $( (exec 3<>/dev/fuse) 2>&1 | sed 's/.*: //' | grep . || echo opened)")
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_device_nodes_are_made_and_open_only_if_allowed(allowed, bundle, root, tmp_path):
+    config = config_of(bundle)
+    config["linux"]["devices"] = [
+        {"path": "/dev/test/null2", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640,
+         "uid": 1, "gid": 2},
+        {"path": "/dev/fifo1", "type": "p"},
+        {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
+    if allowed:
+        config["linux"]["resources"]["devices"].append(
+            {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "rw"})
+    theirs, ours = probe_both(bundle, root, tmp_path, config, DEVICE_PROBE)
+    # Root without CAP_DAC_OVERRIDE (runc spec's three capabilities) is not uid 1.
+    assert ours == {"node": "1,3 640 1:2", "null2": "Permission denied", "fifo": "fifo",
+                    "fuse": "opened" if allowed else "Operation not permitted"}, ours
+    assert theirs in (None, ours)
 
 
 @pytest.fixture
