@@ -32,8 +32,10 @@ from .security import (DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS, NEW_NAMESPACE_FL
 NAMESPACES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
               "cgroup": "cgroup"}
 # The mounts `runc spec` writes. We make our own equivalents of these (namespaces.py:
-# proc, sysfs read-only, a small /dev with devpts and /dev/shm), whatever options the
-# file gives; /dev/mqueue and /sys/fs/cgroup are not mounted (a difference from runc).
+# proc, sysfs read-only, a small /dev with devpts and /dev/shm, /dev/mqueue if listed),
+# whatever options the file gives; /sys/fs/cgroup is not mounted (a difference from
+# runc). proc and sysfs go nowhere else: maskedPaths and readonlyPaths cover /proc and
+# /sys only, and a second instance would show kcore and sysrq-trigger bare.
 STANDARD_MOUNTS = {("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"),
                    ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"), ("/sys", "sysfs"),
                    ("/sys/fs/cgroup", "cgroup")}
@@ -84,11 +86,11 @@ BIND_OPTIONS = NO_OPS | {"rbind", "ro", "noexec"}
 TMPFS_OPTIONS = NO_OPS - {"bind"} | {"ro", "noexec"}
 
 
-def mounts_of(mounts: list, bundle: Path) -> tuple[ns.Mount, ...]:
+def mounts_of(mounts: list, bundle: Path) -> tuple[tuple[ns.Mount, ...], bool]:
     """config.json's mounts: the standard ones (STANDARD_MOUNTS) we make ourselves;
     a bind or a tmpfs anywhere else becomes a Mount, in the file's order (the spec's:
-    a later mount goes over an earlier one)."""
-    made = []
+    a later mount goes over an earlier one). And whether /dev/mqueue is listed."""
+    made, mqueue = [], False
     for number, entry in enumerate(mounts):
         item = Fields(entry, f"mounts[{number}]")
         target, kind = item.take("destination", str), item.take("type", str)
@@ -97,6 +99,7 @@ def mounts_of(mounts: list, bundle: Path) -> tuple[ns.Mount, ...]:
         if not all(isinstance(option, str) for option in options):
             raise item.bad("options", "must be a list of strings")
         if (target, kind) in STANDARD_MOUNTS:
+            mqueue = mqueue or kind == "mqueue"
             continue                    # ours, from namespaces.mount_kernel_filesystems
         item.done()
         where = f"mounts[{number}] ({target}, type {kind})"
@@ -108,7 +111,7 @@ def mounts_of(mounts: list, bundle: Path) -> tuple[ns.Mount, ...]:
             raise BadBundle(f"config.json: {where} is not supported by minicontainer yet: "
                             "a bind or a tmpfs anywhere, other kinds only at their "
                             "standard place (/proc, /sys, /dev/pts, /dev/mqueue)")
-    return tuple(made)
+    return tuple(made), mqueue
 
 
 def refuse_options(where: str, options: list[str], allowed: set[str]) -> None:

@@ -54,6 +54,7 @@ class Bundle:
     oom_score_adj: int | None = None
     additional_gids: tuple[int, ...] = ()       # process.user.additionalGids
     joined: dict[str, str] = dataclasses.field(default_factory=dict)  # {kind: ns file}
+    mqueue: bool = False                        # /dev/mqueue among the mounts
     masked: tuple[str, ...] | None = None       # linux.maskedPaths (None: ours)
     read_only: tuple[str, ...] | None = None    # linux.readonlyPaths (None: ours)
     sysctl: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -90,7 +91,7 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     hostname = top.take("hostname", str)
     if hostname is not None and "uts" not in kinds | set(joined):   # as runc refuses it
         raise BadBundle("config.json: hostname needs a uts namespace (linux.namespaces)")
-    mounts = mounts_of(top.take("mounts", list, []), directory)
+    mounts, mqueue = mounts_of(top.take("mounts", list, []), directory)
     annotations = top.take("annotations", dict, {})
     if top.take("hooks", dict, {}):
         raise top.refuse("hooks")
@@ -110,7 +111,8 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     home = "/root" if spec.user[0] == 0 else "/"
     spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]}, mounts=mounts)
     return Bundle(spec, directory, version, annotations, readonly, options["rlimits"],
-                  options["oom_score_adj"], options["additional_gids"], joined, **extras)
+                  options["oom_score_adj"], options["additional_gids"], joined, mqueue,
+                  **extras)
 
 
 def root_of(root: Fields, directory: Path) -> tuple[str, bool]:

@@ -210,6 +210,14 @@ def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE, tty_group: bool = Tru
     (dev / "fd").symlink_to("/proc/self/fd")
 
 
+def mount_message_queues(dev: Path) -> None:
+    """The ipc namespace's POSIX message queues as files in `dev`/mqueue (an OCI bundle
+    asks for it, as runc mounts it): an mqueue filesystem shows the queues of the
+    ipc namespace of whoever mounts it, which the caller can reach anyway."""
+    (dev / "mqueue").mkdir(0o755)
+    mount("mqueue", dev / "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
 def mount_inside(root: Path, wanted: Mount, nodev: bool = True) -> None:
     """Mount `wanted` at its target in `root`, nosuid and `nodev` (a host's setuid
     program or device node in a volume does nothing), the target found as the

@@ -43,7 +43,7 @@ from .bundle_linux import make_device_nodes, write_sysctls
 from .bundles import Bundle, read_bundle
 from .container import Container, make_workdir
 from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
-from .namespaces import isolate
+from .namespaces import isolate, mount_message_queues
 from .security import become_user, confine, protect_system_paths
 from .syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT, mount
 
@@ -61,8 +61,6 @@ DIFFERENCES_FROM_RUNC = {
                "is an overlay on it: the bundle is never changed, delete drops the writes",
     **{f"mount /dev/{name}": NODE for name in ("full", "null", "random", "tty", "urandom",
                                                "zero")},
-    "mount /dev/mqueue": "not mounted: the ipc namespace has its own queues, no fs shows them",
-    "ls /dev": "no /dev/mqueue (above)",
     "mount /proc/keys": MASKED_NODE, "mount /proc/timer_list": MASKED_NODE,
     "mount /sys/fs/cgroup": NO_CGROUPFS, "mount /sys/fs/cgroup/*": NO_CGROUPFS,
     "mount /tmp": "a tmpfs of the container's own (namespaces.py), where runc leaves the "
@@ -139,6 +137,8 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
         changed.append(step)
         if func is isolate and bundle.sysctl:
             changed.append(partial(write_sysctls, bundle.sysctl))
+        if func is isolate and bundle.mqueue:
+            changed.append(partial(mount_message_queues, Path("/dev")))
         if func is isolate and bundle.device_nodes:
             changed.append(partial(make_device_nodes, bundle.device_nodes))
         if func is make_workdir and bundle.readonly:
