@@ -55,6 +55,9 @@ class Bundle:
     additional_gids: tuple[int, ...] = ()       # process.user.additionalGids
     joined: dict[str, str] = dataclasses.field(default_factory=dict)  # {kind: ns file}
     mqueue: bool = False                        # /dev/mqueue among the mounts
+    inheritable: tuple[str, ...] = ()           # process.capabilities.inheritable
+    ambient: tuple[str, ...] = ()               # process.capabilities.ambient
+    umask: int | None = None                    # process.user.umask (None: runc's 022)
     masked: tuple[str, ...] | None = None       # linux.maskedPaths (None: ours)
     read_only: tuple[str, ...] | None = None    # linux.readonlyPaths (None: ours)
     sysctl: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -112,7 +115,7 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]}, mounts=mounts)
     return Bundle(spec, directory, version, annotations, readonly, options["rlimits"],
                   options["oom_score_adj"], options["additional_gids"], joined, mqueue,
-                  **extras)
+                  *options["inherited"], options["umask"], **extras)
 
 
 def root_of(root: Fields, directory: Path) -> tuple[str, bool]:
@@ -142,6 +145,9 @@ def process_options(proc: Fields) -> dict:
     user = Fields(proc.take("user", dict, {}), "process.user")
     uid, gid = user.take("uid", int, 0), user.take("gid", int, 0)
     groups = user.take("additionalGids", list, [])
+    umask = user.take("umask", int)
+    if umask is not None and not 0 <= umask <= 0o777:
+        raise user.bad("umask", f"{umask} is not a umask (0 to 0777)")
     if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**32 - 1
                for n in groups):
         raise user.bad("additionalGids", "must be a list of group ids")
@@ -151,7 +157,7 @@ def process_options(proc: Fields) -> dict:
     for label in ("apparmorProfile", "selinuxLabel"):
         if proc.take(label, str):
             raise proc.refuse(label)
-    kept = capabilities_of(proc.take("capabilities", dict))
+    kept, inheritable, ambient = capabilities_of(proc.take("capabilities", dict))
     security = {"no_new_privs": proc.take("noNewPrivileges", bool, False),
                 "capabilities": kept is not None, "kept": kept or ()}
     rlimits = tuple(rlimit_of(Fields(item, f"process.rlimits[{n}]"))
@@ -161,15 +167,17 @@ def process_options(proc: Fields) -> dict:
     proc.done()
     return {"args": args, "env": env, "rlimits": rlimits, "oom_score_adj": oom_score_adj,
             "security": security, "additional_gids": tuple(groups),
+            "inherited": (inheritable, ambient), "umask": umask,
             "describe": {"tty": terminal, "workdir": cwd, "user": f"{uid}:{gid}"}}
 
 
-def capabilities_of(caps: dict | None) -> tuple[str, ...] | None:
-    """The capabilities to keep (None: all, as without the field). We keep one set, as
-    bounding = effective = permitted; inheritable must be empty, and so ambient has no
-    effect (runc's table shows CapAmb 0 for `runc spec`'s ambient set, for that reason)."""
+def capabilities_of(caps: dict | None) -> tuple[tuple[str, ...] | None, tuple, tuple]:
+    """The capabilities to keep (None: all, as without the field), the inheritable and
+    the ambient ones. We keep one set, as bounding = effective = permitted; inheritable
+    within it; ambient takes effect only where inheritable too (runc's table shows CapAmb
+    0 for `runc spec`'s ambient set, which has no inheritable one, for that reason)."""
     if caps is None:
-        return None
+        return None, (), ()
     fields = Fields(caps, "process.capabilities")
     sets = {}
     for kind in ("bounding", "effective", "permitted", "inheritable", "ambient"):
@@ -180,12 +188,13 @@ def capabilities_of(caps: dict | None) -> tuple[str, ...] | None:
                             f"capability: {names}")
         sets[kind] = {n.removeprefix("CAP_") for n in names}
     fields.done()
-    if sets["inheritable"]:
-        raise fields.refuse("inheritable")
+    if not sets["inheritable"] <= sets["bounding"]:
+        raise fields.refuse("inheritable", " beyond the bounding set")
     for kind in ("effective", "permitted"):
         if sets[kind] != sets["bounding"]:
             raise fields.refuse(kind, " when it differs from the bounding set")
-    return None if sets["bounding"] == set(CAPABILITIES) else tuple(sorted(sets["bounding"]))
+    kept = None if sets["bounding"] == set(CAPABILITIES) else tuple(sorted(sets["bounding"]))
+    return kept, tuple(sorted(sets["inheritable"])), tuple(sorted(sets["ambient"]))
 
 
 def rlimit_of(item: Fields) -> tuple[int, int, int]:

@@ -72,7 +72,7 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: Channel,
             on_exit: Callable[[int], None] | None = None,
             mounts: Sequence[Mount] = (), shm_size: int = SHM_SIZE,
-            joined: Mapping[str, str] | None = None) -> None:
+            joined: Mapping[str, str] | None = None, mqueue: bool = False) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec; `channel` is spawn's, on which a new pid
@@ -80,7 +80,8 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: 
     wait status by the process left waiting outside the pid namespace. `mounts` go
     over the image in their order (/etc/hosts, volumes, tmpfs: see mount_inside).
     `shm_size` bounds /dev/shm, in bytes. `joined` names existing namespaces to
-    enter first, by their files ({kind: path}: an OCI bundle's), before any is made.
+    enter first, by their files ({kind: path}: an OCI bundle's), before any is made;
+    `mqueue` adds /dev/mqueue (a bundle's).
     """
     namespaces, joined = set(namespaces), dict(joined or {})
     join_by_path(joined)                  # first, as runc's nsexec: the new ones go below
@@ -100,7 +101,8 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: 
         rootfs.mount()                    # the image, plus a writable layer of our own
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
-        mount_kernel_filesystems(rootfs.merged, sysfs, shm_size, "user" not in namespaces)
+        mount_kernel_filesystems(rootfs.merged, sysfs, shm_size, "user" not in namespaces,
+                                 mqueue)
         for wanted in mounts:             # nodev as the image is (Security.devices)
             mount_inside(rootfs.merged, wanted, rootfs.nodev)
         pivot_into(rootfs.merged)
@@ -152,14 +154,17 @@ def make_mounts_private() -> None:
 
 
 def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM_SIZE,
-                             tty_group: bool = True) -> None:
-    """Give the new root its own /proc (our pid namespace's), /sys, /dev and /tmp
-    (`tty_group`: its terminals belong to group 5, which a user namespace lacks)."""
+                             tty_group: bool = True, mqueue: bool = False) -> None:
+    """Give the new root its own /proc (our pid namespace's), /dev, /sys and /tmp
+    (`tty_group`: its terminals belong to group 5, which a user namespace lacks;
+    `mqueue`: /dev/mqueue too), in the order `runc spec` lists them."""
     mount("proc", kernel_mount_point(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount_minimal_dev(kernel_mount_point(root, "dev"), shm_size, tty_group)
+    if mqueue:
+        mount_message_queues(root / "dev")
     if sysfs:
         mount("sysfs", kernel_mount_point(root, "sys"), "sysfs",
               MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount_minimal_dev(kernel_mount_point(root, "dev"), shm_size, tty_group)
     # /tmp is no kernel's: an image's `tmp -> var/tmp` is followed inside the image, as a
     # --tmpfs would be.
     mount_inside(root, Mount("/tmp", mode=0o1777))
@@ -203,7 +208,7 @@ def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE, tty_group: bool = Tru
           f"newinstance,ptmxmode=0666,max={PTYS}{group}")
     (dev / "ptmx").symlink_to("pts/ptmx")
     (dev / "shm").mkdir()
-    mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+    mount("shm", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,   # Docker's name
           f"mode=1777,size={shm_size}")
     for fd, name in enumerate(["stdin", "stdout", "stderr"]):
         (dev / name).symlink_to(f"/proc/self/fd/{fd}")

@@ -43,8 +43,9 @@ from .bundle_linux import make_device_nodes, write_sysctls
 from .bundles import Bundle, read_bundle
 from .container import Container, make_workdir
 from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
-from .namespaces import isolate, mount_message_queues
-from .security import become_user, confine, protect_system_paths
+from .namespaces import isolate
+from .security import (CAPABILITIES, become_user, confine, inherit_capabilities,
+                       protect_system_paths)
 from .syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT, mount
 
 FIFO, EXTRAS = "exec.fifo", "oci.json"   # in the container's record directory
@@ -102,6 +103,18 @@ class BundleContainer(Container):
             # exec, so a strict profile cannot refuse the runtime's own last calls.
             last.append(partial(syscalls.load_seccomp,
                                 syscalls.seccomp_program(bundle.seccomp)))
+        elif bundle.seccomp is not None and self.spec.user == (0, 0):
+            # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it goes
+            # in with confine(), before the capabilities go: runc does that before
+            # the wait for `start`, its last calls being few and in any profile; ours
+            # are Python's, which an old profile refuses (faccessat2...). So root's
+            # confine() comes last here, after the wait, holding its capabilities
+            # while it waits (blocked in open(2): nothing runs in it yet). Another
+            # user must confine before setuid: its own steps then run under the filter.
+            confined = [step for step in steps
+                        if getattr(step, "func", None) in (confine, inherit_capabilities)]
+            steps = [step for step in steps if step not in confined]
+            last += confined
         return steps + last
 
     def allowed_devices(self) -> tuple:
@@ -111,19 +124,21 @@ class BundleContainer(Container):
 
 def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]:
     """Our layers' steps given the bundle's own inputs, each where its layer takes it:
-    rlimits and the oom score first; the namespaces to join (isolate); the sysctls
-    and the device nodes right after pivot_root, before /proc/sys goes read-only; the
-    root made read-only once the working directory exists (runc's order); the masked
-    and read-only paths; the seccomp program (confine, or last: child_steps);
-    additionalGids (become_user)."""
-    first = [partial(set_rlimits, bundle.rlimits)]
+    rlimits, the umask (process.user.umask, else runc's 022) and the oom score first;
+    the namespaces to join and /dev/mqueue (isolate); the sysctls and the device nodes
+    right after pivot_root, before /proc/sys goes read-only; the root made read-only
+    once the working directory exists (runc's order); the masked and read-only paths;
+    the seccomp program (confine, or last: child_steps); the inheritable and ambient
+    capabilities (after confine); additionalGids (become_user)."""
+    first = [partial(set_rlimits, bundle.rlimits),
+             partial(os.umask, 0o022 if bundle.umask is None else bundle.umask)]
     if bundle.oom_score_adj is not None:
         first.append(partial(set_oom_score_adj, bundle.oom_score_adj))
     changed = []
     for step in steps:
         func = getattr(step, "func", step)
-        if func is isolate and bundle.joined:
-            step = partial(step, joined=bundle.joined)
+        if func is isolate:
+            step = partial(step, joined=bundle.joined, mqueue=bundle.mqueue)
         elif func is protect_system_paths:
             step = partial(protect_system_paths, bundle.masked or (), bundle.read_only or ())
         elif func is confine and bundle.seccomp is not None:
@@ -135,10 +150,12 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
         elif func is become_user:
             step = partial(become_user, *step.args[:2], bundle.additional_gids)
         changed.append(step)
+        if func is confine and bundle.inheritable:
+            kept = step.args[0].kept if step.args[0].capabilities else tuple(CAPABILITIES)
+            changed.append(partial(inherit_capabilities, kept, bundle.inheritable,
+                                   bundle.ambient))
         if func is isolate and bundle.sysctl:
             changed.append(partial(write_sysctls, bundle.sysctl))
-        if func is isolate and bundle.mqueue:
-            changed.append(partial(mount_message_queues, Path("/dev")))
         if func is isolate and bundle.device_nodes:
             changed.append(partial(make_device_nodes, bundle.device_nodes))
         if func is make_workdir and bundle.readonly:

@@ -277,6 +277,19 @@ def confine(security: Security, program: syscalls._SockFprog | None = None) -> N
         syscalls.drop_capabilities(keep)
 
 
+def inherit_capabilities(kept: Iterable[str], inheritable: Iterable[str],
+                         ambient: Iterable[str]) -> None:
+    """A step after confine(): the inheritable set, and the `ambient` capabilities
+    raised, those an OCI bundle lists (the kernel takes only ones both permitted and
+    inheritable: runc warns about the others and goes on; we skip them). Setting a
+    uid other than 0 afterwards clears the ambient set again."""
+    kept, inheritable = set(kept), set(inheritable)
+    syscalls.set_capabilities({CAPABILITIES[name] for name in kept},
+                              {CAPABILITIES[name] for name in inheritable})
+    for name in sorted(set(ambient) & kept & inheritable):
+        syscalls.raise_ambient(CAPABILITIES[name])
+
+
 def become_user(uid: int, gid: int, groups: Sequence[int] = ()) -> None:
     """Run as `uid`:`gid` from here on (the image's User, or -u), in the supplementary
     `groups` only (an OCI bundle's additionalGids), groups first.

@@ -254,8 +254,9 @@ BAD_CONFIGS = {   # what we write into config.json → what the one line must sa
                                      {"allow": False, "type": "c", "major": 1, "minor": 1,
                                       "access": "r"}]),
         "linux.resources.devices[2].allow"),
-    "inheritable capabilities": (("process.capabilities.inheritable", ["CAP_KILL"]),
-                                 "process.capabilities.inheritable"),
+    "inheritable capabilities beyond the bounding set": (
+        ("process.capabilities.inheritable", ["CAP_SYS_ADMIN"]),
+        "process.capabilities.inheritable"),
     "additional groups that are not ids": (("process.user.additionalGids", ["wheel"]),
                                            "process.user.additionalGids"),
     "a terminal without a console socket": (("process.terminal", True), "--console-socket"),
@@ -331,12 +332,14 @@ def config_of(bundle: Path) -> dict:
     return json.loads((bundle / "config.json").read_text())
 
 
-def test_additional_gids_are_the_commands_groups(bundle, root, tmp_path):
+def test_additional_gids_and_umask_are_the_commands(bundle, root, tmp_path):
     config = changed(config_of(bundle), "process.user.additionalGids", [10, 5, 1234])
+    config["process"]["user"]["umask"] = 0o027
     theirs, ours = probe_both(bundle, root, tmp_path, config, (
-        "echo groups: $(id -G); echo kernel: $(grep ^Groups: /proc/self/status | cut -f2)"))
+        "echo groups: $(id -G); echo kernel: $(grep ^Groups: /proc/self/status | cut -f2); "
+        "echo umask: $(umask)"))
     # The kernel keeps the list sorted (setgroups(2) sorts it): no order shows inside.
-    assert ours == {"groups": "0 5 10 1234", "kernel": "5 10 1234"}, ours
+    assert ours == {"groups": "0 5 10 1234", "kernel": "5 10 1234", "umask": "0027"}, ours
     assert theirs in (None, ours)
 
 
@@ -411,6 +414,16 @@ def test_bind_and_tmpfs_mounts_go_where_the_bundle_says(bundle, root, tmp_path):
                     "scratch": "700 1024"}, ours
     assert theirs in (None, ours)
     assert sorted(os.listdir(shared)) == ["hello"]
+
+
+def test_inheritable_and_ambient_capabilities_reach_the_command(bundle, root, tmp_path):
+    config = config_of(bundle)
+    caps = config["process"]["capabilities"]
+    caps["inheritable"] = caps["ambient"] = caps["bounding"][:2]      # as runtime-tools sets
+    theirs, ours = probe_both(bundle, root, tmp_path, config,
+                              "grep ^Cap /proc/self/status | tr -d '\\t' | sed 's/:/: /'")
+    assert ours["CapInh"] == ours["CapAmb"] != "0000000000000000", ours
+    assert theirs in (None, ours)
 
 
 DEVICE_PROBE = ("echo node: $(stat -c '%t,%T %a %u:%g' /dev/test/null2); "
