@@ -88,7 +88,10 @@ class BundleContainer(Container):
         state.write_json(self.directory / EXTRAS, {
             "ociVersion": bundle.oci_version, "bundle": str(bundle.directory),
             "annotations": bundle.annotations})
-        os.mkfifo(self.directory / FIFO, 0o600)
+        # Writable by all, as runc's: the command's user opens it, through our fd (its
+        # directory is root's alone, 0700, so nobody else reaches it by its path).
+        os.mkfifo(self.directory / FIFO)
+        os.chmod(self.directory / FIFO, 0o622)
         self.fifo = os.open(self.directory / FIFO, os.O_PATH | os.O_CLOEXEC)
         if (bundle.device_nodes or bundle.device_rules) and not (
                 self.cgroup and devices.can_list(self.cgroup)):
@@ -129,7 +132,10 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
     right after pivot_root, before /proc/sys goes read-only; the root made read-only
     once the working directory exists (runc's order); the masked and read-only paths;
     the seccomp program (confine, or last: child_steps); the inheritable and ambient
-    capabilities (after confine); additionalGids (become_user)."""
+    capabilities (after confine, or after become_user for another user than root);
+    additionalGids (become_user)."""
+    security = bundle.spec.security
+    kept = security.kept if security.capabilities else tuple(CAPABILITIES)
     first = [partial(set_rlimits, bundle.rlimits),
              partial(os.umask, 0o022 if bundle.umask is None else bundle.umask)]
     if bundle.oom_score_adj is not None:
@@ -147,11 +153,12 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
                 step = partial(confine, dataclasses.replace(security, seccomp=False))
             else:
                 step = partial(confine, security, syscalls.seccomp_program(bundle.seccomp))
-        elif func is become_user:
-            step = partial(become_user, *step.args[:2], bundle.additional_gids)
+        elif func is become_user:            # another user keeps its capabilities, as runc's
+            step = partial(become_user, *step.args[:2], bundle.additional_gids,
+                           keep_capabilities=step.args[0] != 0)
         changed.append(step)
-        if func is confine and bundle.inheritable:
-            kept = step.args[0].kept if step.args[0].capabilities else tuple(CAPABILITIES)
+        if (func is confine and bundle.inheritable) or (
+                func is become_user and step.args[0] != 0):
             changed.append(partial(inherit_capabilities, kept, bundle.inheritable,
                                    bundle.ambient))
         if func is isolate and bundle.sysctl:
@@ -166,9 +173,10 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
 def root_before_confine(steps: list[process.Step]) -> list[process.Step]:
     """Become root:root (setgroups, setgid, setuid) before confine() drops capabilities,
     not after: a bundle may keep neither SETUID nor SETGID (`runc spec` keeps three
-    capabilities), and root loses none by it. runc sets every user so, keeping its
-    capabilities across setuid with PR_SET_KEEPCAPS; we do not, and another user needs
-    SETUID and SETGID kept (read_config refuses it otherwise)."""
+    capabilities), and root loses none by it. Another user becomes itself after
+    confine(), keeping its capabilities across setuid with PR_SET_KEEPCAPS as runc
+    does (with_bundle); it needs SETUID and SETGID kept (read_config refuses it
+    otherwise), where runc sets the user before dropping the bounding set."""
     become = next(step for step in steps if getattr(step, "func", None) is become_user)
     if become.args != (0, 0):
         return steps

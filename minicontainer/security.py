@@ -279,10 +279,10 @@ def confine(security: Security, program: syscalls._SockFprog | None = None) -> N
 
 def inherit_capabilities(kept: Iterable[str], inheritable: Iterable[str],
                          ambient: Iterable[str]) -> None:
-    """A step after confine(): the inheritable set, and the `ambient` capabilities
-    raised, those an OCI bundle lists (the kernel takes only ones both permitted and
-    inheritable: runc warns about the others and goes on; we skip them). Setting a
-    uid other than 0 afterwards clears the ambient set again."""
+    """A step after confine() (or after become_user kept them): effective = permitted
+    = `kept`, the inheritable set, and the `ambient` capabilities raised, those an OCI
+    bundle lists (the kernel takes only ones both permitted and inheritable: runc
+    warns about the others and goes on; we skip them)."""
     kept, inheritable = set(kept), set(inheritable)
     syscalls.set_capabilities({CAPABILITIES[name] for name in kept},
                               {CAPABILITIES[name] for name in inheritable})
@@ -290,20 +290,27 @@ def inherit_capabilities(kept: Iterable[str], inheritable: Iterable[str],
         syscalls.raise_ambient(CAPABILITIES[name])
 
 
-def become_user(uid: int, gid: int, groups: Sequence[int] = ()) -> None:
+def become_user(uid: int, gid: int, groups: Sequence[int] = (),
+                keep_capabilities: bool = False) -> None:
     """Run as `uid`:`gid` from here on (the image's User, or -u), in the supplementary
     `groups` only (an OCI bundle's additionalGids), groups first.
 
     setgroups, setgid, setuid, in that order: each needs the privilege the next one
     gives up. The host caller's supplementary groups are dropped, for root too. Docker
     (runc's setupUser) also adds the groups /etc/group lists the user in, before the
-    additional ones; we do not.
+    additional ones; we do not. `keep_capabilities` keeps the permitted set across
+    setuid (PR_SET_KEEPCAPS, as runc does for an OCI bundle's user; the effective set
+    is still cleared: inherit_capabilities raises it again).
     For a uid other than 0 the kernel then clears the permitted and effective
     capabilities, as Docker gives a non-root user none (the bounding set stays).
     """
     os.setgroups(list(groups))
     os.setgid(gid)
+    if keep_capabilities:
+        syscalls.set_keep_capabilities(True)
     os.setuid(uid)
+    if keep_capabilities:
+        syscalls.set_keep_capabilities(False)    # for good: a later setuid clears them
 
 
 def user_steps(user: tuple[int, int], workdir: str, user_namespace: bool) -> list:

@@ -196,6 +196,13 @@ def set_capabilities(keep: set[int], inheritable: set[int] = frozenset()) -> Non
     _check(_libc.capset(header, data), "capset", hex(bits))
 
 
+def set_keep_capabilities(keep: bool) -> None:
+    """prctl(PR_SET_KEEPCAPS): whether a setuid away from 0 keeps the permitted set."""
+    PR_SET_KEEPCAPS = 8
+    _check(_libc.prctl(ctypes.c_int(PR_SET_KEEPCAPS), ctypes.c_ulong(int(keep)), 0, 0, 0),
+           "prctl", "PR_SET_KEEPCAPS")
+
+
 def raise_ambient(cap: int) -> None:
     """Add `cap` to the ambient set: kept across execve of a program without file
     capabilities (prctl PR_CAP_AMBIENT_RAISE; it must be permitted and inheritable)."""

@@ -426,6 +426,23 @@ def test_inheritable_and_ambient_capabilities_reach_the_command(bundle, root, tm
     assert theirs in (None, ours)
 
 
+def test_another_user_keeps_the_bundles_capabilities_as_under_runc(bundle, root, tmp_path):
+    config = config_of(bundle)
+    config["process"]["user"] = {"uid": 1000, "gid": 1000}
+    caps = config["process"]["capabilities"]
+    for kind in ("bounding", "effective", "permitted", "ambient"):
+        caps[kind] = sorted(set(caps[kind]) | {"CAP_SETUID", "CAP_SETGID"})
+    caps["inheritable"] = ["CAP_KILL"]
+    theirs, ours = probe_both(bundle, root, tmp_path, config,
+                              "id; grep ^Cap /proc/self/status | tr -d '\\t' | sed 's/:/: /'")
+    # A user other than root keeps, across execve, the ambient capabilities only: those
+    # also inheritable (KILL, 1 << 5); without PR_SET_KEEPCAPS it would have none.
+    assert {ours[row] for row in ("CapInh", "CapPrm", "CapEff", "CapAmb")} == {
+        "0000000000000020"}, ours
+    assert ours["CapBnd"] == "00000000200004e0", ours   # KILL SETGID SETUID NET_BIND AUDIT_WRITE
+    assert theirs in (None, ours)
+
+
 DEVICE_PROBE = ("echo node: $(stat -c '%t,%T %a %u:%g' /dev/test/null2); "
                 "echo null2: $( (echo x > /dev/test/null2) 2>&1 | sed 's/.*: //' | grep . "
                 "|| echo opened); "
