@@ -20,8 +20,9 @@ blocks in the kernel until `start` opens it for reading. We do the same
 (bundles.py, which refuses by its JSON path what our layers cannot honour), and
 container.Container builds it as for `minicontainer run -d`; this module hands our
 layers' steps only what a bundle asks beyond `run` (with_bundle): rlimits, an oom
-score, namespaces joined by path, sysctls, a read-only root, its own masked and
-read-only paths, its seccomp profile, its additional groups.
+score, a umask, namespaces joined by path, /dev/mqueue, sysctls, device nodes and
+their allow rules, a read-only root, its own masked and read-only paths, its
+seccomp profile, inheritable and ambient capabilities, additional groups.
 """
 from __future__ import annotations
 
@@ -100,7 +101,10 @@ class BundleContainer(Container):
         command = partial(look_up_command, self.spec.command[0],
                           self.spec.env.get("PATH", os.defpath))
         steps = with_bundle(root_before_confine(steps), bundle)
-        last = [command, partial(wait_for_start, self.fifo, channel)]
+        # The umask last: our own mkdir()s (/dev/pts...) keep their modes (runc's 022
+        # else, where ours would be whatever the caller had).
+        umask = 0o022 if bundle.umask is None else bundle.umask
+        last = [partial(os.umask, umask), command, partial(wait_for_start, self.fifo, channel)]
         if bundle.seccomp is not None and self.spec.security.no_new_privs:
             # runc's order: with no_new_privs the filter goes in last, right before
             # exec, so a strict profile cannot refuse the runtime's own last calls.
@@ -127,7 +131,7 @@ class BundleContainer(Container):
 
 def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]:
     """Our layers' steps given the bundle's own inputs, each where its layer takes it:
-    rlimits, the umask (process.user.umask, else runc's 022) and the oom score first;
+    rlimits and the oom score first;
     the namespaces to join and /dev/mqueue (isolate); the sysctls and the device nodes
     right after pivot_root, before /proc/sys goes read-only; the root made read-only
     once the working directory exists (runc's order); the masked and read-only paths;
@@ -136,8 +140,7 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
     additionalGids (become_user)."""
     security = bundle.spec.security
     kept = security.kept if security.capabilities else tuple(CAPABILITIES)
-    first = [partial(set_rlimits, bundle.rlimits),
-             partial(os.umask, 0o022 if bundle.umask is None else bundle.umask)]
+    first = [partial(set_rlimits, bundle.rlimits)]
     if bundle.oom_score_adj is not None:
         first.append(partial(set_oom_score_adj, bundle.oom_score_adj))
     changed = []
@@ -148,7 +151,6 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
         elif func is protect_system_paths:
             step = partial(protect_system_paths, bundle.masked or (), bundle.read_only or ())
         elif func is confine and bundle.seccomp is not None:
-            security = step.args[0]
             if security.no_new_privs:        # loaded last instead (child_steps)
                 step = partial(confine, dataclasses.replace(security, seccomp=False))
             else:
