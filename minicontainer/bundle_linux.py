@@ -119,7 +119,9 @@ def refuse_options(where: str, options: list[str], allowed: set[str]) -> None:
     for option in options:
         if option.partition("=")[0] not in allowed:
             why = (": our mounts are always nosuid and nodev" if option in ("suid", "dev")
-                   else "")
+                   else ": our mount namespace is private, so that no mount of the "
+                        "container's reaches the host's" if option.lstrip("r") in (
+                            "shared", "slave", "unbindable") else "")
             raise BadBundle(f"config.json: {where}: option {option!r} is not supported by "
                             f"minicontainer{why}")
 

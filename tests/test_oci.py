@@ -470,13 +470,17 @@ def test_device_nodes_are_made_and_open_only_if_allowed(allowed, bundle, root, t
 
 @pytest.fixture
 def holder():
-    """A host process in network and ipc namespaces of its own, to be joined."""
-    process = subprocess.Popen(["unshare", "--net", "--ipc", "sleep", "60"])
+    """A host process, PID 1 of its own pid namespace, in network and ipc namespaces
+    of its own, to be joined: `unshare`'s child, `sleep`."""
+    process = subprocess.Popen(["unshare", "--net", "--ipc", "--pid", "--fork",
+                                "--kill-child", "sleep", "60"])
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     deadline = time.monotonic() + 5
-    while os.stat(f"/proc/{process.pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+    while not children.read_text().split() or Path(
+            f"/proc/{children.read_text().split()[0]}/cmdline").read_bytes() != b"sleep\x0060\x00":
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    yield process.pid
+    yield int(children.read_text().split()[0])
     process.kill()
     process.wait()
 
@@ -484,12 +488,15 @@ def holder():
 def test_namespaces_given_by_path_are_joined_not_made(bundle, root, tmp_path, holder):
     config = config_of(bundle)
     for entry in config["linux"]["namespaces"]:
-        if entry["type"] in ("network", "ipc"):
+        if entry["type"] in ("network", "ipc", "pid"):
             entry["path"] = f"/proc/{holder}/ns/{ns_name(entry['type'])}"
     theirs, ours = probe_both(bundle, root, tmp_path, config, (
-        "for kind in net ipc uts; do echo $kind: $(stat -L -c %i /proc/self/ns/$kind); done"))
-    joined = {kind: str(os.stat(f"/proc/{holder}/ns/{kind}").st_ino) for kind in ("net", "ipc")}
+        "for kind in net ipc pid uts; do echo $kind: $(stat -L -c %i /proc/self/ns/$kind); "
+        "done; echo pid 1: $(cat /proc/1/comm)"))
+    joined = {kind: str(os.stat(f"/proc/{holder}/ns/{kind}").st_ino)
+              for kind in ("net", "ipc", "pid")}
     assert {kind: ours[kind] for kind in joined} == joined
+    assert ours["pid 1"] == "sleep"                   # its /proc is the joined namespace's
     assert ours["uts"] != str(os.stat(f"/proc/{holder}/ns/uts").st_ino)   # made new
     assert theirs is None or {kind: theirs[kind] for kind in joined} == joined
 
