@@ -80,6 +80,11 @@ class Container(Handles):
         its own here (oci.py), once the record directory exists."""
         return steps
 
+    def allowed_devices(self) -> tuple:
+        """The devices its cgroup lets it open (devices.ALLOWED): a runtime built on
+        this class adds the ones its bundle allows (oci.py)."""
+        return devices.ALLOWED
+
     # -- life cycle ------------------------------------------------------------------
 
     def start(self, stdio: Sequence[int | None] | None = None, detach: bool = False,
@@ -112,7 +117,7 @@ class Container(Handles):
             if spec.network:                 # layer 4, host side; recorded at once
                 self.attachment, files = lease_address(spec, self.data)
                 self.save()
-            procs = enter_budget(spec, self.cgroup)
+            procs = enter_budget(spec, self.cgroup, self.allowed_devices())
             channel = process.Channel()      # spawn's pipes, for the steps that use them
             steps = self.child_steps(setup_steps(spec, layer, channel, files, procs, pty,
                                                  waiter), channel)
@@ -274,14 +279,14 @@ def make_workdir(path: str) -> None:
 
 # -- what this process does for it on the host --------------------------------------------
 
-def enter_budget(spec: Spec, cgroup: Cgroup | None) -> list[int]:
-    """Layer 3, host side: the cgroup with its device allow-list (layer 5), and its
-    cgroup.procs files opened for the child to write itself into."""
+def enter_budget(spec: Spec, cgroup: Cgroup | None, allowed: tuple) -> list[int]:
+    """Layer 3, host side: the cgroup with its device allow-list (layer 5: `allowed`),
+    and its cgroup.procs files opened for the child to write itself into."""
     listed = False                  # a device allow-list in force
     procs: list[int] = []
     if cgroup:
         cgroup.create()
-        listed = spec.security.devices and devices.allow_only(cgroup)
+        listed = spec.security.devices and devices.allow_only(cgroup, allowed)
         procs = cgroup.open_procs()
     if spec.security.devices and "mnt" not in spec.namespaces and not listed:
         devices.refuse_device_nodes(Path(spec.rootfs))   # neither nodev nor a list

@@ -37,7 +37,7 @@ def test_fifty_containers_cost_less_host_memory_than_two_vms():
     assert scale["containers"][-1][1] < scale["vms"][-1][1]
     assert [n for n, _ in scale["vm_committed"]] == [1, 2]
     assert all(parts["pss"] == used for (_, parts), (_, used) in zip(scale["vm_parts"],
-                                                                     scale["vms"]))
+                                                                     scale["vms"], strict=True))
 
 
 def test_the_container_shares_the_hosts_kernel_and_the_vm_has_its_own():
