@@ -1,7 +1,7 @@
 # minicontainer: every target installs what it needs first (as root).
 PY := .venv/bin/python
 
-.PHONY: setup lab test test-cgroup-v2 check html slides figures compare bench doctor clean
+.PHONY: setup lab test test-oci test-cgroup-v2 check html slides figures compare bench doctor clean
 
 setup:
 	@MAKE_TARGET=$(or $(MAKECMDGOALS),setup) bash scripts/setup.sh
@@ -12,6 +12,19 @@ lab: setup
 test:
 	@MAKE_TARGET=test bash scripts/setup.sh test
 	$(PY) -m pytest
+
+# minicontainer as an OCI runtime, checked against runc and crun (make test runs these
+# tests too). With RUNTIME_TOOLS=DIR, a checkout of opencontainers/runtime-tools (not in
+# Debian: see bench/oci_validation.py), its validation suite too, built here with Go.
+test-oci:
+	@MAKE_TARGET=test-oci bash scripts/setup.sh oci
+	$(PY) -m pytest tests/test_oci.py tests/test_oci_conformance.py
+ifdef RUNTIME_TOOLS
+	[ -x $(RUNTIME_TOOLS)/runtimetest ] || (cd $(RUNTIME_TOOLS) && \
+	  export GOFLAGS=-mod=vendor GOPROXY=off && make runtimetest tool && \
+	  make -j2 validation-executables)
+	$(PY) bench/oci_validation.py --suite $(RUNTIME_TOOLS)
+endif
 
 test-cgroup-v2: setup
 	$(PY) -m pytest -s tests/test_cgroup_v2.py

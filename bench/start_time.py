@@ -30,8 +30,8 @@ from pathlib import Path
 
 import minicontainer
 from minicontainer import network, run
-from minicontainer.cgroups import mode as cgroup_mode
 from minicontainer.course.measure import memory_per_instance
+from minicontainer.course.runtimes import hide_unified_cgroup
 from minicontainer.rootfs import default_rootfs
 from minicontainer.vm import VM
 from minicontainer.vm.initramfs import pack_initramfs
@@ -47,9 +47,7 @@ def enter_private_mount_namespace() -> None:
         os.environ["MC_BENCH_PRIVATE"] = "1"
         os.execvp("unshare", ["unshare", "--mount", "--propagation", "private",
                               sys.executable, *sys.argv])
-    unified = Path("/sys/fs/cgroup/unified")
-    if cgroup_mode() == "hybrid" and unified.is_mount():
-        subprocess.run(["umount", str(unified)], check=True)
+    hide_unified_cgroup()
 
 
 def oci_bundle(directory: Path, rootfs: Path) -> Path:

@@ -27,7 +27,7 @@ from .security import Security
 from .errors import BadRecord, InvalidArgument, NotLinuxError, NotRootError
 from .host import cpu, parse_size
 
-NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")            # as Docker's names
+NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")   # as Docker's; 64: an OCI id (Podman's)
 HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62}[a-zA-Z0-9])?$")
 ID = re.compile(r"^[0-9a-f]{12}$")
 NETWORK_NAME = re.compile(r"^mc-[a-z0-9-]{1,12}$")  # a network's is its bridge's: <= 15 chars
@@ -73,7 +73,7 @@ def check_name(name: str) -> str:
     """A container's name as Docker allows it (it names a directory: never a path)."""
     if not NAME.fullmatch(name):
         raise InvalidArgument(f"invalid container name {name!r}: use letters, digits and "
-                              "_ . - (up to 63), starting with a letter or digit")
+                              "_ . - (up to 64), starting with a letter or digit")
     return name
 
 

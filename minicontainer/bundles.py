@@ -17,10 +17,12 @@ image's layers merged by overlayfs, whiteouts honoured.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
 import shutil
+import stat
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -37,6 +39,7 @@ from .spec import Spec, describe, from_record
 from .syscalls import MS_BIND, MS_RDONLY, mount
 
 OCI_VERSION = "1.0.2"       # what we write; any 1.x is read
+CONFIG_LIMIT = 4 * 2**20    # a config.json with Docker's whole seccomp profile is ~30 KiB
 DENY_ALL_DEVICES = [{"allow": False, "access": "rwm"}]   # then runc's allow-list, as ours
 
 # -- config.json → a Spec --------------------------------------------------------------
@@ -71,12 +74,30 @@ def read_bundle(directory: str | os.PathLike, container_id: str) -> Bundle:
     honour, or what is wrong with the file."""
     directory = Path(directory).absolute()
     try:
-        config = json.loads((directory / "config.json").read_bytes())
-    except FileNotFoundError:
-        raise BadBundle(f"{directory} has no config.json: is it an OCI bundle?") from None
-    except (ValueError, OSError) as e:
+        config = json.loads(read_config_file(directory / "config.json"))
+    except ValueError as e:
         raise BadBundle(f"{directory}/config.json is not valid JSON: {e}") from None
     return read_config(config, directory, container_id)
+
+
+def read_config_file(path: Path) -> bytes:
+    """config.json's bytes, read as untrusted input: a regular file, not a symbolic link
+    (runc follows one), not a FIFO (open would wait for a writer), and at most
+    CONFIG_LIMIT bytes (runc reads any size)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BadBundle(f"{path.parent} has no config.json: is it an OCI bundle?") from None
+    except OSError as e:
+        why = "is a symbolic link: give the file itself" if e.errno == errno.ELOOP else e.strerror
+        raise BadBundle(f"{path} {why}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadBundle(f"{path} is not a regular file")
+        data = f.read(CONFIG_LIMIT + 1)
+    if len(data) > CONFIG_LIMIT:
+        raise BadBundle(f"{path} is larger than {CONFIG_LIMIT // 2**20} MiB: not a config")
+    return data
 
 
 def read_config(config: object, directory: Path, container_id: str) -> Bundle:
@@ -126,6 +147,11 @@ def root_of(root: Fields, directory: Path) -> tuple[str, bool]:
     if not path:
         raise BadBundle("config.json: root.path is missing")
     rootfs = directory / path
+    # A relative path stays in the bundle: a rootfs that is a symbolic link to / would
+    # show the host's files (runc follows it). An absolute one is the caller's choice, as
+    # Podman's (its storage's overlay).
+    if not os.path.isabs(path) and not rootfs.resolve().is_relative_to(directory.resolve()):
+        raise BadBundle(f"config.json: root.path {path!r} leads out of the bundle")
     if not rootfs.is_dir():
         raise BadBundle(f"config.json: root.path {rootfs} is not a directory")
     return str(rootfs), readonly

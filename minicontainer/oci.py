@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path
 
 from . import devices, process, state, syscalls
+from .arguments import check_name
 from .bundle_linux import make_device_nodes, write_sysctls
 from .bundles import Bundle, read_bundle
 from .container import Container, make_workdir
@@ -52,7 +53,8 @@ from .syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT, mount
 FIFO, EXTRAS = "exec.fifo", "oci.json"   # in the container's record directory
 
 # What a probe inside sees differently under runc and under us, on `runc spec`'s bundle
-# (tests/test_oci.py prints the rows and checks that these, and only these, differ).
+# (tests/test_oci.py prints the rows and checks that these, and only these, differ; and
+# tests/test_oci_conformance.py, on it, on one umoci unpacked and on one we exported).
 NODE = ("runc makes the node with mknod on its /dev tmpfs; we bind-mount the host's "
         "(namespaces.mount_minimal_dev: mknod is denied in a user namespace)")
 MASKED_NODE = ("masked under the host's /dev/null (devtmpfs), runc's under its own node "
@@ -71,6 +73,14 @@ DIFFERENCES_FROM_RUNC = {
 
 # ... and on the bundles we export (bundles.export_bundle), which mask Docker's list.
 DIFFERENCES_ON_OUR_BUNDLES = {"mount /proc/interrupts": MASKED_NODE}
+
+# crun masks a file under /dev/null as we do (those rows agree with ours), and adds
+# Docker's /dev/core link to /proc/kcore (masked anyway); runc and we do not.
+DIFFERENCES_FROM_CRUN = {
+    **{row: why for row, why in DIFFERENCES_FROM_RUNC.items()
+       if row not in ("mount /proc/keys", "mount /proc/timer_list")},
+    "ls /dev": "no /dev/core: crun adds that link to /proc/kcore, as Docker once did",
+}
 
 # -- the container's own steps: what runc does that `run` does not ----------------------
 
@@ -289,8 +299,22 @@ def send_console(path: str, master: int) -> None:
 def write_pid_file(path: Path, pid: int) -> None:
     """--pid-file: the pid, written whole or not at all (rename)."""
     draft = path.with_name(f".{path.name}.{os.getpid()}")
-    draft.write_text(str(pid))
-    draft.rename(path)
+    # A new file of ours, never one planted there (a symbolic link would be followed).
+    try:
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except OSError as e:
+        raise MinicontainerError(f"--pid-file {path}: cannot write beside it ({draft.name}: "
+                                 f"{e.strerror})") from None
+    try:
+        os.write(fd, str(pid).encode())
+    finally:
+        os.close(fd)
+    try:
+        draft.rename(path)
+    except BaseException:
+        draft.unlink(missing_ok=True)
+        raise
 
 
 def status(container_id: str) -> tuple[str, Container | None]:
@@ -353,8 +377,14 @@ def kill(container_id: str, sig: int = signal.SIGTERM) -> None:
 
 
 def delete(container_id: str, force: bool = False) -> None:
-    """Remove a stopped container (a created one too, as runc does; force: any)."""
-    now, container = status(container_id)
+    """Remove a stopped container (a created one too, as runc does; force: any, and
+    an unknown one is no error, as runc's: Podman deletes after a failed create)."""
+    try:
+        now, container = status(container_id)
+    except ContainerNotFound:
+        if force:
+            return
+        raise
     read_extras(container_id)               # an `oci` container, not a `run` one
     if now == "running" and not force:
         raise WrongState(f"container {container_id} is running: kill it first, or "
@@ -414,6 +444,7 @@ def main(argv: list[str]) -> int:
     if args.root:
         os.environ["MINICONTAINER_RUN"] = str(Path(args.root).absolute())
     try:
+        check_name(args.id)     # it names a directory: never "..", never a path
         return operate(args)
     except (MinicontainerError, OSError) as e:
         message = str(e) if isinstance(e, MinicontainerError) else (

@@ -2,8 +2,9 @@
 # Make this machine ready for minicontainer: Debian packages, .venv, the busybox image.
 # Shared by `make setup`, the Vagrantfile and CI. Idempotent: when nothing is missing
 # it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun, runc
-# and umoci; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant,
-# umoci and htpasswd for the registry's tests, a pinned reveal.js for tests/test_slides.py);
+# and umoci (`oci`: and Go); `scripts/setup.sh test` what only the test suite needs (a
+# browser, vagrant, umoci and htpasswd for the registry's tests, a pinned reveal.js for
+# tests/test_slides.py);
 # `scripts/setup.sh slides` the pinned reveal.js for `make slides`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,9 @@ esac
 # The images lesson (06) starts a real registry on 127.0.0.1 and pushes to it with skopeo.
 packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu docker-registry skopeo gcc libc6-dev"
 [ "${1:-}" = bench ] && packages="$packages crun runc umoci"
+# make test-oci: the other runtimes, umoci, and Go for the runtime-tools suite (its
+# source is not in Debian: only its library is, golang-github-opencontainers-runtime-tools-dev).
+[ "${1:-}" = oci ] && packages="$packages crun runc umoci golang-go"
 [ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux umoci apache2-utils runc crun"
 missing=""
 for p in $packages; do
