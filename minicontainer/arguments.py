@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import namespaces as ns
-from .cgroups import PARENT
+from .cgroups import PARENT, is_plain_path
 from .security import Security
 from .errors import BadRecord, InvalidArgument, NotLinuxError, NotRootError
 from .host import cpu, parse_size
@@ -297,8 +297,12 @@ def check_record(name: str, record: object, ours: Iterable[Path]) -> dict:
     if record["name"] != name or not ID.fullmatch(record["id"]):
         raise refuse(f"it is named {record['name']!r}, id {record['id']!r}")
     cgroup = record["cgroup"]
-    if cgroup is not None and not _our_group(cgroup, record["id"]):
-        raise refuse(f"its cgroup {cgroup!r} is not {PARENT}/…/mc-{record['id']}")
+    if cgroup is not None and not (_our_group(cgroup, record["id"]) or (
+            is_plain_path(cgroup) and not cgroup.rsplit("/", 1)[-1].startswith("mc-"))):
+        # A plain path elsewhere is a bundle's linux.cgroupsPath (bundle_linux.py):
+        # Cgroup.remove never kills in such a group, it only removes it once empty.
+        raise refuse(f"its cgroup {cgroup!r} is not {PARENT}/…/mc-{record['id']}, nor a "
+                     "plain path")
     proxy_group = record.get("proxy_cgroup")
     if proxy_group is not None and proxy_group != f"{PARENT}/mc-{record['id']}-proxy":
         raise refuse(f"its proxy's cgroup {proxy_group!r} is not {PARENT}/mc-{record['id']}-proxy")

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from . import namespaces as ns
-from . import state, syscalls
+from . import cgroups, state, syscalls
 from .arguments import check_source, check_target
 from .errors import BadBundle, InvalidArgument
 from .host import parse_size
@@ -75,6 +75,30 @@ def namespaces_of(linux: Fields) -> tuple[set[str], dict[str, str]]:
         raise BadBundle("config.json: linux.namespaces has no mount namespace, which "
                         "minicontainer needs for the container's root")
     return kinds, joined
+
+
+# -- linux.cgroupsPath: where in each cgroup tree ----------------------------------------------
+
+def cgroup_path_of(linux: Fields) -> str | None:
+    """linux.cgroupsPath as a path for cgroups.Cgroup, or None (ours: mc-<id>).
+
+    An absolute path is taken from the root of each cgroup tree (/sys/fs/cgroup/pids/X
+    on v1, /sys/fs/cgroup/X on v2), as runc takes it; the group must be new (runc
+    would join an existing one: we refuse it, so that `delete`, which kills what is
+    in the group, never kills what it did not start). A relative path is taken
+    below our own parent group (minicontainer/), where runc takes it below its own
+    process's cgroup: ours is wherever the caller runs, often the root. Each part of
+    the path is a plain name: no "..", so the group stays inside the tree."""
+    path = linux.take("cgroupsPath", str)
+    if path is None:
+        return None
+    if path.rstrip("/").rsplit("/", 1)[-1].startswith("mc-"):
+        raise linux.bad("cgroupsPath", f"{path!r}: mc-* groups are minicontainer's own")
+    if not cgroups.is_plain_path(path.rstrip("/")):
+        raise linux.bad("cgroupsPath", f"{path!r} is not a path of plain names (letters, "
+                                       "digits, _ . @ + -; no '..') inside the cgroup tree")
+    path = path.rstrip("/")
+    return path if path.startswith("/") else f"{cgroups.PARENT}/{path}"
 
 
 # -- mounts: the standard ones are ours; binds and tmpfs go through mount_inside ----------------

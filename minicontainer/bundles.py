@@ -29,7 +29,7 @@ from pathlib import Path
 import dataclasses
 
 from . import process, state, syscalls
-from .bundle_linux import (NAMESPACES, device_nodes_of, device_rules_of, mounts_of,
+from .bundle_linux import (NAMESPACES, cgroup_path_of, device_nodes_of, device_rules_of, mounts_of,
                            namespaces_of, paths_of, seccomp_of, seccomp_profile, sysctl_of)
 from .errors import BadBundle, MinicontainerError
 from .jsonfields import Fields
@@ -120,6 +120,7 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     if top.take("hooks", dict, {}):
         raise top.refuse("hooks")
     options = process_options(proc)
+    cgroup = cgroup_path_of(linux)
     limits, switches, extras = linux_options(linux, kinds)
     linux.done()
     top.done()
@@ -133,7 +134,8 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     # runc's environment is exactly process.env, and HOME if it lacks one; ours
     # would add PATH and HOSTNAME (docker run's): take runc's.
     home = "/root" if spec.user[0] == 0 else "/"
-    spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]}, mounts=mounts)
+    spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]}, mounts=mounts,
+                               cgroup=spec.cgroup if cgroup is None else cgroup)
     return Bundle(spec, directory, version, annotations, readonly, options["rlimits"],
                   options["oom_score_adj"], options["additional_gids"], joined, mqueue,
                   *options["inherited"], options["umask"], **extras)

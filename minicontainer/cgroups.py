@@ -118,18 +118,35 @@ def mode() -> str:
 
 # -- one container's group -----------------------------------------------------------------
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,255}")
+
+
+def is_plain_path(path: str) -> bool:
+    """Is `path` (from a tree's root if it starts with "/") made of plain names only,
+    so that it stays inside the tree: no "..", no ".", nothing empty?"""
+    parts = path.removeprefix("/").split("/")
+    return all(PLAIN_NAME.fullmatch(part) and part not in (".", "..") for part in parts)
+
+
 class Cgroup:
     """The group `path` (minicontainer/mc-<id>), in every tree it needs.
 
     A group may sit inside another of ours (minicontainer/mc-budget/mc-<id>): the
-    outer group's budget then caps all the groups inside it together.
+    outer group's budget then caps all the groups inside it together. A path that
+    starts with "/" is taken from each tree's root as it is: an OCI bundle's
+    linux.cgroupsPath (bundle_linux.cgroup_path_of checks it), which a runtime must
+    honour where its user put it.
     """
 
     def __init__(self, path: str, limits: Limits = Limits()) -> None:
-        """The group at `path` (below our parent) with `limits`; nothing is made yet."""
-        if not path.startswith(f"{PARENT}/"):
+        """The group at `path` (below our parent, or from the root if it starts with
+        "/") with `limits`; nothing is made yet."""
+        if path.startswith("/"):
+            path = path.strip("/")
+        elif not path.startswith(f"{PARENT}/"):
             path = f"{PARENT}/{path}"
-        self.path, self.name, self.limits = path, path.rsplit("/", 1)[1], limits
+        self.path, self.name, self.limits = path, path.rsplit("/", 1)[-1], limits
+        self.foreign = False        # create() found it there already: never ours to kill
         where = hierarchies()
         missing = [c for c in ("memory", "cpu", "pids") if c not in where]
         if missing:
@@ -140,9 +157,19 @@ class Cgroup:
         self.dirs = {c: self.trees[c] / path for c in self.trees}
 
     def create(self) -> None:
-        """mkdir the group in each tree, then write the budget into it."""
-        for tree in dict.fromkeys(self.trees.values()):    # one per tree, in order
-            (tree / PARENT).mkdir(exist_ok=True)            # ours, made on first use
+        """mkdir the group in each tree, then write the budget into it. Below our
+        parent the groups between are made too; elsewhere (an OCI cgroupsPath from
+        the root) the one above must exist. A group that exists already is refused,
+        and marked foreign, so that the removal of what failed leaves it alone."""
+        ours = self.path.startswith(f"{PARENT}/")
+        trees = dict.fromkeys(self.trees.values())          # one per tree, in order
+        if taken := [tree / self.path for tree in trees if (tree / self.path).exists()]:
+            self.foreign = True
+            raise InvalidArgument(f"cgroup {taken[0]} exists already: another "
+                                  "container's? Choose another path")
+        for tree in trees:
+            if ours:
+                (tree / self.path).parent.mkdir(parents=True, exist_ok=True)
             if self.version["memory"] == "v2":   # v2: controllers must be handed down
                 enable_controllers(tree, (tree / self.path).parent)
             (tree / self.path).mkdir()
@@ -221,14 +248,28 @@ class Cgroup:
             time.sleep(0.005)
 
     def remove(self) -> None:
-        """Kill what is left, rmdir the group, and our parent group once it is empty."""
-        self.kill()
+        """Kill what is left, rmdir the group, and the directories of ours above it
+        once they are empty; nothing if create() found it foreign. A group outside
+        our parent (an OCI cgroupsPath, read back from an untrusted record) is never
+        killed in (only mc-* groups are): only rmdir'd, which the kernel refuses while
+        anything is inside, once the container's pid namespace has taken its processes
+        with it."""
+        if self.foreign:
+            return
+        if self.name.startswith("mc-"):     # ours by name: records naming others are
+            self.kill()                     # refused (arguments.check_record)
         for tree in dict.fromkeys(self.trees.values()):
             remove_dir(tree / self.path)
-            try:
-                (tree / PARENT).rmdir()     # only succeeds once the last group is gone
-            except OSError:
-                pass
+            # The plain directories a bundle's relative cgroupsPath made between
+            # (an mc-* group above has an owner of its own: a budget), then our
+            # parent; each rmdir only succeeds once the last group inside is gone.
+            above = (tree / self.path).parent
+            while above.is_relative_to(tree / PARENT) and not above.name.startswith("mc-"):
+                try:
+                    above.rmdir()
+                except OSError:
+                    break
+                above = above.parent
 
 
 def join(procs_fds: list[int]) -> None:

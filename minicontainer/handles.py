@@ -182,7 +182,8 @@ def _still_its_own(record: dict) -> bool:
         return False
     own_root = (root.st_dev, root.st_ino) != (os.stat("/").st_dev, os.stat("/").st_ino)
     in_group = record["cgroup"] is None or any(
-        line.split(":", 2)[2] == f"/{record['cgroup']}" for line in groups.splitlines())
+        line.split(":", 2)[2] == "/" + record["cgroup"].lstrip("/")  # an OCI path has its "/"
+        for line in groups.splitlines())
     return own_root and in_group
 
 

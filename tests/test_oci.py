@@ -261,6 +261,10 @@ BAD_CONFIGS = {   # what we write into config.json → what the one line must sa
                                            "process.user.additionalGids"),
     "a terminal without a console socket": (("process.terminal", True), "--console-socket"),
     "a command not in the image": (("process.args", ["no-such-program"]), "no-such-program"),
+    "a cgroupsPath that climbs out of the tree": (("linux.cgroupsPath", "/a/../../etc"),
+                                                  "linux.cgroupsPath"),
+    "a cgroupsPath naming one of our own groups": (("linux.cgroupsPath", "mc-0123456789ab"),
+                                                   "linux.cgroupsPath"),
 }
 
 
@@ -575,3 +579,54 @@ def test_terminal_master_goes_to_the_console_socket(bundle, root, tmp_path):
         os.close(master)
         wait_for_status(root, "withtty", "stopped")
         assert oci_cli(root, "delete", "withtty").returncode == 0
+
+
+def pids_tree() -> Path:
+    from minicontainer import cgroups
+    return cgroups.hierarchies()["pids"][1]
+
+
+@pytest.mark.parametrize("form", ["absolute", "relative"])
+def test_cgroups_path_is_where_the_group_is_made_and_delete_removes_it(form, bundle, root):
+    # runtime-tools' linux_cgroups_pids and _relative_pids, delete_resources: runc takes
+    # "/X" from each tree's root, "X" below its own cgroup (ours: our parent group).
+    name = f"ocifix-test-{os.getpid()}"
+    path = f"/{name}" if form == "absolute" else f"{name}/inner"
+    where = pids_tree() / (name if form == "absolute" else f"minicontainer/{name}/inner")
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"]["cgroupsPath"] = path
+    config["linux"].setdefault("resources", {})["pids"] = {"limit": 123}
+    config["process"]["args"] = ["sleep", "60"]
+    write_config(bundle, config)
+    created = oci_cli(root, "create", "--bundle", str(bundle), "grouped",
+                      stdout=subprocess.DEVNULL)
+    assert created.returncode == 0, created.stderr
+    try:
+        pid = state_of(root, "grouped")["pid"]
+        assert (where / "pids.max").read_text().strip() == "123"
+        assert str(pid) in (where / "cgroup.procs").read_text().split()
+        assert oci_cli(root, "kill", "grouped", "KILL").returncode == 0
+        wait_for_status(root, "grouped", "stopped")
+    finally:
+        deleted = oci_cli(root, "delete", "--force", "grouped")
+    assert deleted.returncode == 0, deleted.stderr
+    assert not where.exists()
+    assert not (pids_tree() / "minicontainer" / name).exists()   # what it made between
+
+
+def test_cgroups_path_that_exists_is_refused_and_left_alone(bundle, root):
+    # runc would join it; we refuse, so that delete never kills what it did not start.
+    held = pids_tree() / f"ocifix-held-{os.getpid()}"
+    held.mkdir()
+    try:
+        config = json.loads((bundle / "config.json").read_text())
+        config["linux"]["cgroupsPath"] = f"/{held.name}"
+        write_config(bundle, config)
+        result = oci_cli(root, "create", "--bundle", str(bundle), "held")
+        assert result.returncode != 0 and "exists already" in result.stderr, result.stderr
+        assert held.is_dir() and not (root / "containers" / "held").exists()
+        from minicontainer import cgroups
+        assert not any((tree / held.name).exists() for version, tree in
+                       cgroups.hierarchies().values() if tree != held.parent)
+    finally:
+        held.rmdir()
