@@ -301,6 +301,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     image, command = image_and_command(args)
     if image is not None:
         options["image"] = image_in_store(image, args.pull)
+    if args.network:                 # a short-lived process: pyroute2 stays in the helper
+        from .network import use_helper
+        use_helper()
     container = Container(command, **options)
     if args.detach:
         container.start(detach=True, window=window_size(1))
