@@ -503,7 +503,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     """`rm`: remove stopped containers (-f: running ones too)."""
     from .arguments import check_host
     from .container import Container
+    from .network import use_helper
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
+    use_helper()                             # a veth still there: deleted by the helper
     for name in args.names:
         Container.load(name).remove(force=args.force)
         print(name)

@@ -372,11 +372,11 @@ def detach(attachment: Attachment) -> None:
 
 def remove_veth(name: str) -> None:
     """Delete a container's host end, normally gone with its namespace already."""
+    try:
+        socket.if_nametoindex(name)          # in this thread's namespace: the host's
+    except OSError:                          # gone: no netlink needed (nor pyroute2 loaded)
+        return
     if _use_helper:
-        try:
-            socket.if_nametoindex(name)
-        except OSError:                      # gone already: nothing to ask for
-            return
         try:
             return network_helper.ask({"op": "delete", "ifname": name})
         except network_helper.HelperUnavailable:

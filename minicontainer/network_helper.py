@@ -35,6 +35,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,11 +172,17 @@ def _answer(connection: socket.socket, handle: Callable[[dict, int | None], None
 
 
 def stop() -> list[str]:
-    """Ask a running helper to exit, or remove the socket file a crashed one left."""
+    """Ask a running helper to exit and wait until it has, or remove the socket file a
+    crashed one left; what was removed."""
     if not socket_path().exists():
         return []
     try:
         ask({"op": "exit"}, start=False)
+        deadline = time.monotonic() + 5
+        while socket_path().exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with state.locked():                    # its last steps, under this lock, are done
+            pass                                # (and the directory goes if it is empty)
         return ["network helper"]
     except (HelperUnavailable, OSError):
         with state.locked():

@@ -44,6 +44,14 @@ def host_is_left_as_found():
     assert after == before, f"the tests left objects on the host: {after}"
 
 
+@pytest.fixture(autouse=True)
+def no_network_helper_from_an_earlier_test():
+    """The CLI's network helper idles a few seconds after its last request (see
+    network_helper.py): each test starts without one, so that its own look at the host
+    before and after sees only what it did itself."""
+    network_helper.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def count_containers():
     """Count every container this process starts, for the report."""
