@@ -109,7 +109,7 @@ def _start() -> socket.socket:
         os.chmod(path, 0o600)
         listener.listen(64)
         with listener:
-            subprocess.Popen([sys.executable, "-m", "minicontainer.network_helper",
+            subprocess.Popen([sys.executable, "-P", "-m", "minicontainer.network_helper",
                               str(listener.fileno()), HANDLER],
                              pass_fds=[listener.fileno()], start_new_session=True,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
