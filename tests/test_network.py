@@ -6,9 +6,11 @@ create; the NAT rule is inspected, never exercised toward the outside.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -278,17 +280,18 @@ def until(condition, seconds: float = 8) -> bool:
 
 @pytest.fixture
 def cli_with_own_root(tmp_path):
-    """`minicontainer ARGS` with records of its own (and a helper idle for 1 s at most),
-    on a network mc-test-hlp; the state root, which must be gone afterwards."""
+    """`minicontainer ARGS` with records of its own (and a helper idle for 3 s at most),
+    on a network mc-test-hlp; the state root, which must be gone afterwards; the
+    environment, to change."""
     root = tmp_path / "run"
-    env = {**os.environ, "MINICONTAINER_RUN": str(root), "MINICONTAINER_HELPER_IDLE": "1"}
+    env = {**os.environ, "MINICONTAINER_RUN": str(root), "MINICONTAINER_HELPER_IDLE": "3"}
 
     def mc(*args):
         return subprocess.run([sys.executable, "-m", "minicontainer", *args], env=env,
                               capture_output=True, text=True, timeout=60)
     assert mc("network", "create", "mc-test-hlp").returncode == 0
     try:
-        yield mc, root
+        yield mc, root, env
     finally:
         assert mc("network", "rm", "mc-test-hlp").returncode == 0
         mc("cleanup")                               # a helper the test left, live or dead
@@ -300,19 +303,20 @@ WIRED = ["run", "--no-cgroup", "--network", "mc-test-hlp", "--", "sh", "-c",
 
 
 def test_the_cli_wires_through_one_helper_that_leaves_nothing_once_idle(cli_with_own_root):
-    mc, root = cli_with_own_root
+    mc, root, _ = cli_with_own_root
     first = mc(*WIRED)
     assert first.returncode == 0 and "inet 10.213." in first.stdout, first.stderr
     assert "default via" in first.stdout
     helper = helpers_serving(root)
     assert len(helper) == 1, "the CLI did the netlink work itself"
     assert mc(*WIRED).returncode == 0 and helpers_serving(root) == helper   # the same one
-    assert until(lambda: not helpers_serving(root), 5), "the helper outlived its idle time"
+    assert until(lambda: not helpers_serving(root), 10), "the helper outlived its idle time"
     assert not (root / "network-helper.sock").exists()
 
 
 def test_a_killed_helper_is_replaced_and_cleanup_stops_or_forgets_one(cli_with_own_root):
-    mc, root = cli_with_own_root
+    mc, root, env = cli_with_own_root
+    env["MINICONTAINER_HELPER_IDLE"] = "60"            # alive until cleanup, however slow
     assert mc(*WIRED).returncode == 0
     [helper] = helpers_serving(root)
     os.kill(helper, signal.SIGKILL)                    # a crash: its socket file stays
@@ -361,3 +365,35 @@ def test_the_helper_refuses_the_hosts_own_namespace_and_links_not_ours(tmp_path,
         other.wait()
         assert network_helper.stop() == ["network helper"]
     assert until(lambda: not helpers_serving(tmp_path / "run") and not (tmp_path / "run").exists())
+
+
+PEER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+socket.send_fds(s, [b'{"op": "delete", "ifname": "mc-nothing1"}'], [])
+s.settimeout(10)
+print(repr(s.recv(100)))
+"""
+
+
+def test_the_helper_says_not_a_word_to_another_user(monkeypatch):
+    # Its socket file is 0600 in a root directory; made reachable here on purpose, the
+    # helper itself still refuses: it reads the caller's uid from the kernel.
+    from minicontainer import network_helper
+    base = Path(tempfile.mkdtemp(prefix="mc-helper-"))
+    try:
+        base.chmod(0o755)
+        monkeypatch.setenv("MINICONTAINER_RUN", str(base / "run"))
+        network_helper.ask({"op": "delete", "ifname": "mc-nothing0"})    # starts it
+        (base / "run").chmod(0o755)
+        network_helper.socket_path().chmod(0o666)
+        other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                sys.executable, "-c", PEER, str(network_helper.socket_path())],
+                               capture_output=True, text=True, timeout=30, cwd="/")
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == "b''"           # not even "accepted"
+    finally:
+        assert network_helper.stop() == ["network helper"]
+        shutil.rmtree(base, ignore_errors=True)
+    assert until(lambda: not helpers_serving(base / "run"))
