@@ -303,13 +303,16 @@ WIRED = ["run", "--no-cgroup", "--network", "mc-test-hlp", "--", "sh", "-c",
 
 
 def test_the_cli_wires_through_one_helper_that_leaves_nothing_once_idle(cli_with_own_root):
-    mc, root, _ = cli_with_own_root
+    mc, root, env = cli_with_own_root
     first = mc(*WIRED)
     assert first.returncode == 0 and "inet 10.213." in first.stdout, first.stderr
     assert "default via" in first.stdout
     helper = helpers_serving(root)
     assert len(helper) == 1, "the CLI did the netlink work itself"
     assert mc(*WIRED).returncode == 0 and helpers_serving(root) == helper   # the same one
+    imports = subprocess.run([sys.executable, "-X", "importtime", "-m", "minicontainer", *WIRED],
+                             env=env, capture_output=True, text=True, timeout=60).stderr
+    assert "minicontainer.network_helper" in imports and "pyroute2" not in imports
     assert until(lambda: not helpers_serving(root), 10), "the helper outlived its idle time"
     assert not (root / "network-helper.sock").exists()
 
