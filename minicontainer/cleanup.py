@@ -18,6 +18,7 @@ import os
 
 from . import cgroups, state
 from . import network as networking
+from . import network_helper
 from .cgroups import Cgroup
 from .container import Container
 from .errors import BadRecord, ContainerNotFound
@@ -44,6 +45,7 @@ def cleanup(everything: bool = False) -> list[str]:
     if os.geteuid() == 0:               # a rootless user made no cgroups or networks
         removed += remove_stray_cgroups(everything)
         removed += networking.cleanup(set(state.names()), everything)
+        removed += network_helper.stop()     # stateless: the next run starts another
     from .vm import cleanup as vm_cleanup      # the VM side's imports only when needed
     return removed + vm_cleanup.cleanup()
 

@@ -301,6 +301,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     image, command = image_and_command(args)
     if image is not None:
         options["image"] = image_in_store(image, args.pull)
+    if args.network:                 # a short-lived process: pyroute2 stays in the helper
+        from .network import use_helper
+        use_helper()
     container = Container(command, **options)
     if args.detach:
         container.start(detach=True, window=window_size(1))
@@ -500,7 +503,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     """`rm`: remove stopped containers (-f: running ones too)."""
     from .arguments import check_host
     from .container import Container
+    from .network import use_helper
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
+    use_helper()                             # a veth still there: deleted by the helper
     for name in args.names:
         Container.load(name).remove(force=args.force)
         print(name)

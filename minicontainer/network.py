@@ -26,6 +26,15 @@ Docker uses the same kind of proxy (docker-proxy) for localhost.
 
 The registry of networks and addresses lives in /run/minicontainer/networks, changed
 only under a lock, so containers started at once never get the same address.
+
+Loading pyroute2 costs a new Python process ~150 ms, six times the kernel's work for
+the whole wiring. A notebook pays it once; `minicontainer run --network` would pay it
+on every run. So the CLI (and only it: use_helper) hands the wiring to a helper process
+(network_helper.py) that loads the library once, serves every run that follows, and
+exits when idle. It is handed the container's network namespace as an open fd, not a
+pid, over a root-only socket in our state directory (dockerd's /var/run/docker.sock is
+the same idea); a crashed helper is replaced by the next run and swept by `cleanup`.
+If no helper takes a request, the CLI does the work itself, as a notebook does.
 """
 from __future__ import annotations
 
@@ -39,13 +48,14 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from . import state
+from . import network_helper, state
 from .arguments import NETWORK_NAME
 from .errors import InvalidArgument, MinicontainerError, NameInUse, ToolFailed
 from .namespaces import refuse_router_advertisements
@@ -54,7 +64,7 @@ from .syscalls import CLONE_NEWNET, setns
 
 P, T = ParamSpec("P"), TypeVar("T")
 DEFAULT_NETWORK = "mc-br0"
-CANDIDATES = [ipaddress.ip_network(f"10.213.{i}.0/24") for i in range(256)]
+CANDIDATES = "10.213.{}.0/24"     # i = 0..255: made when needed (256 objects cost a start ~3 ms)
 TAG = re.compile(r'--comment "?(mc-[^" ]+)"?')  # how our iptables rules are tagged, in -S
 
 
@@ -65,8 +75,8 @@ def ip_route(**options):
     return IPRoute(**options)
 
 
-def netlink_socket_in(pid: int) -> socket.socket:
-    """A netlink (rtnetlink) socket that talks to the network namespace of process `pid`.
+def netlink_socket_in(namespace: int) -> socket.socket:
+    """A netlink (rtnetlink) socket that talks to the network namespace open as fd `namespace`.
 
     A socket belongs for life to the namespace it was created in, and setns(2) moves only
     the calling thread: so a short-lived thread enters the namespace, creates the socket
@@ -78,17 +88,13 @@ def netlink_socket_in(pid: int) -> socket.socket:
 
     def create_inside() -> None:
         try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(fd, CLONE_NEWNET)          # this thread only
-            finally:
-                os.close(fd)
+            setns(namespace, CLONE_NEWNET)          # this thread only
             made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
                                       socket.NETLINK_ROUTE))
         except OSError as e:
             made.append(e)
 
-    worker = threading.Thread(target=create_inside, name=f"mc-netns-{pid}")
+    worker = threading.Thread(target=create_inside, name="mc-netns")
     worker.start()
     worker.join()
     if isinstance(made[0], OSError):
@@ -104,12 +110,14 @@ def outside_event_loop(function: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         """`function`, in a thread of its own if this one runs an event loop."""
-        import asyncio                       # loaded with pyroute2, not before
-        from concurrent.futures import ThreadPoolExecutor
+        asyncio = sys.modules.get("asyncio")     # never loaded (the CLI): no loop runs
         try:
+            if asyncio is None:
+                raise RuntimeError
             asyncio.get_running_loop()
         except RuntimeError:                 # no loop here: call it directly
             return function(*args, **kwargs)
+        from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=1) as pool:
             return pool.submit(function, *args, **kwargs).result()
     return wrapper
@@ -125,24 +133,68 @@ class Attachment:
     prefix: int
     host_end: str    # the veth end left on the host, in the bridge
 
-    @outside_event_loop
     def connect(self, pid: int) -> None:
-        """Plug the cable in: a veth pair whose far end is born as eth0 inside the
-        namespace of process `pid`; the near end goes into the bridge. Then, from
+        """Plug the cable into the network namespace of process `pid` (see wire); through
+        the helper process (network_helper.py) if this process chose it."""
+        namespace = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _use_helper:
+                try:
+                    return network_helper.ask({"op": "connect", **asdict(self)}, namespace)
+                except network_helper.HelperUnavailable:
+                    pass                         # none took it: do it here
+            self.wire(namespace)
+        finally:
+            os.close(namespace)
+
+    @outside_event_loop
+    def wire(self, namespace: int) -> None:
+        """Plug the cable in: a veth pair whose far end is born as eth0 inside the network
+        namespace open as fd `namespace`; the near end goes into the bridge. Then, from
         inside, the address and the default route through the bridge."""
-        if os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
-            raise MinicontainerError(f"process {pid} shares the host's network namespace: "
+        if os.fstat(namespace).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            raise MinicontainerError("that process shares the host's network namespace: "
                                      "its eth0 would be the host's")    # never plug that
         with ip_route() as host:             # one request: created in the bridge, up
-            bridge = host.link_lookup(ifname=self.network)[0]
-            host.link("add", ifname=self.host_end, kind="veth", master=bridge, state="up",
-                      peer={"ifname": "eth0", "net_ns_pid": pid})
-        inside_socket = netlink_socket_in(pid).detach()    # pyroute2 owns it (and closes it)
+            bridge = host.link_lookup(ifname=self.network)
+            if not bridge:
+                raise MinicontainerError(f"the bridge {self.network} is gone (deleted by hand?): "
+                                         f"`minicontainer network rm {self.network}` forgets it")
+            host.link("add", ifname=self.host_end, kind="veth", master=bridge[0], state="up",
+                      peer={"ifname": "eth0", "net_ns_fd": namespace})
+        inside_socket = netlink_socket_in(namespace).detach()   # pyroute2 owns it (and closes it)
         with ip_route(fileno=inside_socket) as inside:
             eth0 = inside.link_lookup(ifname="eth0")[0]
             inside.addr("add", index=eth0, address=self.address, prefixlen=self.prefix)
             inside.link("set", index=eth0, state="up")
             inside.route("add", gateway=self.gateway)            # the default route
+
+
+_use_helper = False      # this process asks network_helper.py (see use_helper)
+
+
+def use_helper() -> None:
+    """Have a short-lived process (the CLI) wire its containers through the helper, which
+    keeps pyroute2 loaded, instead of loading it itself (~150 ms per run)."""
+    global _use_helper
+    _use_helper = True
+
+
+def handle_helper_request(request: dict, namespace: int | None) -> None:
+    """What the helper does for a client: wire a container, or delete a veth of ours."""
+    if request["op"] == "connect" and namespace is not None:
+        fields = {key: str(request[key]) for key in
+                  ("network", "address", "gateway", "host_end")}
+        cable = Attachment(**fields, prefix=int(request["prefix"]))
+        for name in (cable.network, cable.host_end):      # bridges and veths of ours only
+            if not NETWORK_NAME.fullmatch(name):
+                raise InvalidArgument(f"not a link of ours: {name!r}")
+        cable.wire(namespace)
+    elif request["op"] == "delete" and NETWORK_NAME.fullmatch(str(request["ifname"])):
+        with ip_route() as ip:
+            delete_link(ip, ifname=request["ifname"])
+    else:
+        raise InvalidArgument(f"not a request the helper serves: {request.get('op')!r}")
 
 
 # -- the registry ---------------------------------------------------------------------------
@@ -266,7 +318,7 @@ def choose_subnet(wanted: str | None) -> ipaddress.IPv4Network:
                 raise InvalidArgument(f"subnet {network} overlaps the host's route {route} "
                                       f"dev {device}: choose another")
         return network
-    for network in CANDIDATES:
+    for network in (ipaddress.ip_network(CANDIDATES.format(i)) for i in range(256)):
         if not any(network.overlaps(route) for route, _ in routes):
             return network
     raise MinicontainerError("no free subnet left in 10.213.0.0/16")
@@ -313,10 +365,24 @@ def detach(attachment: Attachment) -> None:
         save(record)
         write_hosts_files(record)
         if attachment.host_end not in names():   # a record may name a bridge: never that
-            with ip_route() as ip:      # normally gone with the namespace already
-                delete_link(ip, ifname=attachment.host_end)
+            remove_veth(attachment.host_end)
         if not record["leases"] and not record["explicit"]:
             _remove(record)
+
+
+def remove_veth(name: str) -> None:
+    """Delete a container's host end, normally gone with its namespace already."""
+    try:
+        socket.if_nametoindex(name)          # in this thread's namespace: the host's
+    except OSError:                          # gone: no netlink needed (nor pyroute2 loaded)
+        return
+    if _use_helper:
+        try:
+            return network_helper.ask({"op": "delete", "ifname": name})
+        except network_helper.HelperUnavailable:
+            pass
+    with ip_route() as ip:
+        delete_link(ip, ifname=name)
 
 
 def delete_link(ip, **which) -> None:

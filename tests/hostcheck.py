@@ -24,6 +24,7 @@ def host_objects() -> dict[str, list[str]]:
     qemu = [p.name for p in alive if _comm(p).startswith("qemu-system")]
     proxies = [p.name for p in alive if b"minicontainer.proxy" in _cmdline(p)]
     keepers = [p.name for p in alive if b"minicontainer.console" in _cmdline(p)]
+    helpers = [p.name for p in alive if b"minicontainer.network_helper" in _cmdline(p)]
     registries = [p.name for p in alive if _comm(p) == "docker-registry"]
     return {
         "links": sorted(n for n in os.listdir("/sys/class/net") if n.startswith("mc-")),
@@ -37,6 +38,7 @@ def host_objects() -> dict[str, list[str]]:
         "qemu processes": qemu,
         "port proxies": proxies,
         "terminal keepers": keepers,
+        "network helpers": helpers,
         "registry servers": registries,
         "firewall rules": firewall_rules(),
         "binfmt handlers": sorted(p.name for p in Path("/proc/sys/fs/binfmt_misc").glob("mc-*")),

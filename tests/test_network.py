@@ -6,9 +6,11 @@ create; the NAT rule is inspected, never exercised toward the outside.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -251,3 +253,150 @@ def test_cleanup_leaves_a_veth_whose_far_end_lives_and_its_bridge_unless_all():
         holder.wait()
         for name in ("mc-abcdef012345", "mc-xbr0"):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+# -- the CLI's helper: pyroute2 loaded once, not in every `run --network` -----------------
+
+def helpers_serving(root: Path) -> list[int]:
+    """Pids of network helpers started for the state root `root`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (b"minicontainer.network_helper" in (proc / "cmdline").read_bytes()
+                    and f"MINICONTAINER_RUN={root}\0".encode() in (proc / "environ").read_bytes()
+                    and not (proc / "stat").read_text().rsplit(")", 1)[1].startswith(" Z")):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def until(condition, seconds: float = 8) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.fixture
+def cli_with_own_root(tmp_path):
+    """`minicontainer ARGS` with records of its own (and a helper idle for 3 s at most),
+    on a network mc-test-hlp; the state root, which must be gone afterwards; the
+    environment, to change."""
+    root = tmp_path / "run"
+    env = {**os.environ, "MINICONTAINER_RUN": str(root), "MINICONTAINER_HELPER_IDLE": "3"}
+
+    def mc(*args):
+        return subprocess.run([sys.executable, "-m", "minicontainer", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert mc("network", "create", "mc-test-hlp").returncode == 0
+    try:
+        yield mc, root, env
+    finally:
+        assert mc("network", "rm", "mc-test-hlp").returncode == 0
+        mc("cleanup")                               # a helper the test left, live or dead
+    assert until(lambda: not helpers_serving(root) and not root.exists()), list(root.iterdir())
+
+
+WIRED = ["run", "--no-cgroup", "--network", "mc-test-hlp", "--", "sh", "-c",
+         "ip -o -4 addr show eth0; ip route"]
+
+
+def test_the_cli_wires_through_one_helper_that_leaves_nothing_once_idle(cli_with_own_root):
+    mc, root, env = cli_with_own_root
+    first = mc(*WIRED)
+    assert first.returncode == 0 and "inet 10.213." in first.stdout, first.stderr
+    assert "default via" in first.stdout
+    helper = helpers_serving(root)
+    assert len(helper) == 1, "the CLI did the netlink work itself"
+    assert mc(*WIRED).returncode == 0 and helpers_serving(root) == helper   # the same one
+    imports = subprocess.run([sys.executable, "-X", "importtime", "-m", "minicontainer", *WIRED],
+                             env=env, capture_output=True, text=True, timeout=60).stderr
+    assert "minicontainer.network_helper" in imports and "pyroute2" not in imports
+    assert until(lambda: not helpers_serving(root), 10), "the helper outlived its idle time"
+    assert not (root / "network-helper.sock").exists()
+
+
+def test_a_killed_helper_is_replaced_and_cleanup_stops_or_forgets_one(cli_with_own_root):
+    mc, root, env = cli_with_own_root
+    env["MINICONTAINER_HELPER_IDLE"] = "60"            # alive until cleanup, however slow
+    assert mc(*WIRED).returncode == 0
+    [helper] = helpers_serving(root)
+    os.kill(helper, signal.SIGKILL)                    # a crash: its socket file stays
+    assert until(lambda: not helpers_serving(root))
+    assert (root / "network-helper.sock").exists()
+    again = mc(*WIRED)
+    assert again.returncode == 0 and "inet 10.213." in again.stdout, again.stderr
+    [replacement] = helpers_serving(root)
+    assert replacement != helper
+    swept = mc("cleanup")                              # a live one is asked to exit
+    assert swept.returncode == 0 and "network helper" in swept.stdout, swept.stdout
+    assert until(lambda: not helpers_serving(root))
+    assert mc(*WIRED).returncode == 0
+    [third] = helpers_serving(root)
+    os.kill(third, signal.SIGKILL)
+    assert until(lambda: not helpers_serving(root))
+    swept = mc("cleanup")                              # a dead one's socket is removed
+    assert "stale network helper socket" in swept.stdout, swept.stdout
+    assert not (root / "network-helper.sock").exists()
+
+
+def test_the_helper_refuses_the_hosts_own_namespace_and_links_not_ours(tmp_path, monkeypatch):
+    from minicontainer import network_helper
+    monkeypatch.setenv("MINICONTAINER_RUN", str(tmp_path / "run"))
+    cable = {"op": "connect", "network": "mc-br0", "address": "10.213.0.250",
+             "gateway": "10.213.0.1", "prefix": 24, "host_end": "mc-000000000000"}
+    host = os.open("/proc/self/ns/net", os.O_RDONLY)
+    other = subprocess.Popen(["unshare", "--net", "sleep", "30"])
+    try:
+        until(lambda: Path(f"/proc/{other.pid}/ns/net").stat().st_ino != os.fstat(host).st_ino
+              and Path(f"/proc/{other.pid}/comm").read_text().strip() == "sleep")
+        away = os.open(f"/proc/{other.pid}/ns/net", os.O_RDONLY)
+        with pytest.raises(MinicontainerError, match="shares the host's network namespace"):
+            network_helper.ask(cable, host)
+        with pytest.raises(MinicontainerError, match="not a link of ours"):
+            network_helper.ask({**cable, "host_end": "eth0"}, away)
+        with pytest.raises(MinicontainerError, match="not a link of ours"):
+            network_helper.ask({**cable, "network": "docker0"}, away)
+        with pytest.raises(MinicontainerError, match="not a request the helper serves"):
+            network_helper.ask({"op": "delete", "ifname": "lo"})
+        assert not Path("/sys/class/net/mc-000000000000").exists()
+        assert Path("/sys/class/net/lo").exists()
+    finally:
+        os.close(host)
+        other.kill()
+        other.wait()
+        assert network_helper.stop() == ["network helper"]
+    assert until(lambda: not helpers_serving(tmp_path / "run") and not (tmp_path / "run").exists())
+
+
+PEER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+socket.send_fds(s, [b'{"op": "delete", "ifname": "mc-nothing1"}'], [])
+s.settimeout(10)
+print(repr(s.recv(100)))
+"""
+
+
+def test_the_helper_says_not_a_word_to_another_user(monkeypatch):
+    # Its socket file is 0600 in a root directory; made reachable here on purpose, the
+    # helper itself still refuses: it reads the caller's uid from the kernel.
+    from minicontainer import network_helper
+    base = Path(tempfile.mkdtemp(prefix="mc-helper-"))
+    try:
+        base.chmod(0o755)
+        monkeypatch.setenv("MINICONTAINER_RUN", str(base / "run"))
+        network_helper.ask({"op": "delete", "ifname": "mc-nothing0"})    # starts it
+        (base / "run").chmod(0o755)
+        network_helper.socket_path().chmod(0o666)
+        other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                sys.executable, "-c", PEER, str(network_helper.socket_path())],
+                               capture_output=True, text=True, timeout=30, cwd="/")
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == "b''"           # not even "accepted"
+    finally:
+        assert network_helper.stop() == ["network helper"]
+        shutil.rmtree(base, ignore_errors=True)
+    assert until(lambda: not helpers_serving(base / "run"))
