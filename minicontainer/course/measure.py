@@ -327,20 +327,24 @@ def snapshot_restore(restores: int = 3) -> dict:
 HARDWARE_PROBE = ("grep -m1 -e 'model name' -e '^CPU part' /proc/cpuinfo | cut -d: -f2; "
                   "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo; "
                   "ls /sys/bus/platform/devices 2>/dev/null | wc -l; "
-                  "ls /sys/bus/pci/devices 2>/dev/null | wc -l")
+                  "ls /sys/bus/pci/devices 2>/dev/null | wc -l; "
+                  "uname -r; cat /proc/sys/kernel/random/boot_id")
 
 
 def hardware_probes() -> dict[str, dict[str, str]]:
-    """What the host, a container and a VM say about their hardware, asked the same
-    shell lines: CPU model and count, MemTotal, platform and PCI devices."""
-    names = ("cpu model", "cpus", "MemTotal", "platform devices", "PCI devices")
+    """What the host, a container (limited to 64M) and a VM (given 128M) say about
+    their machine, asked the same shell lines: CPU model and count, MemTotal, platform
+    and PCI devices, and the kernel that answers (release, boot_id)."""
+    names = ("cpu model", "cpus", "MemTotal", "platform devices", "PCI devices",
+             "kernel release", "boot_id")
     host = subprocess.run(["/bin/sh", "-c", HARDWARE_PROBE], capture_output=True,
                           text=True).stdout
     container = run(HARDWARE_PROBE, memory="64M").stdout
     with VM(memory="128M") as vm:
         guest = vm.run(HARDWARE_PROBE)[1]
-    return {side: dict(zip(names, (line.strip().removeprefix("MemTotal:").strip()
-                                    for line in output.splitlines())))
+    return {side: dict.fromkeys(names, "?") | dict(zip(names, (  # "?": a probe said nothing
+                line.strip().removeprefix("MemTotal:").strip() for line in output.splitlines()),
+                strict=False))
             for side, output in (("host", host), ("container", container), ("vm", guest))}
 
 
