@@ -40,6 +40,7 @@ bench:
 	$(PY) bench/start_time.py
 	$(PY) bench/load.py
 	$(PY) bench/images.py
+	$(PY) bench/cost.py
 
 doctor: setup
 	$(PY) -m minicontainer doctor

@@ -9,9 +9,11 @@ how one container is compared under three runtimes.
 Reading one (read_config) maps each field onto describe()'s options, so a bundle
 becomes the Spec that `minicontainer run` makes from Docker's options (spec.py). A
 field our layers cannot honour is refused by its JSON path, never skipped: the
-reader takes each field it knows out of its object (Fields), and whatever is left
-over is an error. Writing one (export_bundle) goes the other way, from a Spec and
-the image's layers merged by overlayfs, whiteouts honoured.
+reader takes each field it knows out of its object (jsonfields.Fields), and
+whatever is left over is an error. This module reads the process, the root and the
+resources; bundle_linux.py the namespaces, mounts, devices, paths, sysctls and
+seccomp. Writing one (export_bundle) goes the other way, from a Spec and the
+image's layers merged by overlayfs, whiteouts honoured.
 """
 from __future__ import annotations
 
@@ -25,60 +27,19 @@ from pathlib import Path
 import dataclasses
 
 from . import process, state, syscalls
+from .bundle_linux import (NAMESPACES, device_nodes_of, device_rules_of, mounts_of,
+                           namespaces_of, paths_of, seccomp_of, seccomp_profile, sysctl_of)
 from .errors import BadBundle, MinicontainerError
+from .jsonfields import Fields
 from .namespaces import make_mounts_private
-from .security import (CAPABILITIES, DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS, MASKED_PATHS,
-                       NEW_NAMESPACE_FLAGS, NOT_IMPLEMENTED, READ_ONLY_PATHS, Security)
+from .security import CAPABILITIES, MASKED_PATHS, READ_ONLY_PATHS, Security
 from .spec import Spec, describe, from_record
 from .syscalls import MS_BIND, MS_RDONLY, mount
 
 OCI_VERSION = "1.0.2"       # what we write; any 1.x is read
-# The runtime spec's names of namespaces → ours (namespaces.FLAGS).
-NAMESPACES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
-              "cgroup": "cgroup"}
-# The mounts `runc spec` writes. We make our own equivalents of these (namespaces.py:
-# proc, sysfs read-only, a small /dev with devpts and /dev/shm), whatever options the
-# file gives; /dev/mqueue and /sys/fs/cgroup are not mounted (a difference from runc).
-STANDARD_MOUNTS = {("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"),
-                   ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"), ("/sys", "sysfs"),
-                   ("/sys/fs/cgroup", "cgroup")}
 DENY_ALL_DEVICES = [{"allow": False, "access": "rwm"}]   # then runc's allow-list, as ours
 
 # -- config.json → a Spec --------------------------------------------------------------
-
-class Fields:
-    """A JSON object read field by field: whatever is left unread is refused by name."""
-
-    def __init__(self, value: object, path: str) -> None:
-        """The object at `path` (e.g. "process.user"); BadBundle if it is not one."""
-        if not isinstance(value, dict):
-            raise BadBundle(f"config.json: {path or 'the file'} is not a JSON object")
-        self.left, self.path = dict(value), path
-
-    def take(self, key: str, kind: type | tuple, default: object = None) -> object:
-        """The field `key` if it has the JSON type `kind`, else `default` if absent."""
-        if key not in self.left:
-            return default
-        value = self.left.pop(key)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise BadBundle(f"config.json: {self.name(key)} has the wrong type "
-                            f"({type(value).__name__})")
-        return value
-
-    def name(self, key: str) -> str:
-        """The JSON path of `key`."""
-        return f"{self.path}.{key}" if self.path else key
-
-    def refuse(self, key: str, why: str = "") -> BadBundle:
-        """The error for a field we cannot honour."""
-        return BadBundle(f"config.json: {self.name(key)} is not supported by minicontainer "
-                         f"yet{why}")
-
-    def done(self) -> None:
-        """Refuse the first field nobody read: nothing is silently ignored."""
-        for key in self.left:
-            raise self.refuse(key)
-
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
@@ -91,6 +52,18 @@ class Bundle:
     readonly: bool = False
     rlimits: tuple[tuple[int, int, int], ...] = ()    # (resource, soft, hard)
     oom_score_adj: int | None = None
+    additional_gids: tuple[int, ...] = ()       # process.user.additionalGids
+    joined: dict[str, str] = dataclasses.field(default_factory=dict)  # {kind: ns file}
+    mqueue: bool = False                        # /dev/mqueue among the mounts
+    inheritable: tuple[str, ...] = ()           # process.capabilities.inheritable
+    ambient: tuple[str, ...] = ()               # process.capabilities.ambient
+    umask: int | None = None                    # process.user.umask (None: runc's 022)
+    masked: tuple[str, ...] | None = None       # linux.maskedPaths (None: ours)
+    read_only: tuple[str, ...] | None = None    # linux.readonlyPaths (None: ours)
+    sysctl: dict[str, str] = dataclasses.field(default_factory=dict)
+    seccomp: bytes | None = None                # linux.seccomp compiled: BPF
+    device_nodes: tuple[tuple, ...] = ()        # linux.devices: (path, mode, rdev, uid, gid)
+    device_rules: tuple[tuple, ...] = ()        # allowed beyond ours: (type, major, minor, access)
 
 
 def read_bundle(directory: str | os.PathLike, container_id: str) -> Bundle:
@@ -117,16 +90,16 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     if proc is None:
         raise BadBundle("config.json: process is missing: there is nothing to run")
     linux = Fields(top.take("linux", dict, {}), "linux")
-    kinds = namespaces_of(linux)
+    kinds, joined = namespaces_of(linux)
     hostname = top.take("hostname", str)
-    if hostname is not None and "uts" not in kinds:   # as runc refuses it
+    if hostname is not None and "uts" not in kinds | set(joined):   # as runc refuses it
         raise BadBundle("config.json: hostname needs a uts namespace (linux.namespaces)")
-    check_mounts(top.take("mounts", list, []))
+    mounts, mqueue = mounts_of(top.take("mounts", list, []), directory)
     annotations = top.take("annotations", dict, {})
     if top.take("hooks", dict, {}):
         raise top.refuse("hooks")
     options = process_options(proc)
-    limits, switches = linux_options(linux)
+    limits, switches, extras = linux_options(linux, kinds)
     linux.done()
     top.done()
     kept = options["security"]["kept"]
@@ -139,9 +112,10 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     # runc's environment is exactly process.env, and HOME if it lacks one; ours
     # would add PATH and HOSTNAME (docker run's): take runc's.
     home = "/root" if spec.user[0] == 0 else "/"
-    spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]})
+    spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]}, mounts=mounts)
     return Bundle(spec, directory, version, annotations, readonly, options["rlimits"],
-                  options["oom_score_adj"])
+                  options["oom_score_adj"], options["additional_gids"], joined, mqueue,
+                  *options["inherited"], options["umask"], **extras)
 
 
 def root_of(root: Fields, directory: Path) -> tuple[str, bool]:
@@ -157,35 +131,6 @@ def root_of(root: Fields, directory: Path) -> tuple[str, bool]:
     return str(rootfs), readonly
 
 
-def namespaces_of(linux: Fields) -> set[str]:
-    """linux.namespaces as our kinds; joining one by path, and user, are refused."""
-    kinds = set()
-    for number, entry in enumerate(linux.take("namespaces", list, [])):
-        item = Fields(entry, f"linux.namespaces[{number}]")
-        kind = item.take("type", str)
-        if item.take("path", str):
-            raise item.refuse("path", ": joining a namespace (a new one is made instead)")
-        if kind not in NAMESPACES:
-            raise item.refuse("type", f" ({kind!r}: we make {', '.join(NAMESPACES)})")
-        item.done()
-        kinds.add(NAMESPACES[kind])
-    if "mnt" not in kinds:     # our root is an overlay, mounted in a namespace of its own
-        raise BadBundle("config.json: linux.namespaces has no mount namespace, which "
-                        "minicontainer needs for the container's root")
-    return kinds
-
-
-def check_mounts(mounts: list) -> None:
-    """Only the standard mounts, for which we make our own (STANDARD_MOUNTS)."""
-    for number, entry in enumerate(mounts):
-        item = Fields(entry, f"mounts[{number}]")
-        where = (item.take("destination", str), item.take("type", str))
-        if where not in STANDARD_MOUNTS:
-            raise BadBundle(f"config.json: mounts[{number}] ({where[0]}, type {where[1]}) is "
-                            "not supported by minicontainer yet: only the standard /proc, "
-                            "/dev, /dev/pts, /dev/shm, /dev/mqueue, /sys, /sys/fs/cgroup")
-
-
 def process_options(proc: Fields) -> dict:
     """process.*: the command, environment, directory, user, terminal, security."""
     args = proc.take("args", list, [])
@@ -199,15 +144,20 @@ def process_options(proc: Fields) -> dict:
         env[name] = value
     user = Fields(proc.take("user", dict, {}), "process.user")
     uid, gid = user.take("uid", int, 0), user.take("gid", int, 0)
-    if user.take("additionalGids", list, []):
-        raise user.refuse("additionalGids")
+    groups = user.take("additionalGids", list, [])
+    umask = user.take("umask", int)
+    if umask is not None and not 0 <= umask <= 0o777:
+        raise user.bad("umask", f"{umask} is not a umask (0 to 0777)")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**32 - 1
+               for n in groups):
+        raise user.bad("additionalGids", "must be a list of group ids")
     user.done()
     terminal = proc.take("terminal", bool, False)
     proc.take("consoleSize", dict)                 # the console socket's user sets it
     for label in ("apparmorProfile", "selinuxLabel"):
         if proc.take(label, str):
             raise proc.refuse(label)
-    kept = capabilities_of(proc.take("capabilities", dict))
+    kept, inheritable, ambient = capabilities_of(proc.take("capabilities", dict))
     security = {"no_new_privs": proc.take("noNewPrivileges", bool, False),
                 "capabilities": kept is not None, "kept": kept or ()}
     rlimits = tuple(rlimit_of(Fields(item, f"process.rlimits[{n}]"))
@@ -216,16 +166,18 @@ def process_options(proc: Fields) -> dict:
     cwd = proc.take("cwd", str, "/")
     proc.done()
     return {"args": args, "env": env, "rlimits": rlimits, "oom_score_adj": oom_score_adj,
-            "security": security,
+            "security": security, "additional_gids": tuple(groups),
+            "inherited": (inheritable, ambient), "umask": umask,
             "describe": {"tty": terminal, "workdir": cwd, "user": f"{uid}:{gid}"}}
 
 
-def capabilities_of(caps: dict | None) -> tuple[str, ...] | None:
-    """The capabilities to keep (None: all, as without the field). We keep one set, as
-    bounding = effective = permitted; inheritable must be empty, and so ambient has no
-    effect (runc's table shows CapAmb 0 for `runc spec`'s ambient set, for that reason)."""
+def capabilities_of(caps: dict | None) -> tuple[tuple[str, ...] | None, tuple, tuple]:
+    """The capabilities to keep (None: all, as without the field), the inheritable and
+    the ambient ones. We keep one set, as bounding = effective = permitted; inheritable
+    within it; ambient takes effect only where inheritable too (runc's table shows CapAmb
+    0 for `runc spec`'s ambient set, which has no inheritable one, for that reason)."""
     if caps is None:
-        return None
+        return None, (), ()
     fields = Fields(caps, "process.capabilities")
     sets = {}
     for kind in ("bounding", "effective", "permitted", "inheritable", "ambient"):
@@ -236,12 +188,13 @@ def capabilities_of(caps: dict | None) -> tuple[str, ...] | None:
                             f"capability: {names}")
         sets[kind] = {n.removeprefix("CAP_") for n in names}
     fields.done()
-    if sets["inheritable"]:
-        raise fields.refuse("inheritable")
+    if not sets["inheritable"] <= sets["bounding"]:
+        raise fields.refuse("inheritable", " beyond the bounding set")
     for kind in ("effective", "permitted"):
         if sets[kind] != sets["bounding"]:
             raise fields.refuse(kind, " when it differs from the bounding set")
-    return None if sets["bounding"] == set(CAPABILITIES) else tuple(sorted(sets["bounding"]))
+    kept = None if sets["bounding"] == set(CAPABILITIES) else tuple(sorted(sets["bounding"]))
+    return kept, tuple(sorted(sets["inheritable"])), tuple(sorted(sets["ambient"]))
 
 
 def rlimit_of(item: Fields) -> tuple[int, int, int]:
@@ -255,13 +208,12 @@ def rlimit_of(item: Fields) -> tuple[int, int, int]:
     return limits
 
 
-def linux_options(linux: Fields) -> tuple[dict, dict]:
+def linux_options(linux: Fields, made: set[str]) -> tuple[dict, dict, dict]:
     """linux.resources as describe()'s limits; maskedPaths, readonlyPaths and seccomp
-    as Security's switches."""
+    as Security's switches; and what only the runtime applies (bundle_linux.py reads
+    it: the paths' lists, the sysctls, the seccomp program)."""
     resources = Fields(linux.take("resources", dict, {}), "linux.resources")
-    devices = resources.take("devices", list, DENY_ALL_DEVICES)
-    if devices not in ([], DENY_ALL_DEVICES):
-        raise resources.refuse("devices", ": only deny-all (then our allow-list, as runc's)")
+    device_rules = device_rules_of(resources)
     memory = Fields(resources.take("memory", dict, {}), "linux.resources.memory")
     cpu = Fields(resources.take("cpu", dict, {}), "linux.resources.cpu")
     pids = Fields(resources.take("pids", dict, {}), "linux.resources.pids")
@@ -273,35 +225,12 @@ def linux_options(linux: Fields) -> tuple[dict, dict]:
                "pids_limit": "max" if limit is None or limit <= 0 else limit}
     for part in (memory, cpu, pids, resources):
         part.done()
-    masked = linux.take("maskedPaths", list, [])
-    frozen = linux.take("readonlyPaths", list, [])
-    if not set(masked) <= set(MASKED_PATHS):
-        raise linux.refuse("maskedPaths", f": {sorted(set(masked) - set(MASKED_PATHS))} are "
-                           "not among ours (security.MASKED_PATHS)")
-    if not set(frozen) <= set(READ_ONLY_PATHS):
-        raise linux.refuse("readonlyPaths", ": only paths of security.READ_ONLY_PATHS")
-    seccomp = linux.take("seccomp", dict)
-    if seccomp is not None and seccomp != seccomp_profile():
-        raise linux.refuse("seccomp", ": only minicontainer's own profile (export-bundle "
-                           "writes it)")
-    return options, {"system_paths": bool(masked or frozen), "seccomp": seccomp is not None}
-
-
-def seccomp_profile() -> dict:
-    """Our filter (security.py) in the runtime spec's words: every call allowed but the
-    ones we refuse, with EPERM (clone3: ENOSYS). runc and crun compile it with libseccomp."""
-    def refuse(names: list[str], errno_ret: int = 1, args: list | None = None) -> dict:
-        """One rule of the profile."""
-        rule = {"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": errno_ret}
-        return {**rule, "args": args} if args else rule
-    rules = [refuse(sorted(DENIED_SYSCALLS))]
-    rules += [refuse(["socket"], args=[{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}])
-              for family in DENIED_SOCKET_FAMILIES.values()]
-    rules += [refuse(["clone"], args=[{"index": 0, "value": flag, "valueTwo": flag,
-                                       "op": "SCMP_CMP_MASKED_EQ"}])
-              for flag in NEW_NAMESPACE_FLAGS]
-    rules.append(refuse(list(NOT_IMPLEMENTED), 38))         # ENOSYS
-    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
+    extras = {"masked": paths_of(linux, "maskedPaths"),
+              "read_only": paths_of(linux, "readonlyPaths"),
+              "sysctl": sysctl_of(linux, made), "seccomp": seccomp_of(linux),
+              "device_nodes": device_nodes_of(linux), "device_rules": device_rules}
+    return options, {"system_paths": bool(extras["masked"] or extras["read_only"]),
+                     "seccomp": extras["seccomp"] is not None}, extras
 
 
 # -- the other way: a bundle from one of our containers or images ---------------------------

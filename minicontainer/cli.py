@@ -343,7 +343,7 @@ def run_with_terminal(container, args: argparse.Namespace, keys: bytes) -> int:
     detached = False
     try:
         container.start(window=window_size(1))
-        code = relay_terminal(container.console, container._require_child(), args,
+        code = relay_terminal(container.console, container.child(), args,
                               container.wait, keys)
         detached = code is None
         if detached:
@@ -394,7 +394,7 @@ def wait_in_foreground(container, sig_proxy: bool = True):
     Without sig_proxy, the first of them stops it."""
     from .errors import Ended
     from .process import ending_on, signals_passed_to
-    child = container._require_child()
+    child = container.child()
     try:
         with signals_passed_to(child) if sig_proxy else ending_on(
                 [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]):
@@ -508,7 +508,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """`stats`: what containers use, from their cgroups."""
+    """`stats`: what containers use, from their cgroups; and HOST+, what the host
+    spends on each besides (PSS of its monitor, port proxy and terminal keeper)."""
     from . import state
     from .host import format_bytes
     from .arguments import check_host
@@ -516,13 +517,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     check_host()
     names = args.names or [n for n in state.names() if state.describe(n)["status"] == "running"]
     print(f"{'NAME':20} {'MEM USAGE / LIMIT':>20} {'MEM PEAK':>9} {'CPU (s)':>8} "
-          f"{'THROTTLED':>9} {'PIDS':>5} {'OOM':>4}")
+          f"{'THROTTLED':>9} {'PIDS':>5} {'OOM':>4} {'HOST+':>7}")
     for name in names:
         s = Container.load(name).stats()
         usage = f"{format_bytes(s['memory'])} / {format_bytes(s['memory_limit'])}"
         print(f"{name:20} {usage:>20} {format_bytes(s['memory_peak']):>9} "
               f"{s['cpu_seconds']:8.2f} {s['throttled_seconds']:9.2f} {s['pids']:>5} "
-              f"{s['oom_kills']:>4}")
+              f"{s['oom_kills']:>4} {format_bytes(s['host_pss']):>7}")
     return 0
 
 
@@ -597,7 +598,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     plots.overprovision_figure(results["overprovision"]).savefig(out / "overprovision.png",
                                                                 dpi=120)
     print(measure.summary(results))
-    print(f"\nwritten: {out}/compare.json, start_time.png, memory.png, overprovision.png")
+    # 50 web servers as containers, and the VMs that fit the same budget (servers.py);
+    # saved on their own, so that notebook 08 can read them without running them again.
+    from .course import servers
+    served = servers.servers(containers=5 if args.quick else 50, vms=1 if args.quick else 6,
+                             progress_factory=progress)
+    for bar in bars:
+        bar.close()
+    (out / "servers.json").write_text(json.dumps(served, indent=1))
+    plots.servers_figure(served).savefig(out / "servers.png", dpi=120)
+    print(servers.summary(served))
+    print(f"\nwritten: {out}/compare.json, servers.json, start_time.png, memory.png, "
+          "overprovision.png, servers.png")
     return 0
 
 

@@ -46,6 +46,11 @@ ALLOWED = (
 )
 
 
+def can_list(cgroup: Cgroup) -> bool:
+    """Can an allow-list be set for `cgroup` (the v1 devices controller, or v2)?"""
+    return cgroup.version.get("devices") == "v1" or cgroup.version["memory"] == "v2"
+
+
 def allow_only(cgroup: Cgroup, rules=ALLOWED) -> bool:
     """Let the processes in `cgroup` open (and make) only the devices in `rules`; False
     where this cannot be done (a v1 machine without the devices controller mounted):

@@ -32,8 +32,8 @@ def run_checks() -> list[Check]:
     if not checks[0].ok:
         return checks
     checks += [check_root(), check_kernel(), *check_namespaces()]
-    for check in (check_cgroups, check_rootless, check_busybox, check_kvm, check_qemu,
-                  check_vm_kernel):
+    for check in (check_cgroups, check_rootless, check_busybox, check_monitor, check_kvm,
+                  check_qemu, check_vm_kernel):
         try:
             checks.append(check())
         except OSError as e:          # e.g. a cache directory an ordinary user cannot read
@@ -117,6 +117,14 @@ def check_busybox() -> Check:
         return Check("static busybox (the image)", True, str(find_busybox()))
     except RootfsError as e:
         return Check("static busybox (the image)", False, "missing", str(e))
+
+
+def check_monitor() -> Check:
+    """The small C monitor a detached container keeps (monitor.py); without it, a
+    Python waiter of ~3 MiB per container: it works, at a cost."""
+    from .monitor import doctor_check
+    ok, found, fix = doctor_check()
+    return Check("container monitor (C)", ok, found, fix, required=False)
 
 
 def check_kvm() -> Check:

@@ -26,14 +26,14 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import syscalls
 from .chroot import chroot_into
 from .errors import ImageError, InvalidArgument
-from .process import Channel, fork_and_wait
+from .process import PLAIN_WAITER, Channel, Waiter, fork_and_wait
 from .rootfs import Overlay
 from .syscalls import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                        MS_REMOUNT, mount)
@@ -70,22 +70,28 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 
 
 def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: Channel,
-            on_exit: Callable[[int], None] | None = None,
-            mounts: Sequence[Mount] = (), shm_size: int = SHM_SIZE) -> None:
+            waiter: Waiter = PLAIN_WAITER, mounts: Sequence[Mount] = (),
+            shm_size: int = SHM_SIZE, joined: Mapping[str, str] | None = None,
+            mqueue: bool = False) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec; `channel` is spawn's, on which a new pid
-    namespace's first process is reported. `on_exit` is called with the command's
-    wait status by the process left waiting outside the pid namespace. `mounts` go
-    over the image in their order (/etc/hosts, volumes, tmpfs: see mount_inside).
-    `shm_size` bounds /dev/shm, in bytes.
+    namespace's first process is reported. `waiter` is what the process left waiting
+    outside the pid namespace holds (process.Waiter: where the command's wait status
+    goes, and the program it becomes, monitor.c). `mounts` go over the image in their
+    order (/etc/hosts, volumes, tmpfs: see mount_inside). `shm_size` bounds /dev/shm,
+    in bytes. `joined` names existing namespaces to enter first, by their files
+    ({kind: path}: an OCI bundle's), before any is made; `mqueue` adds /dev/mqueue
+    (a bundle's).
     """
-    namespaces = set(namespaces)
+    namespaces, joined = set(namespaces), dict(joined or {})
+    join_by_path(joined)                  # first, as runc's nsexec: the new ones go below
     if "user" in namespaces:              # first: it owns the namespaces made after it
         enter_user_namespace()
     if "pid" in namespaces:               # a new pid namespace is for our children only:
         syscalls.unshare(syscalls.CLONE_NEWPID)
-        fork_and_wait(channel, on_exit)   # the child goes on as PID 1; we wait outside
+    if "pid" in namespaces or "pid" in joined:   # so is one joined
+        fork_and_wait(channel, waiter)    # the child goes on as PID 1; we wait outside
     # cgroup: not here. Its root is the group the process is in when it is made, so
     # the caller makes it once the process has joined its own (container.setup_steps).
     syscalls.unshare(sum(FLAGS[kind] for kind in namespaces - {"user", "pid", "cgroup"}))
@@ -96,16 +102,51 @@ def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: 
         rootfs.mount()                    # the image, plus a writable layer of our own
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
-        mount_kernel_filesystems(rootfs.merged, sysfs, shm_size, "user" not in namespaces)
+        mount_kernel_filesystems(rootfs.merged, sysfs, shm_size, "user" not in namespaces,
+                                 mqueue)
         for wanted in mounts:             # nodev as the image is (Security.devices)
             mount_inside(rootfs.merged, wanted, rootfs.nodev)
         pivot_into(rootfs.merged)
     else:
         chroot_into(rootfs.lower)         # layer 1: all there is without a mount namespace
-    if "uts" in namespaces:
+    if "uts" in namespaces or "uts" in joined:   # runc names a joined one too
         socket.sethostname(hostname)
     if "net" in namespaces:
         bring_up_loopback()               # a new network namespace starts with lo down
+
+
+def join_by_path(paths: Mapping[str, str]) -> None:
+    """Enter the namespaces whose files `paths` names ({kind: path}), in setns's order.
+    setns(2) is given the kind: the kernel refuses (EINVAL) a file that is not a
+    namespace of that kind, whatever was checked before (namespace_kind)."""
+    for kind in (kind for kind in FLAGS if kind in paths):
+        fd = os.open(paths[kind], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            syscalls.setns(fd, FLAGS[kind])
+        finally:
+            os.close(fd)
+
+
+NS_GET_NSTYPE = 0xB703       # <linux/nsfs.h>: _IO(0xb7, 0x3)
+
+
+def namespace_kind(path: str) -> str | None:
+    """The kind of namespace the file at `path` is (None: it is not a namespace file),
+    asked of the kernel with the NS_GET_NSTYPE ioctl on nsfs. Only a regular file is
+    opened (an nsfs file is one): opening a device or a FIFO could act or block."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        flag = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:            # ENOTTY: an ordinary file, a device, a directory...
+        return None
+    finally:
+        os.close(fd)
+    return next((kind for kind, value in FLAGS.items() if value == flag), None)
 
 
 def make_mounts_private() -> None:
@@ -114,14 +155,17 @@ def make_mounts_private() -> None:
 
 
 def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM_SIZE,
-                             tty_group: bool = True) -> None:
-    """Give the new root its own /proc (our pid namespace's), /sys, /dev and /tmp
-    (`tty_group`: its terminals belong to group 5, which a user namespace lacks)."""
+                             tty_group: bool = True, mqueue: bool = False) -> None:
+    """Give the new root its own /proc (our pid namespace's), /dev, /sys and /tmp
+    (`tty_group`: its terminals belong to group 5, which a user namespace lacks;
+    `mqueue`: /dev/mqueue too), in the order `runc spec` lists them."""
     mount("proc", kernel_mount_point(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount_minimal_dev(kernel_mount_point(root, "dev"), shm_size, tty_group)
+    if mqueue:
+        mount_message_queues(root / "dev")
     if sysfs:
         mount("sysfs", kernel_mount_point(root, "sys"), "sysfs",
               MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount_minimal_dev(kernel_mount_point(root, "dev"), shm_size, tty_group)
     # /tmp is no kernel's: an image's `tmp -> var/tmp` is followed inside the image, as a
     # --tmpfs would be.
     mount_inside(root, Mount("/tmp", mode=0o1777))
@@ -165,11 +209,19 @@ def mount_minimal_dev(dev: Path, shm_size: int = SHM_SIZE, tty_group: bool = Tru
           f"newinstance,ptmxmode=0666,max={PTYS}{group}")
     (dev / "ptmx").symlink_to("pts/ptmx")
     (dev / "shm").mkdir()
-    mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+    mount("shm", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,   # Docker's name
           f"mode=1777,size={shm_size}")
     for fd, name in enumerate(["stdin", "stdout", "stderr"]):
         (dev / name).symlink_to(f"/proc/self/fd/{fd}")
     (dev / "fd").symlink_to("/proc/self/fd")
+
+
+def mount_message_queues(dev: Path) -> None:
+    """The ipc namespace's POSIX message queues as files in `dev`/mqueue (an OCI bundle
+    asks for it, as runc mounts it): an mqueue filesystem shows the queues of the
+    ipc namespace of whoever mounts it, which the caller can reach anyway."""
+    (dev / "mqueue").mkdir(0o755)
+    mount("mqueue", dev / "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def mount_inside(root: Path, wanted: Mount, nodev: bool = True) -> None:

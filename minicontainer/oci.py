@@ -18,12 +18,16 @@ directory; the container's last step before execve(2) opens it for writing, whic
 blocks in the kernel until `start` opens it for reading. We do the same
 (wait_for_start). Everything else is our layers: config.json becomes a Spec
 (bundles.py, which refuses by its JSON path what our layers cannot honour), and
-container.Container builds it as for `minicontainer run -d`; this module adds only
-what a bundle asks beyond `run`: rlimits, an oom score, a read-only root.
+container.Container builds it as for `minicontainer run -d`; this module hands our
+layers' steps only what a bundle asks beyond `run` (with_bundle): rlimits, an oom
+score, a umask, namespaces joined by path, /dev/mqueue, sysctls, device nodes and
+their allow rules, a read-only root, its own masked and read-only paths, its
+seccomp profile, inheritable and ambient capabilities, additional groups.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -35,11 +39,14 @@ import time
 from functools import partial
 from pathlib import Path
 
-from . import process, state
+from . import devices, process, state, syscalls
+from .bundle_linux import make_device_nodes, write_sysctls
 from .bundles import Bundle, read_bundle
 from .container import Container, make_workdir
 from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
-from .security import become_user, confine
+from .namespaces import isolate
+from .security import (CAPABILITIES, become_user, confine, inherit_capabilities,
+                       protect_system_paths)
 from .syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT, mount
 
 FIFO, EXTRAS = "exec.fifo", "oci.json"   # in the container's record directory
@@ -56,14 +63,14 @@ DIFFERENCES_FROM_RUNC = {
                "is an overlay on it: the bundle is never changed, delete drops the writes",
     **{f"mount /dev/{name}": NODE for name in ("full", "null", "random", "tty", "urandom",
                                                "zero")},
-    "mount /dev/mqueue": "not mounted: the ipc namespace has its own queues, no fs shows them",
-    "ls /dev": "no /dev/mqueue (above)",
-    "mount /proc/interrupts": "masked by us too: Docker's list has it (MASKED_PATHS), runc's not",
     "mount /proc/keys": MASKED_NODE, "mount /proc/timer_list": MASKED_NODE,
     "mount /sys/fs/cgroup": NO_CGROUPFS, "mount /sys/fs/cgroup/*": NO_CGROUPFS,
     "mount /tmp": "a tmpfs of the container's own (namespaces.py), where runc leaves the "
                   "image's /tmp",
 }
+
+# ... and on the bundles we export (bundles.export_bundle), which mask Docker's list.
+DIFFERENCES_ON_OUR_BUNDLES = {"mount /proc/interrupts": MASKED_NODE}
 
 # -- the container's own steps: what runc does that `run` does not ----------------------
 
@@ -74,36 +81,104 @@ class BundleContainer(Container):
 
     def child_steps(self, steps: list[process.Step],
                     channel: process.Channel) -> list[process.Step]:
-        """Our layers' steps, with the bundle's rlimits and oom score first, the root
-        made read-only once the working directory exists (runc's order), and the
-        wait for `start` last. Runs once the record directory exists: the FIFO is made
-        there, and opened here (O_PATH) for the child, who cannot reach this path
-        after pivot_root."""
+        """Our layers' steps, given what the bundle asks beyond `run` (with_bundle),
+        with the wait for `start` last. Runs once the record directory exists: the
+        FIFO is made there, and opened here (O_PATH) for the child, who cannot reach
+        this path after pivot_root."""
         bundle = self.bundle
         state.write_json(self.directory / EXTRAS, {
             "ociVersion": bundle.oci_version, "bundle": str(bundle.directory),
             "annotations": bundle.annotations})
-        os.mkfifo(self.directory / FIFO, 0o600)
+        # Writable by all, as runc's: the command's user opens it, through our fd (its
+        # directory is root's alone, 0700, so nobody else reaches it by its path).
+        os.mkfifo(self.directory / FIFO)
+        os.chmod(self.directory / FIFO, 0o622)
         self.fifo = os.open(self.directory / FIFO, os.O_PATH | os.O_CLOEXEC)
-        first = [partial(set_rlimits, bundle.rlimits)]
-        if bundle.oom_score_adj is not None:
-            first.append(partial(set_oom_score_adj, bundle.oom_score_adj))
-        after = 1 + next(n for n, step in enumerate(steps)
-                         if getattr(step, "func", None) is make_workdir)
-        made_readonly = [remount_root_readonly] if bundle.readonly else []
-        steps = first + steps[:after] + made_readonly + steps[after:]
+        if (bundle.device_nodes or bundle.device_rules) and not (
+                self.cgroup and devices.can_list(self.cgroup)):
+            raise BadBundle("config.json: linux.devices and linux.resources.devices need "
+                            "the device cgroup (v1 devices, or v2), which this host lacks")
         command = partial(look_up_command, self.spec.command[0],
                           self.spec.env.get("PATH", os.defpath))
-        return root_before_confine(steps) + [command, partial(wait_for_start, self.fifo,
-                                                                channel)]
+        steps = with_bundle(root_before_confine(steps), bundle)
+        # The umask last: our own mkdir()s (/dev/pts...) keep their modes (runc's 022
+        # else, where ours would be whatever the caller had).
+        umask = 0o022 if bundle.umask is None else bundle.umask
+        last = [partial(os.umask, umask), command, partial(wait_for_start, self.fifo, channel)]
+        if bundle.seccomp is not None and self.spec.security.no_new_privs:
+            # runc's order: with no_new_privs the filter goes in last, right before
+            # exec, so a strict profile cannot refuse the runtime's own last calls.
+            last.append(partial(syscalls.load_seccomp,
+                                syscalls.seccomp_program(bundle.seccomp)))
+        elif bundle.seccomp is not None and self.spec.user == (0, 0):
+            # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it goes
+            # in with confine(), before the capabilities go: runc does that before
+            # the wait for `start`, its last calls being few and in any profile; ours
+            # are Python's, which an old profile refuses (faccessat2...). So root's
+            # confine() comes last here, after the wait, holding its capabilities
+            # while it waits (blocked in open(2): nothing runs in it yet). Another
+            # user must confine before setuid: its own steps then run under the filter.
+            confined = [step for step in steps
+                        if getattr(step, "func", None) in (confine, inherit_capabilities)]
+            steps = [step for step in steps if step not in confined]
+            last += confined
+        return steps + last
+
+    def allowed_devices(self) -> tuple:
+        """Ours (devices.ALLOWED) and the ones linux.resources.devices allows."""
+        return devices.ALLOWED + self.bundle.device_rules
+
+
+def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]:
+    """Our layers' steps given the bundle's own inputs, each where its layer takes it:
+    rlimits and the oom score first;
+    the namespaces to join and /dev/mqueue (isolate); the sysctls and the device nodes
+    right after pivot_root, before /proc/sys goes read-only; the root made read-only
+    once the working directory exists (runc's order); the masked and read-only paths;
+    the seccomp program (confine, or last: child_steps); the inheritable and ambient
+    capabilities (after confine, or after become_user for another user than root);
+    additionalGids (become_user)."""
+    security = bundle.spec.security
+    kept = security.kept if security.capabilities else tuple(CAPABILITIES)
+    first = [partial(set_rlimits, bundle.rlimits)]
+    if bundle.oom_score_adj is not None:
+        first.append(partial(set_oom_score_adj, bundle.oom_score_adj))
+    changed = []
+    for step in steps:
+        func = getattr(step, "func", step)
+        if func is isolate:
+            step = partial(step, joined=bundle.joined, mqueue=bundle.mqueue)
+        elif func is protect_system_paths:
+            step = partial(protect_system_paths, bundle.masked or (), bundle.read_only or ())
+        elif func is confine and bundle.seccomp is not None:
+            if security.no_new_privs:        # loaded last instead (child_steps)
+                step = partial(confine, dataclasses.replace(security, seccomp=False))
+            else:
+                step = partial(confine, security, syscalls.seccomp_program(bundle.seccomp))
+        elif func is become_user:            # another user keeps its capabilities, as runc's
+            step = partial(become_user, *step.args[:2], bundle.additional_gids,
+                           keep_capabilities=step.args[0] != 0)
+        changed.append(step)
+        if (func is confine and bundle.inheritable) or (
+                func is become_user and step.args[0] != 0):
+            changed.append(partial(inherit_capabilities, kept, bundle.inheritable,
+                                   bundle.ambient))
+        if func is isolate and bundle.sysctl:
+            changed.append(partial(write_sysctls, bundle.sysctl))
+        if func is isolate and bundle.device_nodes:
+            changed.append(partial(make_device_nodes, bundle.device_nodes))
+        if func is make_workdir and bundle.readonly:
+            changed.append(remount_root_readonly)
+    return first + changed
 
 
 def root_before_confine(steps: list[process.Step]) -> list[process.Step]:
     """Become root:root (setgroups, setgid, setuid) before confine() drops capabilities,
     not after: a bundle may keep neither SETUID nor SETGID (`runc spec` keeps three
-    capabilities), and root loses none by it. runc sets every user so, keeping its
-    capabilities across setuid with PR_SET_KEEPCAPS; we do not, and another user needs
-    SETUID and SETGID kept (read_config refuses it otherwise)."""
+    capabilities), and root loses none by it. Another user becomes itself after
+    confine(), keeping its capabilities across setuid with PR_SET_KEEPCAPS as runc
+    does (with_bundle); it needs SETUID and SETGID kept (read_config refuses it
+    otherwise), where runc sets the user before dropping the bounding set."""
     become = next(step for step in steps if getattr(step, "func", None) is become_user)
     if become.args != (0, 0):
         return steps
@@ -180,7 +255,7 @@ def create(container_id: str, bundle_dir: str, pid_file: str | None = None,
         if console_socket:
             send_console(console_socket, container.console)
         container.detached = True           # it outlives us; `delete` removes it
-        container._save()
+        container.save()
         if pid_file:
             write_pid_file(Path(pid_file), container.pid)
     except BaseException:
@@ -195,7 +270,7 @@ def run(container_id: str, bundle_dir: str, pid_file: str | None = None,
     container = create(container_id, bundle_dir, pid_file, console_socket)
     try:
         start(container_id)
-        with process.signals_passed_to(container._require_child()):
+        with process.signals_passed_to(container.child()):
             return container.wait().exit_code
     finally:
         container.remove(force=True)
@@ -237,7 +312,7 @@ def start(container_id: str, timeout: float = 10) -> None:
     fifo = container.directory / FIFO
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        pidfd = container._require_child().pidfd
+        pidfd = container.child().pidfd
         ready, _, _ = select.select([reader, pidfd], [], [], timeout)
         if reader not in ready or os.read(reader, 1) != b"0":
             raise WrongState(f"container {container_id} ended before it was started")

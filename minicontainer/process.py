@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import CommandNotExecutable, CommandNotFound, Ended, StepFailed, Timeout
-from .syscalls import close_on_exec_from, set_parent_death_signal
+from .syscalls import close_on_exec_from, set_dumpable, set_parent_death_signal
 
 Step = Callable[[], None]
 # How a helper process of ours (a port proxy, a terminal's keeper) runs our code as
@@ -435,20 +435,36 @@ def restore_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def fork_and_wait(channel: Channel, on_exit: Callable[[int], None] | None = None) -> None:
+@dataclass(frozen=True)
+class Waiter:
+    """What the process left waiting outside a pid namespace is given (see monitor.py):
+    a regular file to write its child's wait status to, and the small C program to
+    become, both as fds opened before any namespace changed (None: no status to
+    write; no program, so it stays the Python process it was forked as)."""
+
+    exit_status: int | None = None
+    program: int | None = None
+
+
+PLAIN_WAITER = Waiter()   # writes no status, stays Python (an `exec`'s: its caller waits)
+
+
+def fork_and_wait(channel: Channel, waiter: Waiter = PLAIN_WAITER) -> None:
     """Fork; the child returns and carries on, this process waits for it and exits alike.
 
     Needed after unshare(CLONE_NEWPID) or setns() into a pid namespace: both apply to
     the caller's future children, never to the caller itself. The waiting process
-    tells the parent its child's pid, keeps nothing else open, and finally exits the
-    way its child did (same exit code, or killed by the same signal).
+    tells the parent its child's pid, keeps nothing else open but `waiter`'s fds,
+    writes the child's wait status to `waiter.exit_status`, and finally exits the way
+    its child did (same exit code, or killed by the same signal). With
+    `waiter.program` it does so as that program (monitor.c), not as Python.
     """
     told_read, told_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         # Should the waiter be killed, nobody could report our exit: die with it.
         set_parent_death_signal(signal.SIGKILL)
-        os.close(told_write)
+        close_all([told_write, waiter.exit_status, waiter.program])   # the waiter's, not ours
         # Our pid must reach the parent before any `ready` of ours: the parent plugs
         # eth0 into the namespaces of the last pid it heard of, and the waiter's are
         # the host's (seen in CI: 1 run of 50 at once got "eth0: File exists").
@@ -458,12 +474,16 @@ def fork_and_wait(channel: Channel, on_exit: Callable[[int], None] | None = None
     os.close(told_read)
     channel.tell(b"pid %d" % pid)
     os.close(told_write)
-    os.closerange(3, 1 << 20)
+    kept = [fd for fd in (waiter.exit_status, waiter.program) if fd is not None]
+    close_fds_but(kept)
+    set_dumpable(False)       # its fds are no one else's (monitor.c does the same)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)   # only the command decides when it ends
+    if waiter.program is not None:
+        _become_monitor(waiter, pid)
     _, status = os.waitpid(pid, 0)
-    if on_exit is not None:
-        on_exit(status)
+    if waiter.exit_status is not None:
+        os.write(waiter.exit_status, b"%d" % status)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # the command dumped core already
@@ -471,6 +491,27 @@ def fork_and_wait(channel: Channel, on_exit: Callable[[int], None] | None = None
             signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status))
+
+
+def close_fds_but(kept: Sequence[int]) -> None:
+    """Close every fd from 3 up but those in `kept`."""
+    first = 3
+    for fd in sorted(kept):
+        os.closerange(first, fd)
+        first = fd + 1
+    os.closerange(first, 1 << 20)
+
+
+def _become_monitor(waiter: Waiter, child: int) -> None:
+    """exec the monitor program (by its fd: no path of the caller's need resolve
+    here) to wait for `child`; returns only if the exec failed, to wait as Python."""
+    status_fd = -1 if waiter.exit_status is None else waiter.exit_status
+    if waiter.exit_status is not None:
+        os.set_inheritable(waiter.exit_status, True)
+    try:
+        os.execve(waiter.program, ["mc-monitor", str(child), str(status_fd)], {})
+    except OSError:
+        pass
 
 
 def _report(channel: Channel, stage: bytes, error: BaseException) -> None:

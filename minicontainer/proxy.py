@@ -16,6 +16,13 @@ each connection keeps at most one chunk in flight per direction. What a flood co
 exhaust is bounded: file descriptors (RLIMIT_NOFILE; each connection takes two, so
 the relay stops accepting before it runs out, and accepts again as connections
 close), and memory and processes (the relay runs in a cgroup of its own, LIMITS).
+
+What it costs is counted, not hidden: a Python interpreter, about 8 MiB PSS per
+container that publishes ports (bench/cost.py; `stats` shows it as proxy_pss, part
+of HOST+). Docker pays the same kind of price, a docker-proxy process per published
+port, because DNAT rules alone cannot serve 127.0.0.1 without route_localnet (which
+network.py refuses). DNAT for the host's other addresses would spare the relay
+those connections' bytes, not its memory: the process would stay for 127.0.0.1.
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ import errno
 import hashlib
 import os
 from dataclasses import asdict, dataclass, fields
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cache, partial
 from pathlib import Path
 
@@ -205,17 +205,21 @@ def from_options(options: Iterable[str] = (), privileged: bool = False,
     return Security(**switches)
 
 
-def protect_system_paths() -> None:
-    """Hide and freeze the /proc and /sys files that reach into the host's kernel.
+def protect_system_paths(masked: Iterable[str] = MASKED_PATHS,
+                         read_only: Iterable[str] = READ_ONLY_PATHS) -> None:
+    """Hide the `masked` paths and freeze the `read_only` ones: the /proc and /sys files
+    that reach into the host's kernel (an OCI bundle names its own lists; a path the
+    container lacks is skipped, as runc skips it).
 
-    Runs in the child after pivot_root, so the paths are the container's own.
+    Runs in the child after pivot_root, so the paths are the container's own: an
+    image's symlink on the way resolves inside the container, never on the host.
     """
-    for path in map(Path, MASKED_PATHS):
+    for path in map(Path, masked):
         if path.is_dir():
             mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
         elif path.exists():
             mount("/dev/null", path, None, MS_BIND)     # reads as empty, writes vanish
-    for path in filter(Path.exists, map(Path, READ_ONLY_PATHS)):
+    for path in filter(Path.exists, map(Path, read_only)):
         mount(str(path), path, None, MS_BIND | MS_REC)
         # A bind mount starts writable; remounting it read-only must keep the flags of
         # the /proc it came from (a user namespace may not drop them).
@@ -273,18 +277,40 @@ def confine(security: Security, program: syscalls._SockFprog | None = None) -> N
         syscalls.drop_capabilities(keep)
 
 
-def become_user(uid: int, gid: int) -> None:
-    """Run as `uid`:`gid` from here on (the image's User, or -u), groups first.
+def inherit_capabilities(kept: Iterable[str], inheritable: Iterable[str],
+                         ambient: Iterable[str]) -> None:
+    """A step after confine() (or after become_user kept them): effective = permitted
+    = `kept`, the inheritable set, and the `ambient` capabilities raised, those an OCI
+    bundle lists (the kernel takes only ones both permitted and inheritable: runc
+    warns about the others and goes on; we skip them)."""
+    kept, inheritable = set(kept), set(inheritable)
+    syscalls.set_capabilities({CAPABILITIES[name] for name in kept},
+                              {CAPABILITIES[name] for name in inheritable})
+    for name in sorted(set(ambient) & kept & inheritable):
+        syscalls.raise_ambient(CAPABILITIES[name])
+
+
+def become_user(uid: int, gid: int, groups: Sequence[int] = (),
+                keep_capabilities: bool = False) -> None:
+    """Run as `uid`:`gid` from here on (the image's User, or -u), in the supplementary
+    `groups` only (an OCI bundle's additionalGids), groups first.
 
     setgroups, setgid, setuid, in that order: each needs the privilege the next one
     gives up. The host caller's supplementary groups are dropped, for root too. Docker
-    (runc's setupUser) also adds the groups /etc/group lists the user in; we do not.
+    (runc's setupUser) also adds the groups /etc/group lists the user in, before the
+    additional ones; we do not. `keep_capabilities` keeps the permitted set across
+    setuid (PR_SET_KEEPCAPS, as runc does for an OCI bundle's user; the effective set
+    is still cleared: inherit_capabilities raises it again).
     For a uid other than 0 the kernel then clears the permitted and effective
     capabilities, as Docker gives a non-root user none (the bounding set stays).
     """
-    os.setgroups([])
+    os.setgroups(list(groups))
     os.setgid(gid)
+    if keep_capabilities:
+        syscalls.set_keep_capabilities(True)
     os.setuid(uid)
+    if keep_capabilities:
+        syscalls.set_keep_capabilities(False)    # for good: a later setuid clears them
 
 
 def user_steps(user: tuple[int, int], workdir: str, user_namespace: bool) -> list:

@@ -33,6 +33,7 @@ from pathlib import Path
 from .arguments import check_name, check_record
 from .host import cache_dir
 from .errors import ContainerNotFound, MinicontainerError, NameInUse
+from .monitor import exit_status
 from .process import exit_code, start_time
 
 
@@ -274,11 +275,11 @@ def describe(name: str) -> dict:
     """A container's record, plus `status`: "running", "exited (CODE)" or "dead", and
     `orphaned`: its owner is gone though it was not started detached."""
     record = read(name)
-    exit_status = containers_dir() / name / "exit_status"
+    status = exit_status(containers_dir() / name)
     if record.get("pid") and start_time(record["pid"]) == record["pid_started"]:
         record["status"] = "running"
-    elif exit_status.exists():
-        record["status"] = f"exited ({exit_code(int(exit_status.read_text()))})"
+    elif status is not None:
+        record["status"] = f"exited ({exit_code(status)})"
     else:
         record["status"] = "dead"
     record["orphaned"] = not record["detached"] and not owner_alive(record)

@@ -109,6 +109,7 @@ def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
 # openat2(2)'s `resolve` bits (from <linux/openat2.h>).
 RESOLVE_NO_MAGICLINKS = 0x02  # no /proc/PID/fd/N-style jumps
 RESOLVE_NO_SYMLINKS = 0x04    # no symlink at all on the way
+RESOLVE_BENEATH = 0x08        # never above the directory fd (`..`, absolute paths refused)
 RESOLVE_IN_ROOT = 0x10        # `/`, `..` and absolute symlinks stop at the directory fd
 
 
@@ -139,11 +140,21 @@ def close_on_exec_from(first: int) -> None:
 
     close_range(2) with CLOSE_RANGE_CLOEXEC (Linux 5.11) does it in one call, however
     many fds the caller had; the fds stay usable until the exec itself.
+    A seccomp profile may refuse close_range (an OCI bundle's, older than the call):
+    then each open fd, as /proc/self/fd lists them, is marked with fcntl(2).
     """
     CLOSE_RANGE_CLOEXEC, NR_CLOSE_RANGE = 1 << 2, 436   # 436 on every architecture
-    _check(_libc.syscall(ctypes.c_long(NR_CLOSE_RANGE), ctypes.c_uint(first),
-                         ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(CLOSE_RANGE_CLOEXEC)),
-           "close_range", first)
+    if _libc.syscall(ctypes.c_long(NR_CLOSE_RANGE), ctypes.c_uint(first),
+                     ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) == 0:
+        return
+    if ctypes.get_errno() not in (errno.EPERM, errno.ENOSYS, errno.EACCES):
+        _check(-1, "close_range", first)
+    for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
+        if fd >= first:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:                  # the listing's own fd, closed by now
+                pass
 
 
 def set_dumpable(dumpable: bool) -> None:
@@ -172,11 +183,32 @@ def drop_capabilities(keep: set[int]) -> None:
             if ctypes.get_errno() == errno.EINVAL:   # past the last capability this kernel has
                 break
             _check(-1, "prctl", "PR_CAPBSET_DROP", cap)
-    bits = sum(1 << cap for cap in keep)
+    set_capabilities(keep)
+
+
+def set_capabilities(keep: set[int], inheritable: set[int] = frozenset()) -> None:
+    """effective = permitted = `keep`, and the `inheritable` set (capset(2))."""
+    bits, passed = sum(1 << cap for cap in keep), sum(1 << cap for cap in inheritable)
     low, high = bits & 0xFFFFFFFF, bits >> 32
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)     # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)(low, low, 0, high, high, 0)  # effective, permitted, inheritable
+    data = (ctypes.c_uint32 * 6)(low, low, passed & 0xFFFFFFFF,   # effective, permitted,
+                                 high, high, passed >> 32)        # inheritable
     _check(_libc.capset(header, data), "capset", hex(bits))
+
+
+def set_keep_capabilities(keep: bool) -> None:
+    """prctl(PR_SET_KEEPCAPS): whether a setuid away from 0 keeps the permitted set."""
+    PR_SET_KEEPCAPS = 8
+    _check(_libc.prctl(ctypes.c_int(PR_SET_KEEPCAPS), ctypes.c_ulong(int(keep)), 0, 0, 0),
+           "prctl", "PR_SET_KEEPCAPS")
+
+
+def raise_ambient(cap: int) -> None:
+    """Add `cap` to the ambient set: kept across execve of a program without file
+    capabilities (prctl PR_CAP_AMBIENT_RAISE; it must be permitted and inheritable)."""
+    PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
+    _check(_libc.prctl(ctypes.c_int(PR_CAP_AMBIENT), ctypes.c_ulong(PR_CAP_AMBIENT_RAISE),
+                       ctypes.c_ulong(cap), 0, 0), "prctl", "PR_CAP_AMBIENT_RAISE", cap)
 
 
 def ptrace_attach(pid: int) -> None:

@@ -37,16 +37,19 @@ print(len(list((image / "bin").iterdir())), "programs in /bin, all links to", (i
 
 # %%
 import matplotlib.pyplot as plt
+from minicontainer.course import plots
 
 layers = ["a process (fork, exec)", "1 chroot: its own /", "2 namespaces: its own view",
           "3 cgroups: its own budget", "4 network: its own wire",
           "5 security: less power for its root"]
-figure, axes = plt.subplots(figsize=(6, 3))
+figure, axes = plots.described_subplots(figsize=(6, 3))
 for i, layer in enumerate(layers):
     axes.barh(i, 1, color=plt.cm.Blues(0.25 + 0.15 * i))
     axes.text(0.02, i, layer, va="center")
 axes.set_axis_off()
 axes.set_title("A container, layer by layer (a VM: none of these, a whole machine)")
+plots.finish(figure, "Six stacked bars, bottom to top: " + "; ".join(layers) +
+             ". A container is a process with these layers; a VM has none of them.")
 plt.show()
 
 # %% [markdown]

@@ -41,7 +41,7 @@
 # <details><summary>Answer</summary>
 #
 # It is **PID 1**, and it sees only itself and the commands of its probe (`ls`,
-# `grep`): a handful. Without `pid` it gets an ordinary host pid and sees every process
+# `grep`, and the subshell of `$(...)`): 4 processes when this was written. Without `pid` it gets an ordinary host pid and sees every process
 # of the host — its `/proc` is still its own mount, but it lists the host's
 # pid namespace.
 # </details>
@@ -50,7 +50,7 @@
 import ipywidgets as widgets
 
 from minicontainer import run
-from minicontainer.namespaces import DEFAULT, FLAGS, ns_ids
+from minicontainer.namespaces import DEFAULT
 from minicontainer.course.panels import panel
 
 # Each line is NAME=VALUE. Without a mount namespace the container gets no /proc of its
@@ -90,23 +90,37 @@ panel(boxes.values(), show)
 # ## Namespaces have identities
 # Each namespace is an inode under `/proc/PID/ns/`. Same inode: same namespace.
 #
-# **Predict, then run.** The table lists seven kinds (all but `time`, which we never
-# touch). Which ones does a default container *share* with the host?
+# The cell lists every entry the kernel puts there — all eight kinds, `time` included
+# (the `…_for_children` entries name the namespace a process's *next* children get: a
+# `pid` or `time` namespace is entered by children, never by the caller itself).
+#
+# **Predict, then run.** Which kinds does a default container *share* with the host?
 #
 # <details><summary>Answer</summary>
 #
-# `user` and `cgroup`. Root in the container is the host's root (uid 0 on both sides,
-# held in check by layer 5, not by a namespace), and it sees the host's cgroup tree.
-# The other five — `ipc`, `uts`, `net`, `pid`, `mnt` — are its own.
+# `user`, `cgroup` and `time`. Root in the container is the host's root (uid 0 on both
+# sides, held in check by layer 5, not by a namespace), it sees the host's cgroup tree,
+# and its clocks are the host's. The other five — `ipc`, `uts`, `net`, `pid`, `mnt` —
+# are its own.
 # </details>
 
 # %%
+import os
+
 from minicontainer import Container
+
+
+def ns_entries(pid: int | str = "self") -> dict[str, int]:
+    """Every namespace /proc/PID/ns shows (the kernel's list, not ours), by inode."""
+    folder = f"/proc/{pid}/ns"
+    return {kind: os.stat(f"{folder}/{kind}").st_ino for kind in sorted(os.listdir(folder))
+            if not kind.endswith("_for_children")}
+
 
 with Container(["sleep", "30"]) as c:
     c.start()
-    inside, outside = ns_ids(c.pid), ns_ids()
-for kind in FLAGS:
+    inside, outside = ns_entries(c.pid), ns_entries()
+for kind in inside:
     print(f"{kind:7} host {outside[kind]}  container {inside[kind]}  "
           f"{'its own' if inside[kind] != outside[kind] else 'shared'}")
 

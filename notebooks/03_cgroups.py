@@ -94,6 +94,7 @@ import matplotlib.pyplot as plt
 
 from minicontainer import Container
 from minicontainer.cgroups import Sampler
+from minicontainer.course import plots
 
 quota = widgets.FloatSlider(value=0.3, min=0.1, max=1.0, step=0.1, description="cpus")
 
@@ -108,14 +109,18 @@ def busy_loop_under(cpus: float, seconds: float = 2.0) -> list[dict]:
 
 def plot_quota():
     samples = busy_loop_under(quota.value)
-    figure, axes = plt.subplots(figsize=(6, 3))
+    figure, axes = plots.described_subplots(figsize=(6, 3))
     axes.plot([s["time"] for s in samples], [s["cpu_seconds"] for s in samples],
               label=f"cpus={quota.value:.1f}")
     axes.plot([0, 2], [0, 2], ":", color="grey", label="one whole CPU")
     axes.set_xlabel("seconds")
     axes.set_ylabel("CPU seconds used")
     axes.legend()
-    return figure
+    used = samples[-1]["cpu_seconds"] if samples else 0
+    return plots.finish(figure, f"CPU seconds used by a busy loop against wall-clock "
+                        f"seconds under cpus={quota.value:.1f}: {used:.2f} CPU seconds in "
+                        f"{samples[-1]['time'] if samples else 0:.1f} s, a line of slope "
+                        f"{quota.value:.1f} under the grey line of one whole CPU.")
 
 
 panel([quota], plot_quota)
@@ -172,8 +177,11 @@ plt.show()
 # %% [markdown]
 # The containers' limits add up to more than the budget, and all finish: only memory
 # *in use* counts, and the kernel sees every container's processes. Each VM holds the
-# memory its guest touched, whether it still uses it or not. (Peaks that *overlap* are
-# another story: then the budget is full and the OOM killer takes one — exit 137.)
+# memory its guest touched, whether it still uses it or not — unless the guest gives it
+# back: a virtio balloon the host inflates, or free page reporting; and KSM can merge
+# identical pages of several guests. None is on here, as on a default QEMU. (Peaks that
+# *overlap* are another story: then the budget is full and the OOM killer takes one —
+# exit 137; notebook 08 shows it.)
 #
 # ## What you know now
 # - A container's budget is a cgroup: the kernel counts and limits its processes

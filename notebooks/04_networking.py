@@ -103,9 +103,7 @@ with Container(WEB, name="mc-web", network="mc-lesson", ports={18080: 80}) as we
 # Two: the bridge `mc-lesson` and the host's end of the container's veth pair, named
 # `mc-…` and plugged into the bridge (its other end is the container's `eth0`, in the
 # container's namespace, so the host does not list it). The bridge holds the network's
-# gateway address, the first of its subnet: the containers' default route. The NAT
-# rules are not links; in a terminal, `sudo iptables -t nat -S | grep mc-` shows ours:
-# one `MASQUERADE` rule per network, tagged with a `mc-…` comment, and no `DNAT`.
+# gateway address, the first of its subnet: the containers' default route.
 # </details>
 
 # %%
@@ -115,6 +113,48 @@ with Container(["sleep", "30"], network="mc-lesson") as c:
     c.start()
     print(subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout)
     print(subprocess.run(["ip", "-br", "addr", "show", "mc-lesson"], capture_output=True, text=True).stdout)
+
+# %% [markdown]
+# ## The NAT rules, as the kernel holds them
+# Rules are not links: they sit in the kernel's netfilter tables. `iptables -t nat -S`
+# prints the `nat` table as the commands that would rebuild it. Each of our rules carries
+# a comment with its network's name (`mc-…`); the cell keeps this network's lines.
+#
+# **Predict, then run.** A container is running with `-p 18080:80`. How many of our
+# rules mention a *destination* (`DNAT`)?
+#
+# <details><summary>Answer</summary>
+#
+# None. Ours are one `MASQUERADE` rule per network in `POSTROUTING` — packets from the
+# subnet leaving by another interface get the host's address as their source, so
+# replies find their way back — and, in the `filter` table, `FORWARD` rules that let the
+# bridge's traffic out and its replies in, and drop new connections from elsewhere into
+# it. Published ports go through our proxy, a process. Docker
+# would also list, per published port, a `DNAT` rule in its `DOCKER` chain:
+# `-A DOCKER ! -i docker0 -p tcp -m tcp --dport 18080 -j DNAT --to-destination
+# 172.17.0.2:80`, reached from `PREROUTING` and `OUTPUT`; its `docker-proxy` handles only
+# what DNAT cannot, connections to `127.0.0.1`. And Docker's names come from its embedded
+# DNS server at `127.0.0.11`, not from `/etc/hosts`: dockerd opens a socket inside the
+# container's network namespace, and `DNAT` rules there (in the container's own `nat`
+# table, not the host's) send port 53 of that address to it.
+# </details>
+
+# %%
+def our_rules(table: str) -> list[str]:
+    listing = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True)
+    return [line for line in listing.stdout.splitlines() if "mc-lesson" in line]
+
+
+with Container(WEB, network="mc-lesson", ports={18080: 80}) as web:
+    web.start()
+    if network.firewall_tool() == "iptables":
+        nat = our_rules("nat")
+        print("iptables -t nat -S | grep mc-lesson", *nat, sep="\n  ")
+        print("iptables -t filter -S | grep mc-lesson", *our_rules("filter"), sep="\n  ")
+        print("DNAT rules among ours:", sum("DNAT" in line for line in nat))
+    else:                           # nftables instead: one table of its own per network
+        print(subprocess.run(["nft", "list", "table", "ip", "mc-lesson"], capture_output=True,
+                             text=True).stdout)
 
 # %%
 network.remove("mc-lesson")

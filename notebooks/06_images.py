@@ -281,6 +281,95 @@ print("images in that store:", fresh_store.tags() or "none")
 lab.stop()
 
 # %% [markdown]
+# ## The OCI bundle: what Docker hands to its runtime
+# `docker run` does not make the container itself. The CLI asks the daemon, the daemon
+# asks containerd, containerd starts a *shim* per container, and the shim runs an **OCI
+# runtime** — runc, or crun — on a **bundle**: a directory holding `config.json` (the
+# runtime spec: process, root, mounts, namespaces, limits, security) and the root
+# filesystem. The runtime applies it with the very system calls of layers 1–5, starts
+# the process and exits. Our layers speak the same contract (`minicontainer oci`,
+# `minicontainer/oci.py`), and `minicontainer export-bundle busybox DIR` writes a
+# bundle from an image (here from this lesson's store).
+#
+# **Predict, then run.** The same bundle is run by runc, written in Go by the OCI, and
+# by our runtime, in Python. Which lines of the probe — hostname, pid, uid, effective
+# capabilities, no_new_privs, seccomp mode — differ?
+#
+# <details><summary>Answer</summary>
+#
+# None: both read the same `config.json` and ask the same kernel for the same things,
+# so the process inside cannot tell them apart. The runtimes differ in speed and in
+# what they refuse (ours names any field of `config.json` it cannot honour), not in the
+# container they make.
+# </details>
+
+# %%
+from minicontainer import bundles
+
+bundle = bundles.export_bundle("busybox:latest", Path(work.name) / "bundle", store)
+config = json.loads((bundle / "config.json").read_text())
+linux = config["linux"]
+print("the bundle:", sorted(p.name for p in bundle.iterdir()))
+print("ociVersion   ", config["ociVersion"])
+print("process      ", config["process"]["args"], "as uid", config["process"]["user"]["uid"],
+      "in", config["process"]["cwd"])
+print("root         ", config["root"])
+print("hostname     ", config["hostname"])
+print("mounts       ", " ".join(m["destination"] for m in config["mounts"]))
+print("namespaces   ", " ".join(n["type"] for n in linux["namespaces"]))
+print("resources    ", linux["resources"])
+print("capabilities ", len(config["process"]["capabilities"]["effective"]), "effective;",
+      "noNewPrivileges", config["process"].get("noNewPrivileges"))
+print("masked", len(linux["maskedPaths"]), "and read-only", len(linux["readonlyPaths"]),
+      "paths; seccomp:", len(linux["seccomp"]["syscalls"]), "rules, default",
+      linux["seccomp"]["defaultAction"])
+
+# %%
+import shutil
+import sys
+from itertools import zip_longest
+
+PROBE = ('echo hostname=$(hostname); echo pid=$$; echo uid=$(id -u); '
+         'grep -E "^(CapEff|NoNewPrivs|Seccomp):" /proc/self/status | tr -d "\t"')
+config["process"]["args"] = ["sh", "-c", PROBE]
+(bundle / "config.json").write_text(json.dumps(config, indent=1))
+
+
+def run_bundle(runtime: list[str], name: str) -> list[str]:
+    """`RUNTIME --root STATE run --bundle BUNDLE ID`: runc's command line, and ours."""
+    state = Path(work.name) / f"state-{name}"      # each runtime's records, not the host's
+    done = subprocess.run([*runtime, "--root", str(state), "run", "--bundle", str(bundle),
+                           f"mc-oci-{name}"], capture_output=True, text=True, timeout=60)
+    return done.stdout.splitlines() + [f"exit {done.returncode}"] + done.stderr.splitlines()
+
+
+ours = run_bundle([sys.executable, "-m", "minicontainer", "oci"], "ours")
+if shutil.which("runc"):
+    theirs = run_bundle(["runc"], "runc")
+else:
+    print("runc is not installed here: `sudo apt-get install runc` (Debian, Ubuntu) or "
+          "`sudo dnf install runc` (Fedora), then run this cell again.")
+    theirs = ["-"] * len(ours)
+print(f"{'runc':34}minicontainer oci")
+for left, right in zip_longest(theirs, ours, fillvalue=""):
+    print(f"{left:34}{right}{'' if left in (right, '-') else '   <- differs'}")
+
+# %% [markdown]
+# ## Where a runtime sits, and where a VM fits in
+# Left: a container against a VM, layer by layer. Right: Docker's chain, from the CLI
+# down to the kernel — every box above the runtime only passes a bundle along. That
+# seam (the shim, and the runtime below it) is where the VM side plugs in: **Kata
+# Containers** (its shim `containerd-shim-kata-v2`) and **Firecracker**
+# (firecracker-containerd's shim) take the same bundle, boot a small VM with its own
+# kernel (the VM of notebook 07, made fast) and start the container inside it.
+# **gVisor**'s `runsc`, an OCI runtime like runc, puts a kernel of its own, written in
+# Go, between the container and the host's. Docker above them does not change: `docker
+# run --runtime=…` picks one.
+
+# %%
+plots.stack_figure()
+
+# %% [markdown]
 # ## What you know now
 # - An image is a manifest, a config and layers, each a blob named by its sha256: the
 #   manifest's digest vouches for all of it, wherever the bytes came from.
@@ -290,6 +379,9 @@ lab.stop()
 #   copied up there.
 # - A pull is a handful of HTTP GETs; what makes it safe is the hashing, not the
 #   connection.
+# - Docker hands a runtime a bundle — `config.json` and a root filesystem — through a
+#   small command line (create, start, state, kill, delete). runc is one such runtime,
+#   `minicontainer oci` another; Kata and Firecracker are runtimes that boot a VM.
 #
 # ## Exercise 06
 # `exercises/ex06_images.py`: turn a layer's whiteouts into overlayfs's marks, checked

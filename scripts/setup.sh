@@ -23,7 +23,7 @@ case "$(uname -m)" in
   *) fail "unsupported CPU $(uname -m): use the Vagrant VM" ;;
 esac
 # The images lesson (06) starts a real registry on 127.0.0.1 and pushes to it with skopeo.
-packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu docker-registry skopeo"
+packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu docker-registry skopeo gcc libc6-dev"
 [ "${1:-}" = bench ] && packages="$packages crun runc umoci"
 [ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux umoci apache2-utils runc crun"
 missing=""
@@ -68,6 +68,17 @@ printf '%s\n' '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "fa
 # The same tree as an ordinary image in the store, busybox:latest (again only if it changed).
 .venv/bin/python -c 'from minicontainer.images.store import busybox_image; print("setup: busybox:latest", busybox_image().digest)'
 .venv/bin/python -c 'from minicontainer.security import seccomp_program; seccomp_program(); print("setup: seccomp filter compiled")'
+# The monitor a detached container keeps on the host, in C (minicontainer/monitor.py
+# says why); static, so no loader is looked up by path. Without it, a Python waiter.
+lib=${MINICONTAINER_CACHE:-/var/cache/minicontainer}/lib
+if [ ! -x "$lib/mc-monitor" ] || [ minicontainer/monitor.c -nt "$lib/mc-monitor" ]; then
+  mkdir -p "$lib"
+  if gcc -static -O2 -Wall -o "$lib/mc-monitor.new" minicontainer/monitor.c; then
+    mv "$lib/mc-monitor.new" "$lib/mc-monitor" && echo "setup: monitor built, $lib/mc-monitor"
+  else
+    echo "setup: could not build the monitor: detached containers keep a Python waiter" >&2
+  fi
+fi
 # The VM's kernel: the distribution's package, unpacked into the cache (not installed).
 if ! .venv/bin/python -c 'import sys; from minicontainer.vm.kernel import cached_kernel; sys.exit(not cached_kernel())'; then
   apt-get update -qq     # the package is looked up in apt's lists

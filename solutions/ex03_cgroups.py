@@ -8,8 +8,10 @@ UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def memory_bytes(text: str) -> int:
-    """"64M" → 67108864: a number and an optional unit k, m or g (binary, any case)."""
-    match = re.fullmatch(r"(\d+)([kmg]?)", text.strip().lower())
+    """"64M" → 67108864: a number and an optional unit k, m or g (binary, any case);
+    a B or iB after the unit changes nothing ("64MB" and "64MiB" are 64M, as Docker's -m
+    reads them: memory is counted in 1024s, never in 1000s)."""
+    match = re.fullmatch(r"(\d+)([kmg]?)(?:i?b)?", text.strip().lower())
     if not match:
         raise ValueError(f"not a memory size: {text!r}")
     return int(match[1]) * UNITS[match[2]]

@@ -48,3 +48,30 @@ def test_a_network_made_from_python_goes_with_its_dead_owner_and_a_cli_one_stays
     finally:
         for name in {"mc-ownerless", "mc-kept"} & set(network.names()):
             network.remove(name)
+
+
+def test_the_closing_table_says_not_measured_for_what_a_run_did_not_measure():
+    """08's last table reads measurements by name: with none, every row says so."""
+    from minicontainer.course import claims
+    rows = claims.closing_table({})
+    assert len(rows) == len(claims.CLAIMS)
+    assert all(row["today"] == claims.NOT_MEASURED and row["held"] == "—" for row in rows)
+
+
+def test_the_closing_table_reads_todays_numbers_and_judges_each_claim():
+    """The numbers come from the run's variables, and the verdict follows them."""
+    from minicontainer.course import claims
+    host = {"release": "6.1.0-host", "boot_id": "b-host"}
+    kernel = {"host": host, "container": dict(host), "vm": {"release": "6.1.0-host",
+                                                           "boot_id": "b-vm"}}
+    restore = {"accel": "tcg", "cold": {"answered": 2.5},
+               "restores": [{"running": 0.1, "answered": 0.3}] * 3}
+    rows = {row["claim"]: row for row in claims.closing_table(
+        {"results": {"kernel": kernel}, "restore": restore})}
+    same_os = rows["containers run the host's OS"]
+    assert "6.1.0-host" in same_os["today"] and same_os["held"] == "yes"
+    assert "answers after 0.30 s" in rows["fast minimal VMs are possible"]["today"]
+    assert rows["30–50 servers on one platform"]["today"] == claims.NOT_MEASURED
+    kernel["container"] = {"release": "5.10-other", "boot_id": "b-other"}
+    rows = {row["claim"]: row for row in claims.closing_table({"results": {"kernel": kernel}})}
+    assert rows["containers run the host's OS"]["held"] == "no"

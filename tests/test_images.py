@@ -607,7 +607,7 @@ def test_our_containers_root_is_umoci_unpacks_in_paths_types_modes_owners_and_co
     with Container(["sleep", "30"], image=store.image("mc-st/same:v1"),
                    name="mc-st-same") as box:
         box.start()
-        ours = tree(Path(f"/proc/{box._require_child().main_pid}/root"), skip)
+        ours = tree(Path(f"/proc/{box.child().main_pid}/root"), skip)
     theirs = tree(tmp_path / "bundle/rootfs", skip)
     assert ours == theirs
     assert "/data/old" not in ours and ours["/data/new"][3] == digest_of(b"only me")

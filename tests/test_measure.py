@@ -20,6 +20,9 @@ def test_a_container_costs_what_its_process_costs_and_a_vm_far_more():
     vm = memory["vm"]
     assert vm["pss"] > 64 * MiB and vm["guest_ram_touched"] + vm["qemu_overhead"] == vm["pss"]
     assert memory["runtime_waiter"]["uss"] < 8 * MiB, "our waiter process stays small"
+    assert vm["guest_ram_touched"] <= memory["vm_memory"], "no more RAM than -m gave it"
+    assert vm["tcg_cache"] + vm["qemu_itself"] == vm["qemu_overhead"]
+    assert (vm["tcg_cache"] > MiB) == (measure.VM().accel == "tcg"), "TCG's cache, found"
 
 
 def test_a_container_starts_orders_of_magnitude_faster_than_a_vm_boots():
@@ -32,6 +35,9 @@ def test_fifty_containers_cost_less_host_memory_than_two_vms():
     scale = measure.scaling(max_containers=50, max_vms=2)
     assert [n for n, _ in scale["containers"]] == list(range(1, 51))
     assert scale["containers"][-1][1] < scale["vms"][-1][1]
+    assert [n for n, _ in scale["vm_committed"]] == [1, 2]
+    assert all(parts["pss"] == used for (_, parts), (_, used) in zip(scale["vm_parts"],
+                                                                     scale["vms"], strict=True))
 
 
 def test_the_container_shares_the_hosts_kernel_and_the_vm_has_its_own():
@@ -59,10 +65,13 @@ def test_compare_quick_writes_plots_and_raw_numbers(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TQDM_DISABLE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    for name in ("start_time.png", "memory.png", "overprovision.png"):
+    for name in ("start_time.png", "memory.png", "overprovision.png", "servers.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "compare.json").read_text())
     assert {"start_time", "memory", "scaling", "overprovision", "kernel", "architecture",
             "attack_surface"} <= set(results)
     assert "start to exit (median)" in done.stdout
     assert Path(tmp_path / "compare.json").stat().st_size > 1000
+    served = json.loads((tmp_path / "servers.json").read_text())
+    assert len(served["containers"]) == 5 and len(served["vms"]) == 1
+    assert all(c["requests"] == 200 and c["p50"] <= c["p99"] for c in served["containers"])

@@ -24,3 +24,12 @@ def test_the_same_workloads_as_vms_hold_memory_for_each_guest():
     assert vms["exit_codes"] == [0] * K
     assert vms["peak_in_use"] > K * PEAK_MB * measure.MiB, "every guest keeps its own peak"
     assert vms["peak_in_use"] > 3 * containers["peak_in_use"]
+
+
+def test_peaks_that_meet_on_a_shared_budget_get_containers_oom_killed_with_exit_137():
+    result = measure.overlapping_peaks(k=K, budget="160M", limit="96M", peak_mb=PEAK_MB)
+    killed = [code == 137 for code in result["exit_codes"]]
+    assert 1 <= sum(killed) < K, "some die so that the others can finish"
+    assert set(result["exit_codes"]) <= {0, 137}
+    assert result["oom_killed"] == killed, "each death is the kernel's OOM kill"
+    assert result["peak_in_use"] <= result["budget"]

@@ -18,16 +18,33 @@ from minicontainer.course import plots
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 2**20
 START_TIME = {"container": [0.011, 0.012, 0.015], "vm": [1.8, 2.1, 2.4], "vm_accel": "tcg"}
+VM_PARTS = {"pss": 120 * MiB, "guest_ram_touched": 70 * MiB, "qemu_overhead": 50 * MiB,
+            "tcg_cache": 20 * MiB, "qemu_itself": 30 * MiB}
 SCALING = {"containers": [(1, 2 * MiB), (2, 4 * MiB), (3, 6 * MiB)],
-           "vms": [(1, 120 * MiB), (2, 240 * MiB), (3, 360 * MiB)]}
+           "vms": [(1, 120 * MiB), (2, 240 * MiB), (3, 360 * MiB)],
+           "vm_parts": [(n, {k: n * v for k, v in VM_PARTS.items()}) for n in (1, 2, 3)],
+           "vm_committed": [(n, n * 128 * MiB) for n in (1, 2, 3)]}
+SERVERS = {"budget": 768 * MiB, "requests_each": 200, "vm_memory": 128 * MiB, "vms_that_fit": 2,
+           "containers": [{"memory": 9 * MiB, "p50": 0.001, "p99": 0.004, "requests": 200}] * 5,
+           "vms": [{**VM_PARTS, "committed": 128 * MiB}] * 2}
 PER_INSTANCE = {"container": {"pss": 2 * MiB}, "vm": {"pss": 120 * MiB}}
 OVERPROVISION = {"containers": {"k": 4, "budget": 96 * MiB, "sum_of_limits": 256 * MiB,
                                 "timeline": [(0, 10 * MiB), (1, 90 * MiB), (2, 30 * MiB)]},
-                 "vms": {"k": 2, "timeline": [(0, 100 * MiB), (1, 260 * MiB), (2, 260 * MiB)]}}
+                 "vms": {"k": 2, "timeline": [(0, 100 * MiB), (1, 260 * MiB), (2, 260 * MiB)]},
+                 "overlapping": {"k": 4, "budget": 160 * MiB, "peak_mb": 64,
+                                 "exit_codes": [137, 0, 137, 0],
+                                 "timeline": [(0, 10 * MiB), (1, 159 * MiB), (2, 20 * MiB)]}}
+BOOT = {"total": 2.3, "qemu_start": 0.5, "kernel": 1.75, "init": 0.05}
+BOOTS = {"tcg": [BOOT], "kvm": [], "kvm_usable": False, "kvm_reason": "no /dev/kvm"}
+RESTORE = {"accel": "tcg", "cold": {**BOOT, "answered": 2.4}, "save": 0.4,
+           "snapshot_bytes": 60 * MiB, "same_guest": True,
+           "restores": [{"running": 0.1, "answered": 0.2}, {"running": 0.09, "answered": 0.15}]}
 # Each figure function, with data of the shape measure.py gives it. A new figure function
 # must be added here, so it cannot skip the alt-text test.
 SAMPLES = {"start_time_figure": (START_TIME,), "memory_figure": (SCALING, PER_INSTANCE),
            "overprovision_figure": (OVERPROVISION,), "stack_figure": (),
+           "servers_figure": (SERVERS,),
+           "vm_start_figure": (BOOTS, RESTORE),
            "layer_sharing_figure": ({"image layers (once, shared)": 1_150_000,
                                      "A's upper": 8192, "B's upper": 4096},)}
 
@@ -67,6 +84,27 @@ def test_alt_text_carries_the_numbers_the_figure_shows():
     figure = plots.memory_figure(SCALING, PER_INSTANCE)
     assert "3 containers cost 6 MiB" in figure.alt_text and "3 VMs cost 360 MiB" in figure.alt_text
     assert "median 0.012 s" in plots.start_time_figure(START_TIME).alt_text
+    restore = plots.vm_start_figure(BOOTS, RESTORE).alt_text
+    assert "boot takes 2.30 s" in restore and "answers after 0.15 s" in restore
+    assert "not how fast a VM can start" in restore, "no KVM: TCG times are not evidence"
+
+
+def test_the_memory_figures_title_is_its_curves_first_points():
+    """The title once said one VM was 220 MiB while the curve began at 124: both now
+    come from the same measurement."""
+    figure = plots.memory_figure(SCALING, {"container": {"pss": 5 * MiB},
+                                           "vm": {"pss": 220 * MiB}})
+    title = figure.axes[0].get_title()
+    assert "One container: 2.0 MiB" in title and "one VM: 120 MiB" in title
+    assert "70 guest RAM, 20 TCG cache, 30 QEMU" in title
+    assert "promised 384 MiB" in figure.alt_text
+
+
+def test_the_unhappy_case_says_who_the_oom_killer_took():
+    figure = plots.overprovision_figure(OVERPROVISION)
+    assert len(figure.axes) == 2
+    assert "took 2 of 4 (exit 137)" in figure.axes[1].get_title()
+    assert "2 killed by the OOM killer" in figure.alt_text
 
 
 def test_an_axis_that_counts_instances_has_whole_number_ticks():

@@ -118,7 +118,7 @@ def test_writes_go_to_disk_and_cleanup_finds_layers_a_reboot_orphaned():
               "echo data > /written").returncode == 0
     try:
         deadline = time.monotonic() + 10
-        while not (record / "exit_status").exists() and time.monotonic() < deadline:
+        while not (record / "exit_status").stat().st_size and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (data / "upper" / "written").read_text() == "data\n"   # on disk, not in /run
         assert sorted(p.name for p in record.iterdir()) == ["exit_status", "state.json"]

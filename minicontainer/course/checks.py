@@ -5,6 +5,10 @@ happened, a hint) when something is off. Where the package has a function of the
 same job (pivot_into, cpu_max, free_address, cpio_entry), the check puts the
 student's in its place and builds a real container or VM with it: this runs in a
 child process of its own (see grade.py), so the swap never leaks anywhere.
+
+A failed check shows what the container (or the attack) printed, since a traceback on
+its stderr often says more than any hint; and the hint the exercise's TODO gave
+(TODO_HINTS) is shown again once the student has replaced the TODO with a wrong answer.
 """
 from __future__ import annotations
 
@@ -27,18 +31,54 @@ from ..vm import VM, initramfs
 
 
 class Mismatch(Exception):
-    """A check failed: what was looked at, what was expected, what came, and a hint."""
+    """A check failed: what was looked at, what was expected, what came, a hint, and
+    what the container or attack printed (stdout and stderr), if one ran."""
 
-    def __init__(self, what: str, expected: object, got: object, hint: str) -> None:
-        """Keep the four parts, for grade.py to report; the message is `what`."""
+    def __init__(self, what: str, expected: object, got: object, hint: str,
+                 printed: str = "") -> None:
+        """Keep the parts, for grade.py to report; the message is `what`."""
         super().__init__(what)
         self.what, self.expected, self.got, self.hint = what, expected, got, hint
+        self.printed = printed
 
 
-def expect(what: str, expected: object, got: object, hint: str) -> None:
+def expect(what: str, expected: object, got: object, hint: str, printed: str = "") -> None:
     """Raise Mismatch unless `got` equals `expected`."""
     if expected != got:
-        raise Mismatch(what, expected, got, hint)
+        raise Mismatch(what, expected, got, hint, printed)
+
+
+def printed_by(result) -> str:
+    """What a container printed, stdout then stderr, each labelled when not empty."""
+    parts = [(name, getattr(result, name).strip()) for name in ("stdout", "stderr")]
+    return "\n".join(f"{name}: {text}" for name, text in parts if text)
+
+
+# The hint each exercise's TODO gives (its NotImplementedError's text), by function name:
+# a student who replaced the TODO with a wrong answer lost it, so a failed check shows it
+# again. tests/test_exercises.py keeps these equal to the exercise files.
+TODO_HINTS = {
+    "chroot_into": "two calls of the os module: change the root, then the working directory",
+    "escape_chroot": "chroot again into a subdirectory (/tmp): your working directory is now "
+                     "above the root, and '..' will take you higher; then make where you end "
+                     "up your root",
+    "namespace_flags": "each kind is one bit (see KINDS): combine them with |",
+    "pivot_into": "syscalls.pivot_root and syscalls.umount(..., detach=True); see `man 2 "
+                  "pivot_root` for the pivot_root('.', '.') idiom",
+    "memory_bytes": "split the digits from the unit, multiply by UNITS; refuse anything else "
+                    "with ValueError",
+    "cpu_max": "in each period of `period` us the group may run cpus * period us",
+    "free_address": "ipaddress.ip_network(subnet).hosts() gives the host addresses in order; "
+                    "raise ValueError when none is left",
+    "capability_bits": "1 << CAPABILITIES[name] for each name, combined with |",
+    "see_a_host_process": "every process has a /proc/PID/cmdline; grep exits 0 when it finds "
+                          "what it looks for",
+    "convert_whiteouts": "os.walk(layer) visits every directory; os.mknod(path, stat.S_IFCHR "
+                         "| 0o000, os.makedev(0, 0)) makes a whiteout device; os.setxattr("
+                         "directory, 'trusted.overlay.opaque', b'y') marks a directory opaque; "
+                         "remove each .wh. file",
+    "cpio_entry": "b'%08X' % number gives one field; the header is 110 bytes before the name",
+}
 
 
 @contextmanager
@@ -64,31 +104,34 @@ def chroot_makes_the_image_the_root(student) -> None:
            "after chroot, os.chdir('/') so the working directory is inside the new root")
 
 
-def escape_output(student, host_file: str, **options) -> str:
-    """What the student's escape printed as a container's process (its TODO re-raised)."""
+def escape_output(student, host_file: str, **options):
+    """The result of the student's escape run as a container's process (its TODO
+    re-raised): .stdout is what it read, .stderr its traceback if it raised."""
     result = run(partial(student.escape_chroot, host_file), **options)
     if (raised := process.raised_in(result.stderr)) and raised[0] == "NotImplementedError":
         raise NotImplementedError(raised[1])
-    return result.stdout
+    return result
 
 
 def a_root_process_climbs_out_of_a_chroot(student) -> None:
     """student.escape_chroot reads a host file from a container made by chroot alone."""
     with host_secret() as (path, token):
-        printed = escape_output(student, path, namespaces=[])
-    expect("what escape_chroot printed from a chroot-only container", token, printed,
-           "it should print the host file's content")
+        escape = escape_output(student, path, namespaces=[])
+    expect("what escape_chroot printed from a chroot-only container", token, escape.stdout,
+           "it should print the host file's content", printed_by(escape))
 
 
 def pivot_root_stops_the_same_escape(student) -> None:
     """The same escape finds nothing in a container with a mount namespace and pivot_root."""
     with host_secret() as (path, token):
-        expect("first, the escape from a chroot-only container", True,
-               escape_output(student, path, namespaces=[]) == token,
-               "make the previous check pass first: this one needs a working escape")
-        printed = escape_output(student, path)
+        first = escape_output(student, path, namespaces=[])
+        expect("first, the escape from a chroot-only container", True, first.stdout == token,
+               "make the previous check pass first: this one needs a working escape",
+               printed_by(first))
+        escape = escape_output(student, path)
     expect("the escape in a container with a mount namespace and pivot_root", False,
-           token in printed, "nothing to fix here if the previous check passed")
+           token in escape.stdout, "nothing to fix here if the previous check passed",
+           printed_by(escape))
 
 
 # -- 02 namespaces ---------------------------------------------------------------------------
@@ -114,26 +157,65 @@ def a_new_uts_namespace_has_its_own_hostname(student) -> None:
            "only the child may change it")
 
 
+def host_root_mount() -> tuple[str, str]:
+    """(source, type) of the host's `/` as this process sees it: how the old root is
+    recognised in a container's mount table."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        source, point, kind = line.split()[:3]
+        if point == "/":
+            found = (source, kind)          # the last mount on / is the one in use
+    return found
+
+
 def pivot_into_hides_the_host(student) -> None:
-    """A container built with student.pivot_into has the overlay as `/` and no way back out."""
+    """A container built with student.pivot_into has the overlay as `/`, no mount of the
+    host's root anywhere, and no way back out."""
     namespaces.pivot_into = student.pivot_into          # ours replaced, in this process only
-    mounts = run("cat /proc/self/mounts")
-    expect("the container's first mount", "/", (mounts.stdout.split() or ["?", "?"])[1],
-           f"pivot_into should make the overlay `/`. stderr: {mounts.stderr.strip()}")
+    listing = run("cat /proc/self/mounts")
+    mounts = [line.split()[:3] for line in listing.stdout.splitlines() if len(line.split()) > 2]
+    on_root = [kind for _, point, kind in mounts if point == "/"]
+    expect("the types of the mounts on `/` in the container", ["overlay"], on_root,
+           "after os.chdir(new_root), pivot_root('.', '.') makes the overlay (new_root) `/`"
+           " and stacks the host's old root on top of it, at `/` too: umount('.', "
+           "detach=True) then takes the old root away" if "overlay" in on_root else
+           "the container still runs on the host's root: os.chdir(new_root), then "
+           "syscalls.pivot_root('.', '.')", printed_by(listing))
+    host = host_root_mount()
+    left = [point for source, point, kind in mounts if (source, kind) == host]
+    expect("where the host's root filesystem is mounted in the container", [], left,
+           "pivot_root(new, put_old) leaves the old root mounted at put_old: umount it "
+           "with detach=True (it is busy)", printed_by(listing))
     with host_secret() as (path, token):
         escape = run(partial(escape_chroot, path))
     expect("the chroot escape after your pivot_into", False, token in escape.stdout,
-           "detach the old root after pivot_root: umount it with detach=True")
+           "detach the old root after pivot_root: umount it with detach=True",
+           printed_by(escape))
 
 
 # -- 03 cgroups ------------------------------------------------------------------------------
 
+SI = {"k": 1000, "m": 1000**2, "g": 1000**3}   # what k, M, G mean elsewhere: powers of 1000
+
+
 def memory_sizes_are_read_as_docker_does(student) -> None:
-    """student.memory_bytes reads "64M", "1g", "512k", "1024" as Docker does; refuses "64Q"."""
-    for text, value in (("64M", 64 * 2**20), ("1g", 2**30), ("512k", 512 * 1024),
-                        ("1024", 1024), (" 32m ", 32 * 2**20)):
-        expect(f"memory_bytes({text!r})", value, student.memory_bytes(text),
-               "binary units: k = 1024, m = 1024**2, g = 1024**3; no unit means bytes")
+    """student.memory_bytes reads "64M", "64MB", "1g", "512k", "1024" as Docker does
+    (binary units, a trailing B allowed); refuses "64Q"."""
+    for text, number, unit in (("64M", 64, "m"), ("1g", 1, "g"), ("512k", 512, "k"),
+                               ("1024", 1024, ""), (" 32m ", 32, "m"), ("64MB", 64, "m"),
+                               ("2gb", 2, "g"), ("64MiB", 64, "m")):
+        value = number * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit]
+        try:
+            got = student.memory_bytes(text)
+        except ValueError as e:          # refusing a size Docker takes is a wrong answer too
+            got = f"ValueError: {e}"
+        hint = ("binary units: k = 1024, m = 1024**2, g = 1024**3; no unit means bytes; "
+                "a B after the unit changes nothing (Docker's -m 64MB is 64M: docker/go-units"
+                " RAMInBytes)")
+        if unit and got == number * SI[unit]:
+            hint = (f"that is {number} {unit.upper()}B in SI units (powers of 1000): the "
+                    f"kernel and Docker count memory in 1024s, so {text.strip()} is {value} "
+                    f"bytes, {value - got} more than yours")
+        expect(f"memory_bytes({text!r})", value, got, hint)
     try:
         got = student.memory_bytes("64Q")
     except ValueError:
@@ -142,10 +224,21 @@ def memory_sizes_are_read_as_docker_does(student) -> None:
 
 
 def cpu_max_is_quota_and_period(student) -> None:
-    """student.cpu_max(cpus, period) is the line cgroup v2's cpu.max takes: "quota period"."""
-    for args, value in (((0.5,), "50000 100000"), ((0.25,), "25000 100000"),
-                        ((1.5, 200_000), "300000 200000")):
-        expect(f"cpu_max{args}", value, student.cpu_max(*args), "f'{quota} {period}'")
+    """student.cpu_max(cpus, period) is the line cgroup v2's cpu.max takes: "quota period",
+    whole microseconds, the quota rounded (not truncated) from cpus * period."""
+    for cpus, period, value in ((0.5, None, "50000 100000"), (0.25, None, "25000 100000"),
+                                (1.5, 200_000, "300000 200000"), (0.29, None, "29000 100000"),
+                                (0.57, None, "57000 100000")):
+        args = (cpus,) if period is None else (cpus, period)
+        got, exact = student.cpu_max(*args), cpus * (period or 100_000)
+        hint = "f'{quota} {period}'"
+        if "." in str(got):
+            hint = "the kernel reads whole microseconds: make the quota an int"
+        elif str(got).split()[:1] == [str(int(exact))] and got != value:
+            hint = (f"{cpus} * {period or 100_000} is {exact!r} in floating point, and int() "
+                    "truncates it: one microsecond short. round() it (Docker reads --cpus "
+                    "as an exact fraction, a big.Rat, so its quota comes out whole)")
+        expect(f"cpu_max{args}", value, got, hint)
 
 
 def your_cpu_budget_holds_a_busy_loop(student) -> None:
@@ -165,7 +258,7 @@ def your_memory_budget_stops_a_hog(student) -> None:
                  memory=student.memory_bytes("32M"))
     expect("a 64M dd under memory_bytes('32M')", "killed: out of memory",
            "killed: out of memory" if result.oom_killed else f"exit {result.exit_code}",
-           "32M must come out as 33554432 bytes")
+           "32M must come out as 33554432 bytes", printed_by(result))
 
 
 # -- 04 networking ---------------------------------------------------------------------------
@@ -197,7 +290,8 @@ def two_containers_talk_with_your_addresses(student) -> None:
         expect("two distinct addresses, neither the gateway", (2, False),
                (len(addresses), gateway in addresses), "skip every address in `taken`")
         ping = a.exec("ping -c 1 -W 2 mc-grade-b")
-        expect("ping from one container to the other", 0, ping.exit_code, ping.stdout)
+        expect("ping from one container to the other", 0, ping.exit_code,
+               "is each address inside the subnet, and not the gateway's?", printed_by(ping))
 
 
 # -- 07 initramfs ----------------------------------------------------------------------------
@@ -220,7 +314,8 @@ def busybox_cpio_reads_your_archive(student) -> None:
     listing = subprocess.run("zcat | busybox cpio -t", shell=True, input=archive,
                              capture_output=True).stdout.decode().split()
     expect("busybox cpio -t finds init and bin/sh", True,
-           {"init", "bin/sh"} <= set(listing), f"it listed {listing[:5]}…")
+           {"init", "bin/sh"} <= set(listing), f"it listed {listing[:5]}…",
+           f"stdout: {' '.join(listing)[:300]}")
 
 
 def a_vm_boots_from_your_archive(student) -> None:
@@ -252,11 +347,13 @@ def your_attack_is_stopped_by_the_pid_namespace_alone(student) -> None:
     """student.see_a_host_process() fails in a default container, works without a pid ns."""
     attack = escapes.Attack("yours", student.see_a_host_process(), "pid namespace")
     with escapes.target() as bait:
-        blocked = not escapes.attempt(attack, bait).escaped
-        through = escapes.attempt(attack, bait, namespaces=escapes.NOT_PID).escaped
+        inside = escapes.attempt(attack, bait)
+        without = escapes.attempt(attack, bait, namespaces=escapes.NOT_PID)
     expect("(blocked in a default container, gets through without a pid namespace)",
-           (True, True), (blocked, through),
-           "exit 0 only when /proc/$PID/cmdline mentions mc-escape-target")
+           (True, True), (not inside.escaped, without.escaped),
+           "exit 0 only when /proc/$PID/cmdline mentions mc-escape-target",
+           f"in a default container: {inside.evidence.strip() or '(nothing)'}\n"
+           f"without a pid namespace: {without.evidence.strip() or '(nothing)'}")
 
 
 # -- 06 images -------------------------------------------------------------------------------
@@ -330,12 +427,13 @@ def a_container_sees_your_layer_as_docker_would(student) -> None:
     image = Image("graded", "sha256:" + "0" * 64, {}, {}, [busybox, middle, top])
     seen = run("ls -A /srv; echo --; ls -A /etc", image=image)
     srv, _, etc = seen.stdout.partition("--")
-    said = f" (the container's stderr: {seen.stderr.strip()[-200:]})" if seen.stderr.strip() else ""
     expect("ls -A /srv in the container", ["new"], srv.split(),
-           "the files of the layer below must not show through an opaque /srv" + said)
+           "the files of the layer below must not show through an opaque /srv",
+           printed_by(seen))
     expected_etc = sorted({*os.listdir(busybox / "etc"), "motd"} - {"hostname"})
     expect("ls -A /etc in the container", expected_etc, sorted(etc.split()),
-           "busybox's /etc, with the middle layer's motd, without the deleted hostname" + said)
+           "busybox's /etc, with the middle layer's motd, without the deleted hostname",
+           printed_by(seen))
 
 
 CHECKS = {

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -78,18 +80,38 @@ def run_check(number: str, name: str, path: Path) -> dict:
 
 
 def describe(result: dict) -> str:
-    """One check's result as the lines grade() prints: passed, or FAILED with a hint."""
+    """One check's result as the lines grade() prints: passed, or FAILED with what was
+    expected and what came, a hint, what the container printed and the TODO's hint."""
     title = result["name"].replace("_", " ")
     if result["ok"]:
         return f"  passed  {title}"
-    return (f"  FAILED  {title}\n          {result['what']}: expected {result['expected']!r},"
-            f" got {result['got']!r}\n          hint: {result['hint']}")
+    lines = [f"  FAILED  {title}",
+             f"{result['what']}: expected {result['expected']!r}, got {result['got']!r}",
+             f"hint: {result['hint']}"]
+    if result.get("printed"):
+        printed = result["printed"][-PRINTED:]     # the end of a traceback says the most
+        lines.append("printed: " + printed.replace("\n", "\n" + " " * 19))
+    for function, hint in result.get("todo_hints", {}).items():
+        if hint != result["hint"]:
+            lines.append(f"the TODO's hint for {function}: {hint}")
+    return "\n          ".join(lines)
+
+
+PRINTED = 600      # characters of a container's output shown under a failed check
+
+
+def functions_checked(check) -> list[str]:
+    """The student's functions a check calls (`student.NAME` in its source), in order."""
+    return list(dict.fromkeys(re.findall(r"student\.(\w+)", inspect.getsource(check))))
 
 
 def run_one_check(number: str, name: str, path: str) -> dict:
     """In the child: load the student's file, run one check, report as a dict."""
     from . import checks
-    result = {"name": name, "ok": False}
+    used = functions_checked(getattr(checks, name))
+    result = {"name": name, "ok": False, "todo_hints": {
+        function: checks.TODO_HINTS[function] for function in used
+        if function in checks.TODO_HINTS}}
     try:
         spec = importlib.util.spec_from_file_location(f"student_{number}", path)
         student = importlib.util.module_from_spec(spec)
@@ -97,7 +119,8 @@ def run_one_check(number: str, name: str, path: str) -> dict:
         getattr(checks, name)(student)
         result["ok"] = True
     except checks.Mismatch as m:
-        result.update(what=m.what, expected=_short(m.expected), got=_short(m.got), hint=m.hint)
+        result.update(what=m.what, expected=_short(m.expected), got=_short(m.got), hint=m.hint,
+                      printed=m.printed)
     except Exception as e:
         todo = (str(e) if isinstance(e, NotImplementedError) else  # raised in a child's step:
                 e.detail if isinstance(e, StepFailed) and e.kind == "NotImplementedError"
@@ -106,10 +129,14 @@ def run_one_check(number: str, name: str, path: str) -> dict:
             result.update(what="your function", expected="an implementation",
                           got="NotImplementedError (a TODO is left)", hint=todo)
             return result
-        where = traceback.extract_tb(e.__traceback__)[-1]
+        if isinstance(e, StepFailed):     # it raised in the container's child: no traceback
+            where = "in the container, as one of its setup steps"
+        else:
+            frames = traceback.extract_tb(e.__traceback__)
+            mine = [f for f in frames if Path(f.filename) == Path(path)] or frames
+            where = f"at {Path(mine[-1].filename).name}:{mine[-1].lineno}"
         result.update(what="your code", expected="no error",
-                      got=f"{type(e).__name__}: {e}",
-                      hint=f"raised at {Path(where.filename).name}:{where.lineno}")
+                      got=f"{type(e).__name__}: {e}", hint=f"raised {where}")
     return result
 
 
@@ -119,10 +146,21 @@ def _short(value: object) -> object:
         else text[:200]
 
 
+def exercise_list() -> str:
+    """Every exercise, its file and notebook, and the checks it must pass: --help's end."""
+    from .checks import CHECKS
+    lines = ["exercises (the file you fill in, then its checks):"]
+    for number, stem in FILES.items():
+        lines.append(f"  {number}  exercises/{stem}.py  (notebook {number})")
+        lines += [f"        - {check.__name__.replace('_', ' ')}" for check in CHECKS[number]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: grade one exercise; exit 0 when all pass, 1 if not (2: bad usage)."""
     parser = argparse.ArgumentParser(prog="python -m minicontainer.course.grade",
-                                     description="check an exercise")
+                                     description="check an exercise", epilog=exercise_list(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("number", nargs="?", help="the exercise: " + ", ".join(
         f"{number} ({name.split('_', 1)[1]})" for number, name in FILES.items()))
     parser.add_argument("--solutions", action="store_true", help="grade solutions/ instead")

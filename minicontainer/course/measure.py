@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,31 +43,71 @@ def peak_workload(delay: float, peak_mb: int, hold: float, where: str) -> str:
             f"2>/dev/null || exit 1; sleep {hold}; rm {where}/peak")
 
 
+def anonymous_peak(delay: float, peak_mb: int, hold: float) -> str:
+    """Shell: wait `delay` s, then become dd (the container's PID 1) holding a
+    `peak_mb` MiB buffer for `hold` s.
+
+    A process's own memory, unlike a tmpfs file: the OOM killer gets it back by killing
+    dd, and the container ends with exit 137 (128 + SIGKILL's 9), as Docker's would.
+    dd reads one full block (its buffer, touched) from a FIFO whose writer then waits.
+    """
+    return (f"sleep {delay}; mkfifo /tmp/feed; (head -c {peak_mb}m /dev/zero; sleep {hold}) "
+            f"> /tmp/feed & exec dd if=/tmp/feed of=/dev/null bs={peak_mb}M count=2 "
+            "iflag=fullblock")
+
+
 def overprovision_containers(k: int = 6, budget: str = "160M", limit: str = "96M",
                              peak_mb: int = 64, hold: float = 0.5, gap: float = 0.7) -> dict:
     """K containers whose limits add up to more than the budget they share, each
     peaking in turn: all complete, because the budget caps only what is in use."""
+    commands = [peak_workload(i * gap, peak_mb, hold, "/dev/shm") for i in range(k)]
+    return {"peak_mb": peak_mb, **containers_under_budget(commands, budget, limit)}
+
+
+def overlapping_peaks(k: int = 4, budget: str = "160M", limit: str = "96M", peak_mb: int = 64,
+                      hold: float = 1.5, start: float = 2.0) -> dict:
+    """The unhappy case of the same budget: K peaks at once need more than it holds, so
+    the kernel's OOM killer takes some of the containers (exit 137) to save the rest.
+
+    Which ones: on a budget the kernel picks the process using the most memory in the
+    whole budget group (ties go to the one it finds first), not the one that asked
+    last. Docker shares a budget the same way with --cgroup-parent.
+    """
+    # All wait `start` s first: a container still being set up when the budget is full
+    # can fail to start at all (seen: ENODEV from its setup), which is another lesson.
+    commands = [anonymous_peak(start, peak_mb, hold) for _ in range(k)]
+    return {"peak_mb": peak_mb, **containers_under_budget(commands, budget, limit)}
+
+
+def containers_under_budget(commands: list[str], budget: str, limit: str) -> dict:
+    """Run one container per command, each limited to `limit`, all in one budget group
+    of `budget`; sample the group's memory; how each ended and what the kernel counted."""
     name = f"mc-budget-{os.urandom(3).hex()}"      # random: experiments may run side by side
     budget_group = Cgroup(name, Limits(memory=parse_memory(budget)))
     budget_group.create()
-    containers = [Container(peak_workload(i * gap, peak_mb, hold, "/dev/shm"), memory=limit,
-                            cgroup_parent=budget_group) for i in range(k)]
+    containers = [Container(command, memory=limit, cgroup_parent=budget_group)
+                  for command in commands]
     try:
         with Sampler(budget_group, interval=0.05) as sampler:
             for container in containers:
                 container.start()
-            results = [container.wait(timeout=60) for container in containers]
-        peak = budget_group.stats()["memory_peak"]
+            # Each waited for as it ends (how it died is read from its group, at once).
+            with ThreadPoolExecutor(len(containers)) as waiters:
+                results = list(waiters.map(lambda c: c.wait(timeout=60), containers))
+        # The budget's own oom_kills counts the kills on cgroup v2 (events go up the
+        # tree); on v1 the kernel counts each only in the victim's group: 0 here.
+        budget_stats = budget_group.stats()
     finally:
         for container in containers:
             container.remove(force=True)
         budget_group.remove()
+    k = len(commands)
     return {
         "k": k, "budget": parse_memory(budget), "limit_each": parse_memory(limit),
-        "sum_of_limits": k * parse_memory(limit), "peak_mb": peak_mb,
+        "sum_of_limits": k * parse_memory(limit),
         "exit_codes": [r.exit_code for r in results],
-        "oom_killed": [r.oom_killed for r in results],
-        "peak_in_use": peak or max(s["memory"] for s in sampler.samples),
+        "oom_killed": [r.oom_killed for r in results], "oom_kills": budget_stats["oom_kills"],
+        "peak_in_use": budget_stats["memory_peak"] or max(s["memory"] for s in sampler.samples),
         "timeline": [(s["time"], s["memory"]) for s in sampler.samples],
     }
 
@@ -170,11 +211,23 @@ def _waiter_pid(container: Container) -> int:
 
 
 def qemu_memory(process: psutil.Process, guest_bytes: int) -> dict[str, int]:
-    """QEMU's PSS, split: the guest's RAM (the one mapping of its size) and the rest."""
+    """QEMU's PSS, split: the guest's RAM (the one mapping of its size), TCG's
+    translation cache (its executable anonymous mapping; none under KVM) and the rest.
+
+    qemu_overhead is everything but the guest's RAM: the cache, QEMU's code and
+    libraries, its heap, the kernel file it loaded. The guest's RAM is what its -m
+    gave it as far as the guest has touched it: pages never touched cost nothing yet.
+    """
     maps = process.memory_maps(grouped=False)
     ram = min(maps, key=lambda m: abs(m.size - guest_bytes))
+    # QEMU's code_gen_buffer: one anonymous read-write-execute mapping (1 GiB reserved by
+    # default, filled as guest code is translated), or a memfd named "tcg-jit" when QEMU
+    # maps it twice (split-wx).
+    cache = sum(m.pss for m in maps if m is not ram and (
+        "tcg-jit" in m.path or (m.perms.startswith("rwx") and not m.path.startswith("/"))))
     total = sum(m.pss for m in maps)
-    return {"pss": total, "guest_ram_touched": ram.pss, "qemu_overhead": total - ram.pss}
+    return {"pss": total, "guest_ram_touched": ram.pss, "qemu_overhead": total - ram.pss,
+            "tcg_cache": cache, "qemu_itself": total - ram.pss - cache}
 
 
 def memory_per_instance(vm_memory: str = "128M") -> dict:
@@ -206,13 +259,16 @@ def scaling(max_containers: int = 50, max_vms: int = 6, vm_memory: str = "128M",
     Each side is measured on its own processes, not as the host's "used" memory, which
     moves with everything else the machine does. A container costs the USS of its
     processes, our waiter included (the memory freed if they ended), plus the kernel
-    memory its cgroup is charged (page tables, kernel stacks, slab); a VM costs the USS
-    of its QEMU process (guest RAM is QEMU's own memory). USS, not PSS: the waiter is a
-    fork of this process and shares most pages with it, and PSS would bill this
-    notebook's own memory to the containers.
+    memory its cgroup is charged (page tables, kernel stacks, slab): USS, not PSS,
+    because the waiter is a fork of this process and PSS would bill this notebook's own
+    memory to the containers. A VM costs the PSS of its QEMU process, split into the
+    guest's RAM, TCG's translation cache and QEMU itself (qemu_memory): PSS, because
+    several QEMUs share their code and the kernel file, and each should pay its share.
+    "vm_committed" is what the VMs were promised (-m each): what a host must be ready
+    to give them, touched or not.
     """
     tick = progress or (lambda: None)
-    result = {"containers": [], "vms": []}
+    result = {"containers": [], "vms": [], "vm_parts": [], "vm_committed": []}
     running: list[Container] = []
     try:
         for n in range(1, max_containers + 1):
@@ -230,8 +286,10 @@ def scaling(max_containers: int = 50, max_vms: int = 6, vm_memory: str = "128M",
             machines.append(VM(memory=vm_memory))
             machines[-1].boot()
             time.sleep(0.5)                                     # let the guest settle
-            result["vms"].append((n, sum(tree_memory(vm.process.pid)["uss"]
-                                         for vm in machines)))
+            parts = vm_parts(machines)
+            result["vms"].append((n, parts["pss"]))
+            result["vm_parts"].append((n, parts))
+            result["vm_committed"].append((n, n * vm_bytes(vm_memory)))
             tick()
     finally:
         for vm in machines:
@@ -239,9 +297,20 @@ def scaling(max_containers: int = 50, max_vms: int = 6, vm_memory: str = "128M",
     return result
 
 
+def vm_parts(machines: list[VM]) -> dict[str, int]:
+    """qemu_memory of every running VM, added up part by part."""
+    totals: dict[str, int] = {}
+    for vm in machines:
+        for part, size in qemu_memory(psutil.Process(vm.process.pid), vm.memory).items():
+            totals[part] = totals.get(part, 0) + size
+    return totals
+
+
 def container_cost(container: Container) -> int:
-    """Bytes a running container costs the host: its processes' USS (our waiter
-    included) plus the kernel memory charged to its cgroup."""
+    """Bytes a running container costs the host: the USS of its processes and of our
+    monitor above them (monitor.py: a small C program; a Python waiter where setup
+    did not build it), plus the kernel memory charged to its cgroup. These containers
+    publish no port and hold no terminal, so no proxy or keeper is left out."""
     kernel = (container.stats()["kernel_memory"] or 0) if container.cgroup else 0
     return tree_memory(_waiter_pid(container))["uss"] + kernel
 
@@ -369,7 +438,8 @@ def compare(quick: bool = False, progress_factory=None) -> dict:
     results["scaling"] = scaling(size["scale_containers"], size["scale_vms"], progress=progress(
         size["scale_containers"] + size["scale_vms"], "scaling"))
     results["overprovision"] = {"containers": overprovision_containers(size["overprovision"]),
-                                "vms": overprovision_vms(size["overprovision"])}
+                                "vms": overprovision_vms(size["overprovision"]),
+                                "overlapping": overlapping_peaks()}
     results["kernel"] = kernel_identity()
     results["architecture"] = foreign_binary_demo()
     results["attack_surface"] = attack_surface()
@@ -388,8 +458,9 @@ def summary(results: dict) -> str:
         ("start to exit (median)", f"{c_start * 1000:.1f} ms",
          f"{v_start:.2f} s ({v_start / c_start:.0f}x, {start['vm_accel']})"),
         ("memory of one (PSS)", f"{memory['container']['pss'] / MiB:.1f} MiB",
-         f"{memory['vm']['pss'] / MiB:.0f} MiB "
-         f"(guest RAM {memory['vm']['guest_ram_touched'] / MiB:.0f})"),
+         f"{memory['vm']['pss'] / MiB:.0f} MiB (guest RAM "
+         f"{memory['vm']['guest_ram_touched'] / MiB:.0f} of {memory['vm_memory'] / MiB:.0f}, "
+         f"TCG cache {memory['vm'].get('tcg_cache', 0) / MiB:.0f})"),
         (f"{scale['containers'][-1][0]} containers / {scale['vms'][-1][0]} VMs, host memory",
          f"{scale['containers'][-1][1] / MiB:.0f} MiB", f"{scale['vms'][-1][1] / MiB:.0f} MiB"),
         ("kernel release", f"{kernel['container']['release']} (the host's)",
@@ -403,6 +474,9 @@ def summary(results: dict) -> str:
          f"{surface['vm']['emulated_devices']} emulated devices"),
         ("over-provisioned, all finished", str(set(over["containers"]["exit_codes"]) == {0}),
          str(set(over["vms"]["exit_codes"]) == {0})),
+        ("peaks at once, OOM-killed (exit 137)",
+         f"{over['overlapping']['exit_codes'].count(137)} of {over['overlapping']['k']}"
+         if "overlapping" in over else "not measured", "(a VM's guest would OOM inside)"),
         ("  memory held at the peak", f"{over['containers']['peak_in_use'] / MiB:.0f} MiB",
          f"{over['vms']['peak_in_use'] / MiB:.0f} MiB"),
     ]

@@ -125,30 +125,62 @@ def vm_start_figure(breakdown: dict, restore: dict) -> DescribedFigure:
                           f"after {fastest['answered']:.2f} s. {verdict}")
 
 
+VM_PARTS = {"guest_ram_touched": ("the guest's RAM (touched)", "#d9622b"),
+            "tcg_cache": ("TCG's translation cache", "#f0a070"),
+            "qemu_itself": ("QEMU itself (code, heap, kernel file)", "#f7d0b5")}
+
+
 def memory_figure(scaling: dict, per_instance: dict | None = None) -> Figure:
-    """Host memory used against the number of idle instances."""
-    figure, axes = described_subplots((7, 3.5))
-    for side, key in (("container", "containers"), ("vm", "vms")):
-        points = scaling[key]
-        axes.plot([n for n, _ in points], [used / MiB for _, used in points], "o-",
-                  color=COLORS[side], label=f"{side}s")
+    """Host memory used against the number of idle instances: containers as a line, VMs
+    as a stack of what their QEMU holds (guest RAM, TCG's cache, QEMU), their -m as a line.
+
+    The title's numbers are the curves' first points, so title and curve agree
+    (`per_instance` is accepted for older callers and not drawn).
+    """
+    figure, axes = described_subplots((7, 3.8))
+    containers, vms = scaling["containers"], scaling["vms"]
+    axes.plot([n for n, _ in containers], [used / MiB for _, used in containers], "o-",
+              color=COLORS["container"], label="containers (USS + kernel memory)")
+    parts = scaling.get("vm_parts")
+    if parts:
+        counts = [n for n, _ in parts]
+        axes.stackplot(counts, *[[p[key] / MiB for _, p in parts] for key in VM_PARTS],
+                       labels=[f"VMs: {label}" for label, _ in VM_PARTS.values()],
+                       colors=[color for _, color in VM_PARTS.values()], alpha=0.9)
+    else:
+        axes.plot([n for n, _ in vms], [used / MiB for _, used in vms], "o-",
+                  color=COLORS["vm"], label="VMs (PSS)")
+    committed = scaling.get("vm_committed")
+    if committed:
+        axes.plot([n for n, _ in committed], [c / MiB for _, c in committed], "k--",
+                  label="VMs' committed memory (-m each)")
     axes.set_xlabel("instances running (idle)")
-    axes.set_ylabel("memory they cost the host, MiB\n(USS, + kernel memory)")
-    if per_instance:
-        axes.set_title(f"One container: {per_instance['container']['pss'] / MiB:.1f} MiB PSS; "
-                       f"one VM: {per_instance['vm']['pss'] / MiB:.0f} MiB PSS")
-    axes.legend()
-    last = {key: scaling[key][-1] for key in ("containers", "vms")}
+    axes.set_ylabel("memory they cost the host, MiB")
+    one_vm = parts[0][1] if parts else {"pss": vms[0][1]}
+    split = (f" ({one_vm['guest_ram_touched'] / MiB:.0f} guest RAM, "
+             f"{one_vm['tcg_cache'] / MiB:.0f} TCG cache, {one_vm['qemu_itself'] / MiB:.0f} QEMU)"
+             if parts else "")
+    axes.set_title(f"One container: {containers[0][1] / MiB:.1f} MiB; "
+                   f"one VM: {one_vm['pss'] / MiB:.0f} MiB{split}", fontsize=9)
+    axes.legend(fontsize="x-small", loc="upper left")
+    last = {"containers": containers[-1], "vms": vms[-1]}
+    promised = (f" (they were promised {committed[-1][1] / MiB:.0f} MiB)" if committed else "")
     return finish(figure, "Line plot of host memory against idle instances: "
                           f"{last['containers'][0]} containers cost "
                           f"{last['containers'][1] / MiB:.0f} MiB, "
-                          f"{last['vms'][0]} VMs cost {last['vms'][1] / MiB:.0f} MiB.",
+                          f"{last['vms'][0]} VMs cost {last['vms'][1] / MiB:.0f} MiB{promised}; "
+                          f"one container {containers[0][1] / MiB:.1f} MiB, one VM "
+                          f"{one_vm['pss'] / MiB:.0f} MiB{split}.",
                   counts=(axes.xaxis,))
 
 
 def overprovision_figure(overprovision: dict) -> Figure:
-    """Memory in use over time: containers sharing a budget vs VMs holding their RAM."""
-    figure, axes = described_subplots((7, 3.5))
+    """Memory in use over time: containers sharing a budget vs VMs holding their RAM;
+    with an "overlapping" run, beside it the unhappy case: peaks at once, OOM kills."""
+    unhappy = overprovision.get("overlapping")
+    figure, all_axes = described_subplots((11 if unhappy else 7, 3.5), ncols=2 if unhappy else 1,
+                                          squeeze=False)
+    axes = all_axes[0][0]
     containers, vms = overprovision["containers"], overprovision["vms"]
     axes.plot([t for t, _ in containers["timeline"]], [m / MiB for _, m in containers["timeline"]],
               color=COLORS["container"], label=f"{containers['k']} containers (one budget)")
@@ -160,17 +192,83 @@ def overprovision_figure(overprovision: dict) -> Figure:
                  label="sum of the containers' limits")
     axes.set_xlabel("seconds")
     axes.set_ylabel("memory in use, MiB")
-    axes.set_title("Over-provisioning: budgets that add up to more than there is")
+    axes.set_title("Peaks in turn: budgets that add up to more than there is", fontsize=10)
     axes.legend(fontsize="small")
     peak = {side: max(m for _, m in runs["timeline"]) / MiB
             for side, runs in (("containers", containers), ("vms", vms))}
-    return finish(figure, "Line plot of memory in use over time: "
-                          f"{containers['k']} containers under one "
-                          f"{containers['budget'] / MiB:.0f} MiB budget (their limits add up to "
-                          f"{containers['sum_of_limits'] / MiB:.0f} MiB) peak at "
-                          f"{peak['containers']:.0f} MiB; {vms['k']} VMs peak at "
-                          f"{peak['vms']:.0f} MiB of QEMU RSS.")
+    alt = ("Line plot of memory in use over time: "
+           f"{containers['k']} containers under one "
+           f"{containers['budget'] / MiB:.0f} MiB budget (their limits add up to "
+           f"{containers['sum_of_limits'] / MiB:.0f} MiB) peak at "
+           f"{peak['containers']:.0f} MiB; {vms['k']} VMs peak at "
+           f"{peak['vms']:.0f} MiB of QEMU RSS.")
+    if unhappy:
+        alt += " " + overlapping_panel(all_axes[0][1], unhappy)
+    return finish(figure, alt)
 
+
+def overlapping_panel(axes, run: dict) -> str:
+    """Draw the peaks-at-once run (budget, memory in use, who was killed); its alt text."""
+    axes.plot([t for t, _ in run["timeline"]], [m / MiB for _, m in run["timeline"]],
+              color=COLORS["container"], label=f"{run['k']} containers, peaks at once")
+    axes.axhline(run["budget"] / MiB, color=COLORS["container"], linestyle="--",
+                 label="the shared budget")
+    killed = sum(code == 137 for code in run["exit_codes"])
+    axes.set_title(f"Peaks at once: the OOM killer took {killed} of {run['k']} (exit 137)",
+                   fontsize=10)
+    axes.set_xlabel("seconds")
+    axes.legend(fontsize="small")
+    return (f"Beside it, {run['k']} containers needing {run['peak_mb']} MiB each at the same "
+            f"time under a {run['budget'] / MiB:.0f} MiB budget: exit codes "
+            f"{run['exit_codes']}, {killed} killed by the OOM killer.")
+
+
+def servers_figure(servers: dict) -> DescribedFigure:
+    """Per instance: the memory each web server costs (containers, VMs split), and each
+    container's request latency, p50 and p99."""
+    figure, (memory, latency) = described_subplots((11, 3.8), ncols=2)
+    containers, vms = servers["containers"], servers["vms"]
+    memory.bar(range(1, len(containers) + 1), [c["memory"] / MiB for c in containers],
+               color=COLORS["container"], label="container (USS + kernel memory)")
+    first_vm, bottom = len(containers) + 2, [0.0] * len(vms)
+    for key, (label, color) in VM_PARTS.items():
+        heights = [vm[key] / MiB for vm in vms]
+        memory.bar(range(first_vm, first_vm + len(vms)), heights, bottom=bottom, color=color,
+                   label=f"VM: {label}")
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    if vms:
+        memory.axhline(servers["vm_memory"] / MiB, color="black", linestyle="--",
+                       label="a VM's committed memory (-m)")
+    memory.set_xlabel("instance (containers, then VMs)")
+    memory.set_ylabel("MiB")
+    memory.set_title(f"{len(containers)} containers and {len(vms)} VMs serving, one "
+                     f"{servers['budget'] / MiB:.0f} MiB budget", fontsize=10)
+    memory.legend(fontsize="x-small")
+    numbers = range(1, len(containers) + 1)
+    latency.plot(numbers, [c["p50"] * 1000 for c in containers], "o", color=COLORS["container"],
+                 label="p50")
+    latency.plot(numbers, [c["p99"] * 1000 for c in containers], "^", color="#174a70",
+                 label="p99")
+    latency.set_xlabel("container")
+    latency.set_ylabel("request latency, ms")
+    latency.set_title(f"{servers['requests_each']} GETs each over the bridge "
+                      "(VMs: no network card, not measured)", fontsize=10)
+    latency.legend(fontsize="small")
+    total_c = sum(c["memory"] for c in containers) / MiB
+    total_v = sum(vm["pss"] for vm in vms) / MiB
+    p99 = max((c["p99"] for c in containers), default=0) * 1000
+    return finish(figure, f"Two charts. Left, bars of memory per web server: {len(containers)}"
+                          f" containers cost {total_c:.0f} MiB in all, {len(vms)} VMs cost "
+                          f"{total_v:.0f} MiB, each VM's bar split into guest RAM, TCG cache "
+                          f"and QEMU. Right, each container's latency over "
+                          f"{servers['requests_each']} requests: p50 "
+                          f"{percentile_of(containers, 'p50'):.1f} ms typical, worst p99 "
+                          f"{p99:.1f} ms.", counts=(memory.xaxis, latency.xaxis))
+
+
+def percentile_of(servers: list[dict], key: str) -> float:
+    """The median over servers of their `key` latency, in milliseconds (0 if none)."""
+    return median([s[key] for s in servers]) * 1000 if servers else 0.0
 
 
 def layer_sharing_figure(disk: dict[str, int]) -> DescribedFigure:
@@ -234,7 +332,9 @@ def stack_figure() -> DescribedFigure:
              ("dockerd (the daemon)", "images, networks, volumes, the API"),
              ("containerd", "runs containers for the daemon, over gRPC"),
              ("containerd-shim-runc-v2", "one per container: holds its stdio, reaps it"),
-             ("runc", "config.json → namespaces, cgroups, seccomp; then exits"),
+             ("runc (or crun; minicontainer oci)",
+              "config.json → namespaces, cgroups, seccomp; then exits\n"
+              "the VM side plugs in here: Kata, Firecracker boot a VM"),
              ("the host's Linux kernel", "the container is one of its processes")]
     chain.text(0.5, 0.97, "Docker's chain", ha="center", fontsize=11, weight="bold")
     step_height, gap = 0.115, 0.037

@@ -97,7 +97,8 @@ def hardware_options(accel: str, memory: int, cpus: int) -> list[str]:
 def direct_boot_options(image: Path, initrd: Path, kernel_args: str = "") -> list[str]:
     """Boot `image` with `initrd` as its first filesystem and its console on the serial
     port; a panic reboots at once, which -no-reboot turns into QEMU exiting."""
-    command_line = f"console={cpu().console} panic=-1 quiet reboot=t {kernel_args}".strip()
+    command_line = (f"console={cpu().console} panic=-1 quiet reboot=t {cpu().kernel_args} "
+                    f"{kernel_args}").strip()
     return ["-kernel", str(image), "-initrd", str(initrd), "-append", command_line]
 
 
