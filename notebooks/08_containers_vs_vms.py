@@ -166,7 +166,11 @@ plt.barh(["container: host syscalls", "VM: emulated devices"],
          color=["#2a7ab9", "#d9622b"])
 plt.xlabel("entry points into the host (different kinds: compare with care)")
 plt.show()
-print("devices:", ", ".join(surface["vm"]["device_types"]))
+print(f"devices: {surface['vm']['emulated_devices']} device models of {surface['vm']['machine']}"
+      f" ({', '.join(surface['vm']['device_types'])}); its {surface['vm']['empty_slots']} empty "
+      "virtio-mmio slots are not counted: nothing is plugged into them")
+print("A container's number counts doors into the host kernel itself; the VM's, doors into "
+      "QEMU, a host process that can be confined in turn. Different kinds: compare with care.")
 print(f"of the {surface['container']['host_syscalls']} system calls, layer 5's seccomp filter "
       f"refuses {surface['container']['refused_by_seccomp']} to a container")
 

@@ -34,11 +34,17 @@ OVERPROVISION = {"containers": {"k": 4, "budget": 96 * MiB, "sum_of_limits": 256
                  "overlapping": {"k": 4, "budget": 160 * MiB, "peak_mb": 64,
                                  "exit_codes": [137, 0, 137, 0],
                                  "timeline": [(0, 10 * MiB), (1, 159 * MiB), (2, 20 * MiB)]}}
+BOOT = {"total": 2.3, "qemu_start": 0.5, "kernel": 1.75, "init": 0.05}
+BOOTS = {"tcg": [BOOT], "kvm": [], "kvm_usable": False, "kvm_reason": "no /dev/kvm"}
+RESTORE = {"accel": "tcg", "cold": {**BOOT, "answered": 2.4}, "save": 0.4,
+           "snapshot_bytes": 60 * MiB, "same_guest": True,
+           "restores": [{"running": 0.1, "answered": 0.2}, {"running": 0.09, "answered": 0.15}]}
 # Each figure function, with data of the shape measure.py gives it. A new figure function
 # must be added here, so it cannot skip the alt-text test.
 SAMPLES = {"start_time_figure": (START_TIME,), "memory_figure": (SCALING, PER_INSTANCE),
            "overprovision_figure": (OVERPROVISION,), "stack_figure": (),
            "servers_figure": (SERVERS,),
+           "vm_start_figure": (BOOTS, RESTORE),
            "layer_sharing_figure": ({"image layers (once, shared)": 1_150_000,
                                      "A's upper": 8192, "B's upper": 4096},)}
 
@@ -78,6 +84,9 @@ def test_alt_text_carries_the_numbers_the_figure_shows():
     figure = plots.memory_figure(SCALING, PER_INSTANCE)
     assert "3 containers cost 6 MiB" in figure.alt_text and "3 VMs cost 360 MiB" in figure.alt_text
     assert "median 0.012 s" in plots.start_time_figure(START_TIME).alt_text
+    restore = plots.vm_start_figure(BOOTS, RESTORE).alt_text
+    assert "boot takes 2.30 s" in restore and "answers after 0.15 s" in restore
+    assert "not how fast a VM can start" in restore, "no KVM: TCG times are not evidence"
 
 
 def test_the_memory_figures_title_is_its_curves_first_points():

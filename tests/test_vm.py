@@ -317,3 +317,71 @@ def test_an_image_too_big_for_the_vms_ram_is_refused_in_one_line(store, tmp_path
 def test_an_image_and_the_hosts_files_together_are_refused():
     with pytest.raises(InvalidArgument, match="an image or host_files"):
         VM(image="busybox", host_files=True)
+
+
+# -- snapshot and restore: a VM that need not boot ------------------------------------------
+
+def test_a_restored_vm_is_the_saved_guest_and_answers_sooner_than_a_cold_boot():
+    from minicontainer.vm.initramfs import ANSWER
+    with VM() as vm:
+        boot = vm.boot(ANSWER)
+        code, boot_id = vm.exec("cat /proc/sys/kernel/random/boot_id")
+        assert code == 0 and len(boot_id.strip()) == 36
+        vm.save_snapshot()
+        assert vm.process.returncode is not None, "saving ends the first QEMU"
+        saved = vm.snapshot_file
+        assert saved.stat().st_size > 16 * 2**20, "the guest's RAM is in the file"
+        for _ in range(2):                          # one snapshot, restored again and again
+            started = time.monotonic()
+            vm.restore()
+            assert vm.exec("cat /proc/sys/kernel/random/boot_id; exit 5") == (5, boot_id)
+            answered = time.monotonic() - started
+            assert answered < boot.total / 2, f"restored in {answered:.2f} s, booted in {boot.total:.2f} s"
+    assert vm.process.returncode is not None and not saved.exists() and not vm.scratch.exists()
+
+
+def test_restore_without_a_snapshot_and_exec_without_an_answering_guest_are_refused():
+    with VM() as vm:
+        with pytest.raises(VMError, match="save_snapshot"):
+            vm.restore()
+        vm.boot()
+        with pytest.raises(VMError, match="boot\\(ANSWER\\)"):
+            vm.exec("true")
+        with pytest.raises(VMError, match="boot\\(\\) it first"):
+            VM().save_snapshot()
+
+
+def test_an_owner_killed_after_a_restore_leaves_no_qemu_and_no_snapshot_after_cleanup():
+    from minicontainer.vm import cleanup
+    owner = subprocess.Popen([sys.executable, "-c", """if True:
+        import time
+        from minicontainer.vm import VM
+        from minicontainer.vm.initramfs import ANSWER
+        vm = VM()
+        vm.boot(ANSWER)
+        vm.save_snapshot()
+        vm.restore()
+        print(vm.process.pid, vm.scratch, flush=True)
+        time.sleep(600)
+        """], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, scratch = owner.stdout.readline().split()
+    finally:
+        owner.kill()
+        owner.wait()
+    assert Path(scratch, "snapshot").exists() and Path(f"/proc/{pid}").exists()
+    assert f"vm {Path(scratch).name.removeprefix('mc-vm-')}" in cleanup.cleanup()
+    assert not Path(scratch).exists()
+    assert not Path(f"/proc/{pid}").exists() or b"qemu" not in Path(
+        f"/proc/{pid}/cmdline").read_bytes()
+
+
+# -- attack surface: device models, not slots ----------------------------------------------
+
+def test_only_real_device_models_are_counted_not_empty_virtio_slots():
+    from minicontainer.vm.qemu import device_models
+    if "microvm" not in cpu().machines:
+        pytest.skip("microvm is an x86 machine type")
+    models, empty_slots = device_models("microvm")
+    assert empty_slots == 8 and "virtio-mmio" not in models
+    assert {"isa-serial", "ioapic", "mc146818rtc"} <= set(models) and len(models) < 12

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +20,10 @@ from ..cgroups import Cgroup, Limits, Sampler, parse_memory
 from ..container import Container, run
 from ..arguments import MIN_VM_MEMORY
 from ..host import cpu, format_bytes, parse_size
-from ..vm.initramfs import IDLE
+from ..vm.initramfs import ANSWER, IDLE
 from ..vm.kernel import find_kernel
 from ..vm.machine import VM, choose_machine
-from ..vm.qemu import accelerator, qemu_binary
+from ..vm.qemu import accelerator, device_models
 
 MiB = 1024**2
 
@@ -334,28 +333,88 @@ def attack_surface(machine: str | None = None) -> dict:
 
     A container's processes call the host kernel itself: every system call it
     implements (counted from /proc/kallsyms) is within reach, minus what layer 5's
-    seccomp filter refuses. A guest never calls the host kernel: it talks to the devices QEMU
-    emulates (listed by QEMU's own `info qtree`) and, under KVM, to the kernel's KVM
-    interface. Fewer, narrower doors — but bugs in QEMU's device models have been real
-    escapes too, so this is a count of doors, not a proof of safety.
+    seccomp filter refuses. A guest never calls the host kernel: it programs the device
+    models QEMU emulates (listed by QEMU's own `info qtree`; empty virtio-mmio slots,
+    where nothing is plugged in, are not counted) and, under KVM, reaches the kernel's
+    KVM interface. So the container's number counts doors into the host kernel, the VM's
+    doors into QEMU, a host process (which seccomp and namespaces can confine in turn):
+    fewer, narrower doors — but bugs in QEMU's device models have been real escapes too,
+    so this is a count of doors, not a proof of safety.
     """
     machine = machine or choose_machine(find_kernel(), accelerator()[0])  # the VMs we boot
     symbols = Path("/proc/kallsyms").read_text()
     prefix = cpu().kernel_symbols
     syscalls = sorted(set(re.findall(rf" T {prefix}(\w+)$", symbols, re.M)) - {"ni_syscall"})
-    args, _ = cpu().machines[machine]
-    tree = subprocess.run([shutil.which(qemu_binary()), *args, "-accel", "tcg", "-nodefaults",
-                           "-no-user-config", "-display", "none", "-serial", "null", "-S",
-                           "-monitor", "stdio"], input="info qtree\nquit\n",
-                          capture_output=True, text=True, timeout=60).stdout
-    devices = re.findall(r"dev: ([\w-]+)", tree)
+    devices, empty_slots = device_models(machine)
     from ..security import DENIED_SYSCALLS
     refused = sorted(set(syscalls) & set(DENIED_SYSCALLS))  # layer 5's seccomp filter
     return {"container": {"host_syscalls": len(syscalls), "examples": syscalls[:12],
                           "refused_by_seccomp": len(refused)},
             "vm": {"machine": machine, "emulated_devices": len(devices),
-                   "device_types": sorted(set(devices))},
+                   "device_types": sorted(set(devices)), "empty_slots": empty_slots},
             "explanation": " ".join(attack_surface.__doc__.split("\n\n")[1].split())}
+
+
+# -- a VM's start: booting, and not booting (notebook 07) ---------------------------------------
+
+def boot_breakdown(boots: int = 1) -> dict:
+    """Where `boots` cold boots' time goes (QEMU, kernel, init) under TCG, and under
+    KVM too where /dev/kvm really works; why not, where it does not."""
+    usable, why = accelerator()
+    phases = {"tcg": [], "kvm": []}
+    for accel in ("tcg", "kvm") if usable == "kvm" else ("tcg",):
+        for _ in range(boots):
+            with VM(accel=accel) as vm:
+                phases[accel].append(asdict(vm.boot()))
+    return {**phases, "kvm_usable": usable == "kvm", "kvm_reason": why}
+
+
+def snapshot_restore(restores: int = 3) -> dict:
+    """A cold boot until the guest answers a command, then that guest saved to a file
+    and restored `restores` times until it answers again (seconds each), and whether
+    the restored guest was the saved one (the same boot_id)."""
+    probe = "cat /proc/sys/kernel/random/boot_id"
+    with VM() as vm:
+        boot = vm.boot(ANSWER)
+        started = time.monotonic()
+        boot_id = vm.exec(probe)[1]
+        cold = {**asdict(boot), "answered": boot.total + time.monotonic() - started}
+        saved = vm.save_snapshot()
+        size = vm.snapshot_file.stat().st_size
+        restored, same = [], True
+        for _ in range(restores):
+            started = time.monotonic()
+            running = vm.restore()
+            same &= vm.exec(probe)[1] == boot_id
+            restored.append({"running": running, "answered": time.monotonic() - started})
+    return {"accel": vm.accel, "cold": cold, "save": saved, "snapshot_bytes": size,
+            "restores": restored, "same_guest": same}
+
+
+# -- the same hardware probes on both sides (notebook 07) ------------------------------------
+
+HARDWARE_PROBE = ("grep -m1 -e 'model name' -e '^CPU part' /proc/cpuinfo | cut -d: -f2; "
+                  "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo; "
+                  "ls /sys/bus/platform/devices 2>/dev/null | wc -l; "
+                  "ls /sys/bus/pci/devices 2>/dev/null | wc -l; "
+                  "uname -r; cat /proc/sys/kernel/random/boot_id")
+
+
+def hardware_probes() -> dict[str, dict[str, str]]:
+    """What the host, a container (limited to 64M) and a VM (given 128M) say about
+    their machine, asked the same shell lines: CPU model and count, MemTotal, platform
+    and PCI devices, and the kernel that answers (release, boot_id)."""
+    names = ("cpu model", "cpus", "MemTotal", "platform devices", "PCI devices",
+             "kernel release", "boot_id")
+    host = subprocess.run(["/bin/sh", "-c", HARDWARE_PROBE], capture_output=True,
+                          text=True).stdout
+    container = run(HARDWARE_PROBE, memory="64M").stdout
+    with VM(memory="128M") as vm:
+        guest = vm.run(HARDWARE_PROBE)[1]
+    return {side: dict.fromkeys(names, "?") | dict(zip(names, (  # "?": a probe said nothing
+                line.strip().removeprefix("MemTotal:").strip() for line in output.splitlines()),
+                strict=False))
+            for side, output in (("host", host), ("container", container), ("vm", guest))}
 
 
 # -- everything, for `minicontainer compare` -------------------------------------------------

@@ -88,6 +88,43 @@ def start_time_figure(start_time: dict) -> Figure:
                           f"{len(vm)} VM boots under {accelerator}, median {median(vm):.2f} s.")
 
 
+def vm_start_figure(breakdown: dict, restore: dict) -> DescribedFigure:
+    """A cold boot's phases (TCG, and KVM where it works) beside a restore from a
+    snapshot, each until the guest answers: seconds, stacked bars."""
+    figure, axes = described_subplots((7, 2.6))
+    rows = [(f"cold boot ({accel})", boots[0]) for accel in ("tcg", "kvm")
+            if (boots := breakdown[accel])]
+    cold = restore["cold"]
+    rows.append(("cold boot, until it answers",
+                 {**cold, "answer": cold["answered"] - cold["total"]}))
+    fastest = min(restore["restores"], key=lambda r: r["answered"])
+    rows.append(("restored from a snapshot", {"restore": fastest["running"],
+                                              "answer": fastest["answered"] - fastest["running"]}))
+    phases = {"qemu_start": "#999999", "kernel": COLORS["vm"], "init": "#f2b48c",
+              "restore": "#6a3d9a", "answer": "#2ca02c"}
+    labelled = set()                       # each phase once in the legend
+    for row, (_, times) in enumerate(rows):
+        left = 0.0
+        for phase, color in phases.items():
+            if phase in times:
+                label = None if phase in labelled else phase.replace("_", " ")
+                labelled.add(phase)
+                axes.barh(row, times[phase], left=left, color=color, label=label)
+                left += times[phase]
+    axes.set_yticks(range(len(rows)), [label for label, _ in rows])
+    axes.invert_yaxis()
+    axes.set_xlabel("seconds from starting QEMU")
+    verdict = ("" if breakdown["kvm_usable"] else
+               "no KVM here: TCG times show emulation, not how fast a VM can start")
+    axes.set_title(verdict or "booting vs restoring", fontsize="small")
+    axes.legend(fontsize="x-small", ncol=5, loc="lower right")
+    tcg = breakdown["tcg"][0]
+    return finish(figure, f"Stacked bars: a cold TCG boot takes {tcg['total']:.2f} s (QEMU "
+                          f"{tcg['qemu_start']:.2f}, kernel {tcg['kernel']:.2f}, init "
+                          f"{tcg['init']:.2f}); the same guest restored from a snapshot answers "
+                          f"after {fastest['answered']:.2f} s. {verdict}")
+
+
 VM_PARTS = {"guest_ram_touched": ("the guest's RAM (touched)", "#d9622b"),
             "tcg_cache": ("TCG's translation cache", "#f0a070"),
             "qemu_itself": ("QEMU itself (code, heap, kernel file)", "#f7d0b5")}

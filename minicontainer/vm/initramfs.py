@@ -149,6 +149,12 @@ echo "MC-EXIT=$?"
 reboot -f
 """
 IDLE = "while :; do sleep 3600; done"   # a VM that just stays up, for measuring
+# A VM that answers (VM.exec): each line that arrives on its console runs as a shell
+# command, and "MC-ANSWERED=<exit code>" follows its output. No echo: the console
+# would otherwise send every line typed back, mixed into the answer.
+# "MC-LISTENING" says the echo is off, so the first line can be sent.
+ANSWER = ("stty -echo </dev/console; echo MC-LISTENING; while read -r line; do "
+          "sh -c \"$line\" </dev/null 2>&1; echo \"MC-ANSWERED=$?\"; done </dev/console")
 
 HOST_FILES = """# The host's / over 9p (read-only), with fresh /tmp and /run, as the new root.
 for m in @MODULES@; do insmod "/lib/modules/$m.ko" || echo "insmod $m failed"; done

@@ -39,9 +39,9 @@ from ..host import cpu
 from ..images.config import check_workdir, environment_of, settings_of
 from ..process import start_time
 from ..spec import PATH
-from . import qemu
+from . import qemu, snapshot
 from .image import packed_image
-from .initramfs import IDLE, IMAGE_INIT, guest_initramfs, image_init_archive
+from .initramfs import ANSWER, IDLE, IMAGE_INIT, guest_initramfs, image_init_archive
 from .kernel import Kernel, find_kernel, kernel_dir
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class VM:
         self.cpus, self.kernel_args, self.host_files = cpus, kernel_args, host_files
         self.keep = tuple(str(Path(p).resolve()) for p in keep)   # host dirs in /tmp or /run
         self.process: subprocess.Popen | None = None
+        self.command: str | None = None
         self.console: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.id = os.urandom(6).hex()
@@ -112,19 +113,26 @@ class VM:
             self.machine = choose_machine(self.kernel, self.accel)
         # Written down before anything exists, so `minicontainer cleanup` can find
         # QEMU and its files if this process dies without stop().
-        record = {"owner": os.getpid(), "owner_started": start_time(os.getpid()),
-                  "tmp": str(self.scratch), "qemu": None}
-        state.write_vm(self.id, record)
+        self._record = {"owner": os.getpid(), "owner_started": start_time(os.getpid()),
+                        "tmp": str(self.scratch), "qemu": None}
+        state.write_vm(self.id, self._record)
         self.scratch.mkdir(mode=0o700)
-        initrd = self.scratch / "initramfs.gz"
-        self.write_initramfs(initrd, command)
+        self.write_initramfs(self.initrd, command)
+        self.command = command
         self._started = time.monotonic()
-        self.process = subprocess.Popen(self.qemu_argv(initrd), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        state.write_vm(self.id, {**record, "qemu": [self.process.pid,
-                                                    start_time(self.process.pid)]})
-        threading.Thread(target=self._read_console, daemon=True).start()
+        self._launch(self.qemu_argv(self.initrd))
         return self
+
+    def _launch(self, argv: list[str]) -> None:
+        """Start QEMU with `argv`, write its pid into the record, read its console."""
+        self.qmp_socket.unlink(missing_ok=True)     # a killed QEMU leaves its socket
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT)
+        state.write_vm(self.id, {**self._record, "qemu": [self.process.pid,
+                                                          start_time(self.process.pid)]})
+        self._lines = queue.Queue()                 # this QEMU's console, from its start
+        threading.Thread(target=self._read_console, args=(self.process, self._lines),
+                         daemon=True).start()
 
     def ready(self, timeout: float = 120) -> Boot:
         """Wait for the guest's "ready", and say where the time went."""
@@ -147,19 +155,90 @@ class VM:
         return self.wait(timeout)
 
     def stop(self) -> None:
-        """Switch the machine off (SIGTERM: QEMU exits at once) and tidy up."""
+        """Switch the machine off (SIGTERM: QEMU exits at once) and tidy up: its
+        scratch directory goes, with the initramfs and any saved snapshot."""
+        self._end_qemu()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        state.release_vm(self.id)
+
+    def _end_qemu(self) -> None:
+        """End this VM's QEMU, if it runs, and close its pipes."""
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.terminate()
             self.process.wait()
+            self.process.stdin.close()
             self.process.stdout.close()
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        state.release_vm(self.id)
+
+    # -- a guest that answers, saved and restored (snapshot.py) --------------------------
+
+    def exec(self, command: str, timeout: float = 60) -> tuple[int, str]:
+        """Run one line of shell in a guest booted with boot(ANSWER): it arrives over
+        the serial console, like typing (docker exec's cousin): (exit code, output)."""
+        if self.command != ANSWER or self.process is None or self.process.poll() is not None:
+            raise VMError("exec needs a running VM booted with boot(ANSWER)")
+        if "\n" in command or "\r" in command:
+            raise InvalidArgument("exec takes one line of shell, without line breaks")
+        self.poll_console()
+        if "MC-LISTENING" not in self.console:    # the guest's loop has not started yet
+            self._wait_for("^MC-LISTENING$", timeout, time.monotonic())
+        start = len(self.console)
+        self.process.stdin.write(command.encode() + b"\n")
+        self.process.stdin.flush()
+        match = self._wait_for(r"^MC-ANSWERED=(\d+)$", timeout, time.monotonic())
+        return int(match[1]), "".join(line + "\n" for line in self.console[start:-1])
+
+    def save_snapshot(self, timeout: float = 120) -> float:
+        """Pause the running guest, write its whole state (RAM, CPUs, devices) into
+        this VM's scratch directory and end QEMU: the seconds it took."""
+        if self.process is None or self.process.poll() is not None:
+            raise VMError("only a running VM can be saved: boot() it first")
+        started = time.monotonic()
+        qmp = snapshot.QMP(self.qmp_socket, timeout, self.process)
+        try:
+            snapshot.save(qmp, self.snapshot_file, timeout)
+            qmp.command("quit")
+        finally:
+            qmp.close()
+        self.process.wait(timeout=30)
+        return time.monotonic() - started
+
+    def restore(self, timeout: float = 120) -> float:
+        """Start a new QEMU from the saved state and let the guest run on where it
+        stopped (a guest running now is thrown away): seconds from starting QEMU
+        until the guest's CPUs run again."""
+        if not self.snapshot_file.exists():
+            raise VMError("nothing to restore: save_snapshot() first")
+        self._end_qemu()
+        started = time.monotonic()
+        self._launch(self.qemu_argv(self.initrd) + snapshot.incoming_options(self.snapshot_file))
+        qmp = snapshot.QMP(self.qmp_socket, timeout, self.process)
+        try:
+            snapshot.resume(qmp, timeout)
+        finally:
+            qmp.close()
+        return time.monotonic() - started
 
     @property
     def scratch(self) -> Path:
-        """This VM's temporary files (the initramfs), removed by stop() or cleanup."""
+        """This VM's temporary files (the initramfs, QMP's socket, a snapshot),
+        removed by stop() or cleanup."""
         return Path(tempfile.gettempdir()) / f"mc-vm-{self.id}"
+
+    @property
+    def initrd(self) -> Path:
+        """The archive this VM boots from, in its scratch directory."""
+        return self.scratch / "initramfs.gz"
+
+    @property
+    def qmp_socket(self) -> Path:
+        """Where QEMU listens for QMP commands (snapshot.py)."""
+        return self.scratch / "qmp.sock"
+
+    @property
+    def snapshot_file(self) -> Path:
+        """Where save_snapshot() writes the guest's state, and restore() reads it."""
+        return self.scratch / "snapshot"
 
     def __enter__(self) -> VM:
         """The VM itself, stopped when the `with` block ends."""
@@ -205,7 +284,8 @@ class VM:
                 *qemu.hardware_options(self.accel, self.memory, self.cpus),
                 *qemu.SERIAL_CONSOLE_ONLY,
                 *qemu.direct_boot_options(image, initrd, self.kernel_arguments()),
-                *(qemu.HOST_ROOT_SHARE if self.host_files else [])]
+                *(qemu.HOST_ROOT_SHARE if self.host_files else []),
+                "-qmp", f"unix:{self.qmp_socket},server=on,wait=off"]
 
     def kernel_arguments(self) -> str:
         """The guest kernel's extra command line: the caller's, and for an image, where
@@ -213,11 +293,12 @@ class VM:
         return f"{self.kernel_args} rdinit={IMAGE_INIT}".strip() if self.image else (
             self.kernel_args)
 
-    def _read_console(self) -> None:
-        """Queue QEMU's output line by line (a thread); None when QEMU has exited."""
-        for raw in self.process.stdout:
-            self._lines.put(raw.decode(errors="replace").rstrip("\r\n"))
-        self._lines.put(None)
+    @staticmethod
+    def _read_console(process: subprocess.Popen, lines: queue.Queue) -> None:
+        """Queue `process`'s output line by line (a thread); None when it has exited."""
+        for raw in process.stdout:
+            lines.put(raw.decode(errors="replace").rstrip("\r\n"))
+        lines.put(None)
 
     def _wait_for(self, pattern: str, timeout: float, since: float) -> re.Match:
         """Read console lines until one matches; fail clearly on exit or time-out."""

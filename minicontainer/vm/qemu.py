@@ -100,3 +100,36 @@ def direct_boot_options(image: Path, initrd: Path, kernel_args: str = "") -> lis
     command_line = (f"console={cpu().console} panic=-1 quiet reboot=t {cpu().kernel_args} "
                     f"{kernel_args}").strip()
     return ["-kernel", str(image), "-initrd", str(initrd), "-append", command_line]
+
+
+def device_models(machine: str) -> tuple[list[str], int]:
+    """The device models machine type `machine` builds (QEMU's `info qtree`), and how many
+    empty virtio-mmio slots it has besides: a slot is a place where a virtio device
+    could be plugged (microvm makes 8); with nothing plugged in, it is not a device."""
+    options, _ = cpu().machines[machine]
+    tree = subprocess.run([find_qemu(), *options, "-accel", "tcg", "-nodefaults",
+                           "-no-user-config", "-display", "none", "-serial", "null", "-S",
+                           "-monitor", "stdio"], input="info qtree\nquit\n",
+                          capture_output=True, text=True, timeout=60).stdout
+    return split_device_tree(tree)
+
+
+def split_device_tree(tree: str) -> tuple[list[str], int]:
+    """`info qtree`'s text as (device models, empty virtio-mmio slots). A device's block
+    is the lines indented deeper than its "dev:" line; an empty slot's holds no "dev:"."""
+    lines = [(len(line) - len(line.lstrip()), line.strip()) for line in tree.splitlines()]
+    models, empty_slots = [], 0
+    for i, (indent, text) in enumerate(lines):
+        if not text.startswith("dev: "):
+            continue
+        name = text.split()[1].rstrip(",")
+        block = []
+        for deeper, inner in lines[i + 1:]:
+            if deeper <= indent:
+                break
+            block.append(inner)
+        if name == "virtio-mmio" and not any(inner.startswith("dev: ") for inner in block):
+            empty_slots += 1
+        else:
+            models.append(name)
+    return models, empty_slots
