@@ -336,7 +336,8 @@ def test_a_restored_vm_is_the_saved_guest_and_answers_sooner_than_a_cold_boot():
             vm.restore()
             assert vm.exec("cat /proc/sys/kernel/random/boot_id; exit 5") == (5, boot_id)
             answered = time.monotonic() - started
-            assert answered < boot.total / 2, f"restored in {answered:.2f} s, booted in {boot.total:.2f} s"
+            assert answered < boot.total / 2, \
+                f"restored in {answered:.2f} s, booted in {boot.total:.2f} s"
     assert vm.process.returncode is not None and not saved.exists() and not vm.scratch.exists()
 
 
