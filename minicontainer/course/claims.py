@@ -147,9 +147,16 @@ def fast_vms(m: Measurements) -> tuple[str, str]:
 def servers(m: Measurements) -> tuple[str, str]:
     """Many idle containers' host memory beside one VM's (or 50 real servers' run)."""
     try:
-        fifty = m("servers", "results.servers")
-        return (str(fifty.get("summary", fifty))[:90],
-                str(fifty.get("held", "see the servers cell")))
+        served = m("served", "results.servers")
+        containers, vms = served["containers"], served["vms"]
+        answered = all(c["requests"] >= served["requests_each"] for c in containers)
+        per_container = sum(c["memory"] for c in containers) / len(containers) / 2**20
+        per_vm = sum(vm["pss"] for vm in vms) / max(len(vms), 1) / 2**20
+        return (f"{len(containers)} web servers as containers, {per_container:.0f} MiB each, "
+                f"all requests answered: {answered}; {len(vms)} VMs fit the same budget, "
+                f"{per_vm:.0f} MiB each",
+                "yes" if answered and len(containers) >= 30 else
+                f"partly: {len(containers)} run here (quick mode; `make compare` runs 50)")
     except NotMeasured:
         pass
     count, used = m("results.scaling")["containers"][-1]
