@@ -1,7 +1,7 @@
 # minicontainer: every target installs what it needs first (as root).
 PY := .venv/bin/python
 
-.PHONY: setup lab test test-cgroup-v2 check html slides figures compare bench doctor clean
+.PHONY: setup lab test test-cgroup-v2 image test-image check html slides figures compare bench doctor clean
 
 setup:
 	@MAKE_TARGET=$(or $(MAKECMDGOALS),setup) bash scripts/setup.sh
@@ -15,6 +15,16 @@ test:
 
 test-cgroup-v2: setup
 	$(PY) -m pytest -s tests/test_cgroup_v2.py
+
+# The course as an image (docs/classroom-at-scale.md): Debian from Debian's packages, the
+# Python dependencies, the VM kernel, the course; only changed layers are rebuilt.
+image: setup
+	command -v mmdebstrap >/dev/null || apt-get install -y -qq mmdebstrap
+	$(PY) -m minicontainer.course.labimage
+
+# The image started under runc and under minicontainer, JupyterLab answering (slow: a build).
+test-image: image
+	$(PY) -m pytest -p no:nbmake -o addopts= --timeout=3600 tests/test_labimage.py
 
 check: setup
 	$(PY) -m minicontainer.course.grade $(EX)

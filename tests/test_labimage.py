@@ -1,0 +1,160 @@
+"""The course as an image (`make image`): it runs where a cluster would run it.
+
+The fast test (the course layer is the same bytes each time) runs in `make test`. The
+others need the built image, minutes and a bridge: `make test-image` runs them (it sets
+MINICONTAINER_TEST_IMAGE=1), against the image `make image` put in the store.
+"""
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from minicontainer.course import labimage, labstart
+from minicontainer.course.imagelab import free_port
+
+MC = [str(Path(__file__).resolve().parents[1] / ".venv/bin/python"), "-m", "minicontainer"]
+needs_image = pytest.mark.skipif(os.environ.get("MINICONTAINER_TEST_IMAGE") != "1",
+                                 reason="the lab image's tests run in `make test-image`")
+ANSWER_SECONDS = 120
+
+
+def test_the_course_layer_is_the_same_bytes_when_built_twice(tmp_path):
+    first = labimage.course_layer(tmp_path / "one")
+    os.utime(labimage.REPO / "notebooks", None)      # a newer time changes nothing: clamped
+    second = labimage.course_layer(tmp_path / "two")
+    assert first.digest == second.digest
+    with tarfile.open(first.tarball) as layer:
+        names = layer.getnames()
+        assert "opt/minicontainer/notebooks/00_welcome.ipynb" in names
+        assert max(member.mtime for member in layer.getmembers()) <= labimage.EPOCH
+        assert not [name for name in names if "__pycache__" in name]
+
+
+def test_a_notebook_change_rebuilds_the_course_layer_only(tmp_path):
+    keys = labimage.stage_keys()
+    notebook = labimage.REPO / "notebooks" / "00_welcome.py"
+    before = labimage.course_layer(tmp_path / "one").digest
+    text = notebook.read_text()
+    try:
+        notebook.write_text(text + "\n# changed\n")
+        assert labimage.stage_keys() == keys
+        assert labimage.course_layer(tmp_path / "two").digest != before
+    finally:
+        notebook.write_text(text)
+
+
+def test_the_lab_mounts_each_hierarchy_its_cgroup_file_names_as_the_host_has_them():
+    hybrid = "9:name=systemd:/x\n4:cpu,cpuacct:/x\n3:memory:/x\n0::/x\n"
+    assert labstart.hierarchies_to_mount(hybrid) == [
+        ("systemd", "cgroup", "none,name=systemd"), ("cpu,cpuacct", "cgroup", "cpu,cpuacct"),
+        ("memory", "cgroup", "memory"), ("unified", "cgroup2", "")]
+    assert labstart.hierarchies_to_mount("0::/\n") == [("", "cgroup2", "")]
+
+
+def wait_for_jupyter(url: str, through: list[str] | None = None) -> dict:
+    """JupyterLab's /api (its version, no token needed), fetched directly or with a
+    command prefix (nsenter into the container's network namespace)."""
+    deadline = time.monotonic() + ANSWER_SECONDS
+    while True:
+        try:
+            if through:
+                done = subprocess.run([*through, "python3", "-c",
+                                       f"import urllib.request; print(urllib.request.urlopen("
+                                       f"'{url}', timeout=5).read().decode())"],
+                                      capture_output=True, text=True, timeout=20)
+                if done.returncode == 0:
+                    return json.loads(done.stdout)
+            else:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return json.loads(response.read())
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"JupyterLab did not answer at {url}")
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory) -> Path:
+    """The image as an OCI image layout, written by `minicontainer save --format oci`."""
+    work = tmp_path_factory.mktemp("lab")
+    archive = work / "lab.tar"
+    subprocess.run([*MC, "save", "--format", "oci", "-o", archive, labimage.TAG], check=True)
+    directory = work / "layout"
+    with tarfile.open(archive) as tar:
+        tar.extractall(directory, filter="data")
+    archive.unlink()
+    return directory
+
+
+@needs_image
+def test_the_lab_answers_under_runc_from_an_umoci_bundle(layout, tmp_path):
+    bundle, state = tmp_path / "bundle", tmp_path / "runc"
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", bundle], check=True,
+                   capture_output=True)
+    name = f"mc-lab-{os.getpid()}"
+    runc = ["runc", "--root", str(state)]
+    subprocess.run([*runc, "run", "--detach", "--bundle", bundle, name], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=60)
+    try:
+        pid = json.loads(subprocess.run([*runc, "state", name], capture_output=True,
+                                        check=True).stdout)["pid"]
+        # Its own network namespace, as a pod's: asked from inside it, nothing published.
+        api = wait_for_jupyter(f"http://127.0.0.1:{labimage.PORT}/api",
+                               ["nsenter", "-t", str(pid), "-n"])
+        assert "version" in api
+    finally:
+        subprocess.run([*runc, "delete", "--force", name], capture_output=True)
+        shutil.rmtree(bundle, ignore_errors=True)
+
+
+def memory_of(name: str) -> dict[str, int]:
+    """The container's memory cgroup now and at its peak (v1 here, v2 where mounted so)."""
+    from minicontainer.cgroups import hierarchies, PARENT
+    version, root = hierarchies()["memory"]
+    group = root / PARENT / name
+    if version == "v1":
+        stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
+        return {"usage": int((group / "memory.usage_in_bytes").read_text()),
+                "peak": int((group / "memory.max_usage_in_bytes").read_text()),
+                "anon": int(stat["total_rss"]), "file": int(stat["total_cache"])}
+    stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
+    peak = group / "memory.peak"
+    return {"usage": int((group / "memory.current").read_text()),
+            "peak": int(peak.read_text()) if peak.exists() else 0,
+            "anon": int(stat["anon"]), "file": int(stat["file"])}
+
+
+@needs_image
+def test_the_lab_answers_on_a_published_port_and_runs_notebooks_00_to_02_inside(tmp_path):
+    port, name = free_port(), f"mc-lab-{os.getpid()}"
+    state = tmp_path / "nested-state"            # the nested containers' overlays: a disk
+    state.mkdir()
+    subprocess.run([*MC, "run", "-d", "--name", name, *labimage.PRIVILEGES, "-v",
+                    f"{state}:/var/lib/minicontainer", "-p", f"127.0.0.1:{port}:{labimage.PORT}",
+                    labimage.TAG], check=True, capture_output=True, timeout=300)
+    try:
+        api = wait_for_jupyter(f"http://127.0.0.1:{port}/api")
+        assert "version" in api
+        time.sleep(10)
+        at_rest = memory_of(name)
+        started = time.monotonic()
+        run = subprocess.run(
+            [*MC, "exec", name, "sh", "-c", "cd notebooks && jupyter nbconvert --to notebook "
+             "--execute --ExecutePreprocessor.timeout=600 --output-dir /tmp/ran "
+             "00_welcome.ipynb 01_chroot.ipynb 02_namespaces.ipynb"],
+            capture_output=True, text=True, timeout=3000)
+        seconds = time.monotonic() - started
+        after = memory_of(name)
+        disk = subprocess.run(["du", "-sb", state], capture_output=True, text=True).stdout
+        print(f"\nlab memory at rest {at_rest}, after notebooks 00-02 {after}, "
+              f"{seconds:.0f} s, nested state {disk.split()[0]} bytes")
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        subprocess.run([*MC, "rm", "-f", name], capture_output=True)
