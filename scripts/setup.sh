@@ -4,7 +4,8 @@
 # it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun, runc
 # and umoci; `scripts/setup.sh test` what only the test suite needs (a browser, vagrant,
 # umoci and htpasswd for the registry's tests, a pinned reveal.js for tests/test_slides.py);
-# `scripts/setup.sh slides` the pinned reveal.js for `make slides`.
+# `scripts/setup.sh slides` the pinned reveal.js for `make slides`; `scripts/setup.sh
+# image` mmdebstrap, runc and umoci for `make image` and `make test-image`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,7 @@ esac
 # The images lesson (06) starts a real registry on 127.0.0.1 and pushes to it with skopeo.
 packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu docker-registry skopeo"
 [ "${1:-}" = bench ] && packages="$packages crun runc umoci"
+[ "${1:-}" = image ] && packages="$packages mmdebstrap runc umoci"   # make image, test-image
 [ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux umoci apache2-utils runc crun"
 missing=""
 for p in $packages; do

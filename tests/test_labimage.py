@@ -36,6 +36,20 @@ def test_the_course_layer_is_the_same_bytes_when_built_twice(tmp_path):
         assert not [name for name in names if "__pycache__" in name]
 
 
+def test_the_image_installs_pyprojects_dependencies_each_pinned_by_the_lock():
+    import tomllib
+    from packaging.requirements import Requirement
+    project = tomllib.loads((labimage.REPO / "pyproject.toml").read_text())["project"]
+    listed = (labimage.IMAGE_DIR / "requirements.txt").read_text().split()
+    locked = {Requirement(line).name.lower(): line for line in
+              (labimage.IMAGE_DIR / "requirements.lock").read_text().splitlines()
+              if line and not line.startswith("#")}
+    for dependency in project["dependencies"]:
+        assert dependency in listed
+        assert Requirement(dependency).name.lower() in locked
+    assert locked["jupyterhub"] == "jupyterhub==5.5.0"
+
+
 def test_a_notebook_change_rebuilds_the_course_layer_only(tmp_path):
     keys = labimage.stage_keys()
     notebook = labimage.REPO / "notebooks" / "00_welcome.py"
@@ -87,8 +101,8 @@ def layout(tmp_path_factory) -> Path:
     archive = work / "lab.tar"
     subprocess.run([*MC, "save", "--format", "oci", "-o", archive, labimage.TAG], check=True)
     directory = work / "layout"
-    with tarfile.open(archive) as tar:
-        tar.extractall(directory, filter="data")
+    directory.mkdir()
+    subprocess.run(["tar", "-xf", archive, "-C", directory], check=True)
     archive.unlink()
     return directory
 
@@ -98,6 +112,9 @@ def test_the_lab_answers_under_runc_from_an_umoci_bundle(layout, tmp_path):
     bundle, state = tmp_path / "bundle", tmp_path / "runc"
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", bundle], check=True,
                    capture_output=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False        # as containerd starts a pod's container
+    (bundle / "config.json").write_text(json.dumps(config))
     name = f"mc-lab-{os.getpid()}"
     runc = ["runc", "--root", str(state)]
     subprocess.run([*runc, "run", "--detach", "--bundle", bundle, name], check=True,
@@ -116,15 +133,15 @@ def test_the_lab_answers_under_runc_from_an_umoci_bundle(layout, tmp_path):
 
 def memory_of(name: str) -> dict[str, int]:
     """The container's memory cgroup now and at its peak (v1 here, v2 where mounted so)."""
-    from minicontainer.cgroups import hierarchies, PARENT
+    from minicontainer import state
+    from minicontainer.cgroups import hierarchies
     version, root = hierarchies()["memory"]
-    group = root / PARENT / name
+    group = root / state.read(name)["cgroup"]
+    stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
     if version == "v1":
-        stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
         return {"usage": int((group / "memory.usage_in_bytes").read_text()),
                 "peak": int((group / "memory.max_usage_in_bytes").read_text()),
                 "anon": int(stat["total_rss"]), "file": int(stat["total_cache"])}
-    stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
     peak = group / "memory.peak"
     return {"usage": int((group / "memory.current").read_text()),
             "peak": int(peak.read_text()) if peak.exists() else 0,
@@ -158,3 +175,19 @@ def test_the_lab_answers_on_a_published_port_and_runs_notebooks_00_to_02_inside(
         assert run.returncode == 0, run.stderr[-3000:]
     finally:
         subprocess.run([*MC, "rm", "-f", name], capture_output=True)
+
+
+@needs_image
+def test_the_saved_image_is_pushed_by_skopeo_and_pulled_back_with_the_same_digest(
+        layout, tmp_path):
+    from minicontainer.course.imagelab import LocalRegistry, skopeo
+    from minicontainer.images.registry import pull
+    from minicontainer.images.store import Store
+    built = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    with LocalRegistry() as lab:
+        # --preserve-digests: skopeo would gzip our uncompressed layers on the way (a new
+        # manifest digest); a registry stores them as they are.
+        skopeo(["copy", "--dest-tls-verify=false", "--preserve-digests", f"oci:{layout}:latest",
+                f"docker://{lab.address}/course/lab:1"], tmp_path)
+        pulled = pull(f"{lab.address}/course/lab:1", Store(tmp_path / "store"))
+    assert pulled == built
