@@ -24,10 +24,24 @@ needs_image = pytest.mark.skipif(os.environ.get("MINICONTAINER_TEST_IMAGE") != "
 ANSWER_SECONDS = 120
 
 
+def checkout(tmp_path: Path) -> Path:
+    """A copy of what the course layer is made of, to change without touching the repo."""
+    copy = tmp_path / "checkout"
+    for name in labimage.COURSE_FILES:
+        source = labimage.REPO / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            copy.mkdir(exist_ok=True)
+            shutil.copy2(source, copy / name)
+    return copy
+
+
 def test_the_course_layer_is_the_same_bytes_when_built_twice(tmp_path):
-    first = labimage.course_layer(tmp_path / "one")
-    os.utime(labimage.REPO / "notebooks", None)      # a newer time changes nothing: clamped
-    second = labimage.course_layer(tmp_path / "two")
+    source = checkout(tmp_path)
+    first = labimage.course_layer(tmp_path / "one", source)
+    os.utime(source / "notebooks" / "00_welcome.py", None)   # newer: clamped to the epoch
+    second = labimage.course_layer(tmp_path / "two", source)
     assert first.digest == second.digest
     with tarfile.open(first.tarball) as layer:
         names = layer.getnames()
@@ -51,16 +65,13 @@ def test_the_image_installs_pyprojects_dependencies_each_pinned_by_the_lock():
 
 
 def test_a_notebook_change_rebuilds_the_course_layer_only(tmp_path):
+    source = checkout(tmp_path)
     keys = labimage.stage_keys()
-    notebook = labimage.REPO / "notebooks" / "00_welcome.py"
-    before = labimage.course_layer(tmp_path / "one").digest
-    text = notebook.read_text()
-    try:
-        notebook.write_text(text + "\n# changed\n")
-        assert labimage.stage_keys() == keys
-        assert labimage.course_layer(tmp_path / "two").digest != before
-    finally:
-        notebook.write_text(text)
+    before = labimage.course_layer(tmp_path / "one", source).digest
+    with open(source / "notebooks" / "00_welcome.py", "a") as notebook:
+        notebook.write("\n# changed\n")
+    assert labimage.stage_keys() == keys           # base, python, kernel: reused
+    assert labimage.course_layer(tmp_path / "two", source).digest != before
 
 
 def test_the_lab_mounts_each_hierarchy_its_cgroup_file_names_as_the_host_has_them():

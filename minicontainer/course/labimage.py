@@ -207,20 +207,21 @@ def _keep_only(upper: Path, keep: list[str]) -> None:
             _remove(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def course_layer(where: Path) -> Layer:
-    """The package, notebooks and exercises in /opt/minicontainer, a `minicontainer`
-    command, and JupyterLab's no-news setting (as scripts/setup.sh writes it)."""
+def course_layer(where: Path, source: Path = REPO) -> Layer:
+    """The package, notebooks and exercises (from the checkout `source`) in
+    /opt/minicontainer, a `minicontainer` command, and JupyterLab's no-news setting (as
+    scripts/setup.sh writes it)."""
     if where.exists():
         _remove(where)
     course = where / "root" / COURSE.lstrip("/")
     course.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
     for name in COURSE_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, course / name, ignore=ignore)
+        path = source / name
+        if path.is_dir():
+            shutil.copytree(path, course / name, ignore=ignore)
         else:
-            shutil.copy2(source, course / name)
+            shutil.copy2(path, course / name)
     command = where / "root/usr/local/bin/minicontainer"
     command.parent.mkdir(parents=True)
     command.write_text(f"#!/bin/sh\nexec {VENV}/bin/python -m minicontainer \"$@\"\n")
