@@ -118,18 +118,50 @@ def layout(tmp_path_factory) -> Path:
     return directory
 
 
+def bounding_capabilities() -> list[str]:
+    """The capabilities this process may hand on (a sandbox may lack some, e.g. SYS_RESOURCE)."""
+    from minicontainer.security import CAPABILITIES
+    bits = int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("CapBnd:")), 16)
+    return [f"CAP_{name}" for number, name in enumerate(CAPABILITIES) if bits >> number & 1]
+
+
+def as_privileged_pod(config: dict, state: Path) -> dict:
+    """umoci's config.json changed as containerd changes a privileged container's (every
+    capability, no masked or read-only paths, /sys and cgroups read-write, every device),
+    plus what the course needs: a cgroup namespace and a volume for nested overlay state."""
+    capabilities = bounding_capabilities()
+    config["process"]["capabilities"] = {kind: capabilities for kind in
+                                         ("bounding", "effective", "permitted")}
+    config["process"]["noNewPrivileges"] = False
+    for mount in config["mounts"]:
+        if mount["destination"] in ("/sys", "/sys/fs/cgroup"):
+            mount["options"] = [option for option in mount["options"] if option != "ro"]
+    config["mounts"].append({"destination": "/var/lib/minicontainer", "type": "bind",
+                             "source": str(state), "options": ["rbind", "rw"]})
+    linux = config["linux"]
+    linux["namespaces"].append({"type": "cgroup"})
+    linux["maskedPaths"], linux["readonlyPaths"] = [], []
+    linux.pop("seccomp", None)
+    linux["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+    return config
+
+
 @needs_image
-def test_the_lab_answers_under_runc_from_an_umoci_bundle(layout, tmp_path):
-    bundle, state = tmp_path / "bundle", tmp_path / "runc"
+def test_the_lab_answers_under_runc_from_an_umoci_bundle_and_nests_when_privileged(
+        layout, tmp_path):
+    bundle, runc_state, state = tmp_path / "bundle", tmp_path / "runc", tmp_path / "state"
+    state.mkdir()
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", bundle], check=True,
                    capture_output=True)
     config = json.loads((bundle / "config.json").read_text())
     config["process"]["terminal"] = False        # as containerd starts a pod's container
-    (bundle / "config.json").write_text(json.dumps(config))
+    (bundle / "config.json").write_text(json.dumps(as_privileged_pod(config, state)))
     name = f"mc-lab-{os.getpid()}"
-    runc = ["runc", "--root", str(state)]
-    subprocess.run([*runc, "run", "--detach", "--bundle", bundle, name], check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=60)
+    runc = ["runc", "--root", str(runc_state)]
+    with open(tmp_path / "lab.log", "wb") as log:   # the lab's output: runc hands it on
+        subprocess.run([*runc, "run", "--detach", "--bundle", bundle, name], check=True,
+                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=60)
     try:
         pid = json.loads(subprocess.run([*runc, "state", name], capture_output=True,
                                         check=True).stdout)["pid"]
@@ -137,6 +169,9 @@ def test_the_lab_answers_under_runc_from_an_umoci_bundle(layout, tmp_path):
         api = wait_for_jupyter(f"http://127.0.0.1:{labimage.PORT}/api",
                                ["nsenter", "-t", str(pid), "-n"])
         assert "version" in api
+        nested = subprocess.run([*runc, "exec", name, "minicontainer", "run", "--", "echo",
+                                 "nested"], capture_output=True, text=True, timeout=120)
+        assert nested.stdout.strip() == "nested", nested.stderr
     finally:
         subprocess.run([*runc, "delete", "--force", name], capture_output=True)
         shutil.rmtree(bundle, ignore_errors=True)
@@ -170,6 +205,9 @@ def test_the_lab_answers_on_a_published_port_and_runs_notebooks_00_to_02_inside(
     try:
         api = wait_for_jupyter(f"http://127.0.0.1:{port}/api")
         assert "version" in api
+        hub = subprocess.run([*MC, "exec", name, "jupyterhub-singleuser", "--version"],
+                             capture_output=True, text=True, timeout=60)
+        assert hub.stdout.strip() == "5.5.0"          # what KubeSpawner will start
         time.sleep(10)
         at_rest = memory_of(name)
         started = time.monotonic()
