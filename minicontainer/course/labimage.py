@@ -48,6 +48,11 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGE_DIR = REPO / "deploy" / "image"           # the requirements and the lock
 TAG = "minicontainer-course:latest"
 SUITE = "bookworm"
+# Debian's own mirrors, with the updates and security suites (a lab image without
+# security fixes would be a poor thing to hand 300 students).
+MIRRORS = [f"deb http://deb.debian.org/debian {SUITE} main",
+           f"deb http://deb.debian.org/debian {SUITE}-updates main",
+           f"deb http://deb.debian.org/debian-security {SUITE}-security main"]
 EPOCH = 1767225600                               # 2026-01-01: every time in the image
 # What the course runs besides Python: each is used by a layer of the course.
 PACKAGES = ["python3", "python3-venv", "busybox-static", "iproute2", "util-linux",
@@ -87,7 +92,7 @@ class Layer:
 def stage_keys() -> dict[str, str]:
     """A digest of each cached stage's inputs (a layer is rebuilt when its key changes);
     the course layer has none: it is packed anew each time, in seconds."""
-    base = _key("base", SUITE, EPOCH, *PACKAGES, _mmdebstrap_version())
+    base = _key("base", SUITE, *MIRRORS, EPOCH, *PACKAGES, _mmdebstrap_version())
     python = _key("python", base, *(_read(IMAGE_DIR / name) for name in
                                     ("requirements.txt", "requirements.lock")))
     kernel = _key("kernel", python, _read(REPO / "minicontainer/vm/kernel.py"))
@@ -140,7 +145,7 @@ def _make_base(root: Path, below: list[Path]) -> None:
     _run(["unshare", "--mount", "--propagation", "private", "--",
           "mmdebstrap", "--variant=minbase", "--skip=output/dev",
           "--aptopt=APT::Install-Recommends \"false\"", "--include=" + ",".join(PACKAGES),
-          SUITE, str(root)])
+          SUITE, str(root), *MIRRORS])
 
 
 def _make_venv(upper: Path, below: list[Path]) -> None:
