@@ -4,8 +4,8 @@
 # it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun, runc
 # and umoci (`oci`: and Go); `scripts/setup.sh test` what only the test suite needs (a
 # browser, vagrant, umoci and htpasswd for the registry's tests, a pinned reveal.js for
-# tests/test_slides.py);
-# `scripts/setup.sh slides` the pinned reveal.js for `make slides`.
+# tests/test_slides.py); `scripts/setup.sh slides` the pinned reveal.js for `make slides`;
+# `scripts/setup.sh image` mmdebstrap, runc and umoci for `make image` and `make test-image`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,7 @@ packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftab
 # make test-oci: the other runtimes, umoci, and Go for the runtime-tools suite (its
 # source is not in Debian: only its library is, golang-github-opencontainers-runtime-tools-dev).
 [ "${1:-}" = oci ] && packages="$packages crun runc umoci golang-go"
+[ "${1:-}" = image ] && packages="$packages mmdebstrap runc umoci"   # make image, test-image
 [ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux umoci apache2-utils runc crun"
 missing=""
 for p in $packages; do

@@ -388,17 +388,19 @@ def _set_time(target: int | str, mtime: float, where: dict) -> None:
         pass
 
 
-def pack(tree: Path, out: BinaryIO, owner: tuple[int, int] | None = None) -> None:
+def pack(tree: Path, out: BinaryIO, owner: tuple[int, int] | None = None,
+         latest: int | None = None) -> None:
     """Write `tree` as an uncompressed layer tarball to `out`: entries sorted, numeric
-    owners (`owner` for all if given), whole-second times, so the same tree always
-    gives the same bytes, and so the same digest."""
+    owners (`owner` for all if given), whole-second times (none later than `latest`,
+    a SOURCE_DATE_EPOCH, if given), so the same tree always gives the same bytes, and
+    so the same digest."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for path in _entries(tree):
             info = archive.gettarinfo(str(path), arcname=str(path.relative_to(tree)))
             if info is None:
                 continue             # a socket: not something a tar holds
             info.uname = info.gname = ""
-            info.mtime = int(info.mtime)
+            info.mtime = int(info.mtime) if latest is None else min(int(info.mtime), latest)
             if owner is not None:
                 info.uid, info.gid = owner
             if info.isreg():
