@@ -273,9 +273,13 @@ class Cgroup:
 
 
 def join(procs_fds: list[int]) -> None:
-    """In the child: move this process into the group (writing "0" means "myself")."""
+    """In the child: move this process into the group (writing "0" means "myself"),
+    then close those files: a process that can write one can leave its budget for
+    that group, and the container may wait a long time (created, not started) before
+    its exec would close them."""
     for fd in procs_fds:
         os.write(fd, b"0")
+        os.close(fd)
 
 
 def enable_controllers(tree: Path, parent: Path) -> None:

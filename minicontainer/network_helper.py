@@ -158,6 +158,9 @@ def _answer(connection: socket.socket, handle: Callable[[dict, int | None], None
             request, answer = {}, {}
             try:
                 request = json.loads(message)
+                if not isinstance(request, dict):   # untrusted: `[1]` must not end us
+                    request = {}
+                    raise ValueError("a request is a JSON object")
                 if request.get("op") != "exit":     # `cleanup`: served, then gone
                     handle(request, fds[0] if fds else None)
             except Exception as e:                  # the client raises it, as if its own

@@ -400,3 +400,22 @@ def test_the_helper_says_not_a_word_to_another_user(monkeypatch):
         assert network_helper.stop() == ["network helper"]
         shutil.rmtree(base, ignore_errors=True)
     assert until(lambda: not helpers_serving(base / "run"))
+
+
+def test_the_helper_survives_a_request_that_is_not_a_json_object(tmp_path, monkeypatch):
+    """A request is untrusted input: `[1]` (JSON, not an object) once ended the helper
+    outside its error handling, leaving its socket file behind (an attack review)."""
+    import socket
+    from minicontainer import network_helper
+    monkeypatch.setenv("MINICONTAINER_RUN", str(tmp_path / "run"))
+    try:
+        network_helper.ask({"op": "delete", "ifname": "mc-nothing2"})    # starts it
+        for request in (b"[1]", b"null", b"3", b"not json"):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(network_helper.socket_path()))
+                client.sendall(request)
+                client.settimeout(10)
+                assert b"error" in b"".join(iter(lambda: client.recv(100), b""))
+        network_helper.ask({"op": "delete", "ifname": "mc-nothing2"})    # the same one
+    finally:
+        assert network_helper.stop() == ["network helper"]
