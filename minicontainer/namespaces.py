@@ -402,9 +402,14 @@ def enter_user_namespace() -> None:
     """A new user namespace in which we are root: uid/gid 0 inside is ours outside."""
     uid, gid = os.geteuid(), os.getegid()   # read first: once inside, unmapped ids read 65534
     syscalls.unshare(syscalls.CLONE_NEWUSER)
+    # A non-dumpable process's /proc/self files belong to root (process._child makes us
+    # so): a user who is not root could not write its own maps. Dumpable for these
+    # three writes only, before anything of the container's exists to look at us.
+    syscalls.set_dumpable(True)
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
     Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+    syscalls.set_dumpable(False)
 
 
 def user_namespaces_refused() -> str | None:
