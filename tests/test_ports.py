@@ -157,3 +157,23 @@ def test_rules_whose_container_is_gone_are_removed_by_cleanup():
                         "-m", "comment", "--comment", "mc-0123456789ab"],
                        capture_output=True)
     assert rules_tagged("mc-0123456789ab") == []
+
+
+def test_a_detached_containers_port_stays_taken_after_the_cli_has_exited():
+    def mc(*args):
+        return subprocess.run([sys.executable, "-m", "minicontainer", *args],
+                              capture_output=True, text=True, timeout=60)
+    started = mc("run", "-d", "--name", "mc-portcli", "--network", "mc-br0", "-p", "18117:80",
+                 "--", "sh", "-c", HTTPD)
+    assert started.returncode == 0, started.stderr
+    try:
+        assert wait_for_http("http://127.0.0.1:18117/") == "hello from mc-portcli\n"
+        monitor = state.read("mc-portcli")["pid"]
+        assert holders(socket_inodes(18117)) == {monitor}
+        taken = mc("run", "-d", "--network", "mc-br0", "-p", "18117:80", "--", "true")
+        assert taken.returncode != 0
+        assert taken.stderr.strip() == ("minicontainer: cannot publish port 18117: Address "
+                                        "already in use (is it in use? choose another)")
+    finally:
+        assert mc("rm", "-f", "mc-portcli").returncode == 0
+    socket.create_server(("0.0.0.0", 18117)).close()
