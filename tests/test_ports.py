@@ -25,8 +25,20 @@ from test_network import HTTPD, wait_for_http
 
 
 def rules_tagged(tag: str) -> list[str]:
-    """Every iptables rule (of any table) tagged `tag`."""
-    return [rule for _, rule in network.tagged_iptables_rules(tag)]
+    """Every rule tagged `tag`, as `-A CHAIN ...` (iptables: of any table; nft: the
+    DNAT rules of the table named `tag`)."""
+    if network.firewall_tool() != "nft":
+        return [rule for _, rule in network.tagged_iptables_rules(tag)]
+    listing = subprocess.run(["nft", "list", "table", "ip", tag], capture_output=True,
+                             text=True).stdout
+    rules, chain = [], None
+    for line in listing.splitlines():
+        words = line.split()
+        if words[:1] == ["chain"]:
+            chain = words[1].upper()
+        elif "dnat" in words:
+            rules.append(f"-A {chain} {line.strip()}")
+    return rules
 
 
 def socket_inodes(port: int) -> set[str]:
