@@ -14,6 +14,7 @@ check_record() confines every such field to what a container of ours could own.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import posixpath
 import re
@@ -103,7 +104,13 @@ def check_ports(ports: dict[int, int] | Iterable[str], network_name: str | None,
         if not all(1 <= n <= 65535 for n in numbers):
             raise InvalidArgument(f"invalid port mapping {host}:{inside}: use HOST:CONTAINER "
                                   "with ports from 1 to 65535")
-        published.append((host_ip or "0.0.0.0", *numbers))
+        try:                        # it goes into firewall rules: an address, nothing else
+            host_ip = str(ipaddress.IPv4Address(host_ip or "0.0.0.0"))
+        except ValueError:
+            raise InvalidArgument(f"invalid address {host_ip!r} in port mapping {host}:{inside}:"
+                                  " give an IPv4 address such as 127.0.0.1, or none for all"
+                                  ) from None
+        published.append((host_ip, *numbers))
     return published
 
 

@@ -557,19 +557,22 @@ def cleanup(live_containers: set[str], everything: bool = False) -> list[str]:
                     removed.append(ifname)
         # A container's published ports are tagged with its veth's name: while that
         # veth's far end is in a namespace, the container lives (perhaps recorded
-        # under another state root); once the namespace is gone, so is the veth.
-        in_use = {link.get("IFLA_IFNAME") for link in links
-                  if link.get("IFLA_LINK_NETNSID") is not None and not everything}
+        # under another state root); once the namespace is gone, so is the veth. A
+        # bridge with ports is in use too: its rules include the guard that keeps its
+        # containers off the host's 127.0.0.1 (route_localnet is on for it).
+        live_tags = set() if everything else {
+            link.get("IFLA_IFNAME") for link in links
+            if link.get("IFLA_LINK_NETNSID") is not None or link["index"] in masters}
         if shutil.which("iptables"):
             for table, rule in tagged_iptables_rules():
                 tag = TAG.search(rule)[1]
-                if tag not in known and tag not in in_use:
+                if tag not in known and tag not in live_tags:
                     run_firewall(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
                     removed.append(f"rule {tag}")
         if shutil.which("nft"):
             tables = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True,
                                     text=True).stdout.split()
-            for tag in {t for t in tables if t.startswith("mc-")} - known - in_use:
+            for tag in {t for t in tables if t.startswith("mc-")} - known - live_tags:
                 run_firewall(["nft", "delete", "table", "ip", tag])
                 removed.append(f"rules {tag}")
     return removed
