@@ -39,7 +39,14 @@ The host port is still *reserved* while the container lives, as Docker does
 fails before anything runs and no other program can take it meanwhile; a socket filter
 that drops every packet (a one-instruction BPF program) keeps the kernel from
 completing a connection on it should one ever bypass the rules. The socket goes to the
-container's monitor (monitor.c), which holds it, untouched, until the container ends.
+container's monitor (monitor.c), which holds it, untouched, until the container ends
+(a container without a pid namespace has no monitor: the process that started it
+holds the socket, and a detached one's port is then reserved only by its rules).
+
+What is left to watch: the guard is a rule, and a rule can be flushed (`iptables -t
+raw -F`, a firewall manager reloading its own rules) while route_localnet stays on;
+Docker's rules share that weakness. The host pays for a published port in kernel
+memory (two rules, a conntrack entry per connection, one socket), which no PSS shows.
 """
 from __future__ import annotations
 
@@ -48,8 +55,8 @@ import ipaddress
 import socket
 import struct
 
-from .errors import InvalidArgument, MinicontainerError
 from . import network
+from .errors import InvalidArgument, MinicontainerError
 from .network import Attachment, run_firewall
 
 SO_ATTACH_FILTER = 26                  # <asm-generic/socket.h>; Python has no name for it
