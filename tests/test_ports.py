@@ -8,6 +8,7 @@ container: on remove(), and by `cleanup` after its owner was killed.
 """
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -53,14 +54,19 @@ def socket_inodes(port: int) -> set[str]:
 
 def holders(inodes: set[str]) -> set[int]:
     """The pids of processes holding an fd on one of these sockets."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
     found = set()
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
-            links = [str(fd.readlink()) for fd in fd_dir.iterdir()]
-        except OSError:
+            fds = list(fd_dir.iterdir())
+        except OSError:                      # gone meanwhile
             continue
-        if any(link in {f"socket:[{inode}]" for inode in inodes} for link in links):
-            found.add(int(fd_dir.parent.name))
+        for fd in fds:
+            try:
+                if str(fd.readlink()) in wanted:
+                    found.add(int(fd_dir.parent.name))
+            except OSError:                  # closed meanwhile (our own listing's fd)
+                pass
     return found
 
 
@@ -76,6 +82,16 @@ def test_a_published_port_is_rules_and_its_socket_is_held_by_the_monitor_alone()
         assert monitor != command
         assert holders(socket_inodes(18110)) == {monitor}, "held by the monitor, no one else"
         assert web.stats()["host_pss"] < 1024 * 1024, "a monitor, and no relay beside it"
+
+
+def test_without_a_pid_namespace_there_is_no_monitor_and_the_caller_holds_the_port():
+    namespaces = {"net", "mnt", "uts", "ipc"}
+    with Container(HTTPD, name="mc-nopid", network="mc-br0", ports={18119: 80},
+                   namespaces=namespaces) as web:
+        web.start()
+        assert wait_for_http("http://127.0.0.1:18119/") == "hello from mc-nopid\n"
+        assert holders(socket_inodes(18119)) == {os.getpid()}, "not the container: us"
+    socket.create_server(("0.0.0.0", 18119)).close()
 
 
 def test_a_port_in_use_fails_before_anything_runs_and_a_published_one_cannot_be_taken():
