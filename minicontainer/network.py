@@ -17,12 +17,14 @@ up the way Docker's default bridge does, with netlink messages (what `ip link`,
   addresses and routes (CVE-2020-13401); so accept_ra=0 on the bridge, and in every
   container's namespace, so containers cannot do it to each other either.
 
-Published ports use a small userspace proxy (proxy.py) rather than DNAT rules. DNAT
-catches packets that arrive from outside, but not connections to 127.0.0.1 unless
-route_localnet is switched on, which loosens the host's own protection against
-spoofed local addresses. The proxy serves 127.0.0.1 and every other host address
-alike, and a port already in use is refused by bind(2) before anything starts.
-Docker uses the same kind of proxy (docker-proxy) for localhost.
+Published ports are DNAT rules (ports.py), Docker's `userland-proxy: false`: no
+process of ours relays them. For the host's own connections to 127.0.0.1 to reach a
+container, each bridge has route_localnet on (only ours: it lets 127.0.0.0/8 be
+routed through that interface), with the rules that makes necessary: those
+connections masqueraded behind the bridge's address, and every packet for
+127.0.0.0/8 that arrives *from* the bridge dropped, or a container could reach the
+host's loopback-only services (CVE-2020-8558; the escape lab shows it with the rule
+off: create(localnet_guard=False)).
 
 The registry of networks and addresses lives in /run/minicontainer/networks, changed
 only under a lock, so containers started at once never get the same address.
@@ -229,14 +231,16 @@ def names() -> list[str]:
 # -- networks -------------------------------------------------------------------------------
 
 def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: bool = True,
-           keep: bool = False, router_advertisements: bool = False) -> dict:
+           keep: bool = False, router_advertisements: bool = False,
+           localnet_guard: bool = True) -> dict:
     """Create a bridge network (docker network create), or refuse a name in use.
 
     A network made from Python belongs to the process that made it: once that process
     is gone (a notebook kernel restarted or killed), `cleanup` removes it. With `keep`
     (the CLI's `network create`) it stays until `network rm`, as Docker's networks do.
     router_advertisements=True leaves the bridge taking them, as the kernel would (the
-    escape lab uses it to show why not).
+    escape lab uses it to show why not); localnet_guard=False leaves out the rule that
+    keeps containers off the host's 127.0.0.1 (the escape lab again).
     """
     if not NETWORK_NAME.fullmatch(name):
         raise InvalidArgument(f"invalid network name {name!r}: use mc- and then up to 12 of "
@@ -245,17 +249,19 @@ def create(name: str = DEFAULT_NETWORK, subnet: str | None = None, explicit: boo
         if name in names():
             raise NameInUse(f"a network named {name!r} exists already")
         return _create(name, subnet, explicit, router_advertisements,
-                       owner=None if keep else os.getpid())
+                       owner=None if keep else os.getpid(), localnet_guard=localnet_guard)
 
 
 @outside_event_loop
 def _create(name: str, subnet: str | None, explicit: bool,
-            router_advertisements: bool = False, owner: int | None = None) -> dict:
+            router_advertisements: bool = False, owner: int | None = None,
+            localnet_guard: bool = True) -> dict:
     network = choose_subnet(subnet)
     gateway = next(network.hosts())
     record = {"name": name, "subnet": str(network), "gateway": str(gateway),
               "explicit": explicit, "leases": {}, "firewall": firewall_tool(),
-              "owner": owner, "owner_started": owner and start_time(owner)}
+              "owner": owner, "owner_started": owner and start_time(owner),
+              "localnet_guard": localnet_guard}
     if not names():                                  # the first network: remember forwarding
         before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
         (state.containers_dir().parent / "ip_forward.before").write_text(before)
@@ -268,6 +274,9 @@ def _create(name: str, subnet: str | None, explicit: bool,
         ip.addr("add", index=bridge, address=str(gateway), prefixlen=network.prefixlen)
         ip.link("set", index=bridge, state="up")
     add_rules(record)
+    # Only now, with the guard in place: 127.0.0.0/8 may be routed through this bridge
+    # (the host's connections to a port published on 127.0.0.1; see ports.py).
+    Path(f"/proc/sys/net/ipv4/conf/{name}/route_localnet").write_text("1")
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
     return record
 
@@ -437,23 +446,42 @@ def firewall_tool() -> str:
 
 
 def add_rules(record: dict) -> None:
-    """NAT for the network's subnet and forwarding to and from its bridge, tagged with its name."""
+    """NAT for the network's subnet, forwarding to and from its bridge, and what its
+    published ports need (ports.py), tagged with its name."""
     name, subnet = record["name"], record["subnet"]
+    guard = record.get("localnet_guard", True)
     if record["firewall"] == "nft":
+        drop = f'iifname "{name}" ip daddr 127.0.0.0/8 drop;' if guard else ""
         run_firewall(["nft", "-f", "-"], input=f"""table ip {name} {{
+            chain raw {{ type filter hook prerouting priority raw; {drop} }}
             chain postrouting {{ type nat hook postrouting priority srcnat;
-                ip saddr {subnet} oifname != "{name}" masquerade; }}
+                ip saddr {subnet} oifname != "{name}" masquerade;
+                ip saddr 127.0.0.0/8 oifname "{name}" masquerade;
+                ip saddr {subnet} oifname "{name}" ct status dnat masquerade; }}
             chain forward {{ type filter hook forward priority filter - 1;
+                oifname "{name}" ct status dnat accept;
                 oifname "{name}" iifname != "{name}" ct state new drop; }}
         }}""")
         return
     tag = ["-m", "comment", "--comment", name]
-    run_firewall(["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o", name,
-         "-j", "MASQUERADE", *tag])
+    nat = [["-s", subnet, "!", "-o", name, "-j", "MASQUERADE"],   # out to the world
+           # published ports: the host's connections to 127.0.0.1 (no container can
+           # answer 127.0.0.1), and a container's to a host address that leads back
+           # into this bridge ("hairpin": the answer must come back through us)
+           ["-s", "127.0.0.0/8", "-o", name, "-j", "MASQUERADE"],
+           ["-s", subnet, "-o", name, "-m", "conntrack", "--ctstate", "DNAT",
+            "-j", "MASQUERADE"]]
+    for rule in nat:
+        run_firewall(["iptables", "-t", "nat", "-A", "POSTROUTING", *rule, *tag])
     for rule in (["-i", name, "-j", "ACCEPT"], ["-o", name, "-j", "ACCEPT"],
                  ["-o", name, "!", "-i", name, "-m", "conntrack", "--ctstate", "NEW",
-                  "-j", "DROP"]):                   # inserted last = checked first
-        run_firewall(["iptables", "-I", "FORWARD", *rule, *tag])
+                  "-j", "DROP"],
+                 # a published port's connections are the new ones let in
+                 ["-o", name, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"]):
+        run_firewall(["iptables", "-I", "FORWARD", *rule, *tag])   # last = checked first
+    if guard:   # route_localnet is on for the bridge: nothing from it may reach 127/8
+        run_firewall(["iptables", "-t", "raw", "-A", "PREROUTING", "-i", name,
+                      "-d", "127.0.0.0/8", "-j", "DROP", *tag])
 
 
 def remove_rules(name: str, tool: str | None) -> None:
@@ -470,7 +498,7 @@ def remove_rules(name: str, tool: str | None) -> None:
 def tagged_iptables_rules(tag: str | None = None) -> list[tuple[str, str]]:
     """(table, rule) of every iptables rule tagged mc-… (or with exactly `tag`)."""
     found = []
-    for table in ("nat", "filter"):
+    for table in ("raw", "nat", "filter"):
         listing = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True,
                                  text=True).stdout
         for rule in listing.splitlines():
@@ -527,12 +555,26 @@ def cleanup(live_containers: set[str], everything: bool = False) -> list[str]:
                         continue
                     delete_link(ip, index=link["index"])
                     removed.append(ifname)
+        # A container's published ports are tagged with its veth's name: while that
+        # veth's far end is in a namespace, the container lives (perhaps recorded
+        # under another state root); once the namespace is gone, so is the veth. A
+        # bridge with ports is in use too: its rules include the guard that keeps its
+        # containers off the host's 127.0.0.1 (route_localnet is on for it).
+        live_tags = set() if everything else {
+            link.get("IFLA_IFNAME") for link in links
+            if link.get("IFLA_LINK_NETNSID") is not None or link["index"] in masters}
         if shutil.which("iptables"):
             for table, rule in tagged_iptables_rules():
                 tag = TAG.search(rule)[1]
-                if tag not in known:
+                if tag not in known and tag not in live_tags:
                     run_firewall(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
                     removed.append(f"rule {tag}")
+        if shutil.which("nft"):
+            tables = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True,
+                                    text=True).stdout.split()
+            for tag in {t for t in tables if t.startswith("mc-")} - known - live_tags:
+                run_firewall(["nft", "delete", "table", "ip", tag])
+                removed.append(f"rules {tag}")
     return removed
 
 

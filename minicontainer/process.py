@@ -41,7 +41,7 @@ from .errors import CommandNotExecutable, CommandNotFound, Ended, StepFailed, Ti
 from .syscalls import close_on_exec_from, set_dumpable, set_parent_death_signal
 
 Step = Callable[[], None]
-# How a helper process of ours (a port proxy, a terminal's keeper) runs our code as
+# How a helper process of ours (a terminal's keeper) runs our code as
 # root: -P, so that `-m` does not put the caller's working directory first on sys.path
 # (a `selectors.py` in /tmp would run as root), and in / (steps chdir there).
 HELPER_PYTHON = (sys.executable, "-P", "-m")
@@ -444,10 +444,12 @@ class Waiter:
     """What the process left waiting outside a pid namespace is given (see monitor.py):
     a regular file to write its child's wait status to, and the small C program to
     become, both as fds opened before any namespace changed (None: no status to
-    write; no program, so it stays the Python process it was forked as)."""
+    write; no program, so it stays the Python process it was forked as); and sockets
+    to hold, untouched, until the command ends (published ports' reservations)."""
 
     exit_status: int | None = None
     program: int | None = None
+    held: tuple[int, ...] = ()
 
 
 PLAIN_WAITER = Waiter()   # writes no status, stays Python (an `exec`'s: its caller waits)
@@ -468,7 +470,7 @@ def fork_and_wait(channel: Channel, waiter: Waiter = PLAIN_WAITER) -> None:
     if pid == 0:
         # Should the waiter be killed, nobody could report our exit: die with it.
         set_parent_death_signal(signal.SIGKILL)
-        close_all([told_write, waiter.exit_status, waiter.program])   # the waiter's, not ours
+        close_all([told_write, waiter.exit_status, waiter.program, *waiter.held])  # not ours
         # Our pid must reach the parent before any `ready` of ours: the parent plugs
         # eth0 into the namespaces of the last pid it heard of, and the waiter's are
         # the host's (seen in CI: 1 run of 50 at once got "eth0: File exists").
@@ -478,7 +480,7 @@ def fork_and_wait(channel: Channel, waiter: Waiter = PLAIN_WAITER) -> None:
     os.close(told_read)
     channel.tell(b"pid %d" % pid)
     os.close(told_write)
-    kept = [fd for fd in (waiter.exit_status, waiter.program) if fd is not None]
+    kept = [fd for fd in (waiter.exit_status, waiter.program, *waiter.held) if fd is not None]
     close_fds_but(kept)
     set_dumpable(False)       # its fds are no one else's (monitor.c does the same)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -510,8 +512,9 @@ def _become_monitor(waiter: Waiter, child: int) -> None:
     """exec the monitor program (by its fd: no path of the caller's need resolve
     here) to wait for `child`; returns only if the exec failed, to wait as Python."""
     status_fd = -1 if waiter.exit_status is None else waiter.exit_status
-    if waiter.exit_status is not None:
-        os.set_inheritable(waiter.exit_status, True)
+    for fd in (waiter.exit_status, *waiter.held):
+        if fd is not None:
+            os.set_inheritable(fd, True)     # the monitor holds the held ones, silently
     try:
         os.execve(waiter.program, ["mc-monitor", str(child), str(status_fd)], {})
     except OSError:

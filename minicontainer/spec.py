@@ -69,12 +69,6 @@ class Spec:
         """The overlay's lower directories, top first: an image's layers, or the rootfs."""
         return self.layers or (self.rootfs,)
 
-    @property
-    def proxy_cgroup(self) -> str | None:
-        """The cgroup of its published ports' relay: a flood of connections spends the
-        relay's memory and pids, never the host's or ours."""
-        return f"{cgroups.PARENT}/mc-{self.id}-proxy" if self.ports else None
-
 
 def describe(command: str | Sequence[str] | Callable[[], None] = (), *,
              name: str | None = None, rootfs: str | os.PathLike | None = None,
@@ -175,7 +169,7 @@ def record_of(spec: Spec) -> dict:
             "rootfs": spec.rootfs, "hostname": spec.hostname,
             "namespaces": sorted(spec.namespaces), "init": spec.init, "env": spec.env,
             "rootless": spec.rootless, "cgroup": spec.cgroup,
-            "proxy_cgroup": spec.proxy_cgroup, "limits": asdict(spec.limits),
+            "limits": asdict(spec.limits),
             "ports": [list(port) for port in spec.ports],
             "security": spec.security.as_dict(), "tty": spec.tty,
             "shm_size": spec.shm_size, "preserve_fds": spec.preserve_fds,

@@ -55,18 +55,17 @@ print(net["name"], net["subnet"], "gateway", net["gateway"])
 #
 # <details><summary>Answer</summary>
 #
-# Not `httpd`: our port proxy (`minicontainer/proxy.py`), a small process on the host
-# that listens on 18080, accepts, and opens a second connection to the container's
-# address, port 80 — so `httpd` sees a client on the bridge's address, not 127.0.0.1.
-# Docker publishes ports mainly with **DNAT** rules instead: in iptables' `nat` table,
-# `PREROUTING` (packets from elsewhere) and `OUTPUT` (the host's own connections to its
-# addresses) jump to a `DOCKER` chain that rewrites the destination to the container's
-# address and port; no process is in the way. The `OUTPUT` rule skips `127.0.0.0/8`,
-# because the kernel does not route loopback addresses out to a bridge unless
-# `route_localnet` is switched on; so connections to `127.0.0.1` go to a userland
-# proxy, `docker-proxy` (on by default; with `userland-proxy: false` Docker sets
-# `route_localnet` and uses DNAT for loopback too). We use the proxy for every case,
-# which keeps the host's loopback protection on (`network.py` says why).
+# `httpd` itself: no process of ours is in the way. A published port is two **DNAT**
+# rules in the kernel's `nat` table (`minicontainer/ports.py`): `OUTPUT` catches the
+# host's own connections to its addresses, `PREROUTING` packets from elsewhere, and both
+# rewrite the destination `:18080` to the container's address, port 80; conntrack then
+# rewrites every later packet of that connection, both ways. Docker does the same with
+# `userland-proxy: false` (by default it also starts a `docker-proxy` process per
+# port). One catch: the kernel will not send a packet from `127.0.0.1` out to a bridge
+# unless `route_localnet` is on for it, so we switch it on for our bridge only, and
+# masquerade those connections behind the bridge's address: `httpd` sees a client at
+# the gateway, not `127.0.0.1`. The host port stays taken meanwhile: the container's
+# monitor holds a socket on it, so nothing else on the host can listen there.
 # </details>
 
 # %%
@@ -125,36 +124,45 @@ with Container(["sleep", "30"], network="mc-lesson") as c:
 #
 # <details><summary>Answer</summary>
 #
-# None. Ours are one `MASQUERADE` rule per network in `POSTROUTING` — packets from the
-# subnet leaving by another interface get the host's address as their source, so
-# replies find their way back — and, in the `filter` table, `FORWARD` rules that let the
-# bridge's traffic out and its replies in, and drop new connections from elsewhere into
-# it. Published ports go through our proxy, a process. Docker
-# would also list, per published port, a `DNAT` rule in its `DOCKER` chain:
-# `-A DOCKER ! -i docker0 -p tcp -m tcp --dport 18080 -j DNAT --to-destination
-# 172.17.0.2:80`, reached from `PREROUTING` and `OUTPUT`; its `docker-proxy` handles only
-# what DNAT cannot, connections to `127.0.0.1`. And Docker's names come from its embedded
-# DNS server at `127.0.0.11`, not from `/etc/hosts`: dockerd opens a socket inside the
-# container's network namespace, and `DNAT` rules there (in the container's own `nat`
-# table, not the host's) send port 53 of that address to it.
+# Two, both tagged with the container's veth name (`mc-<id>`), not the network's: one
+# in `PREROUTING` (from elsewhere, to any host address but `127.0.0.0/8`) and one in
+# `OUTPUT` (the host's own connections, `127.0.0.1` included). Docker lists the same
+# kind of rule in its `DOCKER` chain: `-A DOCKER ! -i docker0 -p tcp -m tcp --dport
+# 18080 -j DNAT --to-destination 172.17.0.2:80`. The network's own rules: `MASQUERADE`
+# in `POSTROUTING` for packets from the subnet leaving by another interface (replies find
+# their way back), for the host's `127.0.0.1` connections into the bridge, and for a
+# container reaching a neighbour through the host's address ("hairpin"); in `filter`,
+# `FORWARD` rules that let the bridge's traffic out, published ports' connections in,
+# and drop other new connections from elsewhere; and in `raw`, one `DROP` for whatever
+# the bridge sends to `127.0.0.0/8`. Without it, `route_localnet` would let a container
+# reach the host's loopback-only services (CVE-2020-8558: the security notebook's
+# escape lab shows the attack get through with the rule off). And Docker's names come
+# from its embedded DNS server at `127.0.0.11`, not from `/etc/hosts`: dockerd opens a
+# socket inside the container's network namespace, and `DNAT` rules there (in the
+# container's own `nat` table, not the host's) send port 53 of that address to it.
 # </details>
 
 # %%
-def our_rules(table: str) -> list[str]:
+def our_rules(table: str, *tags: str) -> list[str]:
     listing = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True)
-    return [line for line in listing.stdout.splitlines() if "mc-lesson" in line]
+    return [line for line in listing.stdout.splitlines() if any(tag in line for tag in tags)]
 
 
 with Container(WEB, network="mc-lesson", ports={18080: 80}) as web:
     web.start()
+    tags = ("mc-lesson", web.attachment.host_end)     # the network's, the container's
     if network.firewall_tool() == "iptables":
-        nat = our_rules("nat")
-        print("iptables -t nat -S | grep mc-lesson", *nat, sep="\n  ")
-        print("iptables -t filter -S | grep mc-lesson", *our_rules("filter"), sep="\n  ")
-        print("DNAT rules among ours:", sum("DNAT" in line for line in nat))
-    else:                           # nftables instead: one table of its own per network
-        print(subprocess.run(["nft", "list", "table", "ip", "mc-lesson"], capture_output=True,
-                             text=True).stdout)
+        nat = our_rules("nat", *tags)
+        print("iptables -t nat -S | grep mc-", *nat, sep="\n  ")
+        print("iptables -t filter -S | grep mc-", *our_rules("filter", *tags), sep="\n  ")
+        print("iptables -t raw -S | grep mc-", *our_rules("raw", *tags), sep="\n  ")
+        print("DNAT rules among ours:", sum("-j DNAT" in line for line in nat))
+    else:                           # nftables instead: a table per network, per container
+        for table in tags:
+            print(subprocess.run(["nft", "list", "table", "ip", table], capture_output=True,
+                                 text=True).stdout)
+    print("route_localnet on the bridge:",
+          open("/proc/sys/net/ipv4/conf/mc-lesson/route_localnet").read().strip())
 
 # %%
 network.remove("mc-lesson")
@@ -163,9 +171,9 @@ print("networks left:", network.names())
 # %% [markdown]
 # ## What you know now
 # - A container's network is a namespace plus a virtual cable to a virtual switch;
-#   NAT on the host lets it out, a proxy lets published ports in (Docker: DNAT rules,
-#   and its docker-proxy for 127.0.0.1); neighbours' names come from `/etc/hosts`
-#   (Docker: its embedded DNS server at 127.0.0.11).
+#   NAT on the host lets it out, DNAT rules let published ports in (Docker's
+#   `userland-proxy: false`: no process relays them); neighbours' names come from
+#   `/etc/hosts` (Docker: its embedded DNS server at 127.0.0.11).
 # - A VM is networked another way: QEMU emulates a *network card* (virtio-net, e1000)
 #   that the guest's own kernel drives, and its host side is a tap device, which can be
 #   plugged into a bridge like ours. The VM of notebook 07 has no network card at all

@@ -22,7 +22,6 @@ def host_objects() -> dict[str, list[str]]:
     # A zombie is gone but for its exit status, which init collects when it gets to it.
     alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and not _zombie(p)]
     qemu = [p.name for p in alive if _comm(p).startswith("qemu-system")]
-    proxies = [p.name for p in alive if b"minicontainer.proxy" in _cmdline(p)]
     keepers = [p.name for p in alive if b"minicontainer.console" in _cmdline(p)]
     helpers = [p.name for p in alive if b"minicontainer.network_helper" in _cmdline(p)]
     registries = [p.name for p in alive if _comm(p) == "docker-registry"]
@@ -36,7 +35,6 @@ def host_objects() -> dict[str, list[str]]:
         "data directory": [str(d) for d in [state.data_dir().parent] if d.exists()],
         "container data": sorted(p.name for p in _entries(state.data_dir())),
         "qemu processes": qemu,
-        "port proxies": proxies,
         "terminal keepers": keepers,
         "network helpers": helpers,
         "registry servers": registries,

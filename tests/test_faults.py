@@ -25,9 +25,9 @@ STAGES = [
     ("creating the overlay directories", "minicontainer.rootfs.Overlay.create"),
     ("leasing an address", "minicontainer.network.attach"),
     ("creating the cgroup", "minicontainer.cgroups.Cgroup.create"),
-    ("binding a published port", "minicontainer.proxy.bind"),
+    ("reserving a published port", "minicontainer.ports.reserve"),
     ("plugging in the veth", "minicontainer.network.Attachment.connect"),
-    ("starting the port proxy", "minicontainer.proxy.start"),
+    ("adding the published port's rules", "minicontainer.ports.add_rules"),
 ]
 
 
@@ -98,9 +98,10 @@ KILLS = [  # (the stage reached, the step to die at, container or VM, before or 
      "after"),
     ("the container runs (overlay mounted)", "minicontainer.process.spawn", "container",
      "after"),
-    ("the port proxy's cgroup exists", "minicontainer.cgroups.Cgroup.create", "container",
-     "after", 2),
-    ("the port proxy runs", "minicontainer.proxy.start", "container", "after"),
+    ("the published port's rules are in", "minicontainer.ports.add_rules", "container",
+     "after"),
+    ("one of the published port's two rules is in", "minicontainer.ports.run_firewall",
+     "container", "after"),
     ("QEMU runs, its pid not yet written", "minicontainer.state.write_vm", "vm", "before", 2),
     ("QEMU runs", "minicontainer.vm.machine.VM.start", "vm", "after"),
 ]
@@ -146,7 +147,7 @@ def test_kill_9_of_a_notebook_kernel_then_cleanup_leaves_nothing():
 
 
 def test_a_power_cut_of_the_whole_process_tree_then_cleanup_leaves_nothing():
-    """Every process of the owner's tree (it, the container, its waiter, the port proxy)
+    """Every process of the owner's tree (it, the container, its monitor)
     is frozen, then killed at once: nobody gets to tidy up."""
     import psutil
     before = host_objects()
@@ -154,7 +155,7 @@ def test_a_power_cut_of_the_whole_process_tree_then_cleanup_leaves_nothing():
                              stdout=subprocess.PIPE, text=True)
     assert owner.stdout.readline().startswith("started")
     tree = [psutil.Process(owner.pid), *psutil.Process(owner.pid).children(recursive=True)]
-    assert len(tree) >= 4                       # owner, waiter, container, proxy
+    assert len(tree) >= 3                       # owner, monitor, container
     for process in tree:
         process.suspend()
     for process in tree:

@@ -207,8 +207,8 @@ def bait(tmp_path):
 
 
 def crafted(name: str, bait: dict) -> dict:
-    """A record that names the bait everywhere the host acts: its pids, proxy,
-    terminal keeper, cgroup and interface."""
+    """A record that names the bait everywhere the host acts: its pids, terminal
+    keeper, cgroup and interface (whose name also tags its published ports' rules)."""
     net = bait["network"]
     return {"name": name, "id": "0123456789ab", "command": ["true"], "rootfs": "/",
             "hostname": "x", "namespaces": ["mnt"], "init": False, "env": {},
@@ -217,7 +217,7 @@ def crafted(name: str, bait: dict) -> dict:
             "network": {"network": net["name"], "address": net["gateway"],
                         "gateway": net["gateway"], "prefix": 24,
                         "host_end": bait["interface"]},
-            "ports": [], "proxy": [bait["pid"], bait["started"]], "security": {},
+            "ports": [["0.0.0.0", 18130, 80]], "security": {},
             "tty": True, "console": [bait["pid"], bait["started"]], "created": time.time(),
             "owner": 1, "owner_started": None,
             "pid": bait["pid"], "main_pid": bait["pid"], "pid_started": bait["started"]}
@@ -247,15 +247,13 @@ def test_a_record_planted_from_inside_a_container_moves_nothing_on_the_host(bait
 @pytest.mark.parametrize("change, why", [
     ({}, "cgroup"),
     ({"cgroup": None}, "interface"),
-    ({"cgroup": None, "network": None, "proxy": None}, None),   # only the pids are left
+    ({"cgroup": None, "network": None}, None),   # only the pids are left
     ({"pid": True}, "pid is a bool"),
     ({"env": {"A": 1}}, "more than strings"),
-    ({"cgroup": None, "network": None, "proxy": None, "pid": -5, "pid_started": None},
+    ({"cgroup": None, "network": None, "pid": -5, "pid_started": None},
      "not positive"),
-    ({"cgroup": None, "network": None, "proxy": None, "proxy_cgroup": "minicontainer"},
-     "proxy's cgroup"),
 ], ids=["a host cgroup", "a host interface", "a host process", "a bool for a pid",
-        "a number in the environment", "a negative pid", "a host cgroup for its proxy"])
+        "a number in the environment", "a negative pid"])
 def test_a_record_naming_the_hosts_things_is_refused(bait, change, why):
     directory = state.containers_dir() / "mc-crafted"
     directory.mkdir(parents=True)

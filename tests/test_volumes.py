@@ -277,7 +277,7 @@ def test_the_cli_refuses_a_bad_volume_in_one_line(shared):
 def record_with(shared: Path, **mount) -> dict:
     """A record as a container with one volume writes it, its mount changed by `mount`."""
     spec = describe("true", volumes=[f"{shared}:/data"], tmpfs=["/t:size=1m"])
-    record = {**record_of(spec), "network": None, "detached": False, "proxy": None,
+    record = {**record_of(spec), "network": None, "detached": False,
               "console": None, "created": 1.0, "owner": 1, "owner_started": None, "pid": None,
               "main_pid": None, "pid_started": None}
     record["mounts"][0].update(mount)

@@ -310,7 +310,7 @@ def container_cost(container: Container) -> int:
     """Bytes a running container costs the host: the USS of its processes and of our
     monitor above them (monitor.py: a small C program; a Python waiter where setup
     did not build it), plus the kernel memory charged to its cgroup. These containers
-    publish no port and hold no terminal, so no proxy or keeper is left out."""
+    hold no terminal, so no keeper is left out (a published port is rules, no process)."""
     kernel = (container.stats()["kernel_memory"] or 0) if container.cgroup else 0
     return tree_memory(_waiter_pid(container))["uss"] + kernel
 
