@@ -133,13 +133,8 @@ class Container(Handles):
             self._pid_started = process.start_time(self._child.pid)
             self.console = pty.master() if pty else None
             self.save()                      # its pids, at once: cleanup must find them
-            if spec.ports:                   # tagged with its veth: cleanup finds them
-                from .ports import add_rules
-                add_rules(self.attachment, list(spec.ports))
-                if self.pid != self._child.pid:      # a monitor holds the sockets now
-                    for held in self.port_sockets:
-                        held.close()
-                    self.port_sockets = []
+            if spec.ports:
+                publish_ports(self)
             if detach and self.console is not None:
                 self.keep_console()
         except BaseException:
@@ -292,6 +287,17 @@ def enter_budget(spec: Spec, cgroup: Cgroup | None, allowed: tuple) -> list[int]
     if spec.security.devices and "mnt" not in spec.namespaces and not listed:
         devices.refuse_device_nodes(Path(spec.rootfs))   # neither nodev nor a list
     return procs
+
+
+def publish_ports(container: Container) -> None:
+    """Layer 4, host side: the published ports' DNAT rules (tagged with its veth, so
+    cleanup finds them); once a monitor holds the reserved ports, we let them go."""
+    from .ports import add_rules
+    add_rules(container.attachment, list(container.spec.ports))
+    if container.pid != container.child().pid:      # a monitor holds the sockets now
+        for held in container.port_sockets:
+            held.close()
+        container.port_sockets = []
 
 
 def spawn_command(container: Container, steps: list[process.Step],
