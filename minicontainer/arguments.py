@@ -307,7 +307,10 @@ def check_record(name: str, record: object, ours: Iterable[Path]) -> dict:
     if cgroup is not None and not (_our_group(cgroup, record["id"]) or (
             is_plain_path(cgroup) and not cgroup.rsplit("/", 1)[-1].startswith("mc-"))):
         # A plain path elsewhere is a bundle's linux.cgroupsPath (bundle_linux.py):
-        # Cgroup.remove never kills in such a group, it only removes it once empty.
+        # Cgroup.remove never kills in such a group, it only removes it once empty. So a
+        # forged record can at worst rmdir an empty group of the host's (an attack review
+        # showed it), and forging one takes write access to our 0700 state directory:
+        # root already. runc trusts the cgroup paths in its state.json the same way.
         raise refuse(f"its cgroup {cgroup!r} is not {PARENT}/…/mc-{record['id']}, nor a "
                      "plain path")
     if record["network"] is not None:
