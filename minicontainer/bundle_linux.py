@@ -48,9 +48,10 @@ def namespaces_of(linux: Fields) -> tuple[set[str], dict[str, str]]:
 
     A path must be a namespace file of the kind named (asked of the kernel,
     namespaces.namespace_kind); the child's setns(2) checks it again, at the moment
-    it joins. The mount namespace must be new (our root is an overlay mounted in it;
-    in a joined one it would land in somebody else's mount table), and so must the
-    user namespace, or absent: we map no ids (runc joins both)."""
+    it joins. Without a new mount namespace, absent or joined, the root is entered
+    with chroot (layer 1) and nothing is mounted (no_mount_namespace says what is
+    refused then). The user namespace must be new, or absent: we map no ids (runc
+    joins both)."""
     kinds, joined = set(), {}
     for number, entry in enumerate(linux.take("namespaces", list, [])):
         item = Fields(entry, f"linux.namespaces[{number}]")
@@ -60,9 +61,6 @@ def namespaces_of(linux: Fields) -> tuple[set[str], dict[str, str]]:
         ours = NAMESPACES[kind]
         if ours in kinds or ours in joined:
             raise item.bad("type", f"names {kind} twice")
-        if path and ours == "mnt":
-            raise item.refuse("path", ": joining a mount namespace (our root is mounted in "
-                                      "a new one)")
         if path and ns.namespace_kind(path) != ours:
             raise item.bad("path", f"{path!r} is not a {kind} namespace file "
                                    f"(such as /proc/PID/ns/{ours})")
@@ -71,9 +69,6 @@ def namespaces_of(linux: Fields) -> tuple[set[str], dict[str, str]]:
             joined[ours] = path
         else:
             kinds.add(ours)
-    if "mnt" not in kinds:     # our root is an overlay, mounted in a namespace of its own
-        raise BadBundle("config.json: linux.namespaces has no mount namespace, which "
-                        "minicontainer needs for the container's root")
     return kinds, joined
 
 

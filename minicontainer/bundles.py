@@ -136,9 +136,29 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     home = "/root" if spec.user[0] == 0 else "/"
     spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]}, mounts=mounts,
                                cgroup=spec.cgroup if cgroup is None else cgroup)
-    return Bundle(spec, directory, version, annotations, readonly, options["rlimits"],
-                  options["oom_score_adj"], options["additional_gids"], joined, mqueue,
-                  *options["inherited"], options["umask"], **extras)
+    bundle = Bundle(spec, directory, version, annotations, readonly, options["rlimits"],
+                    options["oom_score_adj"], options["additional_gids"], joined, mqueue,
+                    *options["inherited"], options["umask"], **extras)
+    if "mnt" not in kinds:
+        refuse_mounts_without_namespace(bundle)
+    return bundle
+
+
+def refuse_mounts_without_namespace(bundle: Bundle) -> None:
+    """BadBundle naming the first field that needs a mount, in a bundle without a
+    mount namespace of its own (none, or one joined by path). Its root is entered
+    with chroot (layer 1) and nothing is mounted: the standard mounts (/proc, /dev,
+    /sys) are not made, the container sees root.path's own directories there. runc
+    makes them, and binds its root, in whatever mount namespace it is in: the host's,
+    or the one joined; we never change a mount table that is not the container's."""
+    needs = {"mounts (a bind or a tmpfs)": bundle.spec.mounts, "root.readonly": bundle.readonly,
+             "linux.maskedPaths": bundle.masked, "linux.readonlyPaths": bundle.read_only,
+             "linux.sysctl": bundle.sysctl, "linux.devices": bundle.device_nodes,
+             "process.terminal": bundle.spec.tty}
+    for field, value in needs.items():
+        if value:
+            raise BadBundle(f"config.json: {field} needs a new mount namespace here "
+                            "(linux.namespaces: a mount one, without a path)")
 
 
 def root_of(root: Fields, directory: Path) -> tuple[str, bool]:

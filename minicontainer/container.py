@@ -35,7 +35,7 @@ from .cgroups import Cgroup
 from .errors import MinicontainerError, Timeout
 from .handles import Handles, live_helper, open_logs, record_exit
 from .init import become_init
-from .rootfs import Overlay
+from .rootfs import BoundRoot, Overlay
 from .process import Result
 from .spec import Spec, describe, from_record
 from .terminal import WINDOW, Pty
@@ -80,6 +80,17 @@ class Container(Handles):
         its own here (oci.py), once the record directory exists."""
         return steps
 
+    def root_layer(self) -> Overlay | BoundRoot:
+        """What becomes its root: the image under a writable layer of its own, in its
+        data directory (a runtime built on this class may use a directory as it is:
+        oci.py)."""
+        spec = self.spec
+        # An image's layers from the store, in a user namespace: overlayfs reads
+        # their opaque marks from user.* xattrs (trusted.* are not for it there).
+        return Overlay.create([Path(p) for p in spec.lower], self.data,
+                              nodev=spec.security.devices,
+                              userxattr=bool(spec.layers) and "user" in spec.namespaces)
+
     def allowed_devices(self) -> tuple:
         """The devices its cgroup lets it open (devices.ALLOWED): a runtime built on
         this class adds the ones its bundle allows (oci.py)."""
@@ -112,11 +123,7 @@ class Container(Handles):
             waiter = monitor.waiter_for(self.directory,
                                         tuple(s.fileno() for s in self.port_sockets))
             self.data = state.make_data(spec.name)
-            # An image's layers from the store, in a user namespace: overlayfs reads
-            # their opaque marks from user.* xattrs (trusted.* are not for it there).
-            layer = Overlay.create([Path(p) for p in spec.lower], self.data,
-                                   nodev=spec.security.devices,
-                                   userxattr=bool(spec.layers) and "user" in spec.namespaces)
+            layer = self.root_layer()
             files: list[ns.Mount] = []
             if spec.network:                 # layer 4, host side; recorded at once
                 self.attachment, files = lease_address(spec, self.data)
@@ -235,7 +242,7 @@ Container.__init__.__signature__ = inspect.signature(describe).replace(
 
 # -- what the child does ---------------------------------------------------------------
 
-def setup_steps(spec: Spec, layer: Overlay, channel: process.Channel,
+def setup_steps(spec: Spec, layer: Overlay | BoundRoot, channel: process.Channel,
                 files: list[ns.Mount], procs: list[int], pty: Pty | None,
                 waiter: process.Waiter) -> list[process.Step]:
     """What the container's first process does to itself between fork and exec, in

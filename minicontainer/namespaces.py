@@ -34,7 +34,7 @@ from . import syscalls
 from .chroot import chroot_into
 from .errors import ImageError, InvalidArgument
 from .process import PLAIN_WAITER, Channel, Waiter, fork_and_wait
-from .rootfs import Overlay
+from .rootfs import BoundRoot, Overlay
 from .syscalls import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                        MS_REMOUNT, mount)
 
@@ -69,7 +69,7 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
     return {kind: os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in FLAGS}
 
 
-def isolate(rootfs: Overlay, namespaces: Iterable[str], hostname: str, channel: Channel,
+def isolate(rootfs: Overlay | BoundRoot, namespaces: Iterable[str], hostname: str, channel: Channel,
             waiter: Waiter = PLAIN_WAITER, mounts: Sequence[Mount] = (),
             shm_size: int = SHM_SIZE, joined: Mapping[str, str] | None = None,
             mqueue: bool = False) -> None:

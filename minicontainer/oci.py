@@ -18,7 +18,9 @@ directory; the container's last step before execve(2) opens it for writing, whic
 blocks in the kernel until `start` opens it for reading. We do the same
 (wait_for_start). Everything else is our layers: config.json becomes a Spec
 (bundles.py, which refuses by its JSON path what our layers cannot honour), and
-container.Container builds it as for `minicontainer run -d`; this module hands our
+container.Container builds it as for `minicontainer run -d`, but on the bundle's root
+itself (rootfs.BoundRoot: the spec wants the command's writes there), where `run`
+puts an overlay on the image; this module hands our
 layers' steps only what a bundle asks beyond `run` (with_bundle): rlimits, an oom
 score, a umask, namespaces joined by path, /dev/mqueue, sysctls, device nodes and
 their allow rules, a read-only root, its own masked and read-only paths, its
@@ -46,6 +48,7 @@ from .bundles import Bundle, read_bundle
 from .container import Container, make_workdir
 from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
 from .namespaces import isolate
+from .rootfs import BoundRoot
 from .security import (CAPABILITIES, become_user, confine, inherit_capabilities,
                        protect_system_paths)
 from .syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT, mount
@@ -61,8 +64,6 @@ MASKED_NODE = ("masked under the host's /dev/null (devtmpfs), runc's under its o
                "(tmpfs): the same empty file")
 NO_CGROUPFS = "not mounted: the container does not see the cgroup tree (runc mounts it ro)"
 DIFFERENCES_FROM_RUNC = {
-    "mount /": "runc mounts the bundle's rootfs itself, so writes land in the bundle; ours "
-               "is an overlay on it: the bundle is never changed, delete drops the writes",
     **{f"mount /dev/{name}": NODE for name in ("full", "null", "random", "tty", "urandom",
                                                "zero")},
     "mount /proc/keys": MASKED_NODE, "mount /proc/timer_list": MASKED_NODE,
@@ -83,28 +84,21 @@ DIFFERENCES_FROM_CRUN = {
 }
 
 # The runtime-tools validation files runc 1.1.5 passes cleanly on this machine that we
-# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 19
+# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 22
 # of runc's 28 pass for us too: create, default, delete_only_create_resources,
-# delete_resources, hostname, kill, kill_no_effect, linux_cgroups_pids,
-# linux_cgroups_relative_pids, linux_devices, linux_masked_paths, linux_ns_path_type,
-# linux_readonly_paths, linux_sysctl, process, process_oom_score_adj, process_user,
-# root_readonly_true, state).
+# delete_resources, hostname, kill, kill_no_effect, killsig, linux_cgroups_pids,
+# linux_cgroups_relative_pids, linux_devices, linux_masked_paths, linux_ns_itype,
+# linux_ns_path, linux_ns_path_type, linux_readonly_paths, linux_sysctl, process,
+# process_oom_score_adj, process_user, root_readonly_true, state).
 NO_USER_NAMESPACE = ("linux.namespaces names a user namespace, refused: we write no "
                      "uidMappings/gidMappings for a bundle yet (runc writes them from the "
                      "parent)")
-NEW_MOUNT_NAMESPACE = ("our root is an overlay mounted in a mount namespace of our own, so "
-                       "a bundle without one, or joining one by path, is refused")
 NO_CPU_DETAILS = ("linux.resources.cpu: shares, cpus, mems, realtime and a period of its "
                   "own are refused by name: we apply quota/period as a fraction of CPUs on "
                   "our own period (cgroups.CPU_PERIOD)")
 CONFORMANCE_GAPS = {
-    "killsig": "the command's writes land in our overlay's upper layer, not in the "
-               "bundle's rootfs, where the test looks for the file its trap touched (the "
-               "signal itself arrives: `kill` passes); DIFFERENCES_FROM_RUNC['mount /']",
     "linux_cgroups_cpus": NO_CPU_DETAILS,
     "linux_cgroups_relative_cpus": NO_CPU_DETAILS,
-    "linux_ns_itype": NEW_MOUNT_NAMESPACE,
-    "linux_ns_path": NEW_MOUNT_NAMESPACE + " (its mount-namespace case; the others pass)",
     "config_updates_without_affect": "linux.rootfsPropagation 'shared' is refused: our "
                                      "mount namespace stays private, so that no mount of "
                                      "the container's reaches the host's",
@@ -136,6 +130,9 @@ class BundleContainer(Container):
         os.mkfifo(self.directory / FIFO)
         os.chmod(self.directory / FIFO, 0o622)
         self.fifo = os.open(self.directory / FIFO, os.O_PATH | os.O_CLOEXEC)
+        # And the host's /proc, through which the child reopens it: without a mount
+        # namespace of its own, the container has no /proc to do it with.
+        self.proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if (bundle.device_nodes or bundle.device_rules) and not (
                 self.cgroup and devices.can_list(self.cgroup)):
             raise BadBundle("config.json: linux.devices and linux.resources.devices need "
@@ -146,7 +143,8 @@ class BundleContainer(Container):
         # The umask last: our own mkdir()s (/dev/pts...) keep their modes (runc's 022
         # else, where ours would be whatever the caller had).
         umask = 0o022 if bundle.umask is None else bundle.umask
-        last = [partial(os.umask, umask), command, partial(wait_for_start, self.fifo, channel)]
+        last = [partial(os.umask, umask), command,
+                partial(wait_for_start, self.fifo, self.proc, channel)]
         if bundle.seccomp is not None and self.spec.security.no_new_privs:
             # runc's order: with no_new_privs the filter goes in last, right before
             # exec, so a strict profile cannot refuse the runtime's own last calls.
@@ -165,6 +163,12 @@ class BundleContainer(Container):
             steps = [step for step in steps if step not in confined]
             last += confined
         return steps + last
+
+    def root_layer(self) -> BoundRoot:
+        """root.path as it is, as the runtime spec wants and runc does: the command's
+        writes land in the bundle (namespaces.isolate binds it and pivots into it, or,
+        without a mount namespace of its own, enters it with chroot)."""
+        return BoundRoot(Path(self.spec.rootfs), nodev=self.spec.security.devices)
 
     def allowed_devices(self) -> tuple:
         """Ours (devices.ALLOWED) and the ones linux.resources.devices allows."""
@@ -243,8 +247,9 @@ def set_oom_score_adj(score: int) -> None:
 
 
 def remount_root_readonly() -> None:
-    """A step, after pivot_root: root.readonly. The overlay stays writable below; its
-    mount at / becomes read-only, keeping its other flags (nodev...), as runc does."""
+    """A step, after pivot_root: root.readonly. Our bind of root.path at / becomes
+    read-only (the directory stays writable on the host), keeping its other flags
+    (nodev...), as runc does."""
     flags = os.statvfs("/").f_flag & 0o16     # ST_NOSUID, ST_NODEV, ST_NOEXEC = MS_*
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
 
@@ -258,16 +263,17 @@ def look_up_command(program: str, path: str) -> None:
                                 f"(PATH={path})", program)
 
 
-def wait_for_start(fifo: int, channel: process.Channel) -> None:
+def wait_for_start(fifo: int, proc: int, channel: process.Channel) -> None:
     """The last step: tell `create` we are built (our end of spawn's report pipe
     closes, which spawn reads as end-of-file, as at exec), then open exec.fifo for
-    writing through our O_PATH fd. open(2) blocks until `start` opens it for reading;
-    the byte we write tells `start` we were still here."""
+    writing through our O_PATH fd, reached in the host's /proc (`proc`, opened by
+    create: a container without a mount namespace has no /proc of its own). open(2)
+    blocks until `start` opens it for reading; the byte we write tells `start` we
+    were still here."""
     channel.stop_telling()
-    writer = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
+    writer = os.open(f"self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
     os.write(writer, b"0")
-    os.close(writer)
-    os.close(fifo)
+    process.close_all([writer, fifo, proc])   # nothing of the host's reaches the command
 
 
 # -- the five operations -------------------------------------------------------------------
@@ -292,7 +298,8 @@ def create(container_id: str, bundle_dir: str, pid_file: str | None = None,
         raise NameInUse(f"container {container_id} exists already: delete it first, or "
                         "choose another id") from None
     finally:
-        process.close_all([getattr(container, "fifo", None), null])
+        process.close_all([getattr(container, "fifo", None), getattr(container, "proc", None),
+                           null])
     try:
         if console_socket:
             send_console(console_socket, container.console)

@@ -12,6 +12,10 @@ read-only lower directory (the image), a writable upper directory per container 
 receives every change, and a merged view mounted where the container's root will be.
 An image from the store (images/) is several lower directories, one per layer, stacked
 top first (`lowerdir=top:...:bottom`).
+
+An OCI bundle's root is the other way (BoundRoot): the runtime spec says the
+container's writes land in the bundle's directory itself, so a runtime binds that
+directory and uses it as it is, with no layer of its own.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from .errors import RootfsError
 from .host import cache_dir
-from .syscalls import MS_NODEV, mount
+from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT, mount
 
 BUSYBOX = Path(os.environ.get("MINICONTAINER_BUSYBOX", "/bin/busybox"))
 ROOTFS_LAYOUT_VERSION = "1"  # bump when the tree below changes, to rebuild caches
@@ -223,3 +227,29 @@ class Overlay:
                           "some filesystems (overlayfs itself, NFS, FUSE, vfat); set "
                           "MINICONTAINER_DATA to a directory on ext4, xfs, btrfs or tmpfs"
                           ) from None
+
+
+@dataclass
+class BoundRoot:
+    """A directory used as the root as it is, every write landing in it: an OCI
+    bundle's root.path, as runc uses it (Overlay's interface, so that layer 2 takes
+    either). `nodev`: no device node in it opens."""
+
+    lower: Path          # the directory itself (chroot takes it without a mount namespace)
+    nodev: bool = True
+
+    @property
+    def merged(self) -> Path:
+        """Where the root appears once mounted: the directory itself."""
+        return Path(self.lower)
+
+    def mount(self) -> None:
+        """Bind the directory onto itself, in the container's own mount namespace:
+        pivot_root(2) needs the new root to be a mount point (runc binds it the same
+        way, recursively: ours is one mount, so that nothing mounted below it on the
+        host comes along with its own flags). The bind keeps its host mount's ro,
+        nosuid and noexec, and adds nodev."""
+        mount(str(self.lower), self.lower, None, MS_BIND)
+        kept = os.statvfs(self.lower).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount(None, self.lower, None,
+              MS_BIND | MS_REMOUNT | kept | (MS_NODEV if self.nodev else 0))

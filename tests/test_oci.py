@@ -224,9 +224,9 @@ BAD_CONFIGS = {   # what we write into config.json → what the one line must sa
     "joining something else": (("linux.namespaces", [{"type": "mount"},
                                                      {"type": "ipc", "path": "/etc/passwd"}]),
                                "linux.namespaces[1].path"),
-    "joining a mount namespace": (("linux.namespaces", [{"type": "mount",
-                                                         "path": "/proc/1/ns/mnt"}]),
-                                  "linux.namespaces[0].path"),
+    "a read-only root without a mount namespace": (
+        ("linux", {"namespaces": [{"type": "pid"}, {"type": "uts"}]}),
+        "root.readonly needs a new mount namespace"),
     "a user namespace": (("linux.namespaces", [{"type": "mount"}, {"type": "user"}]),
                          "linux.namespaces[1].type"),
     "a host sysctl": (("linux.sysctl", {"kernel.panic": "10"}), "linux.sysctl.kernel.panic"),
@@ -503,6 +503,63 @@ def test_namespaces_given_by_path_are_joined_not_made(bundle, root, tmp_path, ho
     assert ours["pid 1"] == "sleep"                   # its /proc is the joined namespace's
     assert ours["uts"] != str(os.stat(f"/proc/{holder}/ns/uts").st_ino)   # made new
     assert theirs is None or {kind: theirs[kind] for kind in joined} == joined
+
+
+def bundle_without_mounts(bundle: Path, namespaces: list[dict], script: str) -> None:
+    """The bundle's config without what needs a mount namespace of its own (the
+    hostname, the masked and read-only paths, a read-only root), in `namespaces`."""
+    config = config_of(bundle)
+    config.pop("hostname")
+    config["root"]["readonly"] = False
+    config["linux"].update(namespaces=namespaces, maskedPaths=[], readonlyPaths=[])
+    config["process"]["args"] = ["sh", "-c", script]
+    write_config(bundle, config)
+
+
+def test_the_commands_writes_land_in_the_bundles_root_as_under_runc(bundle, root, tmp_path):
+    config = changed(config_of(bundle), "root.readonly", False)
+    theirs, ours = probe_both(bundle, root, tmp_path, config, "echo made > /written; "
+                              "echo root: $(stat -f -c %T /)")
+    assert (bundle / "rootfs" / "written").read_text() == "made\n"   # no overlay of ours
+    assert theirs is None or theirs == ours
+
+
+def test_without_a_mount_namespace_the_root_is_entered_with_chroot(bundle, root):
+    bundle_without_mounts(bundle, [{"type": "pid"}], "echo made > /written; ls /proc")
+    assert oci_cli(root, "create", "--bundle", str(bundle), "chrooted",
+                   stdout=subprocess.DEVNULL).returncode == 0
+    pid = state_of(root, "chrooted")["pid"]
+    assert os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+    assert os.readlink(f"/proc/{pid}/root") == str(bundle / "rootfs")
+    assert oci_cli(root, "start", "chrooted").returncode == 0
+    wait_for_status(root, "chrooted", "stopped")
+    assert oci_cli(root, "delete", "chrooted").returncode == 0
+    assert (bundle / "rootfs" / "written").read_text() == "made\n"
+    assert not any((bundle / "rootfs" / "proc").iterdir())   # nothing mounted on the host
+
+
+def test_a_mount_namespace_joined_by_path_is_used_and_left_unchanged(bundle, root, tmp_path):
+    holder = subprocess.Popen(["unshare", "--mount", "sleep", "60"])
+    try:
+        while os.stat(f"/proc/{holder.pid}/ns/mnt").st_ino == os.stat(
+                "/proc/self/ns/mnt").st_ino:            # unshare has not exec'd yet
+            time.sleep(0.01)
+        table = Path(f"/proc/{holder.pid}/mountinfo").read_text()
+        bundle_without_mounts(bundle, [{"type": "pid"}, {
+            "type": "mount", "path": f"/proc/{holder.pid}/ns/mnt"}], "echo made > /written")
+        assert oci_cli(root, "create", "--bundle", str(bundle), "joined",
+                       stdout=subprocess.DEVNULL).returncode == 0
+        pid = state_of(root, "joined")["pid"]
+        assert os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat(
+            f"/proc/{holder.pid}/ns/mnt").st_ino
+        assert oci_cli(root, "start", "joined").returncode == 0
+        wait_for_status(root, "joined", "stopped")
+        assert oci_cli(root, "delete", "joined").returncode == 0
+        assert (bundle / "rootfs" / "written").read_text() == "made\n"
+        assert Path(f"/proc/{holder.pid}/mountinfo").read_text() == table
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def ns_name(kind: str) -> str:
