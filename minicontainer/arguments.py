@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import namespaces as ns
+from . import syscalls
 from .cgroups import PARENT, is_plain_path
 from .security import Security
 from .errors import BadRecord, InvalidArgument, NotLinuxError, NotRootError
@@ -354,16 +355,22 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
 
 
 MOUNT = {"target": (Str,), "source": (Str, Null), "read_only": (Bool,), "noexec": (Bool,),
-         "size": (Int, Null), "mode": (Int, Null)}
+         "size": (Int, Null), "mode": (Int, Null), "flags": (Int,), "propagation": (Int,)}
+NEWER_MOUNT_FIELDS = {"flags", "propagation"}     # a record older than them lacks them
+PROPAGATIONS = {0} | {kind | rec for kind in (syscalls.MS_SHARED, syscalls.MS_SLAVE,
+                                              syscalls.MS_PRIVATE, syscalls.MS_UNBINDABLE)
+                      for rec in (0, syscalls.MS_REC)}
 
 
 def _check_mount(mount: object, ours: Iterable[Path],
                  refuse: Callable[[str], BadRecord]) -> None:
     """A mount as check_mounts makes them: its target a clean one, its source a clean
     absolute path outside our state, a size and mode only for a tmpfs."""
-    if not isinstance(mount, dict) or set(mount) != set(MOUNT) or any(
-            type(mount[key]) not in types for key, types in MOUNT.items()):
+    if not isinstance(mount, dict) or not set(MOUNT) - NEWER_MOUNT_FIELDS <= set(mount) <= set(
+            MOUNT) or any(type(mount[key]) not in MOUNT[key] for key in mount):
         raise refuse("a mount of its has other fields or types")
+    if mount.get("flags", 0) & ~ns.ATIME_FLAGS or mount.get("propagation", 0) not in PROPAGATIONS:
+        raise refuse("a mount of its has flags other than atime and propagation ones")
     target, source, size, mode = (mount[key] for key in ("target", "source", "size", "mode"))
     try:
         if check_target(target, target) != target:

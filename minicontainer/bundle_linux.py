@@ -99,10 +99,24 @@ def cgroup_path_of(linux: Fields) -> str | None:
 # -- mounts: the standard ones are ours; binds and tmpfs go through mount_inside ----------------
 
 # Options that change nothing here: our mounts are always nosuid, and nodev (the
-# image's is, Security.devices), and our mount namespace is private from the start.
-NO_OPS = {"nosuid", "nodev", "private", "rprivate", "bind", "exec", "rw"}
-BIND_OPTIONS = NO_OPS | {"rbind", "ro", "noexec"}
-TMPFS_OPTIONS = NO_OPS - {"bind"} | {"ro", "noexec"}
+# image's is, Security.devices).
+NO_OPS = {"nosuid", "nodev", "bind", "exec", "rw"}
+# Options that are mount(2) flags, as runc's table (libcontainer/specconv) has them.
+ATIME_OPTIONS = {"strictatime": syscalls.MS_STRICTATIME, "relatime": syscalls.MS_RELATIME,
+                 "noatime": syscalls.MS_NOATIME, "nodiratime": syscalls.MS_NODIRATIME}
+# ... and the propagation of the new mount, in the container's mount namespace (r-:
+# of the mounts below it too). That namespace is made private from the host's before
+# anything is mounted (namespaces.make_mounts_private), so even a shared mount has
+# peers only in namespaces copied from it later: nothing reaches the host.
+PROPAGATIONS = {"shared": syscalls.MS_SHARED, "slave": syscalls.MS_SLAVE,
+                "private": syscalls.MS_PRIVATE, "unbindable": syscalls.MS_UNBINDABLE}
+PROPAGATION_OPTIONS = {**PROPAGATIONS, **{f"r{name}": flag | syscalls.MS_REC
+                                          for name, flag in PROPAGATIONS.items()}}
+MOUNT_OPTIONS = NO_OPS | {"ro", "noexec"} | set(ATIME_OPTIONS) | set(PROPAGATION_OPTIONS)
+# size= and mode= are a tmpfs's data: runc hands them to mount(2) for a bind too,
+# which ignores data there, so a bind takes them and they do nothing, as under runc.
+BIND_OPTIONS = MOUNT_OPTIONS | {"rbind", "size", "mode"}
+TMPFS_OPTIONS = MOUNT_OPTIONS - {"bind"} | {"size", "mode"}
 
 
 def mounts_of(mounts: list, bundle: Path) -> tuple[tuple[ns.Mount, ...], bool]:
@@ -137,12 +151,18 @@ def refuse_options(where: str, options: list[str], allowed: set[str]) -> None:
     """BadBundle naming the first option not `allowed` (not honoured: never ignored)."""
     for option in options:
         if option.partition("=")[0] not in allowed:
-            why = (": our mounts are always nosuid and nodev" if option in ("suid", "dev")
-                   else ": our mount namespace is private, so that no mount of the "
-                        "container's reaches the host's" if option.lstrip("r") in (
-                            "shared", "slave", "unbindable") else "")
+            why = ": our mounts are always nosuid and nodev" if option in ("suid", "dev") else ""
             raise BadBundle(f"config.json: {where}: option {option!r} is not supported by "
                             f"minicontainer{why}")
+    if len(set(options) & set(PROPAGATION_OPTIONS)) > 1:
+        raise BadBundle(f"config.json: {where}: more than one propagation option")
+
+
+def mount_flags(options: list[str]) -> dict[str, int]:
+    """The Mount fields of the options that are flags: atime ones and propagation."""
+    return {"flags": sum({ATIME_OPTIONS[o] for o in options if o in ATIME_OPTIONS}),
+            "propagation": sum({PROPAGATION_OPTIONS[o] for o in options
+                                if o in PROPAGATION_OPTIONS})}
 
 
 def bind_of(where: str, source: str | None, target: str, options: list[str],
@@ -165,7 +185,8 @@ def bind_of(where: str, source: str | None, target: str, options: list[str],
         # does the same; newer runc uses mount_setattr's recursive flags).
         raise BadBundle(f"config.json: {where}: rbind of {real}, which has mounts below "
                         "it, is not supported by minicontainer: bind a directory without them")
-    return ns.Mount(clean, real, read_only="ro" in options, noexec="noexec" in options)
+    return ns.Mount(clean, real, read_only="ro" in options, noexec="noexec" in options,
+                    **mount_flags(options))
 
 
 def mounts_below(path: str) -> bool:
@@ -177,10 +198,11 @@ def mounts_below(path: str) -> bool:
 
 def tmpfs_of(where: str, target: str, options: list[str]) -> ns.Mount:
     """A tmpfs with its size= and mode= (exec unless noexec, as runc mounts it)."""
-    refuse_options(where, options, TMPFS_OPTIONS | {"size", "mode"})
+    refuse_options(where, options, TMPFS_OPTIONS)
     values = dict(option.partition("=")[::2] for option in options if "=" in option)
     try:
-        size = parse_size(values["size"], "tmpfs size", 4096) if "size" in values else None
+        # Any size, as runc takes it: the kernel rounds it up to a page (--tmpfs: 4K).
+        size = parse_size(values["size"], "tmpfs size", 1) if "size" in values else None
         clean = check_target(target, target)
     except InvalidArgument as e:
         raise BadBundle(f"config.json: {where}: {e}") from None
@@ -188,7 +210,8 @@ def tmpfs_of(where: str, target: str, options: list[str]) -> ns.Mount:
     if mode is not None and not re.fullmatch(r"[0-7]{3,4}", mode):
         raise BadBundle(f"config.json: {where}: mode={mode} is not an octal mode")
     return ns.Mount(clean, None, read_only="ro" in options, noexec="noexec" in options,
-                    size=size, mode=None if mode is None else int(mode, 8))
+                    size=size, mode=None if mode is None else int(mode, 8),
+                    **mount_flags(options))
 
 
 # -- linux.devices and linux.resources.devices -------------------------------------------------

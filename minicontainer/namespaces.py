@@ -62,6 +62,8 @@ class Mount:
     noexec: bool = False         # Docker's default for --tmpfs
     size: int | None = None      # a tmpfs's bytes (None: the kernel's, half the RAM)
     mode: int | None = None      # a tmpfs's mode (None: the target's, or 1777)
+    flags: int = 0               # more of mount(2)'s MS_* flags: the atime ones (a bundle's)
+    propagation: int = 0         # MS_SHARED, MS_SLAVE...: its propagation in our namespace
 
 
 def ns_ids(pid: int | str = "self") -> dict[str, int]:
@@ -238,13 +240,14 @@ def mount_inside(root: Path, wanted: Mount, nodev: bool = True) -> None:
     cgroup alone; we add nodev as we mount the image nodev.
     """
     flags = MS_NOSUID | (MS_NODEV if nodev else 0) | (MS_NOEXEC if wanted.noexec else 0) | (
-        MS_RDONLY if wanted.read_only else 0)
+        MS_RDONLY if wanted.read_only else 0) | wanted.flags
     if wanted.source is None:
         target, made = open_in_root(root, wanted.target, directory=True)
         mode = wanted.mode if wanted.mode is not None else (
             0o1777 if made else stat.S_IMODE(os.fstat(target).st_mode))  # as runc copies it
         size = f",size={wanted.size}" if wanted.size else ""
         mount("tmpfs", _fd_path(target), "tmpfs", flags, f"mode={mode:o}{size}")
+        set_propagation(root, target, wanted.propagation)
         os.close(target)
         return
     # The host side was resolved when the container was described; a symlink put on
@@ -264,9 +267,29 @@ def mount_inside(root: Path, wanted: Mount, nodev: bool = True) -> None:
     # In a user namespace, the host mount's flags (ro, nosuid, nodev, noexec, atime) are
     # locked: a remount must keep them, or EPERM. Root keeps them too: a volume never
     # gets more than the host's mount allows.
-    mount(None, _fd_path(top), None, MS_BIND | MS_REMOUNT | flags | locked_flags(source))
+    host = locked_flags(source)
+    if wanted.flags & ATIME_FLAGS:        # the atime asked for, instead of the host's
+        host &= ~ATIME_FLAGS
+    mount(None, _fd_path(top), None, MS_BIND | MS_REMOUNT | flags | host)
+    set_propagation(root, target, wanted.propagation)
     for fd in (source, target, top):
         os.close(fd)
+
+
+ATIME_FLAGS = (syscalls.MS_NOATIME | syscalls.MS_NODIRATIME | syscalls.MS_RELATIME
+               | syscalls.MS_STRICTATIME)
+
+
+def set_propagation(root: Path, target: int, propagation: int) -> None:
+    """Make the mount just put on `target` shared, slave, private or unbindable, in
+    our mount namespace (make_mounts_private cut its ties to the host's first: a
+    shared mount here has peers only in namespaces copied from ours, never the host)."""
+    if propagation:
+        top = reopen(root, target)
+        try:
+            mount(None, _fd_path(top), None, propagation)
+        finally:
+            os.close(top)
 
 
 AT_FDCWD = -100

@@ -84,11 +84,11 @@ DIFFERENCES_FROM_CRUN = {
 }
 
 # The runtime-tools validation files runc 1.1.5 passes cleanly on this machine that we
-# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 22
+# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 23
 # of runc's 28 pass for us too: create, default, delete_only_create_resources,
 # delete_resources, hostname, kill, kill_no_effect, killsig, linux_cgroups_pids,
 # linux_cgroups_relative_pids, linux_devices, linux_masked_paths, linux_ns_itype,
-# linux_ns_path, linux_ns_path_type, linux_readonly_paths, linux_sysctl, process,
+# linux_ns_path, linux_ns_path_type, linux_readonly_paths, linux_sysctl, mounts, process,
 # process_oom_score_adj, process_user, root_readonly_true, state).
 NO_USER_NAMESPACE = ("linux.namespaces names a user namespace, refused: we write no "
                      "uidMappings/gidMappings for a bundle yet (runc writes them from the "
@@ -104,8 +104,6 @@ CONFORMANCE_GAPS = {
                                      "the container's reaches the host's",
     "linux_ns_nopath": NO_USER_NAMESPACE,
     "linux_uid_mappings": NO_USER_NAMESPACE,
-    "mounts": "mount options strictatime, relatime, noatime... are refused by name: "
-              "namespaces.Mount has no atime flags yet",
 }
 
 # -- the container's own steps: what runc does that `run` does not ----------------------

@@ -420,6 +420,25 @@ def test_bind_and_tmpfs_mounts_go_where_the_bundle_says(bundle, root, tmp_path):
     assert sorted(os.listdir(shared)) == ["hello"]
 
 
+MOUNT_OPTIONS_PROBE = ("awk '$5 == \"/scratch\" || $5 == \"/srv/data\" {sub(/:[0-9]+$/, \"\", $7); "
+                       "print $5 \": \" $6 \" \" $7}' /proc/self/mountinfo")
+
+
+def test_atime_and_propagation_options_are_the_mounts_flags_as_under_runc(
+        bundle, root, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    config = changed(config_of(bundle), "mounts", config_of(bundle)["mounts"] + [
+        {"destination": "/srv/data", "type": "bind", "source": str(shared),
+         "options": ["rbind", "nosuid", "nodev", "nodiratime", "unbindable"]},
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "noatime", "shared", "size=1k"]}])
+    theirs, ours = probe_both(bundle, root, tmp_path, config, MOUNT_OPTIONS_PROBE)
+    assert ours == {"/scratch": "rw,nosuid,nodev,noatime shared",
+                    "/srv/data": "rw,nosuid,nodev,nodiratime,relatime unbindable"}, ours
+    assert theirs in (None, ours)
+
+
 def test_inheritable_and_ambient_capabilities_reach_the_command(bundle, root, tmp_path):
     config = config_of(bundle)
     caps = config["process"]["capabilities"]

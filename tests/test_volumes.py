@@ -289,16 +289,16 @@ def test_a_record_with_its_mounts_reads_back(shared):
     read_back = check_record(record["name"], json.loads(json.dumps(record)), state.roots())
     assert read_back["mounts"] == [
         {"target": "/data", "source": str(shared), "read_only": False, "noexec": False,
-         "size": None, "mode": None},
+         "size": None, "mode": None, "flags": 0, "propagation": 0},
         {"target": "/t", "source": None, "read_only": False, "noexec": True,
-         "size": 1024**2, "mode": None}]
+         "size": 1024**2, "mode": None, "flags": 0, "propagation": 0}]
 
 
 @pytest.mark.parametrize("hostile", [
     {"source": "/"}, {"source": "{data}"}, {"source": "{images}/blobs"}, {"source": "etc"},
     {"source": "/etc/../var/lib"}, {"target": "/proc/sys"}, {"target": "/"},
     {"target": "/a/../dev"}, {"target": "data"}, {"read_only": "yes"}, {"size": 4096},
-    {"mode": 0o7777 + 1}, {"options": "suid"}],
+    {"mode": 0o7777 + 1}, {"options": "suid"}, {"flags": 0x2}, {"propagation": 0x40001}],
     ids=lambda hostile: ",".join(f"{k}={v}" for k, v in hostile.items()))
 def test_a_record_with_a_hostile_mount_is_refused(shared, hostile):
     paths = {"data": state.data_dir(), "images": default_root()}
