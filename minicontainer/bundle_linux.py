@@ -119,6 +119,22 @@ BIND_OPTIONS = MOUNT_OPTIONS | {"rbind", "size", "mode"}
 TMPFS_OPTIONS = MOUNT_OPTIONS - {"bind"} | {"size", "mode"}
 
 
+def root_propagation_of(linux: Fields) -> int:
+    """linux.rootfsPropagation as mount(2) flags for / (0: absent), set once the
+    container is in its root (oci.propagate_root). runc makes the root rslave of the
+    host's before it mounts anything, so that the host's later mounts show inside;
+    ours is private from the start (make_mounts_private), so "slave" has no master
+    here and nothing of the host's shows, and "shared" shares / with the namespaces
+    copied from the container's own, never with the host's."""
+    name = linux.take("rootfsPropagation", str)
+    if name is None:
+        return 0
+    if name not in PROPAGATION_OPTIONS:
+        raise linux.bad("rootfsPropagation", f"{name!r} is not one of "
+                                             f"{', '.join(PROPAGATION_OPTIONS)}")
+    return PROPAGATION_OPTIONS[name]
+
+
 def mounts_of(mounts: list, bundle: Path) -> tuple[tuple[ns.Mount, ...], bool]:
     """config.json's mounts: the standard ones (STANDARD_MOUNTS) we make ourselves;
     a bind or a tmpfs anywhere else becomes a Mount, in the file's order (the spec's:

@@ -30,7 +30,8 @@ import dataclasses
 
 from . import process, state, syscalls
 from .bundle_linux import (NAMESPACES, cgroup_path_of, device_nodes_of, device_rules_of, mounts_of,
-                           namespaces_of, paths_of, seccomp_of, seccomp_profile, sysctl_of)
+                           namespaces_of, paths_of, root_propagation_of, seccomp_of,
+                           seccomp_profile, sysctl_of)
 from .errors import BadBundle, MinicontainerError
 from .jsonfields import Fields
 from .namespaces import make_mounts_private
@@ -67,6 +68,7 @@ class Bundle:
     seccomp: bytes | None = None                # linux.seccomp compiled: BPF
     device_nodes: tuple[tuple, ...] = ()        # linux.devices: (path, mode, rdev, uid, gid)
     device_rules: tuple[tuple, ...] = ()        # allowed beyond ours: (type, major, minor, access)
+    root_propagation: int = 0                   # linux.rootfsPropagation: MS_SHARED...
 
 
 def read_bundle(directory: str | os.PathLike, container_id: str) -> Bundle:
@@ -154,7 +156,8 @@ def refuse_mounts_without_namespace(bundle: Bundle) -> None:
     needs = {"mounts (a bind or a tmpfs)": bundle.spec.mounts, "root.readonly": bundle.readonly,
              "linux.maskedPaths": bundle.masked, "linux.readonlyPaths": bundle.read_only,
              "linux.sysctl": bundle.sysctl, "linux.devices": bundle.device_nodes,
-             "process.terminal": bundle.spec.tty}
+             "process.terminal": bundle.spec.tty,
+             "linux.rootfsPropagation": bundle.root_propagation}
     for field, value in needs.items():
         if value:
             raise BadBundle(f"config.json: {field} needs a new mount namespace here "
@@ -276,7 +279,8 @@ def linux_options(linux: Fields, made: set[str]) -> tuple[dict, dict, dict]:
     extras = {"masked": paths_of(linux, "maskedPaths"),
               "read_only": paths_of(linux, "readonlyPaths"),
               "sysctl": sysctl_of(linux, made), "seccomp": seccomp_of(linux),
-              "device_nodes": device_nodes_of(linux), "device_rules": device_rules}
+              "device_nodes": device_nodes_of(linux), "device_rules": device_rules,
+              "root_propagation": root_propagation_of(linux)}
     return options, {"system_paths": bool(extras["masked"] or extras["read_only"]),
                      "seccomp": extras["seccomp"] is not None}, extras
 

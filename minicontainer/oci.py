@@ -84,12 +84,13 @@ DIFFERENCES_FROM_CRUN = {
 }
 
 # The runtime-tools validation files runc 1.1.5 passes cleanly on this machine that we
-# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 23
-# of runc's 28 pass for us too: create, default, delete_only_create_resources,
-# delete_resources, hostname, kill, kill_no_effect, killsig, linux_cgroups_pids,
-# linux_cgroups_relative_pids, linux_devices, linux_masked_paths, linux_ns_itype,
-# linux_ns_path, linux_ns_path_type, linux_readonly_paths, linux_sysctl, mounts, process,
-# process_oom_score_adj, process_user, root_readonly_true, state).
+# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 24
+# of runc's 28 pass for us too: config_updates_without_affect, create, default,
+# delete_only_create_resources, delete_resources, hostname, kill, kill_no_effect,
+# killsig, linux_cgroups_pids, linux_cgroups_relative_pids, linux_devices,
+# linux_masked_paths, linux_ns_itype, linux_ns_path, linux_ns_path_type,
+# linux_readonly_paths, linux_sysctl, mounts, process, process_oom_score_adj,
+# process_user, root_readonly_true, state).
 NO_USER_NAMESPACE = ("linux.namespaces names a user namespace, refused: we write no "
                      "uidMappings/gidMappings for a bundle yet (runc writes them from the "
                      "parent)")
@@ -99,9 +100,6 @@ NO_CPU_DETAILS = ("linux.resources.cpu: shares, cpus, mems, realtime and a perio
 CONFORMANCE_GAPS = {
     "linux_cgroups_cpus": NO_CPU_DETAILS,
     "linux_cgroups_relative_cpus": NO_CPU_DETAILS,
-    "config_updates_without_affect": "linux.rootfsPropagation 'shared' is refused: our "
-                                     "mount namespace stays private, so that no mount of "
-                                     "the container's reaches the host's",
     "linux_ns_nopath": NO_USER_NAMESPACE,
     "linux_uid_mappings": NO_USER_NAMESPACE,
 }
@@ -175,9 +173,9 @@ class BundleContainer(Container):
 
 def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]:
     """Our layers' steps given the bundle's own inputs, each where its layer takes it:
-    rlimits and the oom score first;
-    the namespaces to join and /dev/mqueue (isolate); the sysctls and the device nodes
-    right after pivot_root, before /proc/sys goes read-only; the root made read-only
+    rlimits and the oom score first; the namespaces to join and /dev/mqueue
+    (isolate); the root's propagation, the sysctls and the device nodes right after
+    pivot_root, before /proc/sys goes read-only; the root made read-only
     once the working directory exists (runc's order); the masked and read-only paths;
     the seccomp program (confine, or last: child_steps); the inheritable and ambient
     capabilities (after confine, or after become_user for another user than root);
@@ -207,6 +205,8 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
                 func is become_user and step.args[0] != 0):
             changed.append(partial(inherit_capabilities, kept, bundle.inheritable,
                                    bundle.ambient))
+        if func is isolate and bundle.root_propagation:
+            changed.append(partial(propagate_root, bundle.root_propagation))
         if func is isolate and bundle.sysctl:
             changed.append(partial(write_sysctls, bundle.sysctl))
         if func is isolate and bundle.device_nodes:
@@ -242,6 +242,14 @@ def set_oom_score_adj(score: int) -> None:
     CAP_SYS_RESOURCE)."""
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write(str(score))
+
+
+def propagate_root(propagation: int) -> None:
+    """A step, after pivot_root: linux.rootfsPropagation for / (MS_SHARED...), in the
+    container's own mount namespace, cut from the host's before anything was mounted
+    (namespaces.make_mounts_private): a mount the container makes reaches the copies
+    of its own namespace, never the host's. runc sets it at the same point."""
+    mount(None, "/", None, propagation)
 
 
 def remount_root_readonly() -> None:

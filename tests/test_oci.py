@@ -439,6 +439,28 @@ def test_atime_and_propagation_options_are_the_mounts_flags_as_under_runc(
     assert theirs in (None, ours)
 
 
+SHARING_PROBE = ("mkdir /seen /made; mount --rbind / /seen; mount -t tmpfs mc-leak-test /made; "
+                 "echo exposed: $(grep -c ' /seen/made ' /proc/self/mountinfo); "
+                 "echo root: $(awk '$5 == \"/\" {sub(/:[0-9]+$/, \"\", $7); print $7}' "
+                 "/proc/self/mountinfo)")
+
+
+def test_a_shared_root_shares_the_containers_mounts_but_never_with_the_host(
+        bundle, root, tmp_path):
+    config = changed(config_of(bundle), "linux.rootfsPropagation", "shared")
+    config["root"]["readonly"] = False
+    for kind in ("bounding", "effective", "permitted"):
+        config["process"]["capabilities"][kind].append("CAP_SYS_ADMIN")
+    config["process"]["args"] = ["sh", "-c", SHARING_PROBE]
+    write_config(bundle, config)
+    # Not compared with runc 1.1.5, which leaves / private (exposed 0): it sets the
+    # flag before it binds the root; runc 1.2 on sets it after pivot_root, as we do.
+    ours = rows(run_with_minicontainer(bundle, root, tmp_path))
+    assert ours == {"exposed": "1", "root": "shared"}, ours   # a mount under / shows at /seen
+    assert "mc-leak-test" not in Path("/proc/self/mountinfo").read_text()
+    assert "mc-leak-test" not in Path("/proc/1/mountinfo").read_text()
+
+
 def test_inheritable_and_ambient_capabilities_reach_the_command(bundle, root, tmp_path):
     config = config_of(bundle)
     caps = config["process"]["capabilities"]
