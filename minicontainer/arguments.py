@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import namespaces as ns
 from . import syscalls
-from .cgroups import PARENT, is_plain_path
+from .cgroups import PARENT, check_cpu_details, is_plain_path
 from .security import Security
 from .errors import BadRecord, InvalidArgument, NotLinuxError, NotRootError
 from .host import cpu, parse_size
@@ -336,9 +336,16 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
         raise refuse("its command, environment or namespaces hold more than strings")
     if not set(record["namespaces"]) <= set(ns.FLAGS):
         raise refuse(f"it lists unknown namespaces {record['namespaces']}")
-    if set(record["limits"]) != {"memory", "cpus", "pids"} or not set(
+    if not {"memory", "cpus", "pids"} <= set(record["limits"]) <= set(LIMITS) or not set(
             record["security"]) <= set(SECURITY_SWITCHES):
         raise refuse("its limits or security switches are not ours")
+    details = [record["limits"].get(key) for key in CPU_DETAILS]
+    try:
+        if not all(type(value) in LIMITS[key] for key, value in record["limits"].items()):
+            raise InvalidArgument("its limits are not numbers and lists")
+        check_cpu_details(*details)
+    except InvalidArgument as e:
+        raise refuse(str(e)) from None
     pids = [record[key] for key in ("pid", "main_pid", "pid_started", "owner") if
             record[key] is not None]
     if not record["workdir"].startswith("/") or [type(n) for n in record["user"]] != [
@@ -354,6 +361,10 @@ def _check_shape(record: object, refuse: Callable[[str], BadRecord]) -> None:
         raise refuse("its image or layers are not a name and a list of paths")
 
 
+LIMITS = {"memory": (Int, Null), "cpus": (float, Int, Null), "pids": (Int, Null),
+          "cpu_period": (Int, Null), "cpu_shares": (Int, Null), "cpuset_cpus": (Str, Null),
+          "cpuset_mems": (Str, Null)}
+CPU_DETAILS = ("cpu_period", "cpu_shares", "cpuset_cpus", "cpuset_mems")   # older: none
 MOUNT = {"target": (Str,), "source": (Str, Null), "read_only": (Bool,), "noexec": (Bool,),
          "size": (Int, Null), "mode": (Int, Null), "flags": (Int,), "propagation": (Int,)}
 NEWER_MOUNT_FIELDS = {"flags", "propagation"}     # a record older than them lacks them

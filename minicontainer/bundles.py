@@ -32,7 +32,8 @@ from . import process, state, syscalls
 from .bundle_linux import (NAMESPACES, cgroup_path_of, device_nodes_of, device_rules_of, mounts_of,
                            namespaces_of, paths_of, root_propagation_of, seccomp_of,
                            seccomp_profile, sysctl_of)
-from .errors import BadBundle, MinicontainerError
+from .cgroups import CPU_PERIOD, check_cpu_details
+from .errors import BadBundle, InvalidArgument, MinicontainerError
 from .jsonfields import Fields
 from .namespaces import make_mounts_private
 from .security import CAPABILITIES, MASKED_PATHS, READ_ONLY_PATHS, Security
@@ -124,6 +125,7 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     options = process_options(proc)
     cgroup = cgroup_path_of(linux)
     limits, switches, extras = linux_options(linux, kinds)
+    cpu_details = limits.pop("cpu_details")
     linux.done()
     top.done()
     kept = options["security"]["kept"]
@@ -137,7 +139,8 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     # would add PATH and HOSTNAME (docker run's): take runc's.
     home = "/root" if spec.user[0] == 0 else "/"
     spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]}, mounts=mounts,
-                               cgroup=spec.cgroup if cgroup is None else cgroup)
+                               cgroup=spec.cgroup if cgroup is None else cgroup,
+                               limits=dataclasses.replace(spec.limits, **cpu_details))
     bundle = Bundle(spec, directory, version, annotations, readonly, options["rlimits"],
                     options["oom_score_adj"], options["additional_gids"], joined, mqueue,
                     *options["inherited"], options["umask"], **extras)
@@ -268,14 +271,22 @@ def linux_options(linux: Fields, made: set[str]) -> tuple[dict, dict, dict]:
     memory = Fields(resources.take("memory", dict, {}), "linux.resources.memory")
     cpu = Fields(resources.take("cpu", dict, {}), "linux.resources.cpu")
     pids = Fields(resources.take("pids", dict, {}), "linux.resources.pids")
-    quota, period = cpu.take("quota", int), cpu.take("period", int, 100_000)
+    quota, period = cpu.take("quota", int), cpu.take("period", int)
     limit = pids.take("limit", int)
     options = {"memory": memory.take("limit", int),
-               # a fraction of CPUs, applied on our own period (cgroups.CPU_PERIOD)
-               "cpus": round(quota / period, 6) if quota and quota > 0 else None,
+               # a fraction of CPUs, counted in the bundle's period (-1: no quota)
+               "cpus": round(quota / (period or CPU_PERIOD), 6) if quota and quota > 0 else None,
                "pids_limit": "max" if limit is None or limit <= 0 else limit}
+    details = {"cpu_period": period, "cpu_shares": cpu.take("shares", int),
+               "cpuset_cpus": cpu.take("cpus", str) or None,
+               "cpuset_mems": cpu.take("mems", str) or None}
+    try:
+        check_cpu_details(*details.values())
+    except InvalidArgument as e:
+        raise BadBundle(f"config.json: linux.resources.cpu: {e}") from None
+    options["cpu_details"] = details
     for part in (memory, cpu, pids, resources):
-        part.done()
+        part.done()           # realtimeRuntime, realtimePeriod, idle... are refused here
     extras = {"masked": paths_of(linux, "maskedPaths"),
               "read_only": paths_of(linux, "readonlyPaths"),
               "sysctl": sysctl_of(linux, made), "seccomp": seccomp_of(linux),

@@ -46,6 +46,10 @@ class Limits:
     memory: int | None = None   # bytes
     cpus: float | None = None   # CPUs' worth of time, e.g. 0.5
     pids: int | None = None     # processes (and threads) at once
+    cpu_period: int | None = None    # us in which `cpus` is counted (None: CPU_PERIOD)
+    cpu_shares: int | None = None    # a weight against the other groups (v1 cpu.shares)
+    cpuset_cpus: str | None = None   # the CPUs it may run on, e.g. "0-1,3" (cpuset.cpus)
+    cpuset_mems: str | None = None   # the memory nodes it may use, e.g. "0" (cpuset.mems)
 
     @classmethod
     def parse(cls, memory: str | int | None = None, cpus: str | float | None = None,
@@ -79,6 +83,27 @@ def cpu_max(cpus: float, period: int = CPU_PERIOD) -> str:
     """cpus=0.5 → "50000 100000": this much CPU time (us) in every period (cgroup v2's
     cpu.max; v1 splits it into cpu.cfs_quota_us and cpu.cfs_period_us)."""
     return f"{round(cpus * period)} {period}"
+
+
+def check_cpu_details(period: int | None, shares: int | None, cpus: str | None,
+                      mems: str | None) -> None:
+    """InvalidArgument unless each is within what the kernel takes (None: not asked):
+    a period of 1 ms to 1 s, shares of 2 to 262144 (v1's bounds), lists of numbers
+    and ranges ("0-1,3")."""
+    if period is not None and not 1000 <= period <= 1_000_000:
+        raise InvalidArgument(f"invalid cpu period {period}: choose from 1000 to 1000000 us")
+    if shares is not None and not 2 <= shares <= 262144:
+        raise InvalidArgument(f"invalid cpu shares {shares}: choose from 2 to 262144")
+    for what, text in (("cpus", cpus), ("mems", mems)):
+        if text is not None and not re.fullmatch(r"\d{1,4}(-\d{1,4})?(,\d{1,4}(-\d{1,4})?)*",
+                                                 text):
+            raise InvalidArgument(f"invalid cpuset {what} {text!r}: a list such as 0-1,3")
+
+
+def shares_to_weight(shares: int) -> int:
+    """v1's cpu.shares (2-262144, 1024 by default) as v2's cpu.weight (1-10000, 100
+    by default), by runc's formula (libcontainer/cgroups: ConvertCPUSharesToCgroupV2Value)."""
+    return 1 + ((shares - 2) * 9999) // 262142
 
 
 def parse_pids(value: str | int) -> int:
@@ -148,12 +173,13 @@ class Cgroup:
         self.path, self.name, self.limits = path, path.rsplit("/", 1)[-1], limits
         self.foreign = False        # create() found it there already: never ours to kill
         where = hierarchies()
-        missing = [c for c in ("memory", "cpu", "pids") if c not in where]
+        cpuset = ("cpuset",) if limits.cpuset_cpus or limits.cpuset_mems else ()
+        missing = [c for c in ("memory", "cpu", "pids", *cpuset) if c not in where]
         if missing:
             raise MissingControllers(f"cgroup controllers missing: {', '.join(missing)} "
                                      "(see `minicontainer doctor`)")
-        self.version = {c: where[c][0] for c in NEEDED if c in where}
-        self.trees = {c: where[c][1] for c in NEEDED if c in where}
+        self.version = {c: where[c][0] for c in NEEDED + cpuset if c in where}
+        self.trees = {c: where[c][1] for c in NEEDED + cpuset if c in where}
         self.dirs = {c: self.trees[c] / path for c in self.trees}
 
     def create(self) -> None:
@@ -171,25 +197,38 @@ class Cgroup:
             if ours:
                 (tree / self.path).parent.mkdir(parents=True, exist_ok=True)
             if self.version["memory"] == "v2":   # v2: controllers must be handed down
-                enable_controllers(tree, (tree / self.path).parent)
+                enable_controllers(tree, (tree / self.path).parent,
+                                   {"memory", "cpu", "pids"} | set(self.trees) & {"cpuset"})
             (tree / self.path).mkdir()
+        if self.version.get("cpuset") == "v1":
+            fill_cpusets(self.trees["cpuset"], self.dirs["cpuset"])
         self._write_limits()
 
     def _write_limits(self) -> None:
-        memory, cpus, pids = self.limits.memory, self.limits.cpus, self.limits.pids
+        limits = self.limits
+        memory, cpus, pids = limits.memory, limits.cpus, limits.pids
+        period = limits.cpu_period or CPU_PERIOD
         if self.version["memory"] == "v2":
             write(self.dirs["memory"] / "memory.max", memory or "max")
             write(self.dirs["memory"] / "memory.swap.max", 0 if memory else "max", missing_ok=True)
-            write(self.dirs["cpu"] / "cpu.max", cpu_max(cpus) if cpus else f"max {CPU_PERIOD}")
+            write(self.dirs["cpu"] / "cpu.max", cpu_max(cpus, period) if cpus else f"max {period}")
+            if limits.cpu_shares:
+                write(self.dirs["cpu"] / "cpu.weight", shares_to_weight(limits.cpu_shares))
         else:
             if memory:
                 write(self.dirs["memory"] / "memory.limit_in_bytes", memory)
                 # memory + swap = memory: no swap, so the limit is real
                 write(self.dirs["memory"] / "memory.memsw.limit_in_bytes", memory, missing_ok=True)
+            if cpus or limits.cpu_period:
+                write(self.dirs["cpu"] / "cpu.cfs_period_us", period)   # v1: two files
             if cpus:
-                quota, period = cpu_max(cpus).split()     # v1 keeps them in two files
-                write(self.dirs["cpu"] / "cpu.cfs_period_us", period)
-                write(self.dirs["cpu"] / "cpu.cfs_quota_us", quota)
+                write(self.dirs["cpu"] / "cpu.cfs_quota_us", cpu_max(cpus, period).split()[0])
+            if limits.cpu_shares:
+                write(self.dirs["cpu"] / "cpu.shares", limits.cpu_shares)
+        if limits.cpuset_cpus:      # within the parent's, or the kernel refuses (EINVAL)
+            write(self.dirs["cpuset"] / "cpuset.cpus", limits.cpuset_cpus)
+        if limits.cpuset_mems:
+            write(self.dirs["cpuset"] / "cpuset.mems", limits.cpuset_mems)
         write(self.dirs["pids"] / "pids.max", pids or "max")
 
     def open_procs(self) -> list[int]:
@@ -282,8 +321,9 @@ def join(procs_fds: list[int]) -> None:
         os.close(fd)
 
 
-def enable_controllers(tree: Path, parent: Path) -> None:
-    """v2: let `parent`'s subgroups use memory, cpu and pids, enabling them on the way
+def enable_controllers(tree: Path, parent: Path,
+                       controllers: set[str] = frozenset({"memory", "cpu", "pids"})) -> None:
+    """v2: let `parent`'s subgroups use the `controllers`, enabling them on the way
     down from the tree's root.
 
     A v2 group may only hand its children the controllers its own parent handed it,
@@ -292,9 +332,25 @@ def enable_controllers(tree: Path, parent: Path) -> None:
     """
     chain = [parent, *parent.parents]
     for directory in reversed(chain[:chain.index(tree) + 1]):
-        wanted = {"memory", "cpu", "pids"} - set(read(directory / "cgroup.subtree_control").split())
+        wanted = controllers - set(read(directory / "cgroup.subtree_control").split())
         if wanted:
             write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+
+
+def fill_cpusets(tree: Path, group: Path) -> None:
+    """v1: give each new cpuset group from the tree's root down to `group` its
+    parent's CPUs and memory nodes where it has none yet: a v1 cpuset group starts
+    empty, and nothing may join it, nor a group below it take a CPU, until it has
+    some (runc copies them the same way; v2 inherits them by itself). Only our own:
+    the group, and the directories below our parent (minicontainer/); another's
+    group above an OCI cgroupsPath is left as it is."""
+    chain = [group, *group.parents]
+    for directory in reversed(chain[:chain.index(tree)]):
+        if directory != group and not directory.is_relative_to(tree / PARENT):
+            continue
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if not read(directory / name).strip():
+                write(directory / name, read(directory.parent / name).strip())
 
 
 def remove_dir(directory: Path) -> None:

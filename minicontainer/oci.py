@@ -84,22 +84,17 @@ DIFFERENCES_FROM_CRUN = {
 }
 
 # The runtime-tools validation files runc 1.1.5 passes cleanly on this machine that we
-# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 24
+# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 26
 # of runc's 28 pass for us too: config_updates_without_affect, create, default,
 # delete_only_create_resources, delete_resources, hostname, kill, kill_no_effect,
-# killsig, linux_cgroups_pids, linux_cgroups_relative_pids, linux_devices,
-# linux_masked_paths, linux_ns_itype, linux_ns_path, linux_ns_path_type,
-# linux_readonly_paths, linux_sysctl, mounts, process, process_oom_score_adj,
-# process_user, root_readonly_true, state).
+# killsig, linux_cgroups_cpus, linux_cgroups_pids, linux_cgroups_relative_cpus,
+# linux_cgroups_relative_pids, linux_devices, linux_masked_paths, linux_ns_itype,
+# linux_ns_path, linux_ns_path_type, linux_readonly_paths, linux_sysctl, mounts,
+# process, process_oom_score_adj, process_user, root_readonly_true, state).
 NO_USER_NAMESPACE = ("linux.namespaces names a user namespace, refused: we write no "
                      "uidMappings/gidMappings for a bundle yet (runc writes them from the "
                      "parent)")
-NO_CPU_DETAILS = ("linux.resources.cpu: shares, cpus, mems, realtime and a period of its "
-                  "own are refused by name: we apply quota/period as a fraction of CPUs on "
-                  "our own period (cgroups.CPU_PERIOD)")
 CONFORMANCE_GAPS = {
-    "linux_cgroups_cpus": NO_CPU_DETAILS,
-    "linux_cgroups_relative_cpus": NO_CPU_DETAILS,
     "linux_ns_nopath": NO_USER_NAMESPACE,
     "linux_uid_mappings": NO_USER_NAMESPACE,
 }

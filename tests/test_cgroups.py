@@ -86,6 +86,32 @@ def test_cpu_quota_of_a_fifth_of_a_cpu_holds_a_busy_loop_to_a_fifth():
     assert used["throttled_seconds"] > 0.5, "the kernel should have held it back"
 
 
+def test_cpu_shares_period_and_cpuset_are_written_in_each_hierarchys_words():
+    # An OCI bundle's linux.resources.cpu (bundles.py): v1's files, or v2's cpu.weight
+    # (runc's conversion of shares) and cpu.max; a cpuset group in its own v1 tree.
+    limits = cgroups.Limits(cpus=0.5, cpu_period=50_000, cpu_shares=512, cpuset_cpus="0",
+                            cpuset_mems="0")
+    group = Cgroup(f"mc-test-{int(time.time() * 1000) % 10**9}", limits)
+    group.create()
+    try:
+        cpu, cpuset = group.dirs["cpu"], group.dirs["cpuset"]
+        files = {name: (cpuset if name.startswith("cpuset") else cpu) / name
+                 for name in ("cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us",
+                              "cpu.weight", "cpu.max", "cpuset.cpus", "cpuset.mems")}
+        seen = {name: path.read_text().strip() for name, path in files.items()
+                if path.exists()}
+        procs = (cpuset / "cgroup.procs").read_text()
+    finally:
+        group.remove()
+    if group.version["cpu"] == "v1":
+        assert {k: seen[k] for k in ("cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us")} \
+            == {"cpu.shares": "512", "cpu.cfs_period_us": "50000", "cpu.cfs_quota_us": "25000"}
+    else:
+        assert (seen["cpu.weight"], seen["cpu.max"]) == ("20", "25000 50000")
+    assert (seen["cpuset.cpus"], seen["cpuset.mems"], procs) == ("0", "0", "")
+    assert not cpuset.exists() and not (group.trees["cpuset"] / cgroups.PARENT).exists()
+
+
 def test_a_fork_bomb_is_stopped_by_the_pids_limit_and_the_host_is_fine():
     bomb = "bomb() { bomb | bomb & }; bomb; sleep 30"
     with Container(["sh", "-c", bomb], pids_limit=32) as c:

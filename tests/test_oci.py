@@ -261,6 +261,12 @@ BAD_CONFIGS = {   # what we write into config.json → what the one line must sa
                                            "process.user.additionalGids"),
     "a terminal without a console socket": (("process.terminal", True), "--console-socket"),
     "a command not in the image": (("process.args", ["no-such-program"]), "no-such-program"),
+    "cpu shares beyond the kernel's range": (("linux.resources.cpu", {"shares": 1}),
+                                             "linux.resources.cpu: invalid cpu shares 1"),
+    "a cpuset that is not a list of CPUs": (("linux.resources.cpu", {"cpus": "0;1"}),
+                                            "linux.resources.cpu: invalid cpuset cpus"),
+    "a realtime budget": (("linux.resources.cpu", {"realtimeRuntime": 950000}),
+                          "linux.resources.cpu.realtimeRuntime"),
     "a cgroupsPath that climbs out of the tree": (("linux.cgroupsPath", "/a/../../etc"),
                                                   "linux.cgroupsPath"),
     "a cgroupsPath naming one of our own groups": (("linux.cgroupsPath", "mc-0123456789ab"),
@@ -728,3 +734,52 @@ def test_cgroups_path_that_exists_is_refused_and_left_alone(bundle, root):
                        cgroups.hierarchies().values() if tree != held.parent)
     finally:
         held.rmdir()
+
+
+def cpu_settings(pid: int) -> dict[str, str]:
+    """The cpu and cpuset files of the groups process `pid` is in (v1, or v2's)."""
+    from minicontainer import cgroups
+    where = cgroups.hierarchies()
+    groups = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") or [""]:
+            groups[controller] = path.lstrip("/")
+    names = {"v1": ("cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"),
+             "v2": ("cpu.weight", "cpu.max")}[where["cpu"][0]] + ("cpuset.cpus", "cpuset.mems")
+    settings = {}
+    for name in names:
+        controller = name.split(".")[0]
+        version, tree = where[controller]
+        group = groups[controller if version == "v1" else ""]
+        settings[name] = (tree / group / name).read_text().strip()
+    return settings
+
+
+def test_cpu_shares_period_and_cpuset_are_the_groups_as_under_runc(bundle, root, tmp_path):
+    from minicontainer import cgroups
+    config = changed(config_of(bundle), "linux.resources.cpu", {
+        "shares": 512, "period": 50000, "quota": 25000, "cpus": "0", "mems": "0"})
+    config["process"]["args"] = ["sleep", "60"]
+    write_config(bundle, config)
+    assert oci_cli(root, "create", "--bundle", str(bundle), "cpus",
+                   stdout=subprocess.DEVNULL).returncode == 0
+    try:
+        ours = cpu_settings(state_of(root, "cpus")["pid"])
+    finally:
+        assert oci_cli(root, "delete", "--force", "cpus").returncode == 0
+    expected = {"cpuset.cpus": "0", "cpuset.mems": "0", **(
+        {"cpu.shares": "512", "cpu.cfs_period_us": "50000", "cpu.cfs_quota_us": "25000"}
+        if cgroups.hierarchies()["cpu"][0] == "v1" else
+        {"cpu.weight": str(cgroups.shares_to_weight(512)), "cpu.max": "25000 50000"})}
+    assert ours == expected
+    if runc_available():
+        runc = ["runc", "--root", str(tmp_path / "runc")]
+        subprocess.run(runc + ["create", "--bundle", str(bundle), "cpus-runc"], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=60)
+        try:
+            state = json.loads(subprocess.run(runc + ["state", "cpus-runc"], check=True,
+                                              capture_output=True, text=True).stdout)
+            assert cpu_settings(state["pid"]) == expected
+        finally:
+            subprocess.run(runc + ["delete", "--force", "cpus-runc"], check=True)
