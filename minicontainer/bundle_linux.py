@@ -30,7 +30,8 @@ from .security import (DENIED_SOCKET_FAMILIES, DENIED_SYSCALLS, NEW_NAMESPACE_FL
 
 # The runtime spec's names of namespaces → ours (namespaces.FLAGS).
 NAMESPACES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
-              "cgroup": "cgroup"}
+              "cgroup": "cgroup", "user": "user"}
+ID_MAP_LINES = 340           # the kernel's limit on the lines of a uid_map (5.x on)
 # The mounts `runc spec` writes. We make our own equivalents of these (namespaces.py:
 # proc, sysfs read-only, a small /dev with devpts and /dev/shm, /dev/mqueue if listed),
 # whatever options the file gives; /sys/fs/cgroup is not mounted (a difference from
@@ -49,9 +50,9 @@ def namespaces_of(linux: Fields) -> tuple[set[str], dict[str, str]]:
     A path must be a namespace file of the kind named (asked of the kernel,
     namespaces.namespace_kind); the child's setns(2) checks it again, at the moment
     it joins. Without a new mount namespace, absent or joined, the root is entered
-    with chroot (layer 1) and nothing is mounted (no_mount_namespace says what is
-    refused then). The user namespace must be new, or absent: we map no ids (runc
-    joins both)."""
+    with chroot (layer 1) and nothing is mounted (bundles.refuse_mounts_without_namespace
+    says what is refused then). A user namespace must be new, its ids mapped as
+    linux.uidMappings and gidMappings say (id_maps_of); runc joins one by path too."""
     kinds, joined = set(), {}
     for number, entry in enumerate(linux.take("namespaces", list, [])):
         item = Fields(entry, f"linux.namespaces[{number}]")
@@ -61,6 +62,8 @@ def namespaces_of(linux: Fields) -> tuple[set[str], dict[str, str]]:
         ours = NAMESPACES[kind]
         if ours in kinds or ours in joined:
             raise item.bad("type", f"names {kind} twice")
+        if path and ours == "user":
+            raise item.refuse("path", ": joining a user namespace (its ids are another's)")
         if path and ns.namespace_kind(path) != ours:
             raise item.bad("path", f"{path!r} is not a {kind} namespace file "
                                    f"(such as /proc/PID/ns/{ours})")
@@ -70,6 +73,32 @@ def namespaces_of(linux: Fields) -> tuple[set[str], dict[str, str]]:
         else:
             kinds.add(ours)
     return kinds, joined
+
+
+def id_maps_of(linux: Fields, kinds: set[str]) -> tuple[str, str] | None:
+    """linux.uidMappings and gidMappings as the lines of uid_map and gid_map
+    ("containerID hostID size" each), None without a user namespace. Both are needed
+    with one (runc refuses a user namespace without them too), neither without."""
+    maps = []
+    for key in ("uidMappings", "gidMappings"):
+        entries = linux.take(key, list, [])
+        lines = []
+        for number, entry in enumerate(entries):
+            item = Fields(entry, f"linux.{key}[{number}]")
+            ids = [item.take(name, int) for name in ("containerID", "hostID", "size")]
+            item.done()
+            if None in ids or min(ids) < 0 or ids[2] < 1 or max(ids[:2]) + ids[2] >= 2**32:
+                raise item.bad("size", "needs containerID and hostID of 0 or more and a size "
+                                       "of 1 or more, within 32-bit ids")
+            lines.append("{} {} {}".format(*ids))
+        if len(lines) > ID_MAP_LINES:
+            raise linux.bad(key, f"has more than {ID_MAP_LINES} entries (the kernel's limit)")
+        if lines and "user" not in kinds:
+            raise linux.bad(key, "needs a new user namespace (linux.namespaces)")
+        if not lines and "user" in kinds:
+            raise BadBundle(f"config.json: a user namespace needs linux.{key}")
+        maps.append("\n".join(lines) + "\n")
+    return tuple(maps) if "user" in kinds else None
 
 
 # -- linux.cgroupsPath: where in each cgroup tree ----------------------------------------------

@@ -29,7 +29,8 @@ from pathlib import Path
 import dataclasses
 
 from . import process, state, syscalls
-from .bundle_linux import (NAMESPACES, cgroup_path_of, device_nodes_of, device_rules_of, mounts_of,
+from .bundle_linux import (NAMESPACES, cgroup_path_of, device_nodes_of, device_rules_of, id_maps_of,
+                           mounts_of,
                            namespaces_of, paths_of, root_propagation_of, seccomp_of,
                            seccomp_profile, sysctl_of)
 from .cgroups import CPU_PERIOD, check_cpu_details
@@ -70,6 +71,7 @@ class Bundle:
     device_nodes: tuple[tuple, ...] = ()        # linux.devices: (path, mode, rdev, uid, gid)
     device_rules: tuple[tuple, ...] = ()        # allowed beyond ours: (type, major, minor, access)
     root_propagation: int = 0                   # linux.rootfsPropagation: MS_SHARED...
+    id_maps: tuple[str, str] | None = None      # uid_map, gid_map of its user namespace
 
 
 def read_bundle(directory: str | os.PathLike, container_id: str) -> Bundle:
@@ -115,6 +117,7 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
         raise BadBundle("config.json: process is missing: there is nothing to run")
     linux = Fields(top.take("linux", dict, {}), "linux")
     kinds, joined = namespaces_of(linux)
+    id_maps = id_maps_of(linux, kinds)
     hostname = top.take("hostname", str)
     if hostname is not None and "uts" not in kinds | set(joined):   # as runc refuses it
         raise BadBundle("config.json: hostname needs a uts namespace (linux.namespaces)")
@@ -143,7 +146,10 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
                                limits=dataclasses.replace(spec.limits, **cpu_details))
     bundle = Bundle(spec, directory, version, annotations, readonly, options["rlimits"],
                     options["oom_score_adj"], options["additional_gids"], joined, mqueue,
-                    *options["inherited"], options["umask"], **extras)
+                    *options["inherited"], options["umask"], **extras, id_maps=id_maps)
+    if id_maps and bundle.device_nodes:
+        raise BadBundle("config.json: linux.devices in a user namespace: mknod(2) is "
+                        "denied there (runc binds the host's nodes instead; we do not yet)")
     if "mnt" not in kinds:
         refuse_mounts_without_namespace(bundle)
     return bundle

@@ -96,6 +96,13 @@ class Container(Handles):
         this class adds the ones its bundle allows (oci.py)."""
         return devices.ALLOWED
 
+    def child_ready(self, pid: int) -> None:
+        """What this process does while the child `pid` waits for it
+        (process.wait_for_parent): plug in its network; a runtime built on this class
+        adds its own (oci.py: a user namespace's id maps)."""
+        if self.attachment:
+            self.attachment.connect(pid)
+
     # -- life cycle ------------------------------------------------------------------
 
     def start(self, stdio: Sequence[int | None] | None = None, detach: bool = False,
@@ -311,12 +318,10 @@ def spawn_command(container: Container, steps: list[process.Step],
                   stdio: Sequence[int | None] | None, channel: process.Channel) -> process.Child:
     """Fork the child that runs `steps` and execs the command; logs unless `stdio`."""
     opened = open_logs(container.data) if stdio is None else []
-    attachment = container.attachment
     try:
         return process.spawn(
             list(container.spec.command), steps, env=container.spec.env,
-            stdio=opened or stdio, main=container.main,
-            when_ready=attachment.connect if attachment else None,
+            stdio=opened or stdio, main=container.main, when_ready=container.child_ready,
             preserve_fds=container.spec.preserve_fds, channel=channel)
     finally:
         process.close_all(opened)

@@ -26,14 +26,14 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import syscalls
 from .chroot import chroot_into
 from .errors import ImageError, InvalidArgument
-from .process import PLAIN_WAITER, Channel, Waiter, fork_and_wait
+from .process import PLAIN_WAITER, Channel, Waiter, fork_and_wait, wait_for_parent
 from .rootfs import BoundRoot, Overlay
 from .syscalls import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                        MS_REMOUNT, mount)
@@ -74,7 +74,8 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 def isolate(rootfs: Overlay | BoundRoot, namespaces: Iterable[str], hostname: str, channel: Channel,
             waiter: Waiter = PLAIN_WAITER, mounts: Sequence[Mount] = (),
             shm_size: int = SHM_SIZE, joined: Mapping[str, str] | None = None,
-            mqueue: bool = False) -> None:
+            mqueue: bool = False, tmp: bool = True,
+            enter_user: Callable[[], None] | None = None) -> None:
     """Everything a container's first process does to itself, in the kernel's order.
 
     Runs in the child, between fork and exec; `channel` is spawn's, on which a new pid
@@ -84,12 +85,15 @@ def isolate(rootfs: Overlay | BoundRoot, namespaces: Iterable[str], hostname: st
     order (/etc/hosts, volumes, tmpfs: see mount_inside). `shm_size` bounds /dev/shm,
     in bytes. `joined` names existing namespaces to enter first, by their files
     ({kind: path}: an OCI bundle's), before any is made; `mqueue` adds /dev/mqueue
-    (a bundle's).
+    (a bundle's); `tmp`: a tmpfs of its own at /tmp (a bundle's root keeps its own,
+    as under runc). `enter_user` makes the user namespace: by default ours, which maps
+    only ourselves; a bundle's has its maps written by the parent
+    (enter_user_namespace_mapped_by_parent).
     """
     namespaces, joined = set(namespaces), dict(joined or {})
     join_by_path(joined)                  # first, as runc's nsexec: the new ones go below
     if "user" in namespaces:              # first: it owns the namespaces made after it
-        enter_user_namespace()
+        (enter_user or enter_user_namespace)()
     if "pid" in namespaces:               # a new pid namespace is for our children only:
         syscalls.unshare(syscalls.CLONE_NEWPID)
     if "pid" in namespaces or "pid" in joined:   # so is one joined
@@ -105,7 +109,7 @@ def isolate(rootfs: Overlay | BoundRoot, namespaces: Iterable[str], hostname: st
         # sysfs shows network devices: a user namespace may mount it only with its own.
         sysfs = "net" in namespaces or "user" not in namespaces
         mount_kernel_filesystems(rootfs.merged, sysfs, shm_size, "user" not in namespaces,
-                                 mqueue)
+                                 mqueue, tmp)
         for wanted in mounts:             # nodev as the image is (Security.devices)
             mount_inside(rootfs.merged, wanted, rootfs.nodev)
         pivot_into(rootfs.merged)
@@ -157,10 +161,11 @@ def make_mounts_private() -> None:
 
 
 def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM_SIZE,
-                             tty_group: bool = True, mqueue: bool = False) -> None:
+                             tty_group: bool = True, mqueue: bool = False,
+                             tmp: bool = True) -> None:
     """Give the new root its own /proc (our pid namespace's), /dev, /sys and /tmp
     (`tty_group`: its terminals belong to group 5, which a user namespace lacks;
-    `mqueue`: /dev/mqueue too), in the order `runc spec` lists them."""
+    `mqueue`: /dev/mqueue too; not `tmp`: no /tmp), in the order `runc spec` lists them."""
     mount("proc", kernel_mount_point(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount_minimal_dev(kernel_mount_point(root, "dev"), shm_size, tty_group)
     if mqueue:
@@ -170,7 +175,8 @@ def mount_kernel_filesystems(root: Path, sysfs: bool = True, shm_size: int = SHM
               MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # /tmp is no kernel's: an image's `tmp -> var/tmp` is followed inside the image, as a
     # --tmpfs would be.
-    mount_inside(root, Mount("/tmp", mode=0o1777))
+    if tmp:
+        mount_inside(root, Mount("/tmp", mode=0o1777))
 
 
 def kernel_mount_point(root: Path, name: str) -> Path:
@@ -433,6 +439,23 @@ def enter_user_namespace() -> None:
     Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
     Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
     syscalls.set_dumpable(False)
+
+
+def enter_user_namespace_mapped_by_parent(channel: Channel) -> None:
+    """A new user namespace whose ids the parent maps (write_id_maps), then become its
+    root (uid and gid 0 inside). Only a process outside, with CAP_SETUID there, may map
+    more ids than its own, so the child waits for the parent, as runc's does."""
+    syscalls.unshare(syscalls.CLONE_NEWUSER)
+    wait_for_parent(channel)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def write_id_maps(pid: int, uid_map: str, gid_map: str) -> None:
+    """In the parent: write the user namespace's maps of process `pid` (lines of
+    "inside outside count"). setgroups stays allowed: root outside may map groups."""
+    Path(f"/proc/{pid}/uid_map").write_text(uid_map)
+    Path(f"/proc/{pid}/gid_map").write_text(gid_map)
 
 
 def user_namespaces_refused() -> str | None:

@@ -23,8 +23,9 @@ itself (rootfs.BoundRoot: the spec wants the command's writes there), where `run
 puts an overlay on the image; this module hands our
 layers' steps only what a bundle asks beyond `run` (with_bundle): rlimits, an oom
 score, a umask, namespaces joined by path, /dev/mqueue, sysctls, device nodes and
-their allow rules, a read-only root, its own masked and read-only paths, its
-seccomp profile, inheritable and ambient capabilities, additional groups.
+their allow rules, a read-only root and its propagation, its own masked and
+read-only paths, its seccomp profile, inheritable and ambient capabilities,
+additional groups, and a user namespace whose ids we, the parent, map.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from .bundle_linux import make_device_nodes, write_sysctls
 from .bundles import Bundle, read_bundle
 from .container import Container, make_workdir
 from .errors import BadBundle, ContainerNotFound, MinicontainerError, NameInUse, WrongState
-from .namespaces import isolate
+from .namespaces import enter_user_namespace_mapped_by_parent, isolate, write_id_maps
 from .rootfs import BoundRoot
 from .security import (CAPABILITIES, become_user, confine, inherit_capabilities,
                        protect_system_paths)
@@ -68,8 +69,6 @@ DIFFERENCES_FROM_RUNC = {
                                                "zero")},
     "mount /proc/keys": MASKED_NODE, "mount /proc/timer_list": MASKED_NODE,
     "mount /sys/fs/cgroup": NO_CGROUPFS, "mount /sys/fs/cgroup/*": NO_CGROUPFS,
-    "mount /tmp": "a tmpfs of the container's own (namespaces.py), where runc leaves the "
-                  "image's /tmp",
 }
 
 # ... and on the bundles we export (bundles.export_bundle), which mask Docker's list.
@@ -84,20 +83,16 @@ DIFFERENCES_FROM_CRUN = {
 }
 
 # The runtime-tools validation files runc 1.1.5 passes cleanly on this machine that we
-# do not pass yet, each with its reason (shared/notes/oci-conformance.md; the other 26
-# of runc's 28 pass for us too: config_updates_without_affect, create, default,
+# do not pass yet, each with its reason (shared/notes/oci-conformance.md). None is left:
+# all 28 pass for us too (config_updates_without_affect, create, default,
 # delete_only_create_resources, delete_resources, hostname, kill, kill_no_effect,
 # killsig, linux_cgroups_cpus, linux_cgroups_pids, linux_cgroups_relative_cpus,
 # linux_cgroups_relative_pids, linux_devices, linux_masked_paths, linux_ns_itype,
-# linux_ns_path, linux_ns_path_type, linux_readonly_paths, linux_sysctl, mounts,
-# process, process_oom_score_adj, process_user, root_readonly_true, state).
-NO_USER_NAMESPACE = ("linux.namespaces names a user namespace, refused: we write no "
-                     "uidMappings/gidMappings for a bundle yet (runc writes them from the "
-                     "parent)")
-CONFORMANCE_GAPS = {
-    "linux_ns_nopath": NO_USER_NAMESPACE,
-    "linux_uid_mappings": NO_USER_NAMESPACE,
-}
+# linux_ns_nopath, linux_ns_path, linux_ns_path_type, linux_readonly_paths,
+# linux_sysctl, linux_uid_mappings, mounts, process, process_oom_score_adj,
+# process_user, root_readonly_true, state). A row goes here, with its reason, when one
+# stops passing for a reason we keep.
+CONFORMANCE_GAPS: dict[str, str] = {}
 
 # -- the container's own steps: what runc does that `run` does not ----------------------
 
@@ -130,7 +125,12 @@ class BundleContainer(Container):
                             "the device cgroup (v1 devices, or v2), which this host lacks")
         command = partial(look_up_command, self.spec.command[0],
                           self.spec.env.get("PATH", os.defpath))
-        steps = with_bundle(root_before_confine(steps), bundle)
+        if not any(getattr(step, "func", None) is become_user for step in steps):
+            # security.user_steps leaves it out in our own user namespace, which maps
+            # root alone; a bundle's maps its users: become the one it names.
+            at = next(n for n, step in enumerate(steps) if getattr(step, "func", None) is os.chdir)
+            steps.insert(at, partial(become_user, *self.spec.user))
+        steps = with_bundle(root_before_confine(steps), bundle, channel)
         # The umask last: our own mkdir()s (/dev/pts...) keep their modes (runc's 022
         # else, where ours would be whatever the caller had).
         umask = 0o022 if bundle.umask is None else bundle.umask
@@ -165,14 +165,23 @@ class BundleContainer(Container):
         """Ours (devices.ALLOWED) and the ones linux.resources.devices allows."""
         return devices.ALLOWED + self.bundle.device_rules
 
+    def child_ready(self, pid: int) -> None:
+        """The child waits in its new user namespace: write its id maps
+        (namespaces.enter_user_namespace_mapped_by_parent)."""
+        if self.bundle.id_maps:
+            write_id_maps(pid, *self.bundle.id_maps)
+        super().child_ready(pid)
 
-def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]:
+
+def with_bundle(steps: list[process.Step], bundle: Bundle,
+                channel: process.Channel) -> list[process.Step]:
     """Our layers' steps given the bundle's own inputs, each where its layer takes it:
-    rlimits and the oom score first; the namespaces to join and /dev/mqueue
-    (isolate); the root's propagation, the sysctls and the device nodes right after
-    pivot_root, before /proc/sys goes read-only; the root made read-only
-    once the working directory exists (runc's order); the masked and read-only paths;
-    the seccomp program (confine, or last: child_steps); the inheritable and ambient
+    rlimits and the oom score first; the namespaces to join, /dev/mqueue and the user
+    namespace mapped by us, the parent, over `channel` (isolate); the root's
+    propagation, the sysctls and the device nodes right after pivot_root, before
+    /proc/sys goes read-only; the root made read-only once the working directory
+    exists (runc's order); the masked and read-only paths; the seccomp program
+    (confine, or last: child_steps); the inheritable and ambient
     capabilities (after confine, or after become_user for another user than root);
     additionalGids (become_user)."""
     security = bundle.spec.security
@@ -184,7 +193,10 @@ def with_bundle(steps: list[process.Step], bundle: Bundle) -> list[process.Step]
     for step in steps:
         func = getattr(step, "func", step)
         if func is isolate:
-            step = partial(step, joined=bundle.joined, mqueue=bundle.mqueue)
+            step = partial(step, joined=bundle.joined, mqueue=bundle.mqueue, tmp=False)
+            if bundle.id_maps:
+                step = partial(step, enter_user=partial(
+                    enter_user_namespace_mapped_by_parent, channel))
         elif func is protect_system_paths:
             step = partial(protect_system_paths, bundle.masked or (), bundle.read_only or ())
         elif func is confine and bundle.seccomp is not None:

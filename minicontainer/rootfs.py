@@ -27,7 +27,8 @@ from pathlib import Path
 
 from .errors import RootfsError
 from .host import cache_dir
-from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT, mount
+from .syscalls import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID,
+                       MS_RDONLY, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, mount)
 
 BUSYBOX = Path(os.environ.get("MINICONTAINER_BUSYBOX", "/bin/busybox"))
 ROOTFS_LAYOUT_VERSION = "1"  # bump when the tree below changes, to rebuild caches
@@ -248,8 +249,14 @@ class BoundRoot:
         pivot_root(2) needs the new root to be a mount point (runc binds it the same
         way, recursively: ours is one mount, so that nothing mounted below it on the
         host comes along with its own flags). The bind keeps its host mount's ro,
-        nosuid and noexec, and adds nodev."""
+        nosuid, noexec and atime flags (in a user namespace they are locked: a
+        remount without them fails), and adds nodev."""
         mount(str(self.lower), self.lower, None, MS_BIND)
-        kept = os.statvfs(self.lower).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        host = os.statvfs(self.lower).f_flag
+        kept = host & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+        if host & os.ST_RELATIME:              # statvfs's bit is not mount(2)'s
+            kept |= MS_RELATIME
+        elif not host & MS_NOATIME:
+            kept |= MS_STRICTATIME
         mount(None, self.lower, None,
               MS_BIND | MS_REMOUNT | kept | (MS_NODEV if self.nodev else 0))

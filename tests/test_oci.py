@@ -227,8 +227,15 @@ BAD_CONFIGS = {   # what we write into config.json → what the one line must sa
     "a read-only root without a mount namespace": (
         ("linux", {"namespaces": [{"type": "pid"}, {"type": "uts"}]}),
         "root.readonly needs a new mount namespace"),
-    "a user namespace": (("linux.namespaces", [{"type": "mount"}, {"type": "user"}]),
-                         "linux.namespaces[1].type"),
+    "a user namespace without id maps": (
+        ("linux.namespaces", [{"type": "mount"}, {"type": "user"}]),
+        "a user namespace needs linux.uidMappings"),
+    "id maps without a user namespace": (
+        ("linux.uidMappings", [{"containerID": 0, "hostID": 1000, "size": 1}]),
+        "linux.uidMappings needs a new user namespace"),
+    "joining a user namespace": (
+        ("linux.namespaces", [{"type": "mount"}, {"type": "user", "path": "/proc/1/ns/user"}]),
+        "linux.namespaces[1].path"),
     "a host sysctl": (("linux.sysctl", {"kernel.panic": "10"}), "linux.sysctl.kernel.panic"),
     "a net sysctl without a network namespace": (
         ("linux", {"namespaces": [{"type": "mount"}, {"type": "uts"}],
@@ -783,3 +790,40 @@ def test_cpu_shares_period_and_cpuset_are_the_groups_as_under_runc(bundle, root,
             assert cpu_settings(state["pid"]) == expected
         finally:
             subprocess.run(runc + ["delete", "--force", "cpus-runc"], check=True)
+
+
+@pytest.fixture
+def reachable_bundle(bundle):
+    """The bundle copied where any user may reach it (pytest's directories are root's
+    alone, 0700): a user namespace's root is another user on the host."""
+    directory = Path(tempfile.mkdtemp(prefix="oci-userns-"))
+    directory.chmod(0o755)
+    shutil.copytree(bundle, directory / "bundle", symlinks=True)
+    yield directory / "bundle"
+    shutil.rmtree(directory)
+
+
+def test_a_user_namespace_maps_the_bundles_ids_written_by_the_parent(
+        reachable_bundle, root, tmp_path):
+    config = config_of(reachable_bundle)
+    config["linux"]["namespaces"].append({"type": "user"})
+    config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    config["process"]["user"] = {"uid": 0, "gid": 0, "additionalGids": [10]}
+    theirs, ours = probe_both(reachable_bundle, root, tmp_path, config, (
+        "echo uid_map: $(cat /proc/self/uid_map); echo gid_map: $(cat /proc/self/gid_map); "
+        "echo ids: $(id -u) $(id -g) $(id -G); "
+        "echo rootfs owner: $(stat -c %u:%g /bin/busybox)"))
+    assert ours == {"uid_map": "0 100000 65536", "gid_map": "0 200000 65536",
+                    "ids": "0 0 0 10", "rootfs owner": "65534:65534"}, ours
+    assert theirs in (None, ours)
+    config["process"]["args"] = ["sleep", "60"]
+    write_config(reachable_bundle, config)
+    assert oci_cli(root, "create", "--bundle", str(reachable_bundle), "mapped",
+                   stdout=subprocess.DEVNULL).returncode == 0
+    try:
+        status = Path(f"/proc/{state_of(root, 'mapped')['pid']}/status").read_text()
+    finally:
+        assert oci_cli(root, "delete", "--force", "mapped").returncode == 0
+    assert "Uid:\t100000\t100000\t100000\t100000" in status   # on the host: not root
+    assert "Gid:\t200000\t200000\t200000\t200000" in status
