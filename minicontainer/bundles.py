@@ -135,13 +135,17 @@ def read_config(config: object, directory: Path, container_id: str) -> Bundle:
     if options["describe"]["user"] != "0:0" and kept and not {"SETUID", "SETGID"} <= set(kept):
         raise BadBundle("config.json: process.user other than root needs CAP_SETUID and "
                         "CAP_SETGID in process.capabilities here (root_before_confine)")
+    # describe() knows our own user namespace only, which maps root alone: a bundle's
+    # maps its users (id_maps_of), so it is added once described.
     spec = describe(options["args"], name=container_id, rootfs=rootfs, hostname=hostname,
-                    namespaces=kinds, security=Security(**options["security"], **switches),
+                    namespaces=kinds - {"user"},
+                    security=Security(**options["security"], **switches),
                     **options["describe"], **limits)
     # runc's environment is exactly process.env, and HOME if it lacks one; ours
     # would add PATH and HOSTNAME (docker run's): take runc's.
     home = "/root" if spec.user[0] == 0 else "/"
     spec = dataclasses.replace(spec, env={"HOME": home, **options["env"]}, mounts=mounts,
+                               namespaces=frozenset(kinds),
                                cgroup=spec.cgroup if cgroup is None else cgroup,
                                limits=dataclasses.replace(spec.limits, **cpu_details))
     bundle = Bundle(spec, directory, version, annotations, readonly, options["rlimits"],

@@ -817,6 +817,13 @@ def test_a_user_namespace_maps_the_bundles_ids_written_by_the_parent(
     assert ours == {"uid_map": "0 100000 65536", "gid_map": "0 200000 65536",
                     "ids": "0 0 0 10", "rootfs owner": "65534:65534"}, ours
     assert theirs in (None, ours)
+    # Another user of the namespace (it maps many: ours, for `run`, maps root alone).
+    config["process"]["user"] = {"uid": 1000, "gid": 1000}
+    for kind in ("bounding", "effective", "permitted"):
+        config["process"]["capabilities"][kind] += ["CAP_SETUID", "CAP_SETGID"]
+    theirs, ours = probe_both(reachable_bundle, root, tmp_path, config,
+                              "echo ids: $(id -u) $(id -g) $(id -G)")
+    assert ours == {"ids": "1000 1000 1000"} and theirs in (None, ours), (ours, theirs)
     config["process"]["args"] = ["sleep", "60"]
     write_config(reachable_bundle, config)
     assert oci_cli(root, "create", "--bundle", str(reachable_bundle), "mapped",
@@ -825,5 +832,5 @@ def test_a_user_namespace_maps_the_bundles_ids_written_by_the_parent(
         status = Path(f"/proc/{state_of(root, 'mapped')['pid']}/status").read_text()
     finally:
         assert oci_cli(root, "delete", "--force", "mapped").returncode == 0
-    assert "Uid:\t100000\t100000\t100000\t100000" in status   # on the host: not root
-    assert "Gid:\t200000\t200000\t200000\t200000" in status
+    assert "Uid:\t101000\t101000\t101000\t101000" in status   # uid 1000 on the host: 101000
+    assert "Gid:\t201000\t201000\t201000\t201000" in status
