@@ -116,7 +116,9 @@ def cgroup_path_of(linux: Fields) -> str | None:
     path = linux.take("cgroupsPath", str)
     if path is None:
         return None
-    if path.rstrip("/").rsplit("/", 1)[-1].startswith("mc-"):
+    if any(part.startswith("mc-") for part in path.split("/")):
+        # Not even below one: inside another container's group, this one would be
+        # charged to its budget and block its removal (an attack review did so).
         raise linux.bad("cgroupsPath", f"{path!r}: mc-* groups are minicontainer's own")
     if not cgroups.is_plain_path(path.rstrip("/")):
         raise linux.bad("cgroupsPath", f"{path!r} is not a path of plain names (letters, "
@@ -287,7 +289,8 @@ def device_nodes_of(linux: Fields) -> tuple[tuple[str, int, int, int, int], ...]
                                    f"ours ({', '.join(sorted(OUR_DEV))})")
         if kind not in NODE_TYPES:
             raise item.bad("type", f"{kind!r} is not one of c, u, b, p")
-        if min(major, minor, uid, gid) < 0 or major >= 1 << 12 or minor >= 1 << 20:
+        if (min(major, minor, uid, gid) < 0 or major >= 1 << 12 or minor >= 1 << 20
+                or max(uid, gid) >= 2**32 - 1):
             raise item.bad("major", "and minor, uid and gid must be device numbers and ids")
         nodes.append((path, NODE_TYPES[kind] | (mode & 0o7777 & ~0o6000),
                       os.makedev(major, minor), uid, gid))

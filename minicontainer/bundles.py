@@ -29,6 +29,7 @@ from pathlib import Path
 import dataclasses
 
 from . import process, state, syscalls
+from .arguments import check_source
 from .bundle_linux import (NAMESPACES, cgroup_path_of, device_nodes_of, device_rules_of, id_maps_of,
                            mounts_of,
                            namespaces_of, paths_of, root_propagation_of, seccomp_of,
@@ -192,6 +193,13 @@ def root_of(root: Fields, directory: Path) -> tuple[str, bool]:
         raise BadBundle(f"config.json: root.path {path!r} leads out of the bundle")
     if not rootfs.is_dir():
         raise BadBundle(f"config.json: root.path {rootfs} is not a directory")
+    # The container writes into its root (the OCI way, BoundRoot): never the host's /,
+    # nor what holds our own state, as for a volume (an attack review ran a bundle on
+    # root.path "/" and read /etc/shadow). runc takes any path its caller gives.
+    try:
+        check_source(str(rootfs), state.roots())
+    except InvalidArgument as e:
+        raise BadBundle(f"config.json: root.path {path!r}: {e}") from None
     return str(rootfs), readonly
 
 
@@ -200,9 +208,11 @@ def process_options(proc: Fields) -> dict:
     args = proc.take("args", list, [])
     if not args or not all(isinstance(arg, str) for arg in args):
         raise BadBundle("config.json: process.args must be a non-empty list of strings")
+    if any("\0" in arg for arg in args):
+        raise BadBundle("config.json: process.args has a NUL byte")
     env = {}
     for entry in proc.take("env", list, []):
-        if not isinstance(entry, str) or "=" not in entry:
+        if not isinstance(entry, str) or "=" not in entry or "\0" in entry:
             raise BadBundle(f"config.json: process.env has {entry!r}, not NAME=value")
         name, _, value = entry.partition("=")
         env[name] = value
@@ -227,6 +237,8 @@ def process_options(proc: Fields) -> dict:
     rlimits = tuple(rlimit_of(Fields(item, f"process.rlimits[{n}]"))
                     for n, item in enumerate(proc.take("rlimits", list, [])))
     oom_score_adj = proc.take("oomScoreAdj", int)
+    if oom_score_adj is not None and not -1000 <= oom_score_adj <= 1000:
+        raise proc.bad("oomScoreAdj", f"{oom_score_adj} is not from -1000 to 1000")
     cwd = proc.take("cwd", str, "/")
     proc.done()
     return {"args": args, "env": env, "rlimits": rlimits, "oom_score_adj": oom_score_adj,
@@ -267,9 +279,12 @@ def rlimit_of(item: Fields) -> tuple[int, int, int]:
     number = getattr(resource, kind, None) if kind.startswith("RLIMIT_") else None
     if number is None:
         raise BadBundle(f"config.json: {item.path}.type {kind!r} is not an RLIMIT_ name")
-    limits = (number, item.take("soft", int, 0), item.take("hard", int, 0))
+    soft, hard = item.take("soft", int, 0), item.take("hard", int, 0)
     item.done()
-    return limits
+    if not 0 <= soft <= hard < 2**64:
+        raise BadBundle(f"config.json: {item.path}: soft {soft} and hard {hard} must be "
+                        "0 <= soft <= hard < 2**64")
+    return number, soft, hard
 
 
 def linux_options(linux: Fields, made: set[str]) -> tuple[dict, dict, dict]:
