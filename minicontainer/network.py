@@ -374,16 +374,18 @@ def free_address(subnet: str, taken: set[str]) -> str:
 
 @outside_event_loop
 def detach(attachment: Attachment) -> None:
-    """Give the address back; the last container of an implicit network removes it."""
+    """Give the address back and delete the cable (a VM's tap, which no namespace
+    takes with it, even if the network is gone); the last container of an implicit
+    network removes it."""
     with state.locked():
+        if attachment.host_end not in names():   # a record may name a bridge: never that
+            remove_veth(attachment.host_end)
         if attachment.network not in names():
             return
         record = load(attachment.network)
         record["leases"].pop(attachment.address, None)
         save(record)
         write_hosts_files(record)
-        if attachment.host_end not in names():   # a record may name a bridge: never that
-            remove_veth(attachment.host_end)
         if not record["leases"] and not record["explicit"]:
             _remove(record)
 
