@@ -16,6 +16,11 @@ bridge, the guest's /init loads the card's driver and gives eth0 an address leas
 from the bridge's pool. Containers and VMs then talk on one network; a container's
 cable is a veth whose far end is in its namespace, a VM's is a tap whose far end is
 QEMU, which turns the frames into a virtual PCI card's (see qemu.network_card_options).
+What the guest sends enters the bridge as it is, with any MAC or IP address it likes,
+as a container holding NET_RAW can send: Docker's bridge does not filter either, and
+the same firewall rules keep both kinds of guests inside our bridges (network.py).
+libvirt can add anti-spoofing rules on a VM's tap (nwfilter "clean-traffic"); we
+leave them out, as Docker does, to keep one set of rules for both kinds.
 
 VM(image="alpine") boots an image from the store instead (image.py): its layers merged
 as the container's overlay shows them, packed once, with our own init and busybox on
