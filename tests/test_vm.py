@@ -481,7 +481,6 @@ def test_a_live_vms_tap_and_lease_survive_cleanup(bridge):
 @pytest.mark.parametrize(("options", "message"), [
     ({"network": "eth0"}, "invalid network 'eth0'"),
     ({"network": "mc-br0", "machine": "microvm"}, "microvm cannot have a network card"),
-    ({"network": "mc-br0", "image": "busybox"}, "not built yet"),
 ])
 def test_a_network_card_is_refused_where_it_cannot_work(options, message):
     if "microvm" in str(options) and "microvm" not in cpu().machines:
@@ -500,3 +499,12 @@ def test_a_vm_record_naming_a_tap_not_its_own_is_refused():
     assert "not its own mc-0123456789ab" in refused(vm_id, record)
     record["network"]["host_end"] = f"mc-{vm_id}"
     assert refused(vm_id, record) is None
+
+
+def test_a_vm_of_an_image_gets_its_network_card_too(store, bridge):
+    from minicontainer import network
+    gateway = network.load(bridge)["gateway"]
+    with VM(image=busybox_image(store), network=bridge) as vm:
+        code, output = vm.run(f"ip -o -4 addr show eth0; ping -c 1 -W 5 {gateway}")
+        address = vm.address
+    assert code == 0 and f"inet {address}/24" in output and "1 packets received" in output, output

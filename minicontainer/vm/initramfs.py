@@ -160,7 +160,7 @@ ANSWER = ("stty -echo </dev/console; echo MC-LISTENING; while read -r line; do "
 
 # The drivers this guest needs (a network card, 9p), packed as files: no modprobe,
 # no modules.dep, so insmod in the order of their dependencies.
-MODULES = """for m in @MODULES@; do insmod "/lib/modules/$m.ko" || echo "insmod $m failed"; done"""
+MODULES = """for m in @MODULES@; do insmod "@DIR@/$m.ko" || echo "insmod $m failed"; done"""
 
 # eth0, the virtio network card, with the address machine.py leased for it on our
 # bridge; the kernel's command line carries it (mc.address=, mc.gateway=), as the
@@ -189,7 +189,8 @@ def guest_init(command: str, modules: list[str] | None = None, keep: tuple[str, 
     mounts = _fill(HOST_FILES,
                    KEEP=_shell_words(p for p in keep if p.startswith(("/tmp/", "/run/"))))
     return _fill(INIT, SHELL="/bin/sh", PREPARE="",
-                 MODULES=_fill(MODULES, MODULES=_shell_words(modules)) if modules else "",
+                 MODULES=_fill(MODULES, MODULES=_shell_words(modules), DIR="/lib/modules")
+                 if modules else "",
                  NETWORK=NETWORK if network else "", HOST_FILES=mounts if host_files else "",
                  ROOT="chroot $H" if host_files else "", COMMAND=shlex.quote(command))
 
@@ -205,31 +206,42 @@ def guest_init(command: str, modules: list[str] | None = None, keep: tuple[str, 
 
 PRIVATE = ".minicontainer"             # our init and busybox, beside the image's files
 IMAGE_INIT = f"/{PRIVATE}/init"        # for the kernel's rdinit=
-INIT_APPLETS = ("sh", "mount", "mkdir", "cut", "env", "reboot")   # what INIT calls
+INIT_APPLETS = ("sh", "mount", "mkdir", "cut", "env", "reboot",   # what INIT calls,
+                "cat", "insmod", "ip")                            # and NETWORK
 
 IMAGE_PREPARE = f"""export PATH=/{PRIVATE}/bin      # our busybox's applets, not the image's
 mkdir -p /proc /sys /dev /tmp           # an image need not have them"""
 
 
-def image_init(command: str, env: dict[str, str], workdir: str) -> str:
-    """The init script that runs `command` in an image, with `env` in `workdir`."""
+def image_init(command: str, env: dict[str, str], workdir: str, network: bool = False) -> str:
+    """The init script that runs `command` in an image, with `env` in `workdir`; with
+    `network`, after loading the card's drivers (ours, beside our init) and setting up
+    eth0."""
     variables = _shell_words(f"{name}={value}" for name, value in env.items())
+    modules = _fill(MODULES, MODULES=_shell_words(NETWORK_MODULES), DIR=f"/{PRIVATE}/modules")
     return _fill(INIT, SHELL=f"/{PRIVATE}/bin/busybox sh", PREPARE=IMAGE_PREPARE,
-                 MODULES="", NETWORK="", HOST_FILES="",
+                 MODULES=modules if network else "", NETWORK=NETWORK if network else "",
+                 HOST_FILES="",
                  ROOT=f"cd {shlex.quote(workdir)} && env -i {variables}",
                  COMMAND=shlex.quote(command))
 
 
 @functools.lru_cache(maxsize=16)
-def image_init_archive(command: str, env: tuple[tuple[str, str], ...], workdir: str) -> bytes:
+def image_init_archive(command: str, env: tuple[tuple[str, str], ...], workdir: str,
+                       modules_dir: Path | None = None) -> bytes:
     """A small archive of /.minicontainer: our busybox, links to the applets the init
-    uses, and the init running `command`; booted after the image's own archive."""
+    uses, the init running `command`, and given the kernel's `modules_dir`, a network
+    card's drivers; booted after the image's own archive."""
     busybox = (default_rootfs() / "bin" / "busybox").read_bytes()
-    init = image_init(command, dict(env), workdir).encode()
+    init = image_init(command, dict(env), workdir, network=modules_dir is not None).encode()
+    drivers = [(f"{PRIVATE}/modules", stat.S_IFDIR | 0o755, b""),
+               *((f"{PRIVATE}/modules/{m}.ko", stat.S_IFREG | 0o644,
+                  (modules_dir / f"{m}.ko").read_bytes()) for m in NETWORK_MODULES)
+               ] if modules_dir else []
     records = [(PRIVATE, stat.S_IFDIR | 0o755, b""), (f"{PRIVATE}/bin", stat.S_IFDIR | 0o755, b""),
                (f"{PRIVATE}/bin/busybox", stat.S_IFREG | 0o755, busybox),
                *((f"{PRIVATE}/bin/{applet}", stat.S_IFLNK | 0o777, b"busybox")
-                 for applet in INIT_APPLETS),
+                 for applet in INIT_APPLETS), *drivers,
                (f"{PRIVATE}/init", stat.S_IFREG | 0o755, init)]
     archive = b"".join(cpio_entry(inode, name, mode, data)
                        for inode, (name, mode, data) in enumerate(records, start=1))

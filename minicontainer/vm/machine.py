@@ -95,7 +95,7 @@ class VM:
         """Check the arguments and find QEMU, a kernel, an accelerator and the image
         (a name in the store, or an Image; default: the busybox tree); start nothing."""
         self.memory = check_vm_options(memory, cpus, accel, machine)
-        machine = check_vm_network(network, machine, image)
+        machine = check_vm_network(network, machine)
         self.image = stored_image(image, host_files) if image is not None else None
         self.qemu = qemu.find_qemu()
         self.kernel = kernel or find_kernel(need_modules=host_files or network is not None)
@@ -318,7 +318,8 @@ class VM:
         env = {"PATH": PATH, "HOME": "/root", **environment_of(settings.get("Env") or [])}
         workdir = check_workdir(settings.get("WorkingDir") or "/")
         with open(initrd, "ab") as out:
-            out.write(image_init_archive(command, tuple(env.items()), workdir))
+            out.write(image_init_archive(command, tuple(env.items()), workdir,
+                                         self.kernel.modules if self.network else None))
 
     def qemu_argv(self, initrd: Path) -> list[str]:
         """QEMU's command line for this VM, booting from `initrd`."""
@@ -394,7 +395,7 @@ class VM:
         return "\n".join(self.console[-lines:])
 
 
-def check_vm_network(network: str | None, machine: str, image: object) -> str:
+def check_vm_network(network: str | None, machine: str) -> str:
     """The machine type for a VM on `network` (q35 where there is one, for its PCI
     bus); InvalidArgument for a network that is not one of ours, or microvm.
 
@@ -406,9 +407,6 @@ def check_vm_network(network: str | None, machine: str, image: object) -> str:
     if not (isinstance(network, str) and NETWORK_NAME.fullmatch(network)):
         raise InvalidArgument(f"invalid network {network!r}: a network of ours, e.g. "
                               f"{networking.DEFAULT_NETWORK} (see `minicontainer network ls`)")
-    if image is not None:
-        raise InvalidArgument("a network card for a VM of an image is not built yet: "
-                              "boot the busybox tree (no image=) or use a container")
     if machine == "microvm":
         raise InvalidArgument("a VM on microvm cannot have a network card here: its kernel "
                               "finds no virtio-mmio card without ACPI; use machine='q35'")
