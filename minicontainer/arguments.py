@@ -387,6 +387,9 @@ def check_attachment(attachment: dict, container_id: str,
     if set(attachment) != {"network", "address", "gateway", "prefix", "host_end"}:
         raise refuse("its network attachment has other fields")   # Attachment(**it) follows
     name, veth = attachment["network"], attachment["host_end"]
+    if not (isinstance(attachment["address"], str) and isinstance(attachment["gateway"], str)
+            and type(attachment["prefix"]) is int):    # the lease is looked up by address
+        raise refuse("its network attachment's address, gateway or prefix is malformed")
     if not (isinstance(name, str) and NETWORK_NAME.fullmatch(name)):
         raise refuse(f"its network {name!r} is not one of ours (mc-…)")
     if veth != f"mc-{container_id}":

@@ -497,6 +497,9 @@ def test_a_vm_record_naming_a_tap_not_its_own_is_refused():
               "network": {"network": "mc-br0", "address": "10.213.0.2", "gateway": "10.213.0.1",
                           "prefix": 24, "host_end": "mc-br0"}}
     assert "not its own mc-0123456789ab" in refused(vm_id, record)
+    record["network"]["host_end"], record["network"]["address"] = f"mc-{vm_id}", ["10.0.0.1"]
+    assert "malformed" in refused(vm_id, record)
+    record["network"]["address"] = "10.213.0.2"
     record["network"]["host_end"] = f"mc-{vm_id}"
     assert refused(vm_id, record) is None
 
