@@ -315,7 +315,7 @@ def check_record(name: str, record: object, ours: Iterable[Path]) -> dict:
         raise refuse(f"its cgroup {cgroup!r} is not {PARENT}/…/mc-{record['id']}, nor a "
                      "plain path")
     if record["network"] is not None:
-        _check_attachment(record["network"], record["id"], refuse)
+        check_attachment(record["network"], record["id"], refuse)
     mounts = record.get("mounts", [])           # not in records older than volumes
     if not isinstance(mounts, list):
         raise refuse("its mounts are not a list")
@@ -404,14 +404,17 @@ def _our_group(path: str, container_id: str) -> bool:
             and last == f"mc-{container_id}")
 
 
-def _check_attachment(attachment: dict, container_id: str,
-                      refuse: Callable[[str], BadRecord]) -> None:
-    """Only our veth (`mc-<id>`) on a network of ours (mc-…) is ever deleted; detach()
-    also refuses to delete a bridge of ours."""
+def check_attachment(attachment: dict, container_id: str,
+                     refuse: Callable[[str], BadRecord]) -> None:
+    """Only our veth or a VM's tap (`mc-<id>`) on a network of ours (mc-…) is ever
+    deleted; detach() also refuses to delete a bridge of ours."""
     if set(attachment) != {"network", "address", "gateway", "prefix", "host_end"}:
         raise refuse("its network attachment has other fields")   # Attachment(**it) follows
     name, veth = attachment["network"], attachment["host_end"]
+    if not (isinstance(attachment["address"], str) and isinstance(attachment["gateway"], str)
+            and type(attachment["prefix"]) is int):    # the lease is looked up by address
+        raise refuse("its network attachment's address, gateway or prefix is malformed")
     if not (isinstance(name, str) and NETWORK_NAME.fullmatch(name)):
         raise refuse(f"its network {name!r} is not one of ours (mc-…)")
     if veth != f"mc-{container_id}":
-        raise refuse(f"its interface {veth!r} is not its own veth mc-{container_id}")
+        raise refuse(f"its interface {veth!r} is not its own mc-{container_id}")

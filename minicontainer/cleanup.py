@@ -44,7 +44,8 @@ def cleanup(everything: bool = False) -> list[str]:
     removed += remove_orphaned_data()
     if os.geteuid() == 0:               # a rootless user made no cgroups or networks
         removed += remove_stray_cgroups(everything)
-        removed += networking.cleanup(set(state.names()), everything)
+        from .vm.cleanup import live_vms
+        removed += networking.cleanup(set(state.names()), everything, live_vms())
         removed += network_helper.stop()     # stateless: the next run starts another
     from .vm import cleanup as vm_cleanup      # the VM side's imports only when needed
     return removed + vm_cleanup.cleanup()

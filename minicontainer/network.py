@@ -171,6 +171,24 @@ class Attachment:
             inside.link("set", index=eth0, state="up")
             inside.route("add", gateway=self.gateway)            # the default route
 
+    @outside_event_loop
+    def plug_tap(self) -> None:
+        """A VM's cable (vm/machine.py): a tap device named host_end in the bridge, up.
+
+        A tap is a network interface whose other end is a file: what the host sends
+        into it, the process holding /dev/net/tun reads, and what that process writes
+        comes out of it. QEMU holds it and turns it into the guest's network card, so
+        the guest's frames enter the bridge here, as a container's do through its veth.
+        It is persistent (made here, not by QEMU): it stays until detach() deletes it,
+        so a crash leaves it for `cleanup` to find, like a veth."""
+        with ip_route() as host:
+            bridge = host.link_lookup(ifname=self.network)
+            if not bridge:
+                raise MinicontainerError(f"the bridge {self.network} is gone (deleted by hand?): "
+                                         f"`minicontainer network rm {self.network}` forgets it")
+            host.link("add", ifname=self.host_end, kind="tuntap", mode="tap")
+            host.link("set", ifname=self.host_end, master=bridge[0], state="up")
+
 
 _use_helper = False      # this process asks network_helper.py (see use_helper)
 
@@ -336,9 +354,9 @@ def choose_subnet(wanted: str | None) -> ipaddress.IPv4Network:
 # -- addresses ------------------------------------------------------------------------------
 
 def attach(network: str, container: str, container_id: str, hostname: str,
-           hosts_file: Path) -> Attachment:
+           hosts_file: Path | None) -> Attachment:
     """Lease an address (creating the network on first use) and write /etc/hosts for
-    the container and for its neighbours."""
+    the container and for its neighbours (a VM, with no hosts_file, is only listed)."""
     with state.locked():
         if network not in names():
             if network != DEFAULT_NETWORK:
@@ -348,7 +366,7 @@ def attach(network: str, container: str, container_id: str, hostname: str,
         record = load(network)
         address = free_address(record["subnet"], set(record["leases"]) | {record["gateway"]})
         record["leases"][address] = {"container": container, "hostname": hostname,
-                                     "hosts_file": str(hosts_file)}
+                                     "hosts_file": hosts_file and str(hosts_file)}
         save(record)
         write_hosts_files(record)
     prefix = ipaddress.ip_network(record["subnet"]).prefixlen
@@ -365,16 +383,18 @@ def free_address(subnet: str, taken: set[str]) -> str:
 
 @outside_event_loop
 def detach(attachment: Attachment) -> None:
-    """Give the address back; the last container of an implicit network removes it."""
+    """Give the address back and delete the cable (a VM's tap, which no namespace
+    takes with it, even if the network is gone); the last container of an implicit
+    network removes it."""
     with state.locked():
+        if attachment.host_end not in names():   # a record may name a bridge: never that
+            remove_veth(attachment.host_end)
         if attachment.network not in names():
             return
         record = load(attachment.network)
         record["leases"].pop(attachment.address, None)
         save(record)
         write_hosts_files(record)
-        if attachment.host_end not in names():   # a record may name a bridge: never that
-            remove_veth(attachment.host_end)
         if not record["leases"] and not record["explicit"]:
             _remove(record)
 
@@ -413,7 +433,7 @@ def write_hosts_files(record: dict) -> None:
         f"{address}\t{lease['hostname']} {lease['container']}"
         for address, lease in sorted(record["leases"].items())]
     for lease in record["leases"].values():
-        path = Path(lease["hosts_file"])
+        path = Path(lease["hosts_file"] or "/nonexistent/hosts")     # a VM's: none
         if path.parent.exists():
             with open(path, "w") as f:
                 f.write("\n".join(lines) + "\n")
@@ -521,13 +541,15 @@ def run_firewall(argv: list[str], input: str | None = None) -> None:
 # -- after a crash --------------------------------------------------------------------------
 
 @outside_event_loop
-def cleanup(live_containers: set[str], everything: bool = False) -> list[str]:
-    """Free leases of containers that are gone, remove implicit networks left empty,
-    and delete mc-* veths, bridges and rules that no record explains — but for a veth
-    whose far end is still in a namespace (a live container's, recorded under another
-    state root: a dead one's veth goes with its namespace) and a bridge with ports,
-    unless `everything`."""
+def cleanup(live_containers: set[str], everything: bool = False,
+            live_vms: frozenset[str] = frozenset()) -> list[str]:
+    """Free leases of containers and VMs (ids `live_vms`) that are gone, remove
+    implicit networks left empty, and delete mc-* veths, taps, bridges and rules that
+    no record explains — but for a live VM's tap, a veth whose far end is still in a
+    namespace (a live container's, recorded under another state root: a dead one's
+    veth goes with its namespace) and a bridge with ports, unless `everything`."""
     removed = []
+    live_containers = set(live_containers) | {vm_holder(vm_id) for vm_id in live_vms}
     with state.locked():
         for name in names():
             record = load(name)
@@ -547,10 +569,12 @@ def cleanup(live_containers: set[str], everything: bool = False) -> list[str]:
                 ifname = link.get("IFLA_IFNAME")
                 is_bridge = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
                 if ifname.startswith("mc-") and (not is_bridge or ifname not in known):
-                    if not is_bridge and _veth_in_use(ifname, live_containers):
+                    if not is_bridge and (_veth_in_use(ifname, live_containers)
+                                          or ifname.removeprefix("mc-") in live_vms):
                         continue
                     in_use = (link["index"] in masters if is_bridge
-                              else link.get("IFLA_LINK_NETNSID") is not None)
+                              else link.get("IFLA_LINK_NETNSID") is not None
+                              or _tap_held(link))
                     if in_use and not everything:
                         continue
                     delete_link(ip, index=link["index"])
@@ -578,11 +602,23 @@ def cleanup(live_containers: set[str], everything: bool = False) -> list[str]:
     return removed
 
 
+def vm_holder(vm_id: str) -> str:
+    """The name a VM's lease is held under, beside the containers' names."""
+    return f"vm-{vm_id}"
+
+
 def _still_wanted(record: dict) -> bool:
     """Kept by `network create`, or its owner still runs; an implicit one never is."""
     if not record["explicit"]:
         return False
     return not record.get("owner") or state.owner_alive(record)
+
+
+def _tap_held(link) -> bool:
+    """Is this a tap that a process (a VM's QEMU, perhaps under another state root)
+    holds open? Only then does the kernel give it a carrier."""
+    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    return kind == "tun" and link.get("IFLA_CARRIER") == 1
 
 
 def _veth_in_use(ifname: str, live_containers: set[str]) -> bool:

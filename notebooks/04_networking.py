@@ -176,8 +176,8 @@ print("networks left:", network.names())
 #   `/etc/hosts` (Docker: its embedded DNS server at 127.0.0.11).
 # - A VM is networked another way: QEMU emulates a *network card* (virtio-net, e1000)
 #   that the guest's own kernel drives, and its host side is a tap device, which can be
-#   plugged into a bridge like ours. The VM of notebook 07 has no network card at all
-#   (QEMU runs with `-nodefaults`); we talk to it over its serial console.
+#   plugged into a bridge like ours. Notebook 07 does exactly that: a VM with a
+#   virtio card on a bridge of ours, talking to a container beside it.
 #
 # ## Exercise 04
 # `exercises/ex04_networking.py`: hand out addresses on a bridge.

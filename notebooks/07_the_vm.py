@@ -142,6 +142,55 @@ for row in probes["host"]:
 # own (smaller) memory, a CPU model that QEMU presents, and devices that exist only in
 # software — no PCI bus at all on microvm, and no network card: we started QEMU with
 # `-nodefaults` and gave it none, so it talks to us only over its serial console.
+# Unless we give it one:
+#
+# ## One network, two kinds of guests
+# A container joins a bridge through a veth whose far end is in its network namespace
+# (notebook 04). A VM joins it through a *network card*: QEMU emulates a virtio-net
+# card on the guest's PCI bus (so this VM is a q35 PC, not a microvm), the guest's own
+# kernel drives it (its `virtio_net` module, which our `/init` loads), and the card's
+# cable on the host is a *tap* device, `mc-<id>`, plugged into the same bridge.
+# `VM(network=...)` leases the guest's address from the bridge's pool, as a container's.
+#
+# **Predict, then run.** The container asks the VM's web server for its page. How many
+# kernels does that request go through?
+#
+# <details><summary>Answer</summary>
+#
+# Two. The host's carries it out of the container's namespace, through its veth, the
+# bridge and the tap, into QEMU's hands; QEMU puts the frame into the virtual card, and
+# the *guest's* kernel, with its own TCP/IP stack, hands it to httpd. A reply from a
+# container on the same bridge crosses one kernel only.
+# </details>
+
+# %%
+from minicontainer import network
+from minicontainer.container import Container
+from minicontainer.vm.initramfs import ANSWER
+
+if "mc-lesson7" in network.names():      # made by this kernel in an earlier run: start afresh
+    network.remove("mc-lesson7", force=True)
+lesson = network.create("mc-lesson7")["name"]
+try:
+    with Container(["sleep", "120"], network=lesson) as neighbour, VM(network=lesson) as vm:
+        neighbour.start()
+        vm.boot(ANSWER)                    # a guest that runs what we send it (vm.exec)
+        print(f"container {neighbour.attachment.address}, VM {vm.address} "
+              f"(its tap on the host: {vm.attachment.host_end})")
+        vm.exec("mkdir -p /www && echo hello from the VM > /www/index.html && httpd -p 80 -h /www")
+        asked = neighbour.exec(f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {vm.address} 80")
+        print("the container asks the VM's httpd:", asked.stdout.splitlines()[-1])
+        code, output = vm.exec(f"ping -c 1 -W 5 {neighbour.attachment.address}")
+        print("the VM pings the container:", output.splitlines()[1])
+finally:
+    network.remove(lesson, force=True)
+
+# %% [markdown]
+# One network, two kinds of guests: to the bridge, the VM is one more port, and its
+# neighbours cannot tell it from a container. The difference is on the host: the
+# container's packets never leave the host's kernel, the VM's go through QEMU and a
+# kernel of its own — which is also why its answers take longer under TCG (notebook 08
+# loads fifty servers of each kind).
 #
 # ## What the VM costs: slide its memory
 # QEMU's own memory (PSS) split into the guest's RAM it has touched and QEMU itself.

@@ -95,12 +95,17 @@ print(f"{n} idle containers: {used / 2**20:.0f} MiB of host memory in all")
 # %% [markdown]
 # ## Fifty real web servers
 # Idle `sleep`s prove little: here each instance is busybox's `httpd`, loaded with 200
-# requests from this notebook over our bridge, timed one by one. The containers share
+# requests from this notebook over our bridge, timed one by one — the containers
+# through their veths, the VMs through their virtio network cards on the same bridge
+# (notebook 07), with the same client and the same requests. The containers share
 # one memory budget; as VMs, only as many fit as the budget can promise their `-m` to
-# (at most six under TCG). Our VMs have no network card, so their servers run but
-# cannot be reached from here: for VMs, memory only. `make compare` runs 50 containers
-# and saves the numbers; without them, a small version runs now (5 and 1). The full
-# one from here: `servers.servers()` (about a minute, plus the VMs' boots).
+# (at most six under TCG). `make compare` runs 50 containers and 6 VMs and saves the
+# numbers; without them, a small version runs now (5 and 1). The full one from here:
+# `servers.servers()` (about a minute, plus the VMs' boots).
+#
+# Under TCG a VM's request takes tens of times a container's: every instruction of the
+# guest's kernel and httpd is translated, and each packet crosses QEMU as well. With
+# KVM the gap is much smaller, but a VM's packet still goes through a second kernel.
 
 # %%
 from minicontainer.course import servers

@@ -1,14 +1,14 @@
 """Fifty real web servers: the seed's "30-50 servers on one platform", measured.
 
-Every server is the same program, busybox's httpd serving one small page. As
-containers they sit on a bridge network of our own (layer 4) under one shared memory
-budget (layer 3), and this process drives each with a bounded load over the bridge —
-never anything beyond this host — timing every request. As VMs, each guest runs the
-same httpd, and there are only as many as the budget's memory can be promised to
-(each VM is given its -m up front), at most six under TCG. Our VMs have no network
-card, so a VM's server cannot be reached from here: for VMs we measure memory only,
-and say so. Heavy: `make compare` runs it whole and saves the numbers in
-results/servers.json, which notebook 08 reads.
+Every server is the same program, busybox's httpd serving one small page, and
+every one sits on the same bridge network of our own (layer 4): containers through
+a veth, VMs through a virtio network card wired to a tap (vm/machine.py). The
+containers share one memory budget (layer 3); as VMs there are only as many as the
+budget's memory can be promised to (each VM is given its -m up front), at most six
+under TCG. This process drives each server, container or VM, with the same bounded
+load over the bridge — never anything beyond this host — timing every request, and
+then measures what the server costs. Heavy: `make compare` runs it whole and saves
+the numbers in results/servers.json, which notebook 08 reads.
 """
 from __future__ import annotations
 
@@ -57,13 +57,21 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def container_servers(count: int, budget: str, requests: int, progress=None) -> list[dict]:
-    """`count` httpd containers on a bridge of their own, under one budget: each loaded
-    with `requests` GETs, then measured (its cost, as measure.container_cost)."""
+def loaded(address: str, requests: int) -> dict:
+    """Drive the server at `address` with `requests` GETs: their p50 and p99, in
+    seconds, and how many were answered (the same load for a container and a VM)."""
+    latencies = timed_requests(address, requests)
+    return {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
+            "requests": len(latencies)}
+
+
+def container_servers(count: int, budget: str, requests: int, bridge: str,
+                      progress=None) -> list[dict]:
+    """`count` httpd containers on `bridge`, under one budget: each loaded with
+    `requests` GETs, then measured (its cost, as measure.container_cost)."""
     tick = progress or (lambda: None)
-    suffix = os.urandom(3).hex()
-    bridge = network.create(f"mc-srv-{suffix}")["name"]
-    budget_group = Cgroup(f"mc-srvbudget-{suffix}", Limits(memory=parse_memory(budget)))
+    budget_group = Cgroup(f"mc-srvbudget-{os.urandom(3).hex()}",
+                          Limits(memory=parse_memory(budget)))
     budget_group.create()
     running: list[Container] = []
     try:
@@ -72,17 +80,14 @@ def container_servers(count: int, budget: str, requests: int, progress=None) -> 
         wait_until_serving([c.attachment.address for c in running])
         servers = []
         for container in running:
-            latencies = timed_requests(container.attachment.address, requests)
-            servers.append({"memory": container_cost(container),
-                            "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
-                            "requests": len(latencies)})
+            servers.append({**loaded(container.attachment.address, requests),
+                            "memory": container_cost(container)})
             tick()
         return servers
     finally:
         for container in running:
             container.remove(force=True)
         budget_group.remove()
-        network.remove(bridge, force=True)
 
 
 def wait_until_serving(addresses: list[str], timeout: float = 30) -> None:
@@ -99,20 +104,23 @@ def wait_until_serving(addresses: list[str], timeout: float = 30) -> None:
                 time.sleep(0.05)
 
 
-def vm_servers(count: int, vm_memory: str, progress=None) -> list[dict]:
-    """`count` VMs each running httpd in its guest, booted side by side: the memory
-    each costs (qemu_memory's parts). No latency: they have no network card."""
+def vm_servers(count: int, vm_memory: str, requests: int, bridge: str,
+               progress=None) -> list[dict]:
+    """`count` VMs on `bridge`, each running httpd in its guest, booted side by side:
+    each loaded with `requests` GETs as a container is, then measured (qemu_memory's
+    parts, after the load: the pages it touched count)."""
     tick = progress or (lambda: None)
-    machines = [VM(memory=vm_memory) for _ in range(count)]
+    machines = [VM(memory=vm_memory, network=bridge) for _ in range(count)]
     try:
         for vm in machines:
             vm.start(f"{PAGE} && httpd -p 80 -h /www; {IDLE}")   # httpd in the background
         for vm in machines:
             vm.ready()
-        time.sleep(0.5)                                             # let the guests settle
+        wait_until_serving([vm.address for vm in machines], timeout=60)   # TCG is slow
         servers = []
         for vm in machines:
-            servers.append({**qemu_memory(psutil.Process(vm.process.pid), vm.memory),
+            servers.append({**loaded(vm.address, requests),
+                            **qemu_memory(psutil.Process(vm.process.pid), vm.memory),
                             "committed": vm.memory})
             tick()
         return servers
@@ -131,11 +139,16 @@ def servers(containers: int = 50, vms: int = 6, budget: str = "768M", vm_memory:
         """A ticker for `total` steps, or None without a progress_factory."""
         return progress_factory(total, name) if progress_factory else None
 
-    return {"budget": parse_memory(budget), "requests_each": requests,
-            "vm_memory": vm_bytes(vm_memory), "vms_that_fit": fit,
-            "containers": container_servers(containers, budget, requests,
-                                            progress(containers, "servers: containers")),
-            "vms": vm_servers(fit, vm_memory, progress(fit, "servers: VMs"))}
+    bridge = network.create(f"mc-srv-{os.urandom(3).hex()}")["name"]    # one for both kinds
+    try:
+        return {"budget": parse_memory(budget), "requests_each": requests,
+                "vm_memory": vm_bytes(vm_memory), "vms_that_fit": fit,
+                "containers": container_servers(containers, budget, requests, bridge,
+                                                progress(containers, "servers: containers")),
+                "vms": vm_servers(fit, vm_memory, requests, bridge,
+                                  progress(fit, "servers: VMs"))}
+    finally:
+        network.remove(bridge, force=True)
 
 
 def saved(path: Path = SAVED) -> dict | None:
@@ -146,17 +159,23 @@ def saved(path: Path = SAVED) -> dict | None:
         return None
 
 
+def latency_line(servers: list[dict]) -> str:
+    """How many requests `servers` answered, their median p50 and worst p99."""
+    if not servers or "p50" not in servers[0]:      # saved before VMs had network cards
+        return "not loaded"
+    p50 = sorted(s["p50"] for s in servers)[len(servers) // 2] * 1000
+    p99 = max(s["p99"] for s in servers) * 1000
+    return (f"{sum(s['requests'] for s in servers)} requests, median p50 {p50:.1f} ms, "
+            f"worst p99 {p99:.1f} ms")
+
+
 def summary(results: dict) -> str:
-    """The servers experiment in three lines, with today's numbers."""
+    """The servers experiment in two lines, with today's numbers."""
     containers, vms = results["containers"], results["vms"]
-    p50 = sorted(c["p50"] for c in containers)[len(containers) // 2] * 1000
-    p99 = max(c["p99"] for c in containers) * 1000
     lines = [f"{len(containers)} web servers as containers: "
              f"{sum(c['memory'] for c in containers) / 2**20:.0f} MiB in all, "
-             f"{sum(c['requests'] for c in containers)} requests, median p50 {p50:.1f} ms, "
-             f"worst p99 {p99:.1f} ms",
+             f"{latency_line(containers)}",
              f"{len(vms)} as VMs (as many as a {results['budget'] // 2**20} MiB budget can "
              f"promise {results['vm_memory'] // 2**20} MiB each, at most 6 under TCG): "
-             f"{sum(vm['pss'] for vm in vms) / 2**20:.0f} MiB in all; no network card, "
-             "so no requests"]
+             f"{sum(vm['pss'] for vm in vms) / 2**20:.0f} MiB in all, {latency_line(vms)}"]
     return "\n".join(lines)

@@ -2,9 +2,10 @@
 
 A container is host processes with a different view; a virtual machine is a whole
 computer made of software. QEMU gives the guest a CPU (KVM: the real one, in a guest
-mode; TCG: emulated), RAM carved out of QEMU's own memory and devices (here just a
-serial port), and on that virtual hardware a separate kernel boots, finds its devices
-and starts init. The same busybox image the containers run becomes the guest's first
+mode; TCG: emulated), RAM carved out of QEMU's own memory and devices (here a
+serial port, and with VM(network="mc-br0") a network card on our bridge), and on
+that virtual hardware a separate kernel boots, finds its devices and starts init.
+The same busybox image the containers run becomes the guest's first
 filesystem, so a comparison measures the virtualization, not the distribution; and
 any image from the store boots the same way (VM(image="alpine")).
 

@@ -6,7 +6,9 @@ start time — and stop() removes it. A record whose owner is gone names what a 
 left behind. Killing by pid alone could hit an unrelated process that reused the
 number, so a pid counts only with its recorded start time (/proc/PID/stat); if the
 owner died before writing QEMU's pid, QEMU is the process whose command line names
-the scratch directory (/proc/PID/cmdline), since it boots the initramfs in it.
+the scratch directory (/proc/PID/cmdline), since it boots the initramfs in it. A VM
+with a network card also names its lease and its tap (network.Attachment): both go
+with it.
 
 It is a module of its own, not part of machine.py, because it never builds or boots
 a VM: it reads records and processes, so `minicontainer cleanup` imports it without
@@ -22,7 +24,8 @@ import tempfile
 from pathlib import Path
 
 from .. import state
-from ..arguments import ID
+from ..arguments import ID, check_attachment
+from ..errors import BadRecord
 from ..process import start_time, wait_for_exit
 
 
@@ -41,10 +44,19 @@ def cleanup() -> list[str]:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
             wait_for_exit(pid, 10)
+        if record.get("network"):     # QEMU is gone: its tap and lease go too
+            from .. import network
+            network.detach(network.Attachment(**record["network"]))
         shutil.rmtree(record["tmp"], ignore_errors=True)
         state.release_vm(vm_id)
         removed.append(f"vm {vm_id}")
     return removed
+
+
+def live_vms() -> frozenset[str]:
+    """The ids of the VMs whose owner still runs: their leases and taps are in use."""
+    return frozenset(vm_id for vm_id, record in state.vm_records().items()
+                     if not refused(vm_id, record) and state.owner_alive(record))
 
 
 def refusals() -> dict[str, str]:
@@ -66,6 +78,13 @@ def refused(vm_id: str, record: object) -> str | None:
         return "its pids are not positive numbers with their start times"
     if record.get("tmp") != str(Path(tempfile.gettempdir()) / f"mc-vm-{vm_id}"):
         return f"its scratch directory {record.get('tmp')!r} is not mc-vm-{vm_id}"
+    if record.get("network") is not None:     # only its own tap mc-<id>, on a bridge of ours
+        try:
+            if not isinstance(record["network"], dict):
+                raise BadRecord("its network attachment is not a record")
+            check_attachment(record["network"], vm_id, BadRecord)
+        except BadRecord as e:
+            return str(e)
     return None
 
 

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from ..errors import VMError
 from ..rootfs import default_rootfs
-from .kernel import GUEST_MODULES
+from .kernel import GUEST_MODULES, NETWORK_MODULES
 
 
 def pack_initramfs(rootfs: Path, extra: dict[str, bytes | Path]) -> bytes:
@@ -142,6 +142,8 @@ mount -t proc proc /proc
 echo "MC-INIT $(cut -d' ' -f1 /proc/uptime)"
 mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs -o size=90% tmpfs /tmp
+@MODULES@
+@NETWORK@
 @HOST_FILES@
 echo "MC-READY $(cut -d' ' -f1 /proc/uptime)"
 @ROOT@ /bin/sh -c @COMMAND@ </dev/null 2>&1
@@ -156,8 +158,20 @@ IDLE = "while :; do sleep 3600; done"   # a VM that just stays up, for measuring
 ANSWER = ("stty -echo </dev/console; echo MC-LISTENING; while read -r line; do "
           "sh -c \"$line\" </dev/null 2>&1; echo \"MC-ANSWERED=$?\"; done </dev/console")
 
+# The drivers this guest needs (a network card, 9p), packed as files: no modprobe,
+# no modules.dep, so insmod in the order of their dependencies.
+MODULES = """for m in @MODULES@; do insmod "@DIR@/$m.ko" || echo "insmod $m failed"; done"""
+
+# eth0, the virtio network card, with the address machine.py leased for it on our
+# bridge; the kernel's command line carries it (mc.address=, mc.gateway=), as the
+# kernel's own ip= would if the driver were built in rather than a module.
+NETWORK = """for word in $(cat /proc/cmdline); do
+  case "$word" in mc.address=*) address=${word#*=};; mc.gateway=*) gateway=${word#*=};; esac
+done
+ip link set lo up; ip link set eth0 up
+ip addr add "$address" dev eth0 && ip route add default via "$gateway" || echo "no eth0" """
+
 HOST_FILES = """# The host's / over 9p (read-only), with fresh /tmp and /run, as the new root.
-for m in @MODULES@; do insmod "/lib/modules/$m.ko" || echo "insmod $m failed"; done
 H=/mnt/host; mkdir -p $H /mnt/seen
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host $H
 mount -o bind $H /mnt/seen                    # the host's /tmp, before a tmpfs hides it
@@ -167,13 +181,17 @@ mount -t tmpfs tmpfs $H/tmp; mount -t tmpfs tmpfs $H/run
 for p in @KEEP@; do mkdir -p "$H$p" && mount -o bind "/mnt/seen$p" "$H$p"; done"""
 
 
-def guest_init(command: str, modules: list[str] | None = None, keep: tuple[str, ...] = ()) -> str:
-    """The /init script that runs `command`; given `modules` to load, in the host's
-    files (over 9p), keeping the host directories `keep` (in /tmp or /run) visible."""
-    host_files = modules is not None
-    mounts = _fill(HOST_FILES, MODULES=_shell_words(modules or []),
+def guest_init(command: str, modules: list[str] | None = None, keep: tuple[str, ...] = (),
+               host_files: bool = False, network: bool = False) -> str:
+    """The /init script that loads `modules` and runs `command`: with `network`, after
+    setting up eth0; with `host_files`, in the host's files (over 9p), keeping the
+    host directories `keep` (in /tmp or /run) visible."""
+    mounts = _fill(HOST_FILES,
                    KEEP=_shell_words(p for p in keep if p.startswith(("/tmp/", "/run/"))))
-    return _fill(INIT, SHELL="/bin/sh", PREPARE="", HOST_FILES=mounts if host_files else "",
+    return _fill(INIT, SHELL="/bin/sh", PREPARE="",
+                 MODULES=_fill(MODULES, MODULES=_shell_words(modules), DIR="/lib/modules")
+                 if modules else "",
+                 NETWORK=NETWORK if network else "", HOST_FILES=mounts if host_files else "",
                  ROOT="chroot $H" if host_files else "", COMMAND=shlex.quote(command))
 
 
@@ -188,30 +206,42 @@ def guest_init(command: str, modules: list[str] | None = None, keep: tuple[str, 
 
 PRIVATE = ".minicontainer"             # our init and busybox, beside the image's files
 IMAGE_INIT = f"/{PRIVATE}/init"        # for the kernel's rdinit=
-INIT_APPLETS = ("sh", "mount", "mkdir", "cut", "env", "reboot")   # what INIT calls
+INIT_APPLETS = ("sh", "mount", "mkdir", "cut", "env", "reboot",   # what INIT calls,
+                "cat", "insmod", "ip")                            # and NETWORK
 
 IMAGE_PREPARE = f"""export PATH=/{PRIVATE}/bin      # our busybox's applets, not the image's
 mkdir -p /proc /sys /dev /tmp           # an image need not have them"""
 
 
-def image_init(command: str, env: dict[str, str], workdir: str) -> str:
-    """The init script that runs `command` in an image, with `env` in `workdir`."""
+def image_init(command: str, env: dict[str, str], workdir: str, network: bool = False) -> str:
+    """The init script that runs `command` in an image, with `env` in `workdir`; with
+    `network`, after loading the card's drivers (ours, beside our init) and setting up
+    eth0."""
     variables = _shell_words(f"{name}={value}" for name, value in env.items())
+    modules = _fill(MODULES, MODULES=_shell_words(NETWORK_MODULES), DIR=f"/{PRIVATE}/modules")
     return _fill(INIT, SHELL=f"/{PRIVATE}/bin/busybox sh", PREPARE=IMAGE_PREPARE,
-                 HOST_FILES="", ROOT=f"cd {shlex.quote(workdir)} && env -i {variables}",
+                 MODULES=modules if network else "", NETWORK=NETWORK if network else "",
+                 HOST_FILES="",
+                 ROOT=f"cd {shlex.quote(workdir)} && env -i {variables}",
                  COMMAND=shlex.quote(command))
 
 
 @functools.lru_cache(maxsize=16)
-def image_init_archive(command: str, env: tuple[tuple[str, str], ...], workdir: str) -> bytes:
+def image_init_archive(command: str, env: tuple[tuple[str, str], ...], workdir: str,
+                       modules_dir: Path | None = None) -> bytes:
     """A small archive of /.minicontainer: our busybox, links to the applets the init
-    uses, and the init running `command`; booted after the image's own archive."""
+    uses, the init running `command`, and given the kernel's `modules_dir`, a network
+    card's drivers; booted after the image's own archive."""
     busybox = (default_rootfs() / "bin" / "busybox").read_bytes()
-    init = image_init(command, dict(env), workdir).encode()
+    init = image_init(command, dict(env), workdir, network=modules_dir is not None).encode()
+    drivers = [(f"{PRIVATE}/modules", stat.S_IFDIR | 0o755, b""),
+               *((f"{PRIVATE}/modules/{m}.ko", stat.S_IFREG | 0o644,
+                  (modules_dir / f"{m}.ko").read_bytes()) for m in NETWORK_MODULES)
+               ] if modules_dir else []
     records = [(PRIVATE, stat.S_IFDIR | 0o755, b""), (f"{PRIVATE}/bin", stat.S_IFDIR | 0o755, b""),
                (f"{PRIVATE}/bin/busybox", stat.S_IFREG | 0o755, busybox),
                *((f"{PRIVATE}/bin/{applet}", stat.S_IFLNK | 0o777, b"busybox")
-                 for applet in INIT_APPLETS),
+                 for applet in INIT_APPLETS), *drivers,
                (f"{PRIVATE}/init", stat.S_IFREG | 0o755, init)]
     archive = b"".join(cpio_entry(inode, name, mode, data)
                        for inode, (name, mode, data) in enumerate(records, start=1))
@@ -231,11 +261,13 @@ def _shell_words(values: Iterable[str]) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def guest_initramfs(command: str, modules_dir: Path | None = None,
-                    keep: tuple[str, ...] = ()) -> bytes:
-    """The image plus an /init running `command` (in the host's files when given the
-    kernel's `modules_dir` for 9p). Packed once per command: VMs are booted often."""
-    modules = GUEST_MODULES if modules_dir else None
-    init = guest_init(command, modules, keep)
-    files = {f"lib/modules/{m}.ko": modules_dir / f"{m}.ko" for m in modules or []}
+def guest_initramfs(command: str, modules_dir: Path | None = None, keep: tuple[str, ...] = (),
+                    host_files: bool = False, network: bool = False) -> bytes:
+    """The image plus an /init running `command`, in the host's files (`host_files`:
+    9p), with a network card (`network`); their drivers come from the kernel's
+    `modules_dir`. Packed once per command: VMs are booted often."""
+    wanted = (GUEST_MODULES if host_files else []) + (NETWORK_MODULES if network else [])
+    modules = list(dict.fromkeys(wanted))                 # each once, in order
+    init = guest_init(command, modules, keep, host_files, network)
+    files = {f"lib/modules/{m}.ko": modules_dir / f"{m}.ko" for m in modules}
     return pack_initramfs(default_rootfs(), {"init": init.encode(), **files})

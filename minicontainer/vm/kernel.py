@@ -29,6 +29,9 @@ from ..host import cache_dir, cpu
 # then overlayfs, for containers inside the guest.
 GUEST_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
                  "virtio_pci", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "overlay"]
+# A network card: virtio over PCI, and virtio_net (which needs net_failover).
+NETWORK_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
+                   "virtio_pci", "failover", "net_failover", "virtio_net"]
 KEPT_MODULES = GUEST_MODULES + ["virtio_net", "net_failover", "failover", "virtio_blk",
                                 "virtio_console"]
 KERNEL_LAYOUT_VERSION = "2"  # bump when KEPT_MODULES or the layout changes: unpacks anew

@@ -10,6 +10,18 @@ kernel hands over, "MC-READY <uptime>" when it is ready, runs its command, print
 clock tells where the boot time went (`Boot`). (Typing commands into a serial port
 under TCG loses characters; a command baked into the initramfs cannot be lost.)
 
+VM(network="mc-br0") gives the machine a network card on one of our bridges, the
+containers' own (network.py): QEMU's virtio card is wired to a tap device in the
+bridge, the guest's /init loads the card's driver and gives eth0 an address leased
+from the bridge's pool. Containers and VMs then talk on one network; a container's
+cable is a veth whose far end is in its namespace, a VM's is a tap whose far end is
+QEMU, which turns the frames into a virtual PCI card's (see qemu.network_card_options).
+What the guest sends enters the bridge as it is, with any MAC or IP address it likes,
+as a container holding NET_RAW can send: Docker's bridge does not filter either, and
+the same firewall rules keep both kinds of guests inside our bridges (network.py).
+libvirt can add anti-spoofing rules on a VM's tap (nwfilter "clean-traffic"); we
+leave them out, as Docker does, to keep one set of rules for both kinds.
+
 VM(image="alpine") boots an image from the store instead (image.py): its layers merged
 as the container's overlay shows them, packed once, with our own init and busybox on
 top; the command runs in the image's /bin/sh, with its Env and WorkingDir.
@@ -28,12 +40,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import network as networking
 from .. import state
-from ..arguments import check_vm_options
+from ..arguments import NETWORK_NAME, check_vm_options
 from ..errors import InvalidArgument, Timeout, VMError
 from ..host import cpu
 from ..images.config import check_workdir, environment_of, settings_of
@@ -71,19 +84,24 @@ class VM:
             code, output = vm.run("cat /etc/os-release")
 
     host_files=True boots the guest into the host's own files instead (read-only,
-    over 9p): the host's programs on the guest's kernel.
+    over 9p): the host's programs on the guest's kernel. network="mc-br0" plugs its
+    network card into that bridge (as Container(network=...)); .address is its eth0's.
     """
 
     def __init__(self, *, memory: str = "128M", cpus: int = 1, accel: str = "auto",
                  machine: str = "auto", kernel_args: str = "", host_files: bool = False,
                  keep: tuple[str, ...] = (), kernel: Kernel | None = None,
-                 image: str | Image | None = None) -> None:
+                 image: str | Image | None = None, network: str | None = None) -> None:
         """Check the arguments and find QEMU, a kernel, an accelerator and the image
         (a name in the store, or an Image; default: the busybox tree); start nothing."""
         self.memory = check_vm_options(memory, cpus, accel, machine)
+        machine = check_vm_network(network, machine)
         self.image = stored_image(image, host_files) if image is not None else None
         self.qemu = qemu.find_qemu()
-        self.kernel = kernel or find_kernel(need_modules=host_files)
+        self.kernel = kernel or find_kernel(need_modules=host_files or network is not None)
+        if network is not None and self.kernel.modules is None:
+            raise VMError(f"a VM with a network card needs its kernel's virtio_net module, "
+                          f"and {self.kernel.source} comes without modules: run `make setup`")
         usable, self.accel_reason = qemu.accelerator() if accel != "tcg" else ("tcg", "asked for")
         if accel == "kvm" and usable != "kvm":
             raise VMError(f"KVM is not usable here: {self.accel_reason} (use accel='tcg')")
@@ -92,6 +110,8 @@ class VM:
             machine = "q35" if machine == "auto" else machine
         self.machine = machine
         self.cpus, self.kernel_args, self.host_files = cpus, kernel_args, host_files
+        self.network = network
+        self.attachment: networking.Attachment | None = None   # its lease and tap, once made
         self.keep = tuple(str(Path(p).resolve()) for p in keep)   # host dirs in /tmp or /run
         self.process: subprocess.Popen | None = None
         self.command: str | None = None
@@ -108,20 +128,41 @@ class VM:
         return self.ready(timeout)
 
     def start(self, command: str = IDLE) -> VM:
-        """Start QEMU and return at once (boot several VMs side by side, then ready())."""
+        """Start QEMU and return at once (boot several VMs side by side, then ready());
+        on failure, whatever was made of the VM is removed again."""
         if self.machine == "auto":
             self.machine = choose_machine(self.kernel, self.accel)
         # Written down before anything exists, so `minicontainer cleanup` can find
         # QEMU and its files if this process dies without stop().
         self._record = {"owner": os.getpid(), "owner_started": start_time(os.getpid()),
-                        "tmp": str(self.scratch), "qemu": None}
+                        "tmp": str(self.scratch), "qemu": None, "network": None}
         state.write_vm(self.id, self._record)
-        self.scratch.mkdir(mode=0o700)
-        self.write_initramfs(self.initrd, command)
-        self.command = command
-        self._started = time.monotonic()
-        self._launch(self.qemu_argv(self.initrd))
+        try:
+            self.scratch.mkdir(mode=0o700)
+            if self.network is not None:
+                self._plug_network_card()
+            self.write_initramfs(self.initrd, command)
+            self.command = command
+            self._started = time.monotonic()
+            self._launch(self.qemu_argv(self.initrd))
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _plug_network_card(self) -> None:
+        """Lease an address on the bridge and make the tap, the card's cable: recorded
+        at once, so that cleanup finds both if this process dies."""
+        self.attachment = networking.attach(self.network, networking.vm_holder(self.id),
+                                            self.id, networking.vm_holder(self.id), None)
+        self._record["network"] = asdict(self.attachment)
+        state.write_vm(self.id, self._record)
+        self.attachment.plug_tap()
+
+    @property
+    def address(self) -> str | None:
+        """The guest's eth0 address on its bridge (None: no network card)."""
+        return self.attachment and self.attachment.address
 
     def _launch(self, argv: list[str]) -> None:
         """Start QEMU with `argv`, write its pid into the record, read its console."""
@@ -158,6 +199,9 @@ class VM:
         """Switch the machine off (SIGTERM: QEMU exits at once) and tidy up: its
         scratch directory goes, with the initramfs and any saved snapshot."""
         self._end_qemu()
+        if self.attachment is not None:       # the lease back, the tap deleted
+            networking.detach(self.attachment)
+            self.attachment = None
         shutil.rmtree(self.scratch, ignore_errors=True)
         state.release_vm(self.id)
 
@@ -253,8 +297,8 @@ class VM:
     def initramfs(self, command: str) -> bytes:
         """The archive this VM boots from: the busybox tree, and an /init that runs
         `command` (an image's: see write_initramfs)."""
-        return guest_initramfs(command, self.kernel.modules if self.host_files else None,
-                               self.keep)
+        return guest_initramfs(command, self.kernel.modules, self.keep, self.host_files,
+                               self.network is not None)
 
     def write_initramfs(self, initrd: Path, command: str) -> None:
         """Write the archive this VM boots from to `initrd`: for an image, its packed
@@ -274,7 +318,8 @@ class VM:
         env = {"PATH": PATH, "HOME": "/root", **environment_of(settings.get("Env") or [])}
         workdir = check_workdir(settings.get("WorkingDir") or "/")
         with open(initrd, "ab") as out:
-            out.write(image_init_archive(command, tuple(env.items()), workdir))
+            out.write(image_init_archive(command, tuple(env.items()), workdir,
+                                         self.kernel.modules if self.network else None))
 
     def qemu_argv(self, initrd: Path) -> list[str]:
         """QEMU's command line for this VM, booting from `initrd`."""
@@ -285,13 +330,27 @@ class VM:
                 *qemu.SERIAL_CONSOLE_ONLY,
                 *qemu.direct_boot_options(image, initrd, self.kernel_arguments()),
                 *(qemu.HOST_ROOT_SHARE if self.host_files else []),
+                *(qemu.network_card_options(self.attachment.host_end, self.mac_address())
+                  if self.attachment else []),
                 "-qmp", f"unix:{self.qmp_socket},server=on,wait=off"]
 
     def kernel_arguments(self) -> str:
-        """The guest kernel's extra command line: the caller's, and for an image, where
-        our init is (the image's own /init, if any, is not ours to run)."""
-        return f"{self.kernel_args} rdinit={IMAGE_INIT}".strip() if self.image else (
-            self.kernel_args)
+        """The guest kernel's extra command line: the caller's; eth0's address and
+        gateway for our /init; for an image, where our init is (the image's own
+        /init, if any, is not ours to run)."""
+        words = [self.kernel_args]
+        if self.attachment:
+            words.append(f"mc.address={self.attachment.address}/{self.attachment.prefix} "
+                         f"mc.gateway={self.attachment.gateway}")
+        if self.image:
+            words.append(f"rdinit={IMAGE_INIT}")
+        return " ".join(word for word in words if word)
+
+    def mac_address(self) -> str:
+        """The card's MAC address, made of its IPv4 address as Docker makes a
+        container's (02:42:ac:11:00:02 for 172.17.0.2), behind QEMU's prefix 52:54."""
+        a, b, c, d = (int(part) for part in self.attachment.address.split("."))
+        return f"52:54:{a:02x}:{b:02x}:{c:02x}:{d:02x}"
 
     @staticmethod
     def _read_console(process: subprocess.Popen, lines: queue.Queue) -> None:
@@ -334,6 +393,24 @@ class VM:
     def tail(self, lines: int = 15) -> str:
         """The last `lines` lines the guest printed, for error messages."""
         return "\n".join(self.console[-lines:])
+
+
+def check_vm_network(network: str | None, machine: str) -> str:
+    """The machine type for a VM on `network` (q35 where there is one, for its PCI
+    bus); InvalidArgument for a network that is not one of ours, or microvm.
+
+    Debian's kernel drives virtio on microvm only where ACPI or the command line
+    (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, off in Debian) says where the card is, and
+    our microvm runs without ACPI, which boots faster: so a card goes on a PCI bus."""
+    if network is None:
+        return machine
+    if not (isinstance(network, str) and NETWORK_NAME.fullmatch(network)):
+        raise InvalidArgument(f"invalid network {network!r}: a network of ours, e.g. "
+                              f"{networking.DEFAULT_NETWORK} (see `minicontainer network ls`)")
+    if machine == "microvm":
+        raise InvalidArgument("a VM on microvm cannot have a network card here: its kernel "
+                              "finds no virtio-mmio card without ACPI; use machine='q35'")
+    return "q35" if machine == "auto" and "q35" in cpu().machines else machine
 
 
 def stored_image(image: str | Image, host_files: bool) -> Image:

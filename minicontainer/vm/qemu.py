@@ -36,6 +36,16 @@ HOST_ROOT_SHARE = ["-virtfs", "local,path=/,mount_tag=host,security_model=none,r
                               "multidevs=remap"]
 
 
+def network_card_options(tap: str, mac: str) -> list[str]:
+    """A virtio network card on the PCI bus whose cable is the host's tap device `tap`
+    (network.Attachment.plug_tap made it): QEMU opens it by name and runs no script
+    (QEMU's default /etc/qemu-ifup would wire it its own way). Every card on one
+    bridge needs its own MAC address: QEMU would give each the same, 52:54:00:12:34:56.
+    romfile= leaves out the card's boot ROM, which a direct kernel boot never runs."""
+    return ["-netdev", f"tap,id=eth0,ifname={tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=eth0,mac={mac},romfile="]
+
+
 def qemu_binary() -> str:
     """The QEMU that emulates a whole machine of this host's kind."""
     return cpu().qemu
