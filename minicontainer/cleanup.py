@@ -49,6 +49,7 @@ def cleanup(everything: bool = False) -> list[str]:
         removed.append(name)
     removed += remove_orphaned_data()
     if os.geteuid() == 0:               # a rootless user made no cgroups or networks
+        removed += remove_dead_owners_groups()
         removed += networking.cleanup(set(state.names()))
         if everything:                  # all the rest, but what our own records keep
             removed += remove_unrecorded((state.containers_dir().parent,))
@@ -81,6 +82,33 @@ def refused_records() -> dict[str, str]:
             pass
     from .vm import cleanup as vm_cleanup
     return refused | vm_cleanup.refusals()
+
+
+def remove_dead_owners_groups() -> list[str]:
+    """The groups made outside a container (a budget its containers share) whose owner
+    died: removed, with their records. A record is untrusted: one that names a group
+    under another file name is left alone, and only a group of ours (minicontainer/
+    mc-…, as leftover_groups() lists them) is ever removed."""
+    ours = set(cgroups.leftover_groups())
+    removed = []
+    for path, record in state.records_everywhere("groups", (state.containers_dir().parent,)):
+        group = record.get("cgroup") if isinstance(record, dict) else None
+        if (not isinstance(group, str) or group.rsplit("/", 1)[-1] != path.stem
+                or _owner_alive(record)):
+            continue
+        if group in ours:
+            Cgroup(group).remove()
+        state.release_group(group)
+        removed.append(path.stem)
+    return removed
+
+
+def _owner_alive(record: dict) -> bool:
+    """state.owner_alive, for a record that may lie: one it cannot read counts as alive."""
+    try:
+        return state.owner_alive(record)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return True
 
 
 def left_alone() -> list[str]:
@@ -133,14 +161,15 @@ def recorded_names(roots: tuple[Path, ...]) -> tuple[set[str], set[str]]:
     records are read unchecked: one that lies can only make cleanup spare more."""
     claimed: set[str] = set()
     named: set[str] = set()
-    for kind in ("containers", "networks", "vms"):
+    for kind in ("containers", "networks", "vms", "groups"):
         for path, record in state.records_everywhere(kind, roots):
             if not isinstance(record, dict):
                 continue
             own = {"containers": f"mc-{record.get('id')}", "networks": record.get("name"),
-                   "vms": f"mc-{path.stem}"}[kind]
-            named.add(str(own))
-            if kind == "containers" and isinstance(record.get("cgroup"), str):
+                   "vms": f"mc-{path.stem}", "groups": None}[kind]
+            if own:
+                named.add(str(own))
+            if kind in ("containers", "groups") and isinstance(record.get("cgroup"), str):
                 claimed.add(record["cgroup"])
             attachment = record.get("network")
             if isinstance(attachment, dict):

@@ -82,7 +82,7 @@ def record_roots() -> tuple[Path, ...]:
 
 
 def records_everywhere(kind: str, roots: tuple[Path, ...]) -> list[tuple[Path, object]]:
-    """Every record of `kind` ("containers", "vms", "networks") under `roots`: its path,
+    """Every record of `kind` ("containers", "vms", "networks", "groups") under `roots`: its path,
     and what JSON read in it, unchecked (None if not JSON). Only to learn what must *not*
     be removed: a planted one can make cleanup spare an object, never remove one."""
     pattern = {"containers": "containers/*/state.json"}.get(kind, f"{kind}/*.json")
@@ -258,6 +258,32 @@ def release_vm(vm_id: str) -> None:
         (vms_dir() / f"{vm_id}.json").unlink(missing_ok=True)
         try:
             vms_dir().rmdir()
+        except OSError:
+            pass
+
+
+def groups_dir() -> Path:
+    """Where the records of cgroups made outside a container (a budget several
+    containers share, course/measure.py) live, beside the containers'."""
+    return containers_dir().parent / "groups"
+
+
+def write_group(path: str) -> None:
+    """Record the group at `path` (minicontainer/mc-…) and this process as its owner,
+    before the group exists: after a crash, cleanup removes it once we are gone."""
+    with locked():
+        groups_dir().mkdir(exist_ok=True)
+        write_json(groups_dir() / f"{Path(path).name}.json",
+                   {"cgroup": path, "owner": os.getpid(),
+                    "owner_started": start_time(os.getpid())})
+
+
+def release_group(path: str) -> None:
+    """Delete a group's record, once the group is gone (and the directory, once empty)."""
+    with locked():
+        (groups_dir() / f"{Path(path).name}.json").unlink(missing_ok=True)
+        try:
+            groups_dir().rmdir()
         except OSError:
             pass
 

@@ -407,3 +407,36 @@ def objects_named(*names: str) -> dict[str, list[str]]:
     return {kind: sorted(o for o in found[key] if any(n in o for n in names))
             for kind, key in (("links", "links"), ("rules", "firewall rules"),
                               ("cgroups", "cgroups"))}
+
+
+BUDGET_OWNER = """
+import sys, time
+from minicontainer import state
+from minicontainer.cgroups import Cgroup
+group = Cgroup(sys.argv[1])
+state.write_group(group.path)          # as course/measure.py makes a shared budget
+group.create()
+print("made", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_budget_group_is_recorded_so_cleanup_removes_it_once_its_owner_died():
+    """A group made outside a container (a budget several share) has a record of its
+    own: kept while its owner lives, removed once it was killed."""
+    from minicontainer.cgroups import PARENT
+    from minicontainer.cleanup import cleanup, left_alone
+    name = f"mc-budget-{os.getpid() % 100000}"
+    owner = subprocess.Popen([sys.executable, "-c", BUDGET_OWNER, name], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert owner.stdout.readline() == "made\n"
+        assert name not in cleanup() and f"{PARENT}/{name} (cgroup)" not in left_alone()
+        owner.kill()
+        owner.wait()
+        assert name in cleanup()
+        assert not any(p.name == name for p in Path("/sys/fs/cgroup").glob(f"*/{PARENT}/*"))
+        assert not state.groups_dir().exists()
+    finally:
+        owner.kill()
+        owner.wait()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from .. import network
+from .. import network, state
 from ..cgroups import Cgroup, Limits, parse_memory
 from ..container import Container
 from ..vm.initramfs import IDLE
@@ -64,6 +64,7 @@ def container_servers(count: int, budget: str, requests: int, progress=None) -> 
     suffix = os.urandom(3).hex()
     bridge = network.create(f"mc-srv-{suffix}")["name"]
     budget_group = Cgroup(f"mc-srvbudget-{suffix}", Limits(memory=parse_memory(budget)))
+    state.write_group(budget_group.path)     # before it exists: a crash leaves it recorded
     budget_group.create()
     running: list[Container] = []
     try:
@@ -82,6 +83,7 @@ def container_servers(count: int, budget: str, requests: int, progress=None) -> 
         for container in running:
             container.remove(force=True)
         budget_group.remove()
+        state.release_group(budget_group.path)
         network.remove(bridge, force=True)
 
 
