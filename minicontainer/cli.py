@@ -675,11 +675,16 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """`cleanup`: remove what dead owners left (--all: everything)."""
-    from .cleanup import cleanup, refused_records
+    from .cleanup import cleanup, left_alone, refused_records
     from .arguments import check_host
     check_host(rootless=os.geteuid() != 0)   # an ordinary user: their rootless ones
     removed = cleanup(everything=args.all)
     print(f"removed {len(removed)} leftover(s)" + (": " + ", ".join(removed) if removed else ""))
+    left = [] if args.all else left_alone()
+    if left:
+        print(f"minicontainer: left {len(left)} object(s) no record of ours names (their "
+              f"owner may be alive, recorded elsewhere): {', '.join(left)}; use "
+              "`minicontainer cleanup --all` to remove them", file=sys.stderr)
     for why in refused_records().values():
         print(f"minicontainer: left alone: {why}", file=sys.stderr)
     return 0

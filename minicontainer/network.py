@@ -157,16 +157,22 @@ class Attachment:
         if os.fstat(namespace).st_ino == os.stat("/proc/self/ns/net").st_ino:
             raise MinicontainerError("that process shares the host's network namespace: "
                                      "its eth0 would be the host's")    # never plug that
+        from pyroute2.netlink.exceptions import NetlinkError
         with ip_route() as host:             # one request: created in the bridge, up
-            bridge = host.link_lookup(ifname=self.network)
-            if not bridge:
-                raise MinicontainerError(f"the bridge {self.network} is gone (deleted by hand?): "
-                                         f"`minicontainer network rm {self.network}` forgets it")
-            host.link("add", ifname=self.host_end, kind="veth", master=bridge[0], state="up",
-                      peer={"ifname": "eth0", "net_ns_fd": namespace})
+            try:
+                host.link("add", ifname=self.host_end, kind="veth", state="up",
+                          master=bridge_index(host, self.network),
+                          peer={"ifname": "eth0", "net_ns_fd": namespace})
+            except NetlinkError as e:         # it went between the lookup and the add
+                if e.code != errno.ENODEV:
+                    raise
+                raise BridgeVanished(self.network) from None
         inside_socket = netlink_socket_in(namespace).detach()   # pyroute2 owns it (and closes it)
         with ip_route(fileno=inside_socket) as inside:
-            eth0 = inside.link_lookup(ifname="eth0")[0]
+            eth0 = inside.link_lookup(ifname="eth0")
+            if not eth0:                      # its host end was deleted: the pair went
+                raise BridgeVanished(self.network, what=f"the veth {self.host_end}")
+            eth0 = eth0[0]
             inside.addr("add", index=eth0, address=self.address, prefixlen=self.prefix)
             inside.link("set", index=eth0, state="up")
             inside.route("add", gateway=self.gateway)            # the default route
@@ -182,12 +188,30 @@ class Attachment:
         It is persistent (made here, not by QEMU): it stays until detach() deletes it,
         so a crash leaves it for `cleanup` to find, like a veth."""
         with ip_route() as host:
-            bridge = host.link_lookup(ifname=self.network)
-            if not bridge:
-                raise MinicontainerError(f"the bridge {self.network} is gone (deleted by hand?): "
-                                         f"`minicontainer network rm {self.network}` forgets it")
+            bridge = bridge_index(host, self.network)
             host.link("add", ifname=self.host_end, kind="tuntap", mode="tap")
-            host.link("set", ifname=self.host_end, master=bridge[0], state="up")
+            host.link("set", ifname=self.host_end, master=bridge, state="up")
+
+
+class BridgeVanished(MinicontainerError):
+    """A link of ours went from the host while a container was being plugged in."""
+
+    def __init__(self, network: str, what: str = "") -> None:
+        """The error for `network`, whose bridge (or `what`) is gone."""
+        super().__init__(
+            f"{what or 'the bridge ' + network} vanished from the host while the container "
+            f"was plugged into network {network} (another process removed it, perhaps a "
+            "`minicontainer cleanup --all` or one under another state root): start the "
+            f"container again; if it says so again, `minicontainer network rm {network}` "
+            "and create the network anew")
+
+
+def bridge_index(ip, name: str) -> int:
+    """The index of bridge `name`; BridgeVanished if it is not there."""
+    found = ip.link_lookup(ifname=name)
+    if not found:
+        raise BridgeVanished(name)
+    return found[0]
 
 
 _use_helper = False      # this process asks network_helper.py (see use_helper)
@@ -284,17 +308,31 @@ def _create(name: str, subnet: str | None, explicit: bool,
         before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
         (state.containers_dir().parent / "ip_forward.before").write_text(before)
     save(record)                                     # recorded before it exists on the host
+    from pyroute2.netlink.exceptions import NetlinkError
     with ip_route() as ip:
-        ip.link("add", ifname=name, kind="bridge")
-        if not router_advertisements:             # before it is up and can hear one
-            refuse_router_advertisements(name)
-        bridge = ip.link_lookup(ifname=name)[0]
-        ip.addr("add", index=bridge, address=str(gateway), prefixlen=network.prefixlen)
-        ip.link("set", index=bridge, state="up")
-    add_rules(record)
-    # Only now, with the guard in place: 127.0.0.0/8 may be routed through this bridge
-    # (the host's connections to a port published on 127.0.0.1; see ports.py).
-    Path(f"/proc/sys/net/ipv4/conf/{name}/route_localnet").write_text("1")
+        try:
+            ip.link("add", ifname=name, kind="bridge")
+        except NetlinkError as e:
+            _forget(record)          # the record named a link that is not ours: drop it
+            if e.code != errno.EEXIST:
+                raise
+            raise NameInUse(f"a link named {name} exists on the host already, and no network "
+                            "of this state root records it (another MINICONTAINER_RUN's, or "
+                            "made by hand): choose another network name") from None
+    try:
+        with ip_route() as ip:
+            if not router_advertisements:             # before it is up and can hear one
+                refuse_router_advertisements(name)
+            bridge = bridge_index(ip, name)
+            ip.addr("add", index=bridge, address=str(gateway), prefixlen=network.prefixlen)
+            ip.link("set", index=bridge, state="up")
+        add_rules(record)
+        # Only now, with the guard in place: 127.0.0.0/8 may be routed through this bridge
+        # (the host's connections to a port published on 127.0.0.1; see ports.py).
+        Path(f"/proc/sys/net/ipv4/conf/{name}/route_localnet").write_text("1")
+    except BaseException:
+        _remove(record, force=True)                  # the bridge is ours: it all goes
+        raise
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
     return record
 
@@ -313,6 +351,11 @@ def _remove(record: dict, force: bool = False) -> None:
     remove_rules(record["name"], record.get("firewall"))
     with ip_route() as ip:
         delete_link(ip, ifname=record["name"])
+    _forget(record)
+
+
+def _forget(record: dict) -> None:
+    """Delete a network's record; the last one puts forwarding back as it was."""
     (networks_dir() / f"{record['name']}.json").unlink(missing_ok=True)
     if not names():                                  # the last one: forwarding as it was
         before = state.containers_dir().parent / "ip_forward.before"
@@ -541,13 +584,11 @@ def run_firewall(argv: list[str], input: str | None = None) -> None:
 # -- after a crash --------------------------------------------------------------------------
 
 @outside_event_loop
-def cleanup(live_containers: set[str], everything: bool = False,
-            live_vms: frozenset[str] = frozenset()) -> list[str]:
-    """Free leases of containers and VMs (ids `live_vms`) that are gone, remove
-    implicit networks left empty, and delete mc-* veths, taps, bridges and rules that
-    no record explains — but for a live VM's tap, a veth whose far end is still in a
-    namespace (a live container's, recorded under another state root: a dead one's
-    veth goes with its namespace) and a bridge with ports, unless `everything`."""
+def cleanup(live_containers: set[str], live_vms: frozenset[str] = frozenset()) -> list[str]:
+    """Free the leases of containers and VMs (ids `live_vms`) that are gone, and remove
+    the networks (bridge, rules, record) whose owner is gone and that nothing uses:
+    what our records say is a dead owner's. Links and rules no record names are
+    cleanup.py's to judge."""
     removed = []
     live_containers = set(live_containers) | {vm_holder(vm_id) for vm_id in live_vms}
     with state.locked():
@@ -561,44 +602,6 @@ def cleanup(live_containers: set[str], everything: bool = False,
             if not record["leases"] and not _still_wanted(record):
                 _remove(record)
                 removed.append(name)
-        known = set(names())
-        with ip_route() as ip:
-            links = ip.get_links()
-            masters = {link.get("IFLA_MASTER") for link in links}
-            for link in links:
-                ifname = link.get("IFLA_IFNAME")
-                is_bridge = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
-                if ifname.startswith("mc-") and (not is_bridge or ifname not in known):
-                    if not is_bridge and (_veth_in_use(ifname, live_containers)
-                                          or ifname.removeprefix("mc-") in live_vms):
-                        continue
-                    in_use = (link["index"] in masters if is_bridge
-                              else link.get("IFLA_LINK_NETNSID") is not None
-                              or _tap_held(link))
-                    if in_use and not everything:
-                        continue
-                    delete_link(ip, index=link["index"])
-                    removed.append(ifname)
-        # A container's published ports are tagged with its veth's name: while that
-        # veth's far end is in a namespace, the container lives (perhaps recorded
-        # under another state root); once the namespace is gone, so is the veth. A
-        # bridge with ports is in use too: its rules include the guard that keeps its
-        # containers off the host's 127.0.0.1 (route_localnet is on for it).
-        live_tags = set() if everything else {
-            link.get("IFLA_IFNAME") for link in links
-            if link.get("IFLA_LINK_NETNSID") is not None or link["index"] in masters}
-        if shutil.which("iptables"):
-            for table, rule in tagged_iptables_rules():
-                tag = TAG.search(rule)[1]
-                if tag not in known and tag not in live_tags:
-                    run_firewall(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]])
-                    removed.append(f"rule {tag}")
-        if shutil.which("nft"):
-            tables = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True,
-                                    text=True).stdout.split()
-            for tag in {t for t in tables if t.startswith("mc-")} - known - live_tags:
-                run_firewall(["nft", "delete", "table", "ip", tag])
-                removed.append(f"rules {tag}")
     return removed
 
 
@@ -607,28 +610,40 @@ def vm_holder(vm_id: str) -> str:
     return f"vm-{vm_id}"
 
 
+@outside_event_loop
+def host_objects() -> list[tuple[str, str]]:
+    """(name, kind) of every mc-… object of ours in the host's network: links (kind
+    "bridge", "veth", "tun", ...), iptables rules by their tag ("rules") and nft
+    tables ("nft table"). A container's published ports are tagged with its veth's
+    name, a network's rules with its bridge's."""
+    with ip_route() as ip:
+        found = [(link.get("IFLA_IFNAME"),
+                  link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "link")
+                 for link in ip.get_links() if link.get("IFLA_IFNAME").startswith("mc-")]
+    if shutil.which("iptables"):
+        found += [(tag, "rules") for tag in dict.fromkeys(
+            TAG.search(rule)[1] for _, rule in tagged_iptables_rules())]
+    if shutil.which("nft"):
+        tables = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True,
+                                text=True).stdout.split()
+        found += [(table, "nft table") for table in tables if table.startswith("mc-")]
+    return found
+
+
+@outside_event_loop
+def remove_host_object(name: str, kind: str) -> None:
+    """Delete one object host_objects() listed (gone meanwhile: nothing to do)."""
+    if kind == "rules":
+        remove_rules(name, "iptables")
+    elif kind == "nft table":
+        remove_rules(name, "nft")
+    else:
+        with ip_route() as ip:
+            delete_link(ip, ifname=name)
+
+
 def _still_wanted(record: dict) -> bool:
     """Kept by `network create`, or its owner still runs; an implicit one never is."""
     if not record["explicit"]:
         return False
     return not record.get("owner") or state.owner_alive(record)
-
-
-def _tap_held(link) -> bool:
-    """Is this a tap that a process (a VM's QEMU, perhaps under another state root)
-    holds open? Only then does the kernel give it a carrier."""
-    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-    return kind == "tun" and link.get("IFLA_CARRIER") == 1
-
-
-def _veth_in_use(ifname: str, live_containers: set[str]) -> bool:
-    ids = {state.read(name)["id"] for name in live_containers if _readable(name)}
-    return ifname.removeprefix("mc-") in ids
-
-
-def _readable(name: str) -> bool:
-    try:
-        state.read(name)
-        return True
-    except MinicontainerError:
-        return False

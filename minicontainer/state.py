@@ -71,6 +71,31 @@ def roots() -> tuple[Path, ...]:
     return (containers_dir().parent, data_dir().parent, cache_dir(), *usual)
 
 
+def record_roots() -> tuple[Path, ...]:
+    """The state directories whose records `cleanup` reads: ours, and root's usual one
+    (/run/minicontainer) when the environment moved ours elsewhere (tests, a second
+    session). Another MINICONTAINER_RUN elsewhere is out of sight: what only it names
+    is not ours to judge."""
+    ours = containers_dir().parent
+    usual = Path("/run/minicontainer")
+    return (ours,) if ours == usual or os.geteuid() != 0 else (ours, usual)
+
+
+def records_everywhere(kind: str, roots: tuple[Path, ...]) -> list[tuple[Path, object]]:
+    """Every record of `kind` ("containers", "vms", "networks", "groups") under `roots`: its path,
+    and what JSON read in it, unchecked (None if not JSON). Only to learn what must *not*
+    be removed: a planted one can make cleanup spare an object, never remove one."""
+    pattern = {"containers": "containers/*/state.json"}.get(kind, f"{kind}/*.json")
+    found: list[tuple[Path, object]] = []
+    for root in roots:
+        for path in root.glob(pattern):
+            try:
+                found.append((path, json.loads(path.read_text())))
+            except (OSError, ValueError):      # gone meanwhile, or half-planted
+                found.append((path, None))
+    return found
+
+
 def claim(name: str, record: dict) -> Path:
     """Create the container's directory holding `record`, or fail if the name is taken."""
     directory = containers_dir() / name
@@ -233,6 +258,32 @@ def release_vm(vm_id: str) -> None:
         (vms_dir() / f"{vm_id}.json").unlink(missing_ok=True)
         try:
             vms_dir().rmdir()
+        except OSError:
+            pass
+
+
+def groups_dir() -> Path:
+    """Where the records of cgroups made outside a container (a budget several
+    containers share, course/measure.py) live, beside the containers'."""
+    return containers_dir().parent / "groups"
+
+
+def write_group(path: str) -> None:
+    """Record the group at `path` (minicontainer/mc-…) and this process as its owner,
+    before the group exists: after a crash, cleanup removes it once we are gone."""
+    with locked():
+        groups_dir().mkdir(exist_ok=True)
+        write_json(groups_dir() / f"{Path(path).name}.json",
+                   {"cgroup": path, "owner": os.getpid(),
+                    "owner_started": start_time(os.getpid())})
+
+
+def release_group(path: str) -> None:
+    """Delete a group's record, once the group is gone (and the directory, once empty)."""
+    with locked():
+        (groups_dir() / f"{Path(path).name}.json").unlink(missing_ok=True)
+        try:
+            groups_dir().rmdir()
         except OSError:
             pass
 

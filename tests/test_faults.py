@@ -24,6 +24,7 @@ STAGES = [
     ("writing the state record", "minicontainer.state.write"),
     ("creating the overlay directories", "minicontainer.rootfs.Overlay.create"),
     ("leasing an address", "minicontainer.network.attach"),
+    ("adding the new network's rules", "minicontainer.network.add_rules"),  # bridge made
     ("creating the cgroup", "minicontainer.cgroups.Cgroup.create"),
     ("reserving a published port", "minicontainer.ports.reserve"),
     ("plugging in the veth", "minicontainer.network.Attachment.connect"),

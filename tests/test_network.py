@@ -233,26 +233,59 @@ def host_links() -> str:
     return subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
 
 
-def test_cleanup_leaves_a_veth_whose_far_end_lives_and_its_bridge_unless_all():
-    # Recorded under another state root (or `oci --root`): the namespace at the far
-    # end is alive, so someone uses it. A dead container's veth goes with its namespace.
+def test_cleanup_leaves_a_veth_and_a_bridge_no_record_names_unless_all():
+    # Recorded under another state root (or `oci --root`), or not at all: whether the
+    # far end's namespace lives or not, this root's records cannot say the owner died.
+    from minicontainer.cleanup import left_alone, remove_objects, unrecorded
     holder = subprocess.Popen(["unshare", "--net", "sleep", "60"])
     try:
         time.sleep(0.2)
         for args in (["link", "add", "mc-xbr0", "type", "bridge"],
                      ["link", "add", "mc-abcdef012345", "master", "mc-xbr0", "type", "veth",
-                      "peer", "name", "eth0", "netns", str(holder.pid)]):
+                      "peer", "name", "eth0", "netns", str(holder.pid)],
+                     ["link", "add", "mc-xbr1", "type", "bridge"]):      # idle
             subprocess.run(["ip", *args], check=True)
-        removed = network.cleanup(set(state.names()))
-        assert "mc-abcdef012345" not in removed and "mc-xbr0" not in removed
-        assert "mc-abcdef012345" in host_links() and "mc-xbr0" in host_links()
-        removed = network.cleanup(set(state.names()), everything=True)
-        assert "mc-abcdef012345" in removed and "mc-xbr0" in removed
+        removed = cleanup()
+        assert not {"mc-abcdef012345", "mc-xbr0", "mc-xbr1"} & set(removed)
+        assert all(n in host_links() for n in ("mc-abcdef012345", "mc-xbr0", "mc-xbr1"))
+        assert {"mc-abcdef012345 (veth)", "mc-xbr0 (bridge)", "mc-xbr1 (bridge)"} <= set(
+            left_alone())
+        # What --all removes, but of the host's only ours: other sessions may be at work.
+        ours = [(n, k) for n, k in unrecorded((state.containers_dir().parent,))
+                if n in ("mc-abcdef012345", "mc-xbr0", "mc-xbr1")]
+        assert sorted(remove_objects(ours)) == ["mc-abcdef012345", "mc-xbr0", "mc-xbr1"]
     finally:
         holder.kill()
         holder.wait()
-        for name in ("mc-abcdef012345", "mc-xbr0"):
+        for name in ("mc-abcdef012345", "mc-xbr0", "mc-xbr1"):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+def test_a_network_whose_name_another_link_has_is_refused_and_that_link_kept():
+    """A bridge of another state root's (or made by hand) with the name we want: our
+    record of it must not stay, or our cleanup would delete theirs."""
+    subprocess.run(["ip", "link", "add", "mc-xtaken", "type", "bridge"], check=True)
+    try:
+        with pytest.raises(MinicontainerError, match="exists on the host already"):
+            network.create("mc-xtaken")
+        assert network.names() == [] and "mc-xtaken" in host_links()
+        assert "mc-xtaken" not in cleanup() and "mc-xtaken" in host_links()
+    finally:
+        subprocess.run(["ip", "link", "del", "mc-xtaken"], capture_output=True)
+
+
+def test_a_bridge_that_vanished_is_one_clear_error_that_blames_no_one():
+    network.create("mc-test-gone")
+    try:
+        subprocess.run(["ip", "link", "del", "mc-test-gone"], check=True)   # another's cleanup
+        with pytest.raises(network.BridgeVanished) as raised:
+            run(["true"], network="mc-test-gone")
+        message = str(raised.value)
+        assert "vanished" in message and "by hand" not in message and "\n" not in message
+        assert state.names() == []
+    finally:
+        network.remove("mc-test-gone", force=True)
+    assert "mc-test-gone" not in host_links()
 
 
 # -- the CLI's helper: pyroute2 loaded once, not in every `run --network` -----------------

@@ -320,22 +320,123 @@ def test_a_forged_vm_record_can_neither_remove_a_directory_nor_kill_a_process(tm
         bystander.wait()
 
 
-def test_cleanup_leaves_a_group_that_holds_processes_to_their_owner_unless_all():
-    # Its records are elsewhere (another MINICONTAINER_RUN, or `oci --root`): the
-    # processes say someone alive uses it. `cleanup --all` takes it anyway.
+def test_cleanup_leaves_a_group_no_record_names_and_says_so_unless_all():
+    # Its records may be elsewhere (another MINICONTAINER_RUN, or `oci --root`), its
+    # owner alive, with processes inside or none yet: not ours to judge. `--all` takes it.
     from minicontainer.cgroups import PARENT, Cgroup
-    from minicontainer.cleanup import cleanup, remove_stray_cgroups
-    group = Cgroup(f"{PARENT}/mc-0123456789ab")
-    group.create()
+    from minicontainer.cleanup import cleanup, left_alone, remove_objects, unrecorded
+    busy, idle = Cgroup(f"{PARENT}/mc-0123456789ab"), Cgroup(f"{PARENT}/mc-0123456789ac")
+    busy.create()
+    idle.create()
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        for fd in group.open_procs():
+        for fd in busy.open_procs():
             os.write(fd, str(sleeper.pid).encode())
             os.close(fd)
-        assert "mc-0123456789ab" not in cleanup() and sleeper.poll() is None
-        assert "mc-0123456789ab" in remove_stray_cgroups(everything=True)
+        removed = cleanup()
+        assert "mc-0123456789ab" not in removed and "mc-0123456789ac" not in removed
+        assert sleeper.poll() is None and all(d.is_dir() for d in idle.dirs.values())
+        assert {f"{PARENT}/mc-0123456789ab (cgroup)",
+                f"{PARENT}/mc-0123456789ac (cgroup)"} <= set(left_alone())
+        # What --all removes, but of the host's only ours: other sessions may be at work.
+        ours = [(path, kind) for path, kind in unrecorded((state.containers_dir().parent,))
+                if path.endswith(("/mc-0123456789ab", "/mc-0123456789ac"))]
+        assert sorted(remove_objects(ours)) == ["mc-0123456789ab", "mc-0123456789ac"]
         assert sleeper.wait(5) == -9
     finally:
         sleeper.kill()
         sleeper.wait()
+        busy.remove()
+        idle.remove()
+
+
+SECOND_ROOT_BRIDGE = f"mc-lab{os.getpid() % 100000}"
+SECOND_ROOT_ID = f"{os.getpid() % 100000:05d}abcdef0"
+
+
+def test_a_second_state_roots_idle_objects_survive_cleanup_and_go_with_all(tmp_path):
+    """Another session (its own MINICONTAINER_RUN) has an idle bridge with its rules,
+    and a veth, a published port's rule and an empty group of a container it is still
+    creating: `cleanup` here cannot see its records, so it leaves them all, and says
+    so; `cleanup --all` removes them."""
+    from minicontainer.cgroups import PARENT, Cgroup
+    from minicontainer.cleanup import remove_objects, unrecorded
+    bridge, veth = SECOND_ROOT_BRIDGE, f"mc-{SECOND_ROOT_ID}"
+    other = {**os.environ, "MINICONTAINER_RUN": str(tmp_path / "run"),
+             "MINICONTAINER_DATA": str(tmp_path / "data")}
+    group = Cgroup(f"{PARENT}/{veth}")
+    port_rule = ["OUTPUT", "-p", "tcp", "--dport", "18119", "-j", "DNAT", "--to-destination",
+                 "10.213.99.2:80", "-m", "comment", "--comment", veth]
+    assert mc("network", "create", bridge, env=other).returncode == 0
+    try:
+        subprocess.run(["ip", "link", "add", veth, "type", "veth", "peer", "name",
+                        f"x{SECOND_ROOT_ID}"], check=True)
+        subprocess.run(["iptables", "-t", "nat", "-A", *port_rule], check=True)
+        group.create()
+        theirs = objects_named(bridge, veth)
+        assert theirs["links"] == sorted([bridge, veth]) and theirs["rules"] and theirs["cgroups"]
+
+        result = mc("cleanup")
+        assert result.returncode == 0, result.stderr
+        assert objects_named(bridge, veth) == theirs, "cleanup took another root's objects"
+        said = [line for line in result.stderr.splitlines() if "no record of ours" in line]
+        assert len(said) == 1 and "--all" in said[0], result.stderr
+        for name in (f"{bridge} (bridge)", f"{veth} (veth)", f"{veth} (rules)",
+                     f"{bridge} (rules)", f"{PARENT}/{veth} (cgroup)"):
+            assert name in said[0]
+
+        # What `cleanup --all` removes (remove_unrecorded), but of the host's only
+        # these: other sessions may be at work on this machine.
+        everything = unrecorded((state.containers_dir().parent,))
+        theirs_listed = [(n, k) for n, k in everything if bridge in n or veth in n]
+        assert len(theirs_listed) == 5, everything
+        remove_objects(theirs_listed)
+        assert objects_named(bridge, veth) == {"links": [], "rules": [], "cgroups": []}
+    finally:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["iptables", "-t", "nat", "-D", *port_rule], capture_output=True)
         group.remove()
+        assert mc("network", "rm", bridge, env=other).returncode == 0   # its record too
+    assert objects_named(bridge, veth) == {"links": [], "rules": [], "cgroups": []}
+
+
+def objects_named(*names: str) -> dict[str, list[str]]:
+    """The links, iptables rules and cgroups on the host that carry one of `names`."""
+    from hostcheck import host_objects
+    found = host_objects()
+    return {kind: sorted(o for o in found[key] if any(n in o for n in names))
+            for kind, key in (("links", "links"), ("rules", "firewall rules"),
+                              ("cgroups", "cgroups"))}
+
+
+BUDGET_OWNER = """
+import sys, time
+from minicontainer import state
+from minicontainer.cgroups import Cgroup
+group = Cgroup(sys.argv[1])
+state.write_group(group.path)          # as course/measure.py makes a shared budget
+group.create()
+print("made", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_budget_group_is_recorded_so_cleanup_removes_it_once_its_owner_died():
+    """A group made outside a container (a budget several share) has a record of its
+    own: kept while its owner lives, removed once it was killed."""
+    from minicontainer.cgroups import PARENT
+    from minicontainer.cleanup import cleanup, left_alone
+    name = f"mc-budget-{os.getpid() % 100000}"
+    owner = subprocess.Popen([sys.executable, "-c", BUDGET_OWNER, name], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert owner.stdout.readline() == "made\n"
+        assert name not in cleanup() and f"{PARENT}/{name} (cgroup)" not in left_alone()
+        owner.kill()
+        owner.wait()
+        assert name in cleanup()
+        assert not any(p.name == name for p in Path("/sys/fs/cgroup").glob(f"*/{PARENT}/*"))
+        assert not state.groups_dir().exists()
+    finally:
+        owner.kill()
+        owner.wait()

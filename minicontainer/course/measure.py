@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+from .. import state
 from ..binfmt import foreign_binary_demo
 from ..cgroups import Cgroup, Limits, Sampler, parse_memory
 from ..container import Container, run
@@ -84,6 +85,7 @@ def containers_under_budget(commands: list[str], budget: str, limit: str) -> dic
     of `budget`; sample the group's memory; how each ended and what the kernel counted."""
     name = f"mc-budget-{os.urandom(3).hex()}"      # random: experiments may run side by side
     budget_group = Cgroup(name, Limits(memory=parse_memory(budget)))
+    state.write_group(budget_group.path)     # before it exists: a crash leaves it recorded
     budget_group.create()
     containers = [Container(command, memory=limit, cgroup_parent=budget_group)
                   for command in commands]
@@ -101,6 +103,7 @@ def containers_under_budget(commands: list[str], budget: str, limit: str) -> dic
         for container in containers:
             container.remove(force=True)
         budget_group.remove()
+        state.release_group(budget_group.path)
     k = len(commands)
     return {
         "k": k, "budget": parse_memory(budget), "limit_each": parse_memory(limit),

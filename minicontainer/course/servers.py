@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from .. import network
+from .. import network, state
 from ..cgroups import Cgroup, Limits, parse_memory
 from ..container import Container
 from ..vm.initramfs import IDLE
@@ -72,6 +72,7 @@ def container_servers(count: int, budget: str, requests: int, bridge: str,
     tick = progress or (lambda: None)
     budget_group = Cgroup(f"mc-srvbudget-{os.urandom(3).hex()}",
                           Limits(memory=parse_memory(budget)))
+    state.write_group(budget_group.path)     # before it exists: a crash leaves it recorded
     budget_group.create()
     running: list[Container] = []
     try:
@@ -88,6 +89,7 @@ def container_servers(count: int, budget: str, requests: int, bridge: str,
         for container in running:
             container.remove(force=True)
         budget_group.remove()
+        state.release_group(budget_group.path)
 
 
 def wait_until_serving(addresses: list[str], timeout: float = 30) -> None:
