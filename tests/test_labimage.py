@@ -249,6 +249,25 @@ def test_the_lab_answers_on_a_published_port_and_runs_notebooks_00_to_02_inside(
         subprocess.run([*MC, "rm", "-f", name], capture_output=True)
 
 
+def layer_names(layout: Path) -> dict[str, set[str]]:
+    """Each layer's digest and the paths in it, from an OCI image layout."""
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    names = {}
+    for layer in manifest["layers"]:
+        with tarfile.open(blobs / layer["digest"].split(":")[1]) as tar:
+            names[layer["digest"]] = {name.removeprefix("./") for name in tar.getnames()}
+    return names
+
+
+@needs_image
+def test_no_layer_carries_the_build_hosts_name_or_dns_server(layout):
+    # mmdebstrap copies both in from the build host; the runtime brings its own.
+    for digest, names in layer_names(layout).items():
+        assert not names & {"etc/hostname", "etc/resolv.conf"}, digest
+
+
 @needs_image
 def test_the_saved_image_is_pushed_by_skopeo_and_pulled_back_with_the_same_digest(
         layout, tmp_path):
