@@ -51,15 +51,16 @@ if accel != "kvm":
 #
 # <details><summary>Answer</summary>
 #
-# On this course's 2-core test machine, without KVM, the first: 2.9 s before the
-# guest's clock against 2.1 s of kernel (the cell prints this run's). That first bar is
-# not QEMU alone. It is measured as the whole boot minus the guest's uptime, so it holds
-# QEMU starting, the firmware, copying the kernel in and decompressing it, and the
-# kernel's first steps before its clock runs, all translated by TCG. The kernel's bar
-# is long for the same reason: it sets up a whole computer (memory, CPU features,
-# interrupt controllers, devices), each instruction translated first. Our `/init` runs
-# a few commands. With KVM the first two bars shrink the most. A container has none of
-# the three: its "boot" is a `fork`.
+# Usually the kernel's, without KVM: it sets up a whole computer (memory, CPU features,
+# interrupt controllers, devices), each instruction translated by TCG first. On the
+# course's 2-core test machine, idle: 0.2-0.5 s before the guest's clock, 1.7-1.9 s of
+# kernel. But the first bar is not QEMU alone, and not always short: it is measured as
+# the whole boot minus the guest's uptime, so it holds QEMU starting, the firmware,
+# copying the kernel in and decompressing it (translated too) and the kernel's first
+# steps before its clock runs; on the same machine, busy, it took 2.9 s against the
+# kernel's 2.1 s. The cell prints this run's longest. Our `/init` runs a few commands.
+# With KVM the first two bars shrink the most. A container has none of the three: its
+# "boot" is a `fork`.
 # </details>
 
 # %%
@@ -71,6 +72,9 @@ for accel_name in ("tcg", "kvm"):
         print(f"{accel_name}: before the guest's clock (QEMU, firmware, kernel unpacking) "
               f"{boot['qemu_start']:.2f} s, kernel {boot['kernel']:.2f} s, "
               f"init {boot['init']:.2f} s — {boot['total']:.2f} s in all")
+        bars = {"before the guest's clock": boot["qemu_start"], "kernel": boot["kernel"],
+                "init": boot["init"]}
+        print(f"    the longest bar: {max(bars, key=bars.get)}")
 if not breakdown["kvm_usable"]:
     print(f"KVM: not measured — not usable here ({breakdown['kvm_reason']})")
 
@@ -94,7 +98,7 @@ if not breakdown["kvm_usable"]:
 # <details><summary>Answer</summary>
 #
 # The same guest each time — the `boot_id` lives in the saved RAM — and several times
-# faster: 7 to 9 times in runs of this notebook on the course's 2-core test machine
+# faster: 7 to 10 times in runs of this notebook on the course's 2-core test machine
 # under TCG (the cell prints this run's ratio). QEMU starts, reads the ~60 MiB file,
 # and the CPUs run on. The cost moved elsewhere: the file is the guest's whole RAM, on
 # disk.

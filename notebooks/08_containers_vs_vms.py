@@ -45,10 +45,11 @@ print(measure.summary(results))
 #
 # <details><summary>Answer</summary>
 #
-# One to two decades on the log axis under TCG: about a tenth of a second for a
-# container (a `fork`, some system calls, an `exec`; a median of about 100 ms on the
-# course's 2-core test machine) against seconds for a VM (QEMU, a kernel booting, our
-# init). The summary above prints this run's medians and their ratio. KVM would shrink the VM's
+# One to two decades on the log axis under TCG: tens of milliseconds to a tenth of a
+# second for a container (a `fork`, some system calls, an `exec`; on the course's
+# 2-core test machine a median of 19 ms when idle, about 100 ms while it was busy)
+# against seconds for a VM (QEMU, a kernel booting, our init). The summary above prints
+# this run's medians and their ratio. KVM would shrink the VM's
 # side, not close the gap: a VM still boots a kernel. (A VM restored from a snapshot
 # need not boot at all: that is how Firecracker starts fast.)
 # </details>
