@@ -75,3 +75,22 @@ def test_the_closing_table_reads_todays_numbers_and_judges_each_claim():
     kernel["container"] = {"release": "5.10-other", "boot_id": "b-other"}
     rows = {row["claim"]: row for row in claims.closing_table({"results": {"kernel": kernel}})}
     assert rows["containers run the host's OS"]["held"] == "no"
+
+
+def test_the_closing_table_tells_the_kernels_layers_from_the_runtimes_own_conduct():
+    """An escape stopped by what the runtime closes or hands on (a session, pipes, fds,
+    non-dumpable) is not stopped by the kernel: a runtime bug passes it."""
+    from minicontainer import escapes
+    from minicontainer.course import claims
+    lab = [{"attack": a.name, "blocked": True, "stopped by": a.stopped_by,
+            "by the runtime": a.by_the_runtime, "with it off": "gets through"}
+           for a in escapes.ATTACKS]
+    by_runtime = [a.stopped_by for a in escapes.ATTACKS if a.by_the_runtime]
+    assert len(by_runtime) == 4 and not any(
+        word in stopper for stopper in by_runtime
+        for word in ("namespace", "seccomp", "capabilities", "cgroup"))
+    row = next(row for row in claims.closing_table({"lab": lab})
+               if row["claim"] == "breaking out means kernel-level access")
+    assert f"{len(lab) - 4} by a feature of the host's kernel" in row["today"]
+    assert "4 by the runtime's own conduct" in row["today"]
+    assert row["held"].startswith("partly") and "got through" not in row["held"]

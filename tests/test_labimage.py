@@ -74,12 +74,35 @@ def test_a_notebook_change_rebuilds_the_course_layer_only(tmp_path):
     assert labimage.course_layer(tmp_path / "two", source).digest != before
 
 
-def test_the_lab_mounts_each_hierarchy_its_cgroup_file_names_as_the_host_has_them():
-    hybrid = "9:name=systemd:/x\n4:cpu,cpuacct:/x\n3:memory:/x\n0::/x\n"
+def test_the_lab_mounts_only_the_hierarchies_our_runtime_gives_it_a_group_in():
+    hybrid = ("9:name=systemd:/x\n7:blkio:/\n6:freezer:/\n5:devices:/x\n4:cpu,cpuacct:/x\n"
+              "3:memory:/x\n2:pids:/x\n1:cpuset:/\n0::/x\n")
     assert labstart.hierarchies_to_mount(hybrid) == [
-        ("systemd", "cgroup", "none,name=systemd"), ("cpu,cpuacct", "cgroup", "cpu,cpuacct"),
-        ("memory", "cgroup", "memory"), ("unified", "cgroup2", "")]
+        ("devices", "cgroup", "devices"), ("cpu,cpuacct", "cgroup", "cpu,cpuacct"),
+        ("memory", "cgroup", "memory"), ("pids", "cgroup", "pids")]
     assert labstart.hierarchies_to_mount("0::/\n") == [("", "cgroup2", "")]
+
+
+def test_no_hierarchy_the_lab_mounts_offers_the_hosts_release_agent():
+    """The lab as `minicontainer run` starts it (--privileged, a cgroup namespace) mounts
+    what labstart chooses: each mount's root must be the lab's own group, never a
+    hierarchy's real root, where `release_agent` names a program the host runs as root
+    (the CVE-2022-0492 technique; freezer's root was offered before)."""
+    chosen = labstart.hierarchies_to_mount(Path("/proc/self/cgroup").read_text())
+    script = "".join(
+        f"mkdir -p /tmp/cg/{n} && mount -t {fstype} -o nosuid,nodev,noexec"
+        f"{',' + options if options else ''} cgroup /tmp/cg/{n} && "
+        f"echo {directory or 'unified'}: $(ls /tmp/cg/{n} | tr '\\n' ' ');"
+        for n, (directory, fstype, options) in enumerate(chosen))
+    done = subprocess.run([*MC, "run", "--rm", "--privileged", "--namespaces",
+                           "mnt,pid,uts,ipc,net,cgroup", "--", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    roots = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert len(roots) == len(chosen) >= 1
+    for tree, files in roots.items():
+        assert "cgroup.procs" in files.split(), (tree, files)
+        assert "release_agent" not in files.split(), f"{tree}: the host's root is mounted"
 
 
 def wait_for_jupyter(url: str, through: list[str] | None = None) -> dict:
@@ -224,6 +247,25 @@ def test_the_lab_answers_on_a_published_port_and_runs_notebooks_00_to_02_inside(
         assert run.returncode == 0, run.stderr[-3000:]
     finally:
         subprocess.run([*MC, "rm", "-f", name], capture_output=True)
+
+
+def layer_names(layout: Path) -> dict[str, set[str]]:
+    """Each layer's digest and the paths in it, from an OCI image layout."""
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    names = {}
+    for layer in manifest["layers"]:
+        with tarfile.open(blobs / layer["digest"].split(":")[1]) as tar:
+            names[layer["digest"]] = {name.removeprefix("./") for name in tar.getnames()}
+    return names
+
+
+@needs_image
+def test_no_layer_carries_the_build_hosts_name_or_dns_server(layout):
+    # mmdebstrap copies both in from the build host; the runtime brings its own.
+    for digest, names in layer_names(layout).items():
+        assert not names & {"etc/hostname", "etc/resolv.conf"}, digest
 
 
 @needs_image

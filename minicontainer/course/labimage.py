@@ -58,6 +58,12 @@ EPOCH = 1767225600                               # 2026-01-01: every time in the
 PACKAGES = ["python3", "python3-venv", "busybox-static", "iproute2", "util-linux",
             "iptables", "nftables", "zstd", "libseccomp2", "qemu-system-x86",
             "docker-registry", "skopeo", "ca-certificates", "procps", "apt"]
+# mmdebstrap copies the build host's /etc/resolv.conf and /etc/hostname into the tree
+# (for debootstrap's sake): the host's DNS server and name would be in every copy of the
+# image, and the base digest would differ per build host. Its manual ("SOURCE_DATE_EPOCH")
+# says to remove them with customize hooks; the runtime gives a container its own
+# resolv.conf (a bind mount) and hostname (a UTS namespace), as Docker's images have none.
+HOST_FILES_REMOVED = ["etc/resolv.conf", "etc/hostname"]
 VENV = "/opt/venv"
 COURSE = "/opt/minicontainer"
 KERNEL_CACHE = "/var/cache/minicontainer"
@@ -69,7 +75,9 @@ PORT = 8888
 # defence off (--privileged: all capabilities, no seccomp, /proc's system paths), a
 # network of its own for the published port, a cgroup namespace (so the cgroups that
 # labstart mounts show the lab's own group as their root). No device beyond the
-# minimal /dev: /dev/kvm only makes the VMs faster.
+# minimal /dev: /dev/kvm only makes the VMs faster. --privileged makes the lab root on
+# its host in effect (as runc's and Docker's do): run it so only on a machine the
+# student may own, or in a VM of its own (docs/classroom-at-scale.md).
 PRIVILEGES = ["--privileged", "--namespaces", "mnt,pid,uts,ipc,net,cgroup",
               "--network", "mc-br0"]
 # The entry point mounts the cgroups if the runtime did not (labstart.py), then runs the
@@ -92,7 +100,8 @@ class Layer:
 def stage_keys() -> dict[str, str]:
     """A digest of each cached stage's inputs (a layer is rebuilt when its key changes);
     the course layer has none: it is packed anew each time, in seconds."""
-    base = _key("base", SUITE, *MIRRORS, EPOCH, *PACKAGES, _mmdebstrap_version())
+    base = _key("base", SUITE, *MIRRORS, EPOCH, *PACKAGES, *HOST_FILES_REMOVED,
+                _mmdebstrap_version())
     python = _key("python", base, *(_read(IMAGE_DIR / name) for name in
                                     ("requirements.txt", "requirements.lock")))
     kernel = _key("kernel", python, _read(REPO / "minicontainer/vm/kernel.py"))
@@ -141,9 +150,11 @@ def _make_base(root: Path, below: list[Path]) -> None:
     """Debian from Debian's packages; --skip=output/dev: no device nodes in a layer
     (the runtime makes /dev), as Docker's official debian image has none either.
     mmdebstrap as root mounts /proc, /sys and /dev into the tree while it works: in a
-    mount namespace of its own, a killed build leaves none of them in the host's table."""
+    mount namespace of its own, a killed build leaves none of them in the host's table.
+    The build host's own files mmdebstrap copied in are removed (HOST_FILES_REMOVED)."""
+    hooks = [f'--customize-hook=rm -f "$1"/{path}' for path in HOST_FILES_REMOVED]
     _run(["unshare", "--mount", "--propagation", "private", "--",
-          "mmdebstrap", "--variant=minbase", "--skip=output/dev",
+          "mmdebstrap", "--variant=minbase", "--skip=output/dev", *hooks,
           "--aptopt=APT::Install-Recommends \"false\"", "--include=" + ",".join(PACKAGES),
           SUITE, str(root), *MIRRORS])
 

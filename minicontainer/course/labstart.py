@@ -4,12 +4,21 @@ The course makes containers inside the lab's container (nested), and a container
 budget is a cgroup: the lab needs the cgroup filesystem mounted read-write. Docker's
 `--privileged` and a privileged Kubernetes pod mount it so; runc's default bundle (as
 umoci writes it) and `minicontainer run --privileged` do not (they leave /sys read-only
-and mount no cgroups). So, when /sys/fs/cgroup holds no hierarchy, this mounts each
-hierarchy /proc/self/cgroup names, as the host has them: one `cgroup` mount per v1
-controller set, `cgroup2` for the unified tree. Inside a cgroup namespace each mount's
-root is the lab's own group, so the course sees only its own subtree. Mounting needs
-CAP_SYS_ADMIN: without it the lab still starts, and `minicontainer doctor` names what
-is missing.
+and mount no cgroups). So, when /sys/fs/cgroup holds no hierarchy, this mounts the
+hierarchies the course's own runtime uses (cgroups.py: memory, cpu, cpuacct, pids and
+devices on v1; the one unified tree on v2), and no other.
+
+Why no other: a cgroup namespace makes a mount's root the group the process was in
+when the namespace was made. The runtime that started the lab gave it a group of its
+own only in the hierarchies it uses (ours: cgroups.NEEDED; runc: every one). In the
+others (freezer, blkio, cpuset, name=systemd, a hybrid host's unified tree under
+minicontainer) that group is the host's root, whose `release_agent` the host kernel
+runs as root: mounting those would hand the host to the lab. This only stops labstart
+from offering them: a lab run --privileged may still mount them itself, and has other
+ways to the host besides (/proc/sys, every device). A privileged lab belongs on a
+machine its student may own, or in a VM of its own (Kata): docs/classroom-at-scale.md.
+Mounting needs CAP_SYS_ADMIN: without it the lab still starts, and `minicontainer
+doctor` names what is missing.
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..cgroups import NEEDED
 from ..syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, mount
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -24,18 +34,23 @@ SAFE = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 
 def hierarchies_to_mount(proc_self_cgroup: str) -> list[tuple[str, str, str]]:
-    """(directory under /sys/fs/cgroup, fstype, options) for each line of
-    /proc/self/cgroup ("3:cpu,cpuacct:/path", "0::/path" for the unified tree)."""
+    """(directory under /sys/fs/cgroup, fstype, options) for each hierarchy in
+    /proc/self/cgroup ("3:cpu,cpuacct:/path", "0::/path" for the unified tree) that
+    holds a controller the course's runtime uses: the ones the lab has a group of its
+    own in, whichever runtime started it."""
     lines = [line.split(":", 2) for line in proc_self_cgroup.splitlines() if line]
+    v1_controllers = {c for number, listed, _ in lines if number != "0" for c in listed.split(",")}
+    # The unified tree holds our controllers when no v1 tree does (v2, or a hybrid host
+    # that moved them there); on a v1/hybrid host it holds none of ours.
+    wants_unified = not {"memory", "cpu", "pids"} <= v1_controllers
     only_v2 = all(number == "0" for number, _, _ in lines)
     mounts = []
     for number, controllers, _ in lines:
         if number == "0":
-            mounts.append(("" if only_v2 else "unified", "cgroup2", ""))
-        else:
-            name = controllers.removeprefix("name=")
-            options = controllers if not controllers.startswith("name=") else f"none,{controllers}"
-            mounts.append((name, "cgroup", options))
+            if wants_unified:
+                mounts.append(("" if only_v2 else "unified", "cgroup2", ""))
+        elif set(controllers.split(",")) & set(NEEDED):
+            mounts.append((controllers, "cgroup", controllers))
     return mounts
 
 
