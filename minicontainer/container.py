@@ -255,7 +255,11 @@ def setup_steps(spec: Spec, layer: Overlay | BoundRoot, channel: process.Channel
     """What the container's first process does to itself between fork and exec, in
     the kernel's order (the module's docstring tells why this one); `waiter` is for
     the process left outside its pid namespace (monitor.py)."""
-    steps = [os.setsid,               # our own session: the terminal's Ctrl-C is not ours
+    # Non-dumpable until exec makes it dumpable again: no process of the same uid in a
+    # pid namespace it shares (an OCI bundle can join one) may open its /proc/PID/fd,
+    # the host's files (runc's nsexec does the same; joining.py for exec).
+    steps = [partial(syscalls.set_dumpable, False),
+             os.setsid,               # our own session: the terminal's Ctrl-C is not ours
              partial(ns.isolate, layer, spec.namespaces, spec.hostname, channel,
                      waiter=waiter, mounts=[*files, *spec.mounts],
                      shm_size=spec.shm_size),

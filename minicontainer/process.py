@@ -288,10 +288,6 @@ def _stat_fields(pid: int) -> list[bytes]:
 def _child(argv, steps, env, stdio, channel, main, first_closed, pass_fds) -> None:
     """In the child: redirect stdio, run the steps, exec. Reports failure, never returns."""
     try:
-        # Until exec makes it dumpable again, no process of the same uid, inside a pid
-        # namespace it may share (an OCI bundle can join one), may open our
-        # /proc/PID/fd: they are the host's files (runc's nsexec does the same).
-        set_dumpable(False)
         for fd, target in enumerate(stdio):
             if target is not None:
                 os.dup2(target, fd)
