@@ -104,7 +104,7 @@ fi
 # only when those files changed.
 if [ "${1:-}" = oci ]; then
   suite=${MINICONTAINER_CACHE:-/var/cache/minicontainer}/runtime-tools
-  if [ ! -f "$suite/COMMIT" ] || [ -n "$(find third_party/runtime-tools -newer "$suite/COMMIT")" ]; then
+  if [ ! -f "$suite/COMMIT" ] || [ -n "$(find third_party/runtime-tools -newer "$suite/COMMIT" ! -name README.md)" ]; then
     echo "setup: building the runtime-tools validation suite (about a minute)"
     bash third_party/runtime-tools/build.sh "$suite"
     echo "setup: runtime-tools suite $(cat "$suite/COMMIT") in $suite"

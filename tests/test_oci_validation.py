@@ -97,7 +97,9 @@ def verdicts(tmp_path_factory) -> dict[str, dict[str, tuple[int, int, int, bool]
 @pytest.mark.timeout(1800)
 def test_every_file_runc_passes_passes_for_minicontainer_or_is_a_named_gap(verdicts):
     runc, ours = clean(verdicts["runc"]), clean(verdicts["minicontainer"])
-    assert len(verdicts["runc"]) == 58, "the suite is not the one third_party carries"
+    carried = (ROOT / "third_party" / "runtime-tools" / "COMMIT").read_text()
+    assert (SUITE / "COMMIT").read_text() == carried and len(verdicts["runc"]) == 58, \
+        f"{SUITE} is not the suite third_party/runtime-tools carries: run make test-oci"
     assert len(runc) >= 25, f"runc passes only {sorted(runc)}: is this machine ready?"
     unexplained = runc - ours - EXPLAINED.keys()
     assert not unexplained, (f"runc passes these cleanly and minicontainer does not: "
