@@ -60,8 +60,9 @@ def verdicts(tmp_path_factory) -> dict[str, dict[str, tuple[int, int, int, bool]
     """{runtime: {test file's name: (ok, not ok, skipped, clean?)}}, the suite run under
     runc and then under minicontainer, with both TAP summaries printed side by side.
     A file runc passes and we fail for no named reason is run once more, alone, and
-    both verdicts are printed: the suite's waits are 10 s polls, and on a loaded 2-core
-    machine our kill once took longer (its .log keeps the first run's error)."""
+    both verdicts are printed (the first run's .log keeps its error): the suite's waits
+    are 10 s polls, and under a load of 11 on 2 cores we failed `kill` once, and once
+    `linux_readonly_paths` found a created container already stopped at `start`."""
     runner = load_runner()
     top = tmp_path_factory.mktemp("oci-validation")
     results, summaries = {}, {}
