@@ -2,14 +2,16 @@
 side by side: 58 test programs, each making bundles, driving the runtime through
 create/start/state/kill/delete and checking from inside (its `runtimetest`).
 
-    .venv/bin/python bench/oci_validation.py --suite DIR   # DIR: the suite, built
+    .venv/bin/python bench/oci_validation.py --suite /var/cache/minicontainer/runtime-tools
 
 The suite is not packaged by Debian (golang-github-opencontainers-runtime-tools-dev
-holds its Go library only: no validation/, no runtimetest), so DIR is a checkout of
-github.com/opencontainers/runtime-tools at 260e151b8552afa2678ef6d41820ea0f31cd8be1,
-the last commit Debian 12's Go 1.19 builds, from its vendor/ directory offline:
-
-    GOFLAGS=-mod=vendor GOPROXY=off make runtimetest tool && make -j2 validation-executables
+holds its Go library only: no validation/, no runtimetest), so third_party/runtime-tools
+carries those programs from github.com/opencontainers/runtime-tools at
+260e151b8552afa2678ef6d41820ea0f31cd8be1, and `scripts/setup.sh oci` (make test-oci)
+builds them offline with Debian's Go and Go packages into the cache directory (its
+README says what was taken). --suite also takes a checkout of that commit built from its
+own vendor/: `GOFLAGS=-mod=vendor GOPROXY=off make runtimetest validation-executables`.
+tests/test_oci_validation.py runs the same and checks the verdicts.
 
 Each test program runs in a private mount namespace (a test with rootfs propagation
 "shared" would otherwise leak mounts into the host's table); its TAP, without the JSON
@@ -35,13 +37,17 @@ RUNTIMES |= {name: os.environ[f"RUNTIME_{name.upper()}"] for name in RUNTIMES
 YAMLISH = re.compile(r"^ *---$.*?^ *\.\.\.$\n?", re.M | re.S)
 
 
-def run_suite(suite: Path, runtime: str, saved: Path, state: Path) -> dict[str, str]:
-    """Every validation/*/*.t with RUNTIME=`runtime`, each in a private mount namespace:
-    {test file: its TAP, without the JSON blocks prove cannot parse}, saved in `saved`."""
+def run_suite(suite: Path, runtime: str, saved: Path, state: Path,
+              only: set[str] | None = None) -> dict[str, str]:
+    """Every validation/*/*.t (or `only` those file names) with RUNTIME=`runtime`, each
+    in a private mount namespace: {test file: its TAP, without the JSON blocks prove
+    cannot parse}, saved in `saved` (.tap; .log keeps the blocks, the errors' details)."""
     env = {**os.environ, "RUNTIME": RUNTIMES[runtime], "MINICONTAINER_RUN": str(state / "run"),
            "MINICONTAINER_DATA": str(state / "data")}
     outputs = {}
     for test in sorted(suite.glob("validation/*/*.t")):
+        if only is not None and test.name not in only:
+            continue
         try:
             result = subprocess.run(["unshare", "--mount", "--propagation", "private",
                                      str(test)], cwd=suite, env=env, stdin=subprocess.DEVNULL,
@@ -51,8 +57,9 @@ def run_suite(suite: Path, runtime: str, saved: Path, state: Path) -> dict[str, 
         except subprocess.TimeoutExpired:
             text = "not ok - the test program ran for more than 600 s\n"
         outputs[test.name] = YAMLISH.sub("", text)
-        (saved / test.name.replace(".t", ".tap")).parent.mkdir(parents=True, exist_ok=True)
+        saved.mkdir(parents=True, exist_ok=True)
         (saved / test.name.replace(".t", ".tap")).write_text(outputs[test.name])
+        (saved / test.name.replace(".t", ".log")).write_text(text)
     return outputs
 
 

@@ -2,7 +2,7 @@
 # Make this machine ready for minicontainer: Debian packages, .venv, the busybox image.
 # Shared by `make setup`, the Vagrantfile and CI. Idempotent: when nothing is missing
 # it only checks, in a few seconds. `scripts/setup.sh bench` also installs crun, runc
-# and umoci (`oci`: and Go); `scripts/setup.sh test` what only the test suite needs (a
+# and umoci (`oci`: and Go, and builds the runtime-tools suite); `scripts/setup.sh test` what only the test suite needs (a
 # browser, vagrant, umoci and htpasswd for the registry's tests, a pinned reveal.js for
 # tests/test_slides.py); `scripts/setup.sh slides` the pinned reveal.js for `make slides`;
 # `scripts/setup.sh image` mmdebstrap, runc and umoci for `make image` and `make test-image`.
@@ -26,9 +26,13 @@ esac
 # The images lesson (06) starts a real registry on 127.0.0.1 and pushes to it with skopeo.
 packages="busybox-static python3 python3-venv iproute2 util-linux iptables nftables zstd libseccomp2 $qemu docker-registry skopeo gcc libc6-dev"
 [ "${1:-}" = bench ] && packages="$packages crun runc umoci"
-# make test-oci: the other runtimes, umoci, and Go for the runtime-tools suite (its
-# source is not in Debian: only its library is, golang-github-opencontainers-runtime-tools-dev).
-[ "${1:-}" = oci ] && packages="$packages crun runc umoci golang-go"
+# make test-oci: the other runtimes, umoci, and Go with the libraries the runtime-tools
+# validation suite imports (its own programs are not in Debian: third_party/runtime-tools),
+# perl for `prove`, which reads the suite's TAP.
+# (runtime-tools' library package brings runtime-spec, urfave-cli, logrus, gocapability,
+# selinux, x/sys and the rest; uuid and mountinfo are the suite's own imports.)
+suite_go="golang-go golang-github-opencontainers-runtime-tools-dev golang-github-google-uuid-dev golang-github-moby-sys-dev"
+[ "${1:-}" = oci ] && packages="$packages crun runc umoci perl patch $suite_go"
 [ "${1:-}" = image ] && packages="$packages mmdebstrap runc umoci"   # make image, test-image
 [ "${1:-}" = test ] && packages="$packages chromium vagrant vagrant-libvirt tmux umoci apache2-utils runc crun"
 missing=""
@@ -94,6 +98,18 @@ fi
 # The other CPU's busybox and qemu-user, for the architecture lesson (unpacked, not installed).
 .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()' ||
   { apt-get update -qq; .venv/bin/python -c 'from minicontainer.binfmt import fetch_foreign; fetch_foreign()'; }
+
+# The runtime-tools validation suite (make test-oci), built offline from the files in
+# third_party/runtime-tools and Debian's Go packages (about a minute on 2 cores), again
+# only when those files changed.
+if [ "${1:-}" = oci ]; then
+  suite=${MINICONTAINER_CACHE:-/var/cache/minicontainer}/runtime-tools
+  if [ ! -f "$suite/COMMIT" ] || [ -n "$(find third_party/runtime-tools -newer "$suite/COMMIT" ! -name README.md)" ]; then
+    echo "setup: building the runtime-tools validation suite (about a minute)"
+    bash third_party/runtime-tools/build.sh "$suite"
+    echo "setup: runtime-tools suite $(cat "$suite/COMMIT") in $suite"
+  fi
+fi
 
 # reveal.js for offline slides: the npm package, pinned and checked, unpacked into the
 # cache (not installed: nothing of it runs here, a browser loads it beside the slides).
