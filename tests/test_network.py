@@ -13,11 +13,11 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from nettools import wait_for_http
 
 from minicontainer import network, state
 from minicontainer.cleanup import cleanup
@@ -30,17 +30,6 @@ HTTPD = ("mkdir -p /www && echo hello from $(hostname) > /www/index.html && "
 
 def address_of(container: Container) -> str:
     return container.attachment.address
-
-
-def wait_for_http(url: str, tries: int = 50) -> str:
-    import time
-    for _ in range(tries):
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                return reply.read().decode()
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} never answered")
 
 
 @pytest.fixture

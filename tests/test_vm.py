@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from nettools import wait_for_http
 
 from minicontainer.container import run
 from minicontainer.errors import InvalidArgument, Timeout, VMError
@@ -355,7 +356,7 @@ def test_restore_without_a_snapshot_and_exec_without_an_answering_guest_are_refu
 
 def test_an_owner_killed_after_a_restore_leaves_no_qemu_and_no_snapshot_after_cleanup():
     from minicontainer.vm import cleanup
-    owner = subprocess.Popen([sys.executable, "-c", """if True:
+    pid, scratch = killed_owner("""if True:
         import time
         from minicontainer.vm import VM
         from minicontainer.vm.initramfs import ANSWER
@@ -365,12 +366,7 @@ def test_an_owner_killed_after_a_restore_leaves_no_qemu_and_no_snapshot_after_cl
         vm.restore()
         print(vm.process.pid, vm.scratch, flush=True)
         time.sleep(600)
-        """], stdout=subprocess.PIPE, text=True)
-    try:
-        pid, scratch = owner.stdout.readline().split()
-    finally:
-        owner.kill()
-        owner.wait()
+        """)
     assert Path(scratch, "snapshot").exists() and Path(f"/proc/{pid}").exists()
     assert f"vm {Path(scratch).name.removeprefix('mc-vm-')}" in cleanup.cleanup()
     assert not Path(scratch).exists()
@@ -395,19 +391,19 @@ VM_HTTPD = ("mkdir -p /www && echo hello from the vm > /www/index.html && httpd 
             "while :; do sleep 3600; done")
 
 
+def killed_owner(code: str) -> list[str]:
+    """Run `code` in an owner process until it prints its first line, then SIGKILL
+    it (a crashed notebook): the words of that line."""
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        return owner.stdout.readline().split()
+    finally:
+        owner.kill()
+        owner.wait()
+
+
 def links() -> str:
     return subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
-
-
-def http_get(url: str, tries: int = 50) -> str:
-    import urllib.request
-    for _ in range(tries):
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                return reply.read().decode()
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} never answered")
 
 
 @pytest.fixture
@@ -424,7 +420,7 @@ def test_a_vm_on_the_bridge_answers_http_from_the_host_and_from_a_container(brid
     with VM(network=bridge) as vm:
         vm.boot(VM_HTTPD)
         tap = vm.attachment.host_end
-        assert http_get(f"http://{vm.address}/") == "hello from the vm\n"
+        assert wait_for_http(f"http://{vm.address}/") == "hello from the vm\n"
         with Container(["sleep", "30"], network=bridge) as neighbour:
             neighbour.start()
             # nc, not wget: Debian 12's static busybox wget segfaults on this kernel
@@ -447,19 +443,14 @@ def test_a_vm_pings_a_container_on_its_bridge(bridge):
 def test_a_killed_owner_leaves_no_tap_no_lease_and_no_qemu_after_cleanup(bridge):
     from minicontainer import network
     from minicontainer.vm.cleanup import cleanup      # what `minicontainer cleanup` runs for VMs
-    owner = subprocess.Popen([sys.executable, "-c", f"""if True:
+    pid, tap = killed_owner(f"""if True:
         import time
         from minicontainer.vm import VM
         vm = VM(network={bridge!r})
         vm.boot()
         print(vm.process.pid, vm.attachment.host_end, flush=True)
         time.sleep(600)
-        """], stdout=subprocess.PIPE, text=True)
-    try:
-        pid, tap = owner.stdout.readline().split()
-    finally:
-        owner.kill()
-        owner.wait()
+        """)
     assert f"{tap} " in links() and network.load(bridge)["leases"]
     removed = cleanup()
     assert f"vm {tap.removeprefix('mc-')}" in removed
