@@ -167,11 +167,15 @@ print("  with qemu-user registered (binfmt_misc):", arch["with_qemu_user"])
 # %%
 surface = results["attack_surface"]
 print(surface["explanation"])
-plt.figure(figsize=(5, 2.2))
-plt.barh(["container: host syscalls", "VM: emulated devices"],
-         [surface["container"]["host_syscalls"], surface["vm"]["emulated_devices"]],
-         color=["#2a7ab9", "#d9622b"])
-plt.xlabel("entry points into the host (different kinds: compare with care)")
+figure, axes = plots.described_subplots(figsize=(5, 2.2))
+axes.barh(["container: host syscalls", "VM: emulated devices"],
+          [surface["container"]["host_syscalls"], surface["vm"]["emulated_devices"]],
+          color=["#2a7ab9", "#d9622b"])
+axes.set_xlabel("entry points into the host (different kinds: compare with care)")
+plots.finish(figure, f"Two bars: a container reaches the host kernel through "
+             f"{surface['container']['host_syscalls']} system calls, a VM reaches QEMU through "
+             f"{surface['vm']['emulated_devices']} emulated device models; different kinds "
+             "of entry point.", counts=(axes.xaxis,))
 plt.show()
 kinds = surface["vm"]["device_types"]
 print(f"devices: {surface['vm']['emulated_devices']} device models of {surface['vm']['machine']}"
@@ -206,10 +210,14 @@ layers = {}
 for row in lab:
     layer = row["stopped by"].split(" (")[0]
     layers[layer] = layers.get(layer, 0) + 1
-plt.figure(figsize=(6, 2.6))
-plt.barh(list(layers), list(layers.values()), color="#2a7ab9")
-plt.xlabel("attacks stopped (first line of defence)")
-plt.title(f"{sum(r['blocked'] for r in lab)} of {len(lab)} escapes blocked")
+figure, axes = plots.described_subplots(figsize=(6, 2.6))
+axes.barh(list(layers), list(layers.values()), color="#2a7ab9")
+axes.set_xlabel("attacks stopped (first line of defence)")
+axes.set_title(f"{sum(r['blocked'] for r in lab)} of {len(lab)} escapes blocked")
+plots.finish(figure, f"{sum(r['blocked'] for r in lab)} of {len(lab)} escapes blocked; "
+             "attacks stopped per layer: " + "; ".join(f"{layer} {count}" for layer, count
+                                                       in layers.items()),
+             counts=(axes.xaxis,))
 plt.show()
 
 # %% [markdown]
