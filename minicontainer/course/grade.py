@@ -68,6 +68,11 @@ def run_check(number: str, name: str, path: Path) -> dict:
         cleanup()        # the killed check cannot remove what it made: its owner is dead
         return {"name": name, "ok": False, "what": "the check", "expected": "an answer",
                 "got": f"nothing after {TIMEOUT} s", "hint": "does your code loop forever?"}
+    except BaseException:
+        # A Ctrl-C (a notebook's interrupt reaches the check too, and subprocess.run
+        # kills it, perhaps in the middle of its own tidying up): what it made goes now.
+        cleanup()
+        raise
     if done.returncode != 0:
         cleanup()
     lines = done.stdout.strip().splitlines()
