@@ -119,21 +119,25 @@ class Container(Handles):
         self._owner = {"owner": os.getpid(), "owner_started": process.start_time(os.getpid()),
                        "created": time.time()}
         self.directory = state.claim(spec.name, self.record())  # before anything else exists
+        # No call between the claim and `try`: a Ctrl-C is raised at a call, and one
+        # raised there would leave the record behind.
         procs: list[int] = []
-        pty = Pty(window, console=True) if spec.tty else None
-        waiter = process.Waiter()
+        pty, waiter = None, process.PLAIN_WAITER
         try:
+            pty = Pty(window, console=True) if spec.tty else None
             if spec.ports:                   # a port in use fails before anything runs
                 from .ports import reserve
                 self.port_sockets = reserve(spec.ports)
             # fds, opened on the host, now; the ports' sockets are the monitor's to hold
             waiter = monitor.waiter_for(self.directory,
                                         tuple(s.fileno() for s in self.port_sockets))
-            self.data = state.make_data(spec.name)
+            self.data = state.data_dir() / spec.name   # named first: an interrupt
+            state.make_data(spec.name)                  # inside still removes it
             layer = self.root_layer()
             files: list[ns.Mount] = []
             if spec.network:                 # layer 4, host side; recorded at once
-                self.attachment, files = lease_address(spec, self.data)
+                with process.interrupts_held():
+                    self.attachment, files = lease_address(spec, self.data)
                 self.save()
             procs = enter_budget(spec, self.cgroup, self.allowed_devices())
             channel = process.Channel()      # spawn's pipes, for the steps that use them
@@ -152,7 +156,7 @@ class Container(Handles):
             if detach and self.console is not None:
                 self.keep_console()
         except BaseException:
-            self.remove(force=True)          # the ports' sockets and rules too
+            self._remove_whatever_happens()  # the ports' sockets and rules too
             raise
         finally:
             process.close_all(procs)
@@ -179,23 +183,32 @@ class Container(Handles):
             return self.wait()
 
     def remove(self, force: bool = False) -> None:
-        """Delete the container's state, logs and writable layer (force: kill it first)."""
-        if self.running:
-            if not force:
-                raise MinicontainerError(f"container {self.name} is running: stop it first, or "
-                                         "use force (`rm -f`)")
-            self.kill(signal.SIGKILL)
-            self.wait()
-        self.release()
+        """Delete the container's state, logs and writable layer (force: kill it first).
+        A Ctrl-C (a notebook's stop button) waits until it is all gone: half a removal
+        would leave objects nobody knows of while their owner lives."""
+        with process.interrupts_held():
+            if self.running:
+                if not force:
+                    raise MinicontainerError(f"container {self.name} is running: stop it "
+                                             "first, or use force (`rm -f`)")
+                self.kill(signal.SIGKILL)
+                self.wait()
+            self.release()
 
     def __enter__(self) -> Container:
         """The container itself: removed (force) when the block ends."""
         return self
 
     def __exit__(self, *exc) -> None:
-        """Remove the container, running or not. A Ctrl-C (a notebook's interrupt) that
-        lands in the middle of the removal does not leave half a container: remove()
-        picks up where it was, and the interrupt is raised once it is done."""
+        """Remove the container, running or not."""
+        self._remove_whatever_happens()
+
+    def _remove_whatever_happens(self) -> None:
+        """remove(force=True) to the end: a Ctrl-C raised before remove() holds them
+        starts it again, and is raised once all is gone. (One raised on the very entry
+        to __exit__, before any code of ours runs, no library can catch: Python's `with`
+        has that window for files too. `minicontainer cleanup` removes what it leaves
+        once its owner has gone.)"""
         interrupted = None
         while True:
             try:

@@ -123,8 +123,8 @@ class Handles:
 
     def release(self) -> None:
         """Let go of every host object, newest first, the record last; the processes
-        must have ended (remove() kills them). Safe to call again after an interrupt:
-        each handle is set to None once released."""
+        must have ended (remove() kills them, and holds a Ctrl-C until this is done).
+        Each handle is set to None once released: safe to call again after an error."""
         if self._child is not None:
             self._child.close()
             self._child = None

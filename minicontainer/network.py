@@ -48,6 +48,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,7 +62,7 @@ from . import network_helper, state
 from .arguments import NETWORK_NAME
 from .errors import InvalidArgument, MinicontainerError, NameInUse, ToolFailed
 from .namespaces import refuse_router_advertisements
-from .process import start_time
+from .process import interrupts_held, start_time
 from .syscalls import CLONE_NEWNET, setns
 
 P, T = ParamSpec("P"), TypeVar("T")
@@ -71,10 +72,19 @@ TAG = re.compile(r'--comment "?(mc-[^" ]+)"?')  # how our iptables rules are tag
 
 
 def ip_route(**options):
-    """A pyroute2 netlink connection (fileno=: over a socket of ours). The library is
-    large: it is loaded on first use, so containers without a network never pay."""
-    from pyroute2 import IPRoute
-    return IPRoute(**options)
+    """A pyroute2 netlink connection (fileno=: over a socket of ours)."""
+    return _pyroute2()[0](**options)
+
+
+@functools.cache
+def _pyroute2() -> tuple[type, type]:
+    """pyroute2's IPRoute and NetlinkError. The library is large: loaded on first use,
+    so containers without a network never pay; and whole: a Ctrl-C waits until it is
+    in (interrupts_held says why)."""
+    with interrupts_held():
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+    return IPRoute, NetlinkError
 
 
 def netlink_socket_in(namespace: int) -> socket.socket:
@@ -105,24 +115,33 @@ def netlink_socket_in(namespace: int) -> socket.socket:
 
 
 def outside_event_loop(function: Callable[P, T]) -> Callable[P, T]:
-    """Run `function` in a thread of its own when this one runs an asyncio loop.
+    """Run `function` whole, in a thread of its own when this one runs an asyncio loop.
 
     pyroute2 drives its own event loop, which cannot start inside a running one, and a
-    Jupyter kernel's main thread always runs one."""
+    Jupyter kernel's main thread always runs one. Whole: a Ctrl-C waits until it
+    returns (these take milliseconds), since pyroute2 interrupted half-way leaves its
+    connection unusable ("aclose(): asynchronous generator is already running") and
+    the host half-changed; and we never return while the thread still works."""
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         """`function`, in a thread of its own if this one runs an event loop."""
-        asyncio = sys.modules.get("asyncio")     # never loaded (the CLI): no loop runs
-        try:
-            if asyncio is None:
-                raise RuntimeError
-            asyncio.get_running_loop()
-        except RuntimeError:                 # no loop here: call it directly
-            return function(*args, **kwargs)
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(function, *args, **kwargs).result()
+        with interrupts_held():
+            return _in_a_thread_if_a_loop_runs(function, *args, **kwargs)
     return wrapper
+
+
+def _in_a_thread_if_a_loop_runs(function: Callable[P, T], *args: P.args,
+                                **kwargs: P.kwargs) -> T:
+    asyncio = sys.modules.get("asyncio")     # never loaded (the CLI): no loop runs
+    try:
+        if asyncio is None:
+            raise RuntimeError
+        asyncio.get_running_loop()
+    except RuntimeError:                 # no loop here: call it directly
+        return function(*args, **kwargs)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args, **kwargs).result()
 
 
 @dataclass
@@ -157,7 +176,7 @@ class Attachment:
         if os.fstat(namespace).st_ino == os.stat("/proc/self/ns/net").st_ino:
             raise MinicontainerError("that process shares the host's network namespace: "
                                      "its eth0 would be the host's")    # never plug that
-        from pyroute2.netlink.exceptions import NetlinkError
+        NetlinkError = _pyroute2()[1]
         with ip_route() as host:             # one request: created in the bridge, up
             try:
                 host.link("add", ifname=self.host_end, kind="veth", state="up",
@@ -308,7 +327,7 @@ def _create(name: str, subnet: str | None, explicit: bool,
         before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
         (state.containers_dir().parent / "ip_forward.before").write_text(before)
     save(record)                                     # recorded before it exists on the host
-    from pyroute2.netlink.exceptions import NetlinkError
+    NetlinkError = _pyroute2()[1]
     with ip_route() as ip:
         try:
             ip.link("add", ifname=name, kind="bridge")
@@ -461,7 +480,7 @@ def delete_link(ip, **which) -> None:
     """Delete a link if it is still there. A veth goes by itself when its namespace
     dies, which the kernel finishes a moment after the last process: it may vanish
     between our look and our delete."""
-    from pyroute2.netlink.exceptions import NetlinkError
+    NetlinkError = _pyroute2()[1]
     try:
         ip.link("del", **which)
     except NetlinkError as e:
@@ -500,8 +519,7 @@ def firewall_tool() -> str:
     forced = os.environ.get("MINICONTAINER_FIREWALL")
     if forced:
         return forced
-    if shutil.which("iptables") and subprocess.run(["iptables", "-t", "nat", "-S"],
-                                                   capture_output=True).returncode == 0:
+    if shutil.which("iptables") and firewall(["iptables", "-t", "nat", "-S"]).returncode == 0:
         return "iptables"
     if shutil.which("nft"):
         return "nft"
@@ -550,7 +568,7 @@ def add_rules(record: dict) -> None:
 def remove_rules(name: str, tool: str | None) -> None:
     """Delete every rule tagged with the network's name."""
     if (tool or firewall_tool()) == "nft":
-        listed = subprocess.run(["nft", "list", "table", "ip", name], capture_output=True)
+        listed = firewall(["nft", "list", "table", "ip", name])
         if listed.returncode == 0:
             run_firewall(["nft", "delete", "table", "ip", name])
         return
@@ -562,8 +580,7 @@ def tagged_iptables_rules(tag: str | None = None) -> list[tuple[str, str]]:
     """(table, rule) of every iptables rule tagged mc-… (or with exactly `tag`)."""
     found = []
     for table in ("raw", "nat", "filter"):
-        listing = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True,
-                                 text=True).stdout
+        listing = firewall(["iptables", "-t", table, "-S"]).stdout
         for rule in listing.splitlines():
             match = TAG.search(rule)
             if match and (tag is None or match[1] == tag):
@@ -571,11 +588,27 @@ def tagged_iptables_rules(tag: str | None = None) -> list[tuple[str, str]]:
     return found
 
 
+def firewall(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+    """Run iptables or nft to its end, deaf to Ctrl-C: a notebook's stop button sends
+    SIGINT to the kernel's whole process group, and a listing killed half-way reads as
+    "no rules" (or as "iptables does not work here"), so a removal would skip rules.
+    SIGINT is blocked while it runs, and the tool inherits the mask across exec (a
+    process group of its own would not do: CPython's child joins it only after it has
+    let signals in). The interrupt reaches us instead, once it is done."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return subprocess.run(argv, input=input, capture_output=True, text=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def run_firewall(argv: list[str], input: str | None = None) -> None:
     """Run iptables or nft; ToolFailed, saying what to do, if it refuses."""
-    done = subprocess.run(argv, input=input, capture_output=True, text=True)
+    done = firewall(argv, input)
     if done.returncode != 0:
-        raise ToolFailed(f"{' '.join(argv[:4])}… failed: {done.stderr.strip()} (does "
+        said = done.stderr.strip() or (f"killed by {signal.Signals(-done.returncode).name}"
+                                       if done.returncode < 0 else f"exit {done.returncode}")
+        raise ToolFailed(f"{' '.join(argv[:4])}… failed: {said} (does "
                          f"`{argv[0]} {'-S' if argv[0] == 'iptables' else 'list ruleset'}` "
                          "work by hand? MINICONTAINER_FIREWALL=nft or =iptables picks the "
                          "other tool)")
@@ -624,8 +657,7 @@ def host_objects() -> list[tuple[str, str]]:
         found += [(tag, "rules") for tag in dict.fromkeys(
             TAG.search(rule)[1] for _, rule in tagged_iptables_rules())]
     if shutil.which("nft"):
-        tables = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True,
-                                text=True).stdout.split()
+        tables = firewall(["nft", "list", "tables", "ip"]).stdout.split()
         found += [(table, "nft table") for table in tables if table.startswith("mc-")]
     return found
 

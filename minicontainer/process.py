@@ -8,6 +8,10 @@ namespaces, whatever the child does.
 Between fork and exec the child runs only system calls: the caller may have threads,
 fork copies just the one that called it, and a lock another thread held stays locked
 forever in the copy. So steps import nothing, log nothing and start no threads.
+Nor may the caller's own Python run there: a signal handler of the caller's (Python's
+Ctrl-C handler raises KeyboardInterrupt) would run in the copy, as the caller. So the
+fork happens with every signal blocked, and the child resets those handlers before it
+lets signals in again (fork_without_handlers).
 
 A step that fails cannot raise into the parent, which is another process. The child
 writes the error to a pipe and exits; the pipe is close-on-exec, so when exec succeeds
@@ -184,17 +188,17 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
     """
     channel = channel or Channel()
     channel.open()
-    pid = os.fork()
+    pid = fork_without_handlers()
     if pid == 0:
         try:
             channel.keep_child_ends()
             _child(argv, steps, env, stdio, channel, main, 3 + preserve_fds, pass_fds)
         finally:
             os._exit(EXIT_SETUP_FAILED)  # never fall back into the caller's code
-    channel.keep_parent_ends()
     go_write = channel.go_write
     main_pid = pid
     try:
+        channel.keep_parent_ends()
         with os.fdopen(channel.report_read, "rb") as pipe:
             for line in pipe:                 # end-of-file: the command is running
                 kind, _, rest = line.rstrip(b"\n").partition(b" ")
@@ -206,11 +210,39 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
                 elif kind == b"error":
                     raise _error_from(rest)
     except BaseException:
-        os.close(go_write)                    # a waiting child sees end-of-file and exits
+        # The command has not started (no end-of-file yet) and never will: a child
+        # waiting for "go" sees end-of-file and exits; one still in its steps (we were
+        # interrupted) is killed, and with it the command its waiter forked.
+        os.close(go_write)
+        os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise
     os.close(go_write)
     return Child(pid, main_pid, open_pidfd(main_pid, parent=pid))
+
+
+def fork_without_handlers() -> int:
+    """os.fork(), but the child runs none of the caller's Python signal handlers: each
+    is reset to SIG_DFL before a signal can reach the child.
+
+    Otherwise a Ctrl-C that lands just after the fork runs the caller's handler in the
+    copy: KeyboardInterrupt in threading's after-fork clean-up, or before spawn's
+    `if pid == 0`, and the copy carries on as the caller. Seen in CI: a notebook's
+    stop button (SIGINT to the kernel's process group) made a kernel's copy write
+    its traceback to the notebook, wait forever on a lock the kernel's IO thread held
+    at the fork, and the real kernel hung waiting for that child. subprocess never
+    meets this: its child runs C (_posixsubprocess) until exec. A blocked signal stays
+    pending in the child, so a Ctrl-C meant for it still arrives, with SIG_DFL.
+    """
+    every = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, every)
+    pid = os.fork()
+    if pid == 0:
+        for sig in every:
+            if callable(signal.getsignal(sig)):    # a Python handler, not SIG_DFL/SIG_IGN
+                signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    return pid
 
 
 def capture(argv: Sequence[str], steps: Sequence[Step] = (), timeout: float = 30,
@@ -370,6 +402,24 @@ def handling(signals: Sequence[int], handler: Callable[[int, object], None]) -> 
             signal.signal(sig, old)
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """A Ctrl-C (SIGINT) that lands inside the block is delivered again as it ends, to
+    the handler there was before (in the main thread; elsewhere nothing changes).
+
+    For what must not stop half-way: importing a package (interrupted half-imported,
+    it stays broken in sys.modules: its submodules in, their names not bound in it,
+    and a later import fails with NameError until the Jupyter kernel restarts); and
+    making a host object together with storing its handle where removal finds it
+    (Python raises KeyboardInterrupt at any call: between the two, the object would
+    have no owner that knows it)."""
+    held = []
+    with handling([signal.SIGINT], lambda sig, frame: held.append(sig)):
+        yield
+    if held:
+        signal.raise_signal(signal.SIGINT)   # the old handler's now: it raises, as it would have
+
+
 def signals_passed_to(child: Child):
     """While the caller waits in the foreground, SIGTERM, SIGHUP and Ctrl-C go to the
     command instead (docker run's --sig-proxy): a `trap` there sees them, and the caller
@@ -462,7 +512,7 @@ def fork_and_wait(channel: Channel, waiter: Waiter = PLAIN_WAITER) -> None:
     `waiter.program` it does so as that program (monitor.c), not as Python.
     """
     told_read, told_write = os.pipe()
-    pid = os.fork()
+    pid = fork_without_handlers()
     if pid == 0:
         # Should the waiter be killed, nobody could report our exit: die with it.
         set_parent_death_signal(signal.SIGKILL)

@@ -24,7 +24,8 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
+import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,22 +100,40 @@ def records_everywhere(kind: str, roots: tuple[Path, ...]) -> list[tuple[Path, o
 def claim(name: str, record: dict) -> Path:
     """Create the container's directory holding `record`, or fail if the name is taken."""
     directory = containers_dir() / name
+    text = json.dumps(record, indent=1)
     while True:
+        # Named before it is made: a Ctrl-C raised anywhere below still finds it.
+        draft = containers_dir() / f".claim-{name}-{secrets.token_hex(4)}"
         try:
             containers_dir().mkdir(parents=True, exist_ok=True)
-            draft = Path(tempfile.mkdtemp(prefix=f".claim-{name}-", dir=containers_dir()))
+            draft.mkdir(mode=0o700)
         except (FileNotFoundError, FileExistsError):  # the last container removed it meanwhile
             continue
+        except BaseException:
+            release(draft)
+            raise
         try:
             write(draft, record)
-            draft.rename(directory)
+            os.rename(draft, directory)
             return directory
         except BaseException as e:
+            if _holds(directory, text):   # renamed, then a Ctrl-C was raised: it is ours
+                release(directory)
+                raise
             release(draft)
             if getattr(e, "errno", None) not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             raise NameInUse(f"the name {name!r} is already in use: choose another, or remove "
                             f"that container with `minicontainer rm -f {name}`") from None
+
+
+def _holds(directory: Path, text: str) -> bool:
+    """Does the record in `directory` read exactly `text` (ours: it names our pid and
+    the time we started)?"""
+    try:
+        return (directory / "state.json").read_text() == text
+    except OSError:
+        return False
 
 
 def remove_stale_drafts(age: float = 10) -> list[str]:
@@ -293,6 +312,9 @@ def owner_alive(record: dict) -> bool:
     return start_time(record["owner"]) == record["owner_started"]
 
 
+_lock_fds: dict[int, tuple[int, int, int]] = {}   # thread: fd, st_dev, st_ino of its lock
+
+
 @contextmanager
 def locked() -> Iterator[Path]:
     """Hold an exclusive lock on /run/minicontainer while changing shared records.
@@ -302,12 +324,15 @@ def locked() -> Iterator[Path]:
     it is removed on the way out once empty, so the host is left as it was.
     """
     base = containers_dir().parent
+    _let_go_of_a_lock_left_by_an_interrupt()
     while True:
         try:
             base.mkdir(parents=True, exist_ok=True)
             fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, FileExistsError):   # the last user removed it meanwhile
             continue
+        opened = os.fstat(fd)
+        _lock_fds[threading.get_ident()] = (fd, opened.st_dev, opened.st_ino)
         fcntl.flock(fd, fcntl.LOCK_EX)
         if os.fstat(fd).st_nlink > 0:       # still there: the lock is good
             break
@@ -319,6 +344,25 @@ def locked() -> Iterator[Path]:
             base.rmdir()
         except OSError:                     # not empty: in use
             pass
+        os.close(fd)
+        _lock_fds.pop(threading.get_ident(), None)
+
+
+def _let_go_of_a_lock_left_by_an_interrupt() -> None:
+    """A Ctrl-C raised between flock and locked()'s `try` leaves the lock taken, and a
+    second flock of this thread's would wait for it forever (locked() is never nested:
+    a lock this thread still notes is left over). Closed only if that fd is still the
+    one we opened (one raised after the close leaves a note of an fd since reused)."""
+    left = _lock_fds.pop(threading.get_ident(), None)
+    if left is None:
+        return
+    fd, device, inode = left
+    try:
+        now = os.fstat(fd)
+    except OSError:
+        return
+    if (now.st_dev, now.st_ino) == (device, inode) and \
+            fd not in (other[0] for other in _lock_fds.values()):
         os.close(fd)
 
 

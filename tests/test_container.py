@@ -183,26 +183,3 @@ def test_shm_size_raises_the_bound_in_dockers_spelling():
     assert done.stdout.split()[-5] == str(128 * 1024)
     with pytest.raises(InvalidArgument, match="shm size"):
         Container("true", shm_size="64Q")
-
-
-@pytest.mark.parametrize("where", ["minicontainer.cgroups.Cgroup.remove",
-                                   "minicontainer.state.release_data",
-                                   "minicontainer.state.release"])
-def test_a_ctrl_c_in_the_middle_of_the_removal_still_removes_it_all(where, monkeypatch):
-    # A notebook's interrupt lands at any bytecode: also inside `with`'s removal.
-    import pkgutil
-    owner_name, attribute = where.rsplit(".", 1)
-    owner = pkgutil.resolve_name(owner_name)
-    real, calls = getattr(owner, attribute), []
-
-    def interrupted_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(owner, attribute, interrupted_once)
-    with pytest.raises(KeyboardInterrupt):
-        with Container(["true"], name="mc-ctrl-c") as box:
-            box.start().wait()
-    assert calls and "mc-ctrl-c" not in state.names()
-    assert not (state.data_dir() / "mc-ctrl-c").exists()
