@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import inspect
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -32,8 +31,7 @@ from typing import TYPE_CHECKING
 from . import cgroups, devices, monitor, process, security, state, syscalls
 from . import namespaces as ns
 from .cgroups import Cgroup
-from .errors import MinicontainerError, Timeout
-from .handles import Handles, live_helper, open_logs, record_exit
+from .handles import Handles, open_logs
 from .init import become_init
 from .rootfs import BoundRoot, Overlay
 from .process import Result
@@ -47,8 +45,8 @@ if TYPE_CHECKING:
 
 class Container(Handles):
     """A command run in its own namespaces, on its own copy of an image: its Spec (what
-    it is), its Handles (what the host holds of it, handles.py) and what you can do
-    with it: start, exec, stop, remove."""
+    it is), its Handles (what the host holds of it, and wait, stop, remove: handles.py)
+    and what you can do with it: start, exec."""
 
     def __init__(self, command: str | Sequence[str] | Callable[[], None] = (),
                  **options) -> None:
@@ -165,61 +163,7 @@ class Container(Handles):
                 pty.close()
         return self
 
-    def wait(self, timeout: float | None = None) -> Result:
-        """Wait for the command to exit (Timeout after `timeout` seconds)."""
-        status = self.child().wait(timeout)
-        duration = time.monotonic() - self._started
-        if status is not None and monitor.exit_status(self.directory) is None:
-            record_exit(self.directory, status)   # no waiter wrote it: no pid namespace
-        return self.result(duration)
-
-    def stop(self, timeout: float = 10) -> Result:
-        """SIGTERM, then SIGKILL if the command is still running after `timeout` s (docker stop)."""
-        self.kill(signal.SIGTERM)
-        try:
-            return self.wait(timeout)
-        except Timeout:
-            self.kill(signal.SIGKILL)
-            return self.wait()
-
-    def remove(self, force: bool = False) -> None:
-        """Delete the container's state, logs and writable layer (force: kill it first).
-        A Ctrl-C (a notebook's stop button) waits until it is all gone: half a removal
-        would leave objects nobody knows of while their owner lives."""
-        with process.interrupts_held():
-            if self.running:
-                if not force:
-                    raise MinicontainerError(f"container {self.name} is running: stop it "
-                                             "first, or use force (`rm -f`)")
-                self.kill(signal.SIGKILL)
-                self.wait()
-            self.release()
-
-    def __enter__(self) -> Container:
-        """The container itself: removed (force) when the block ends."""
-        return self
-
-    def __exit__(self, *exc) -> None:
-        """Remove the container, running or not."""
-        self._remove_whatever_happens()
-
-    def _remove_whatever_happens(self) -> None:
-        """remove(force=True) to the end: a Ctrl-C raised before remove() holds them
-        starts it again, and is raised once all is gone. (One raised on the very entry
-        to __exit__, before any code of ours runs, no library can catch: Python's `with`
-        has that window for files too. `minicontainer cleanup` removes what it leaves
-        once its owner has gone.)"""
-        interrupted = None
-        while True:
-            try:
-                self.remove(force=True)
-                break
-            except KeyboardInterrupt as e:
-                interrupted = e
-        if interrupted is not None:
-            raise interrupted
-
-    # -- looking inside ---------------------------------------------------------------
+    # -- looking inside (and ending it: handles.py) ---------------------------------
 
     def exec(self, command: str | Sequence[str] | Callable[[], None],
              timeout: float | None = 60, attach: bool = False, interactive: bool = False,
@@ -236,22 +180,6 @@ class Container(Handles):
         (joining.start_in)."""
         from . import joining
         return joining.start_in(self, command, stdio, tty, window, hardened)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to the container's first process (docker kill --signal)."""
-        self.child().send_signal(sig)
-
-    def stats(self) -> dict[str, float | int | None]:
-        """Memory, CPU time and processes used so far, from the container's cgroup; and
-        what the host spends on it besides (monitor.host_cost: its monitor, its keeper;
-        published ports are rules, not processes)."""
-        if self.cgroup is None:
-            raise MinicontainerError(f"container {self.name} has no cgroup to measure")
-        child = self._child
-        waiter = child.pid if child and not child.exited and child.pid != child.main_pid else None
-        return {**self.cgroup.stats(), **monitor.host_cost(
-            waiter, live_helper(self._keeper, b"minicontainer.console"))}
-
 
 # Container(...) takes describe()'s options: show them where help() and Jupyter's
 # Shift-Tab look, though __init__ passes them on as **options.

@@ -6,7 +6,8 @@ address on a bridge, rules for its published ports and a keeper for its terminal
 Handles is that list, for one container: filled in as container.py creates each
 object, written to the record after every step (so `minicontainer cleanup` finds
 them after any crash), read back from the record by another process (the CLI's
-`stop`, `rm`, `exec`), and released in reverse order by release().
+`stop`, `rm`, `exec`), and released in reverse order by release(). Ending a container
+needs nothing else, so it lives here too: wait, kill, stop, remove.
 
 A record is untrusted input (anyone who can write /run could forge one, and pids are
 reused), so a pid read from it names a process of ours only if its start time matches
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import monitor, process, state
 from .cgroups import Cgroup
-from .errors import MinicontainerError
+from .errors import MinicontainerError, Timeout
 from .process import Result, result_of
 from .rootfs import Overlay
 from .spec import Spec, record_of
@@ -33,7 +35,8 @@ if TYPE_CHECKING:
 
 class Handles:
     """The host objects of one container (its Spec's name): fresh, or as its record
-    left them; each None until it exists."""
+    left them, each None until it exists; and how the container ends (wait, kill,
+    stop, remove)."""
 
     def _hold(self, spec: Spec, record: dict | None = None) -> None:
         """The handles of a container: fresh, or as its record left them."""
@@ -120,6 +123,77 @@ class Handles:
         self.console = None
         self.detached = True
         self.save()
+
+    # -- ending it ----------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait for the command to exit (Timeout after `timeout` seconds)."""
+        status = self.child().wait(timeout)
+        duration = time.monotonic() - self._started
+        if status is not None and monitor.exit_status(self.directory) is None:
+            record_exit(self.directory, status)   # no waiter wrote it: no pid namespace
+        return self.result(duration)
+
+    def stop(self, timeout: float = 10) -> Result:
+        """SIGTERM, then SIGKILL if the command is still running after `timeout` s (docker stop)."""
+        self.kill(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except Timeout:
+            self.kill(signal.SIGKILL)
+            return self.wait()
+
+    def remove(self, force: bool = False) -> None:
+        """Delete the container's state, logs and writable layer (force: kill it first).
+        A Ctrl-C (a notebook's stop button) waits until it is all gone: half a removal
+        would leave objects nobody knows of while their owner lives."""
+        with process.interrupts_held():
+            if self.running:
+                if not force:
+                    raise MinicontainerError(f"container {self.name} is running: stop it "
+                                             "first, or use force (`rm -f`)")
+                self.kill(signal.SIGKILL)
+                self.wait()
+            self.release()
+
+    def __enter__(self) -> Handles:
+        """The container itself: removed (force) when the block ends."""
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Remove the container, running or not."""
+        self._remove_whatever_happens()
+
+    def _remove_whatever_happens(self) -> None:
+        """remove(force=True) to the end: a Ctrl-C raised before remove() holds them
+        starts it again, and is raised once all is gone. (One raised on the very entry
+        to __exit__, before any code of ours runs, no library can catch: Python's `with`
+        has that window for files too. `minicontainer cleanup` removes what it leaves
+        once its owner has gone.)"""
+        interrupted = None
+        while True:
+            try:
+                self.remove(force=True)
+                break
+            except KeyboardInterrupt as e:
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the container's first process (docker kill --signal)."""
+        self.child().send_signal(sig)
+
+    def stats(self) -> dict[str, float | int | None]:
+        """Memory, CPU time and processes used so far, from the container's cgroup; and
+        what the host spends on it besides (monitor.host_cost: its monitor, its keeper;
+        published ports are rules, not processes)."""
+        if self.cgroup is None:
+            raise MinicontainerError(f"container {self.name} has no cgroup to measure")
+        child = self._child
+        waiter = child.pid if child and not child.exited and child.pid != child.main_pid else None
+        return {**self.cgroup.stats(), **monitor.host_cost(
+            waiter, live_helper(self._keeper, b"minicontainer.console"))}
 
     def release(self) -> None:
         """Let go of every host object, newest first, the record last; the processes
