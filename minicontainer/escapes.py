@@ -513,14 +513,17 @@ def attempt(attack: Attack, bait: Target | None = None, **changes) -> Outcome:
     return Outcome(result.exit_code == 0 and seen != "", evidence[:200])
 
 
-def run_lab(attacks: list[Attack] = ATTACKS, layers_off: bool = True) -> list[dict]:
+def run_lab(attacks: list[Attack] = ATTACKS, layers_off: bool = True,
+            progress_factory=None) -> list[dict]:
     """Every attack against a default container; a row per attack, for a table.
 
     With `layers_off`, each attack is tried again with its layer switched off where
     that is safe (it should get through), or else with the first layer off (the next
-    one should stop it).
+    one should stop it). progress_factory(total, name) → a tick called per attack
+    (course.panels.progress: a bar in the notebook).
     """
     rows = []
+    tick = progress_factory(len(attacks), "escape lab") if progress_factory else None
     with target() as bait:
         for attack in attacks:
             outcome = attempt(attack, bait)
@@ -537,4 +540,6 @@ def run_lab(attacks: list[Attack] = ATTACKS, layers_off: bool = True) -> list[di
             else:
                 row["with it off"] = "not tried: it would harm the host"
             rows.append(row)
+            if tick:
+                tick()
     return rows

@@ -375,16 +375,12 @@ def _remove(record: dict, force: bool = False) -> None:
 
 def _forget(record: dict) -> None:
     """Delete a network's record; the last one puts forwarding back as it was."""
-    (networks_dir() / f"{record['name']}.json").unlink(missing_ok=True)
-    if not names():                                  # the last one: forwarding as it was
+    if set(names()) <= {record["name"]}:             # the last one: forwarding as it was
         before = state.containers_dir().parent / "ip_forward.before"
         if before.exists():
             Path("/proc/sys/net/ipv4/ip_forward").write_text(before.read_text())
             before.unlink()
-        try:
-            networks_dir().rmdir()
-        except OSError:
-            pass
+    state.forget_record(networks_dir() / f"{record['name']}.json")
 
 
 @outside_event_loop

@@ -274,11 +274,17 @@ def vm_records() -> dict[str, object]:
 def release_vm(vm_id: str) -> None:
     """Delete a VM's record (and the directory, once it is the last)."""
     with locked():
-        (vms_dir() / f"{vm_id}.json").unlink(missing_ok=True)
-        try:
-            vms_dir().rmdir()
-        except OSError:
-            pass
+        forget_record(vms_dir() / f"{vm_id}.json")
+
+
+def forget_record(record: Path) -> None:
+    """Delete one record file, and its directory once it is the last there (hold
+    locked())."""
+    record.unlink(missing_ok=True)
+    try:
+        record.parent.rmdir()
+    except OSError:                 # not empty: others are recorded there
+        pass
 
 
 def groups_dir() -> Path:
@@ -300,11 +306,7 @@ def write_group(path: str) -> None:
 def release_group(path: str) -> None:
     """Delete a group's record, once the group is gone (and the directory, once empty)."""
     with locked():
-        (groups_dir() / f"{Path(path).name}.json").unlink(missing_ok=True)
-        try:
-            groups_dir().rmdir()
-        except OSError:
-            pass
+        forget_record(groups_dir() / f"{Path(path).name}.json")
 
 
 def owner_alive(record: dict) -> bool:

@@ -167,9 +167,10 @@ with Container(["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 30"], pids_li
 
 # %%
 from minicontainer.course import measure, plots
+from minicontainer.course.panels import progress
 
-over = {"containers": measure.overprovision_containers(k=6),
-        "vms": measure.overprovision_vms(k=6)}
+over = {"containers": measure.overprovision_containers(k=6, progress_factory=progress),
+        "vms": measure.overprovision_vms(k=6, progress_factory=progress)}
 print(measure.describe_overprovision(over["containers"], over["vms"]))
 plots.overprovision_figure(over)
 plt.show()

@@ -65,8 +65,10 @@ if accel != "kvm":
 
 # %%
 from minicontainer.course import measure
+from minicontainer.course.panels import progress
 
-breakdown = measure.boot_breakdown()       # one boot under TCG; one under KVM too, where it works
+# one boot under TCG; one under KVM too, where it works
+breakdown = measure.boot_breakdown(progress_factory=progress)
 for accel_name in ("tcg", "kvm"):
     for boot in breakdown[accel_name]:
         print(f"{accel_name}: before the guest's clock (QEMU, firmware, kernel unpacking) "
@@ -109,7 +111,7 @@ import matplotlib.pyplot as plt
 
 from minicontainer.course import plots
 
-restore = measure.snapshot_restore(restores=3)
+restore = measure.snapshot_restore(restores=3, progress_factory=progress)
 print(f"cold boot until it answers: {restore['cold']['answered']:.2f} s ({restore['accel']})")
 print(f"saved in {restore['save']:.2f} s, a {restore['snapshot_bytes'] / 2**20:.0f} MiB file")
 for r in restore["restores"]:

@@ -20,21 +20,10 @@
 # `minicontainer compare` (here the quick size; `make compare` for the full one).
 
 # %%
-from tqdm.auto import tqdm
-
 from minicontainer.course import measure, plots
-
-bars = []
-
-
-def progress(total, name):
-    bars.append(tqdm(total=total, desc=name))
-    return bars[-1].update
-
+from minicontainer.course.panels import progress     # a progress bar per step of the run
 
 results = measure.compare(quick=True, progress_factory=progress)
-for bar in bars:
-    bar.close()
 print(measure.summary(results))
 
 # %% [markdown]
@@ -199,7 +188,7 @@ print(f"of the {surface['container']['host_syscalls']} system calls, layer 5's s
 # %%
 from minicontainer import escapes
 
-lab = escapes.run_lab()
+lab = escapes.run_lab(progress_factory=progress)
 for row in lab:
     print(f"{'blocked' if row['blocked'] else 'ESCAPED':8} {row['attack']:45} "
           f"{row['stopped by']:36} with it off: {row['with it off']}")

@@ -3,7 +3,8 @@
 In class, a cell is stopped half-way (the square button: SIGINT to the kernel), cells
 are run twice, and Run All is pressed again. For every notebook:
 
-- it runs from the top twice in a row in one kernel;
+- it runs from the top twice in a row in one kernel, and every cell that takes longer
+  than 5 s shows a progress bar while it runs;
 - for every cell that creates a container, a network or a VM, a fresh kernel runs the
   cells before it, interrupts that cell half-way through, then runs the whole notebook
   again from the top — every cell must succeed, and afterwards the host holds nothing
@@ -32,6 +33,15 @@ CREATES = re.compile(r"\b(Container|run|VM|run_lab|grade|compare|create|LocalReg
                      # notebook 05's helpers (course/security_lab.py), which run containers
                      r"|\b(capabilities_inside|defence_table|with_it_off|root_inside_and_outside\w*)\(")
 CELL_TIMEOUT = 240
+SHOW_PROGRESS_AFTER = 5      # seconds: a longer cell shows a progress bar (tqdm)
+
+
+def is_progress(msg: dict) -> bool:
+    """Is this kernel message a progress bar: tqdm's widget, or its text in a stream?"""
+    content = msg["content"]
+    if msg["msg_type"] == "comm_open":
+        return "ProgressModel" in str(content.get("data", {}).get("state", {}))
+    return msg["msg_type"] == "stream" and re.search(r"\d+%\|", content["text"]) is not None
 
 
 def code_cells(notebook: str) -> list[str]:
@@ -51,9 +61,12 @@ class Kernel:
                                                      cwd=str(NOTEBOOKS))
 
     def run(self, source: str, timeout: float = CELL_TIMEOUT) -> dict:
-        """Execute one cell; its reply's content (status, ename, evalue)."""
-        return self.client.execute_interactive(source, timeout=timeout,
-                                               output_hook=lambda msg: None)["content"]
+        """Execute one cell; its reply's content (status, ename, evalue), and whether
+        it showed a progress bar (`showed_progress`)."""
+        shown = []
+        reply = self.client.execute_interactive(
+            source, timeout=timeout, output_hook=lambda msg: shown.append(is_progress(msg)))
+        return {**reply["content"], "showed_progress": any(shown)}
 
     def run_interrupted(self, source: str, after: float) -> dict:
         """Start the cell, press the stop button after `after` seconds, wait for it."""
@@ -68,7 +81,8 @@ class Kernel:
         return reply["content"]   # would not: they look at the traceback first
 
     def run_all(self, cells: list[str]) -> list[float]:
-        """Run every cell in order, each must succeed; how long each one took."""
+        """Run every cell in order, each must succeed; how long each one took. A cell
+        that takes longer than SHOW_PROGRESS_AFTER seconds must show a progress bar."""
         durations = []
         for number, source in enumerate(cells):
             started = time.monotonic()
@@ -76,6 +90,9 @@ class Kernel:
             assert reply["status"] == "ok", (
                 f"cell {number} failed: {reply.get('ename')}: {reply.get('evalue')}\n{source}")
             durations.append(time.monotonic() - started)
+            assert durations[-1] < SHOW_PROGRESS_AFTER or reply["showed_progress"], (
+                f"cell {number} took {durations[-1]:.0f} s and showed no progress bar "
+                f"(course.panels.progress):\n{source}")
         return durations
 
     def close(self):

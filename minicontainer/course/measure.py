@@ -10,7 +10,9 @@ import re
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -19,6 +21,7 @@ from .. import state
 from ..binfmt import foreign_binary_demo
 from ..cgroups import Cgroup, Limits, Sampler, parse_memory
 from ..container import Container, run
+from ..process import Result
 from ..arguments import MIN_VM_MEMORY
 from ..host import cpu, format_bytes, parse_size
 from ..vm.initramfs import ANSWER, IDLE
@@ -28,6 +31,9 @@ from ..vm.qemu import accelerator, device_models
 
 MiB = 1024**2
 
+
+def no_progress() -> None:
+    """A step done, and no progress bar to show it."""
 
 
 def vm_bytes(memory: str | int) -> int:
@@ -58,11 +64,14 @@ def anonymous_peak(delay: float, peak_mb: int, hold: float) -> str:
 
 
 def overprovision_containers(k: int = 6, budget: str = "160M", limit: str = "96M",
-                             peak_mb: int = 64, hold: float = 0.5, gap: float = 0.7) -> dict:
+                             peak_mb: int = 64, hold: float = 0.5, gap: float = 0.7,
+                             progress_factory=None) -> dict:
     """K containers whose limits add up to more than the budget they share, each
-    peaking in turn: all complete, because the budget caps only what is in use."""
+    peaking in turn: all complete, because the budget caps only what is in use.
+    progress_factory(total, name) → a tick called as each container ends."""
     commands = [peak_workload(i * gap, peak_mb, hold, "/dev/shm") for i in range(k)]
-    return {"peak_mb": peak_mb, **containers_under_budget(commands, budget, limit)}
+    tick = progress_factory(k, "containers") if progress_factory else no_progress
+    return {"peak_mb": peak_mb, **containers_under_budget(commands, budget, limit, tick)}
 
 
 def overlapping_peaks(k: int = 4, budget: str = "160M", limit: str = "96M", peak_mb: int = 64,
@@ -80,9 +89,11 @@ def overlapping_peaks(k: int = 4, budget: str = "160M", limit: str = "96M", peak
     return {"peak_mb": peak_mb, **containers_under_budget(commands, budget, limit)}
 
 
-def containers_under_budget(commands: list[str], budget: str, limit: str) -> dict:
+def containers_under_budget(commands: list[str], budget: str, limit: str,
+                            ended: Callable[[], None] = no_progress) -> dict:
     """Run one container per command, each limited to `limit`, all in one budget group
-    of `budget`; sample the group's memory; how each ended and what the kernel counted."""
+    of `budget`; sample the group's memory; how each ended and what the kernel counted
+    (`ended()` is called as each one ends)."""
     name = f"mc-budget-{os.urandom(3).hex()}"      # random: experiments may run side by side
     budget_group = Cgroup(name, Limits(memory=parse_memory(budget)))
     state.write_group(budget_group.path)     # before it exists: a crash leaves it recorded
@@ -95,7 +106,7 @@ def containers_under_budget(commands: list[str], budget: str, limit: str) -> dic
                 container.start()
             # Each waited for as it ends (how it died is read from its group, at once).
             with ThreadPoolExecutor(len(containers)) as waiters:
-                results = list(waiters.map(lambda c: c.wait(timeout=60), containers))
+                results = list(waiters.map(partial(_wait_and_tell, ended), containers))
         # The budget's own oom_kills counts the kills on cgroup v2 (events go up the
         # tree); on v1 the kernel counts each only in the victim's group: 0 here.
         budget_stats = budget_group.stats()
@@ -115,10 +126,19 @@ def containers_under_budget(commands: list[str], budget: str, limit: str) -> dic
     }
 
 
+def _wait_and_tell(ended: Callable[[], None], container: Container) -> Result:
+    """The container's end (within 60 s); then ended()."""
+    result = container.wait(timeout=60)
+    ended()
+    return result
+
+
 def overprovision_vms(k: int = 6, memory: str = "160M", peak_mb: int = 64, hold: float = 0.5,
-                      gap: float = 0.7) -> dict:
+                      gap: float = 0.7, progress_factory=None) -> dict:
     """The same K workloads as VMs: each guest gets its RAM up front, and what a guest
-    once touched stays with its QEMU process, so the host's total only grows."""
+    once touched stays with its QEMU process, so the host's total only grows.
+    progress_factory(total, name) → a tick called as each guest boots."""
+    tick = progress_factory(k, "VMs booted") if progress_factory else no_progress
     vms = [VM(memory=memory) for _ in range(k)]
     timeline: list[tuple[float, int]] = []
     try:
@@ -127,6 +147,7 @@ def overprovision_vms(k: int = 6, memory: str = "160M", peak_mb: int = 64, hold:
             vm.start(f"{workload}; echo MC-DONE=$?; {IDLE}")
         for vm in vms:
             vm.ready()
+            tick()
         processes = [psutil.Process(vm.process.pid) for vm in vms]
         started = time.monotonic()
         done = [None] * k
@@ -171,7 +192,7 @@ def describe_overprovision(containers: dict, vms: dict | None = None) -> str:
 def start_times(containers: int = 20, vms: int = 5, progress=None) -> dict:
     """Start-to-exit of `true`, in seconds, in fresh containers and fresh VMs (same image),
     and where each VM's boot time went."""
-    tick = progress or (lambda: None)
+    tick = progress or no_progress
     container_times = []
     for _ in range(containers):
         container_times.append(run("true").duration)
@@ -270,7 +291,7 @@ def scaling(max_containers: int = 50, max_vms: int = 6, vm_memory: str = "128M",
     "vm_committed" is what the VMs were promised (-m each): what a host must be ready
     to give them, touched or not.
     """
-    tick = progress or (lambda: None)
+    tick = progress or no_progress
     result = {"containers": [], "vms": [], "vm_parts": [], "vm_committed": []}
     running: list[Container] = []
     try:
@@ -360,36 +381,46 @@ def attack_surface(machine: str | None = None) -> dict:
 
 # -- a VM's start: booting, and not booting (notebook 07) ---------------------------------------
 
-def boot_breakdown(boots: int = 1) -> dict:
+def boot_breakdown(boots: int = 1, progress_factory=None) -> dict:
     """Where `boots` cold boots' time goes (QEMU, kernel, init) under TCG, and under
-    KVM too where /dev/kvm really works; why not, where it does not."""
+    KVM too where /dev/kvm really works; why not, where it does not.
+    progress_factory(total, name) → a tick called after each boot."""
     usable, why = accelerator()
     phases = {"tcg": [], "kvm": []}
-    for accel in ("tcg", "kvm") if usable == "kvm" else ("tcg",):
+    accels = ("tcg", "kvm") if usable == "kvm" else ("tcg",)
+    tick = progress_factory(boots * len(accels), "boots") if progress_factory else no_progress
+    for accel in accels:
         for _ in range(boots):
             with VM(accel=accel) as vm:
                 phases[accel].append(asdict(vm.boot()))
+            tick()
     return {**phases, "kvm_usable": usable == "kvm", "kvm_reason": why}
 
 
-def snapshot_restore(restores: int = 3) -> dict:
+def snapshot_restore(restores: int = 3, progress_factory=None) -> dict:
     """A cold boot until the guest answers a command, then that guest saved to a file
     and restored `restores` times until it answers again (seconds each), and whether
-    the restored guest was the saved one (the same boot_id)."""
+    the restored guest was the saved one (the same boot_id). progress_factory(total,
+    name) → a tick called after the boot, the save and each restore."""
     probe = "cat /proc/sys/kernel/random/boot_id"
+    tick = progress_factory(restores + 2, "boot, save, restores") if progress_factory \
+        else no_progress
     with VM() as vm:
         boot = vm.boot(ANSWER)
         started = time.monotonic()
         boot_id = vm.exec(probe)[1]
         cold = {**asdict(boot), "answered": boot.total + time.monotonic() - started}
+        tick()
         saved = vm.save_snapshot()
         size = vm.snapshot_file.stat().st_size
+        tick()
         restored, same = [], True
         for _ in range(restores):
             started = time.monotonic()
             running = vm.restore()
             same &= vm.exec(probe)[1] == boot_id
             restored.append({"running": running, "answered": time.monotonic() - started})
+            tick()
     return {"accel": vm.accel, "cold": cold, "save": saved, "snapshot_bytes": size,
             "restores": restored, "same_guest": same}
 

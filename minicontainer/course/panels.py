@@ -1,4 +1,5 @@
-"""Live panels for the notebooks: controls, and a result that follows them.
+"""Live panels for the notebooks: controls, and a result that follows them; and
+progress bars for the cells that take longer than a few seconds.
 
 A widget's own output area lives in the page's JavaScript, so an HTML handout made
 from the executed notebook shows an empty box where it was. Here the result is an
@@ -42,3 +43,18 @@ def result_of(show: Callable[[], object]) -> object:
     import matplotlib.pyplot as plt
     plt.close(figure)           # shown once, through the display id, not again at cell end
     return figure
+
+
+def progress(total: int, name: str) -> Callable[[], None]:
+    """A progress bar of `total` steps under the cell (tqdm.auto: a widget in Jupyter,
+    a line of text elsewhere), for a measurement's `progress_factory`; returns its tick,
+    called once per step. The bar closes itself at its last step."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc=name)
+
+    def tick() -> None:
+        """One step done (from any thread: tqdm locks its bar)."""
+        bar.update()
+        if bar.n >= total:
+            bar.close()
+    return tick
