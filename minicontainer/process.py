@@ -223,7 +223,7 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
 
 def fork_without_handlers() -> int:
     """os.fork(), but the child runs none of the caller's Python signal handlers: each
-    is reset to SIG_DFL before a signal can reach the child.
+    is reset to SIG_DFL before its signal can reach the child.
 
     Otherwise a Ctrl-C that lands just after the fork runs the caller's handler in the
     copy: KeyboardInterrupt in threading's after-fork clean-up, or before spawn's
@@ -234,15 +234,19 @@ def fork_without_handlers() -> int:
     meets this: its child runs C (_posixsubprocess) until exec. A blocked signal stays
     pending in the child, so a Ctrl-C meant for it still arrives, with SIG_DFL.
     """
-    every = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, every)
+    # Only those with a Python handler (usually SIGINT alone): SIG_DFL and SIG_IGN run
+    # no Python, and blocking all 62 costs 0.4 ms a fork here.
+    handled = [sig for sig in _EVERY_SIGNAL if callable(signal.getsignal(sig))]
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     pid = os.fork()
     if pid == 0:
-        for sig in every:
-            if callable(signal.getsignal(sig)):    # a Python handler, not SIG_DFL/SIG_IGN
-                signal.signal(sig, signal.SIG_DFL)
+        for sig in handled:
+            signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, before)
     return pid
+
+
+_EVERY_SIGNAL = frozenset(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
 
 def capture(argv: Sequence[str], steps: Sequence[Step] = (), timeout: float = 30,
