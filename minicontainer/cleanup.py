@@ -20,6 +20,7 @@ without it it is safe to run at any time, twice, while other containers work.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from . import cgroups, state
@@ -50,6 +51,7 @@ def cleanup(everything: bool = False) -> list[str]:
     removed += remove_orphaned_data()
     if os.geteuid() == 0:               # a rootless user made no cgroups or networks
         removed += remove_dead_owners_groups()
+        removed += remove_lab_leftovers()
         from .vm.cleanup import live_vms
         removed += networking.cleanup(set(state.names()), live_vms())
         if everything:                  # all the rest, but what our own records keep
@@ -57,6 +59,18 @@ def cleanup(everything: bool = False) -> list[str]:
         removed += network_helper.stop()     # stateless: the next run starts another
     from .vm import cleanup as vm_cleanup      # the VM side's imports only when needed
     return removed + vm_cleanup.cleanup()
+
+
+def remove_lab_leftovers() -> list[str]:
+    """What escape labs whose owner died left: loop devices, then their directories
+    (escapes.lab_leftovers)."""
+    from . import escapes
+    devices, directories = escapes.lab_leftovers()
+    for device in devices:
+        escapes.detach_loop_device(device)
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
+    return [f"loop device {device}" for device in devices] + [str(d) for d in directories]
 
 
 def remove_orphaned_data() -> list[str]:

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minicontainer: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
               file=sys.stderr)
         return 125
+    except KeyboardInterrupt:            # Ctrl-C before the command ran: no traceback
+        print("minicontainer: interrupted", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)   # die of it, so a calling shell stops too
+        return 130
 
 
 def parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -25,7 +25,9 @@ A fork bomb and a memory hog are only ever run under a limit.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -41,7 +43,7 @@ from functools import partial
 from pathlib import Path
 
 from . import namespaces as ns
-from . import network, syscalls
+from . import network, process, syscalls
 from .chroot import escape_chroot
 from .container import Container
 from .rootfs import default_rootfs
@@ -412,39 +414,89 @@ ATTACKS = [
 
 @contextmanager
 def target() -> Iterator[Target]:
-    """The bait on the host: a marker file, a sleeping process, a loopback service."""
-    sleeper = subprocess.Popen(["mc-escape-target", "600"], executable="sleep")
-    listener = socket.create_server(("127.0.0.1", 0))
-    threading.Thread(target=_answer, args=(listener,), daemon=True).start()
-    disk = os.stat("/").st_dev
+    """The bait on the host: a marker file, a sleeping process, a loopback service.
+    All of it goes when the block ends, also after a second Ctrl-C; what a killed owner
+    leaves (its loop device, its directory) `minicontainer cleanup` removes
+    (lab_leftovers), and its sleeper dies with it."""
     tag = os.urandom(3).hex()
     networks = [f"mc-lab{tag}", f"mc-labra{tag}", f"mc-labio{tag}"]   # ours alone
-    with tempfile.TemporaryDirectory(prefix="mc-escape-") as directory:
-        marker = Path(directory) / "marker"
+    owner = f"{os.getpid()}-{process.start_time(os.getpid())}"     # lab_leftovers reads it
+    directory = Path(tempfile.mkdtemp(prefix=f"mc-escape-{owner}-"))
+    sleeper = listener = loop = fd = None
+    try:
+        sleeper = process.spawn([], [partial(syscalls.set_parent_death_signal, signal.SIGKILL)],
+                                main=partial(os.execv, shutil.which("sleep"),
+                                             ["mc-escape-target", "600"]))
+        listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=_answer, args=(listener,), daemon=True).start()
+        disk = os.stat("/").st_dev
+        marker = directory / "marker"
         marker.write_text(f"host-only-{os.urandom(6).hex()}")
-        loop = None
         # A shell's `exec 7< DIR`, a kernel's open directory: inheritable, as they are.
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         os.set_inheritable(fd, True)
-        try:
-            network.create(networks[0])
-            network.create(networks[1], router_advertisements=True)
-            network.create(networks[2], localnet_guard=False)
+        network.create(networks[0])
+        network.create(networks[1], router_advertisements=True)
+        network.create(networks[2], localnet_guard=False)
+        with process.interrupts_held():      # attached and known, or neither
             loop = attach_loop_device(marker)
-            image = image_with_a_node(Path(directory) / "image", loop)
-            volume = with_a_node(Path(directory) / "volume", loop)
-            yield Target(str(marker), sleeper.pid, listener.getsockname()[1],
-                         f"{os.major(disk)}:{os.minor(disk)}", *networks, str(image), fd,
-                         str(volume))
-        finally:
-            sleeper.kill()
-            sleeper.wait()
-            listener.close()
-            os.close(fd)
-            for name in set(networks) & set(network.names()):
-                network.remove(name, force=True)
-            if loop:
-                subprocess.run(["losetup", "--detach", loop], check=True)
+        image = image_with_a_node(directory / "image", loop)
+        volume = with_a_node(directory / "volume", loop)
+        yield Target(str(marker), sleeper.pid, listener.getsockname()[1],
+                     f"{os.major(disk)}:{os.minor(disk)}", *networks, str(image), fd,
+                     str(volume))
+    finally:
+        with process.interrupts_held():      # a second Ctrl-C must not skip any of it
+            _take_down(sleeper, listener, fd, networks, loop, directory)
+
+
+def _take_down(sleeper: process.Child | None, listener: socket.socket | None,
+               fd: int | None, networks: list[str], loop: str | None,
+               directory: Path) -> None:
+    """target()'s clean-up: each part that exists, the loop device first."""
+    if loop:
+        detach_loop_device(loop)
+    if sleeper:
+        sleeper.send_signal(signal.SIGKILL)
+        sleeper.wait()
+        sleeper.close()
+    if listener:
+        listener.close()
+    process.close_all([fd])
+    for name in set(networks) & set(network.names()):
+        network.remove(name, force=True)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def lab_leftovers() -> tuple[list[str], list[Path]]:
+    """What labs whose owner died left (target() in a killed process): their loop
+    devices (also any whose disk file went with its directory) and their directories;
+    what `minicontainer cleanup` removes. A living lab's are left alone: its directory
+    is named mc-escape-PID-STARTTIME-…"""
+    pattern = re.compile(r"mc-escape-(?:(\d+)-(\d+)-)?[^/]*$")
+
+    def ended(directory: str) -> bool:
+        """Its owner is dead (or it is named as before owners were)."""
+        match = pattern.search(directory)
+        return bool(match) and (not match[1]
+                                or process.start_time(int(match[1])) != int(match[2]))
+
+    devices = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        path = backing.read_text().strip()
+        deleted = path.endswith(" (deleted)")
+        path = path.removesuffix(" (deleted)")
+        if path.endswith("/disk") and pattern.search(os.path.dirname(path)) and \
+                (deleted or ended(os.path.dirname(path))):
+            devices.append(f"/dev/{backing.parent.parent.name}")
+    directories = [p for p in Path(tempfile.gettempdir()).glob("mc-escape-*")
+                   if p.is_dir() and ended(str(p))]
+    return devices, directories
+
+
+def detach_loop_device(device: str) -> None:
+    """losetup --detach, to the end (a Ctrl-C waits)."""
+    process.run_to_the_end(["losetup", "--detach", device], check=True, capture_output=True)
 
 
 def attach_loop_device(marker: Path) -> str:
@@ -452,8 +504,8 @@ def attach_loop_device(marker: Path) -> str:
     512-byte sectors, so the copy is padded to one)."""
     disk = marker.with_name("disk")
     disk.write_bytes(marker.read_bytes().ljust(512, b"\0"))
-    return subprocess.run(["losetup", "--find", "--show", "--read-only", disk],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return process.run_to_the_end(["losetup", "--find", "--show", "--read-only", disk],
+                                  capture_output=True, text=True, check=True).stdout.strip()
 
 
 def image_with_a_node(image: Path, device: str) -> Path:

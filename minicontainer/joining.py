@@ -110,8 +110,11 @@ def start_in(container, command: str | Sequence[str] | Callable[[], None],
                               env=container.spec.env, stdio=opened or stdio, main=main,
                               channel=channel)
         return Exec(child, _terminal_of(child, pty), output, time.monotonic())
-    except BaseException:
+    except BaseException as e:
         process.close_all(output)
+        if isinstance(e, FileNotFoundError) and not container.running:   # /proc/PID/ns/*
+            raise MinicontainerError(f"container {container.name} is not running: its "
+                                     "command ended just now") from None
         raise
     finally:
         process.close_all(opened + procs)

@@ -62,7 +62,7 @@ from . import network_helper, state
 from .arguments import NETWORK_NAME
 from .errors import InvalidArgument, MinicontainerError, NameInUse, ToolFailed
 from .namespaces import refuse_router_advertisements
-from .process import interrupts_held, start_time
+from .process import interrupts_held, run_to_the_end, start_time
 from .syscalls import CLONE_NEWNET, setns
 
 P, T = ParamSpec("P"), TypeVar("T")
@@ -585,17 +585,9 @@ def tagged_iptables_rules(tag: str | None = None) -> list[tuple[str, str]]:
 
 
 def firewall(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess:
-    """Run iptables or nft to its end, deaf to Ctrl-C: a notebook's stop button sends
-    SIGINT to the kernel's whole process group, and a listing killed half-way reads as
-    "no rules" (or as "iptables does not work here"), so a removal would skip rules.
-    SIGINT is blocked while it runs, and the tool inherits the mask across exec (a
-    process group of its own would not do: CPython's child joins it only after it has
-    let signals in). The interrupt reaches us instead, once it is done."""
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return subprocess.run(argv, input=input, capture_output=True, text=True)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    """Run iptables or nft to its end, deaf to Ctrl-C (process.run_to_the_end): a
+    listing killed half-way reads as "no rules", or as "iptables does not work here"."""
+    return run_to_the_end(argv, input=input, capture_output=True, text=True)
 
 
 def run_firewall(argv: list[str], input: str | None = None) -> None:

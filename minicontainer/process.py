@@ -35,6 +35,7 @@ import os
 import resource
 import select
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -90,6 +91,10 @@ class Channel:
     def wait_for_go(self) -> bool:
         """In the child: block until the parent says go (True) or gives up (False)."""
         return os.read(self.go_read, 2) == b"go"
+
+    def close(self) -> None:
+        """Close all four ends (no child was forked)."""
+        close_all([self.report_read, self.report_write, self.go_read, self.go_write])
 
     def keep_child_ends(self) -> None:
         """In the child, after fork: drop the parent's ends (holding the go pipe's write
@@ -188,7 +193,11 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
     """
     channel = channel or Channel()
     channel.open()
-    pid = fork_without_handlers()
+    try:
+        pid = fork_without_handlers()
+    except OSError:                   # EAGAIN: a full pids cgroup, or no memory
+        channel.close()
+        raise
     if pid == 0:
         try:
             channel.keep_child_ends()
@@ -238,15 +247,32 @@ def fork_without_handlers() -> int:
     # no Python, and blocking all 62 costs 0.4 ms a fork here.
     handled = [sig for sig in _EVERY_SIGNAL if callable(signal.getsignal(sig))]
     before = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    pid = os.fork()
-    if pid == 0:
-        for sig in handled:
-            signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    try:
+        pid = os.fork()               # may fail (EAGAIN: a full pids cgroup)
+        if pid == 0:
+            for sig in handled:
+                signal.signal(sig, signal.SIG_DFL)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
     return pid
 
 
 _EVERY_SIGNAL = frozenset(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+
+
+def run_to_the_end(argv: Sequence[str], **options) -> subprocess.CompletedProcess:
+    """subprocess.run(argv, **options) with SIGINT blocked, in the tool too (the mask
+    is inherited across exec): for host tools that must not die half-way (iptables,
+    losetup). A notebook's stop button sends SIGINT to the kernel's whole process
+    group, and a tool killed half-way has done half its work, or printed half its
+    answer (a listing cut short reads as "no rules"). A process group of its own would
+    not do: CPython's child joins it only after it lets signals in. The interrupt
+    reaches us instead, once the tool is done."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return subprocess.run(argv, **options)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def capture(argv: Sequence[str], steps: Sequence[Step] = (), timeout: float = 30,
@@ -418,10 +444,12 @@ def interrupts_held() -> Iterator[None]:
     (Python raises KeyboardInterrupt at any call: between the two, the object would
     have no owner that knows it)."""
     held = []
-    with handling([signal.SIGINT], lambda sig, frame: held.append(sig)):
-        yield
-    if held:
-        signal.raise_signal(signal.SIGINT)   # the old handler's now: it raises, as it would have
+    try:
+        with handling([signal.SIGINT], lambda sig, frame: held.append(sig)):
+            yield
+    finally:        # also when the block failed: the button was pressed all the same
+        if held:
+            signal.raise_signal(signal.SIGINT)   # to the old handler: it raises, as it would
 
 
 def signals_passed_to(child: Child):

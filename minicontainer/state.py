@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -314,9 +313,6 @@ def owner_alive(record: dict) -> bool:
     return start_time(record["owner"]) == record["owner_started"]
 
 
-_lock_fds: dict[int, tuple[int, int, int]] = {}   # thread: fd, st_dev, st_ino of its lock
-
-
 @contextmanager
 def locked() -> Iterator[Path]:
     """Hold an exclusive lock on /run/minicontainer while changing shared records.
@@ -326,46 +322,32 @@ def locked() -> Iterator[Path]:
     it is removed on the way out once empty, so the host is left as it was.
     """
     base = containers_dir().parent
-    _let_go_of_a_lock_left_by_an_interrupt()
+    # A Ctrl-C is raised after a call returns (never at `break`, `try` or `finally`):
+    # from the flock to the close, every call is inside a try whose clean-up closes the
+    # fd. One left open holding the lock would stop every other process, for good.
     while True:
         try:
             base.mkdir(parents=True, exist_ok=True)
             fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, FileExistsError):   # the last user removed it meanwhile
             continue
-        opened = os.fstat(fd)
-        _lock_fds[threading.get_ident()] = (fd, opened.st_dev, opened.st_ino)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if os.fstat(fd).st_nlink > 0:       # still there: the lock is good
-            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink > 0:       # still there: the lock is good
+                break
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
     try:
         yield base
     finally:
         try:
-            base.rmdir()
+            os.rmdir(base)                  # with the lock held: nobody is inside
         except OSError:                     # not empty: in use
             pass
-        os.close(fd)
-        _lock_fds.pop(threading.get_ident(), None)
-
-
-def _let_go_of_a_lock_left_by_an_interrupt() -> None:
-    """A Ctrl-C raised between flock and locked()'s `try` leaves the lock taken, and a
-    second flock of this thread's would wait for it forever (locked() is never nested:
-    a lock this thread still notes is left over). Closed only if that fd is still the
-    one we opened (one raised after the close leaves a note of an fd since reused)."""
-    left = _lock_fds.pop(threading.get_ident(), None)
-    if left is None:
-        return
-    fd, device, inode = left
-    try:
-        now = os.fstat(fd)
-    except OSError:
-        return
-    if (now.st_dev, now.st_ino) == (device, inode) and \
-            fd not in (other[0] for other in _lock_fds.values()):
-        os.close(fd)
+        finally:
+            os.close(fd)
 
 
 def describe(name: str) -> dict:

@@ -45,6 +45,9 @@ def host_objects() -> dict[str, list[str]]:
         "ip_forward": [Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()],
         "temporary files": sorted(str(p) for pattern in ("mc-*", "minicontainer-*")
                                   for p in Path(tempfile.gettempdir()).glob(pattern)),
+        "loop devices": sorted(f"{b.parent.parent.name} {b.read_text().strip()}"
+                               for b in Path("/sys/block").glob("loop*/loop/backing_file")
+                               if "/mc-" in b.read_text()),
     }
 
 

@@ -4,10 +4,14 @@ safe to show), or the next layer behind it stops it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from hostcheck import host_objects
 from minicontainer import escapes
 from report import counts
 
@@ -66,3 +70,33 @@ def test_the_lab_table_for_the_notebook():
     shown = {row["attack"]: row["with it off"] for row in rows}
     assert all(shown[a.name] == "gets through" for a in SHOWN)
     assert shown["fork bomb"].startswith("not tried")
+
+
+LAB_OWNER = """
+from minicontainer import escapes
+with escapes.target() as bait:
+    print(bait.pid, flush=True)
+    import time
+    time.sleep(120)
+"""
+
+
+def test_a_killed_labs_bait_goes_with_cleanup_and_a_living_ones_stays():
+    before = host_objects()
+    owner = subprocess.Popen([sys.executable, "-c", LAB_OWNER], stdout=subprocess.PIPE,
+                             text=True)
+    sleeper = int(owner.stdout.readline())
+    try:
+        devices, directories = escapes.lab_leftovers()
+        assert not devices and not directories, "a living lab's bait taken for leftovers"
+        assert host_objects()["loop devices"] != before["loop devices"]
+    finally:
+        owner.kill()                   # SIGKILL: nothing of its own tidying runs
+        owner.wait()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{sleeper}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{sleeper}"), "the bait process outlived its lab"
+    subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"], check=True,
+                   capture_output=True, timeout=60)
+    assert host_objects() == before

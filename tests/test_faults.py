@@ -239,7 +239,8 @@ def test_a_storm_of_ctrl_c_while_containers_come_and_go_leaves_nothing(options, 
         pytest.fail(f"the owner hung after the storm:\n{tree}{owner.communicate()[1][-3000:]}")
     assert owner.returncode == 0, err[-2000:]
     done, interrupted = map(int, out.split())
-    assert done and interrupted, f"the storm proves nothing: {done} finished, {interrupted} interrupted"
+    assert done and interrupted, \
+        f"the storm proves nothing: {done} finished, {interrupted} interrupted"
     assert not log.exists(), log.read_text()
     counts["faults injected"] += interrupted
     deadline = time.monotonic() + 5
@@ -256,3 +257,78 @@ def test_a_storm_of_ctrl_c_while_containers_come_and_go_leaves_nothing(options, 
     subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"], check=True,
                    capture_output=True, timeout=60)
     assert host_objects() == before
+
+
+# A fork that fails (EAGAIN: the caller's pids budget is full) must leave the caller
+# as it was: every signal deliverable (fork_without_handlers blocks them around the
+# fork) and no pipe of spawn's left open.
+FORK_FAILS = """
+import os, signal, sys
+from minicontainer import cgroups, process
+from minicontainer.cgroups import Cgroup, Limits
+cgroups.join(Cgroup(sys.argv[1], Limits(pids=1)).open_procs())   # alone, and room for one
+fds = len(os.listdir("/proc/self/fd"))
+try:
+    process.spawn(["true"])
+except OSError as e:
+    print("the fork failed:", e.strerror)
+print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), len(os.listdir("/proc/self/fd")) - fds)
+"""
+
+
+def test_a_fork_that_fails_leaves_signals_and_fds_as_they_were():
+    from minicontainer.cgroups import Cgroup, Limits
+    group = Cgroup(f"mc-forkfail-{os.getpid()}", Limits(pids=1))
+    group.create()
+    try:
+        done = subprocess.run([sys.executable, "-c", FORK_FAILS, group.path],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        group.remove()
+    assert "the fork failed: Resource temporarily unavailable" in done.stdout, done.stderr
+    assert done.stdout.splitlines()[-1] == "[] 0", "a signal left blocked, or pipes left open"
+
+
+# A Ctrl-C right after flock() returns, in a process that then idles (a kernel between
+# cells): the lock must be let go at once, or every other process waits for it.
+LOCK_THEN_CTRL_C = """
+import fcntl, signal, time
+from minicontainer import state
+real = fcntl.flock
+def flock_then_ctrl_c(fd, operation):
+    real(fd, operation)
+    fcntl.flock = real
+    signal.raise_signal(signal.SIGINT)
+fcntl.flock = flock_then_ctrl_c
+try:
+    with state.locked():
+        pass
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_ctrl_c_just_after_the_lock_is_taken_does_not_keep_it():
+    idle = subprocess.Popen([sys.executable, "-c", LOCK_THEN_CTRL_C], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert idle.stdout.readline() == "interrupted\n"
+        other = subprocess.run([sys.executable, "-c", "from minicontainer import state\n"
+                                "with state.locked(): print('taken')"],
+                               capture_output=True, text=True, timeout=20)
+        assert other.stdout == "taken\n", "another process waits for a lock an idle one keeps"
+    finally:
+        idle.kill()
+        idle.wait()
+
+
+def test_a_ctrl_c_held_in_a_block_that_fails_is_still_raised():
+    from minicontainer import process
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            with process.interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)       # the stop button, inside
+                raise OSError("the step fails after the Ctrl-C")
+        except OSError:
+            pass                                           # handled: the cell goes on
