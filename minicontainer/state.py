@@ -330,6 +330,8 @@ def locked() -> Iterator[Path]:
             base.mkdir(parents=True, exist_ok=True)
             fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, FileExistsError):   # the last user removed it meanwhile
+            if base.exists() and not base.is_dir():     # or it is a file: never retry that
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(base)) from None
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
