@@ -10,8 +10,8 @@ fork copies just the one that called it, and a lock another thread held stays lo
 forever in the copy. So steps import nothing, log nothing and start no threads.
 Nor may the caller's own Python run there: a signal handler of the caller's (Python's
 Ctrl-C handler raises KeyboardInterrupt) would run in the copy, as the caller. So the
-fork happens with every signal blocked, and the child resets those handlers before it
-lets signals in again (fork_without_handlers).
+fork happens with the signals that have a Python handler blocked, and the child resets
+those handlers before it lets them in again (fork_without_handlers).
 
 A step that fails cannot raise into the parent, which is another process. The child
 writes the error to a pipe and exits; the pipe is close-on-exec, so when exec succeeds

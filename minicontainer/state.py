@@ -107,6 +107,7 @@ def claim(name: str, record: dict) -> Path:
             containers_dir().mkdir(parents=True, exist_ok=True)
             draft.mkdir(mode=0o700)
         except (FileNotFoundError, FileExistsError):  # the last container removed it meanwhile
+            refuse_a_file_at(containers_dir())
             continue
         except BaseException:
             release(draft)
@@ -124,6 +125,13 @@ def claim(name: str, record: dict) -> Path:
                 raise
             raise NameInUse(f"the name {name!r} is already in use: choose another, or remove "
                             f"that container with `minicontainer rm -f {name}`") from None
+
+
+def refuse_a_file_at(directory: Path) -> None:
+    """NotADirectoryError if `directory` is something else (a state root given as a
+    file): a loop that retries while a directory comes and goes must not wait for it."""
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
 
 
 def _holds(directory: Path, text: str) -> bool:
@@ -330,8 +338,7 @@ def locked() -> Iterator[Path]:
             base.mkdir(parents=True, exist_ok=True)
             fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, FileExistsError):   # the last user removed it meanwhile
-            if base.exists() and not base.is_dir():     # or it is a file: never retry that
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(base)) from None
+            refuse_a_file_at(base)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -196,3 +196,19 @@ def test_the_setup_script_refuses_a_non_root_user_before_installing():
                             text=True, timeout=60, cwd="/")
     counts["bad inputs tried"] += 1
     assert result.returncode != 0 and "root" in result.stderr
+
+
+@pytest.mark.parametrize("file_at", ["", "containers"], ids=["state root", "its containers"])
+def test_a_state_root_that_is_a_file_is_refused_at_once(file_at, tmp_path):
+    """A file where a directory should be: one line, not a retry loop forever."""
+    root = tmp_path / "run"
+    if file_at:
+        root.mkdir()
+    (root / file_at if file_at else root).write_text("not a directory")
+    from minicontainer.rootfs import default_rootfs
+    done = subprocess.run([sys.executable, "-m", "minicontainer", "run", "--rootfs",
+                           str(default_rootfs()), "true"], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "MINICONTAINER_RUN": str(root)})
+    counts["bad inputs tried"] += 1
+    assert done.returncode == 125 and done.stderr.count("\n") == 1, done.stderr
+    assert "not a directory" in done.stderr
