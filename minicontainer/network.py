@@ -132,6 +132,7 @@ def outside_event_loop(function: Callable[P, T]) -> Callable[P, T]:
 
 def _in_a_thread_if_a_loop_runs(function: Callable[P, T], *args: P.args,
                                 **kwargs: P.kwargs) -> T:
+    """function(*args, **kwargs), in a thread of its own if this one runs a loop."""
     asyncio = sys.modules.get("asyncio")     # never loaded (the CLI): no loop runs
     try:
         if asyncio is None:
