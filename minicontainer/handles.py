@@ -20,7 +20,7 @@ import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from . import monitor, process, state
 from .cgroups import Cgroup
@@ -156,7 +156,7 @@ class Handles:
                 self.wait()
             self.release()
 
-    def __enter__(self) -> Handles:
+    def __enter__(self) -> Self:
         """The container itself: removed (force) when the block ends."""
         return self
 

@@ -144,7 +144,7 @@ def _holds(directory: Path, text: str) -> bool:
 
 
 def remove_stale_drafts(age: float = 10) -> list[str]:
-    """Drafts a crash left between mkdtemp and rename: older than `age` seconds, and
+    """Drafts a crash left between their mkdir and rename: older than `age` seconds, and
     their owner dead (a draft without a record yet is judged by its age alone)."""
     if not containers_dir().is_dir():
         return []
