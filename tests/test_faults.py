@@ -189,7 +189,10 @@ def stop_button(sig, frame):
         raise KeyboardInterrupt
 signal.signal(signal.SIGINT, stop_button)
 done = interrupted = 0
-print("go", flush=True)
+took = time.monotonic()
+with Container(["true"], **options) as box:      # how long one takes, on this machine
+    box.start().wait()
+print("go", time.monotonic() - took, flush=True)
 deadline = time.monotonic() + seconds
 while time.monotonic() < deadline:
     box = None
@@ -209,13 +212,12 @@ while time.monotonic() < deadline:
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 print(done, interrupted, flush=True)
 """
-STORMS = {  # options, the longest gap between two Ctrl-Cs (some starts must finish)
-    "plain": ({}, 0.06), "with a terminal": ({"tty": True}, 0.06),
-    "with a network and a port": ({"network": "mc-br0", "ports": {18096: 80}}, 0.4)}
+STORMS = {"plain": {}, "with a terminal": {"tty": True},
+          "with a network and a port": {"network": "mc-br0", "ports": {18096: 80}}}
 
 
-@pytest.mark.parametrize("options, gap", STORMS.values(), ids=STORMS.keys())
-def test_a_storm_of_ctrl_c_while_containers_come_and_go_leaves_nothing(options, gap, tmp_path):
+@pytest.mark.parametrize("options", STORMS.values(), ids=STORMS.keys())
+def test_a_storm_of_ctrl_c_while_containers_come_and_go_leaves_nothing(options, tmp_path):
     import json
     import random
     import time
@@ -223,11 +225,14 @@ def test_a_storm_of_ctrl_c_while_containers_come_and_go_leaves_nothing(options, 
     owner = subprocess.Popen([sys.executable, "-c", STORM, json.dumps(options), "6", str(log)],
                              start_new_session=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    assert owner.stdout.readline() == "go\n", owner.stderr.read()
+    said, took = owner.stdout.readline().split()
+    assert said == "go", owner.stderr.read()
+    # Gaps up to 2.5 times one container's life, measured on this machine just now:
+    # most Ctrl-Cs land inside a start or a removal, and some containers finish.
     chance, end = random.Random(8), time.monotonic() + 6
     while time.monotonic() < end and owner.poll() is None:
         os.killpg(owner.pid, signal.SIGINT)
-        time.sleep(chance.uniform(0.002, gap))
+        time.sleep(chance.uniform(0.002, max(0.01, 2.5 * float(took))))
     try:
         out, err = owner.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -254,6 +259,11 @@ def test_a_storm_of_ctrl_c_while_containers_come_and_go_leaves_nothing(options, 
                 tb.split('File "')[-2]}
     assert leaked <= on_entry, f"{interrupted} Ctrl-Cs left {leaked - on_entry}; where they " \
         f"landed: {[tb for name, tb in where if name in leaked - on_entry]}"
+    # A container whose command outlived its handle (a Ctrl-C just as spawn returned:
+    # its cgroup's removal kills it) can leave its data directory while its mount
+    # namespace dies: cleanup takes orphaned data once 10 s old (state.orphaned_data).
+    if set(host_objects()["container data"]) - set(before["container data"]):
+        time.sleep(11)
     subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"], check=True,
                    capture_output=True, timeout=60)
     assert host_objects() == before
