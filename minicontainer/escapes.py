@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -481,16 +482,25 @@ def lab_leftovers() -> tuple[list[str], list[Path]]:
         return bool(match) and (not match[1]
                                 or process.start_time(int(match[1])) != int(match[2]))
 
+    def made_by_a_lab(directory: Path) -> bool:
+        """A real directory of root's, as target()'s mkdtemp makes it: /tmp is everyone's,
+        and another user's mc-escape-… (or a link named so) is not ours to remove."""
+        try:
+            status = directory.lstat()
+        except FileNotFoundError:
+            return False
+        return stat.S_ISDIR(status.st_mode) and status.st_uid == 0
+
     devices = []
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         path = backing.read_text().strip()
-        deleted = path.endswith(" (deleted)")
-        path = path.removesuffix(" (deleted)")
-        if path.endswith("/disk") and pattern.search(os.path.dirname(path)) and \
-                (deleted or ended(os.path.dirname(path))):
+        deleted = path.endswith(" (deleted)")   # nothing left to ask whose it was
+        directory = Path(path.removesuffix(" (deleted)")).parent
+        if path.removesuffix(" (deleted)").endswith("/disk") and pattern.search(str(directory)) \
+                and (deleted or (made_by_a_lab(directory) and ended(str(directory)))):
             devices.append(f"/dev/{backing.parent.parent.name}")
     directories = [p for p in Path(tempfile.gettempdir()).glob("mc-escape-*")
-                   if p.is_dir() and ended(str(p))]
+                   if made_by_a_lab(p) and ended(str(p))]
     return devices, directories
 
 

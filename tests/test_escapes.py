@@ -4,8 +4,10 @@ safe to show), or the next layer behind it stops it."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,3 +102,26 @@ def test_a_killed_labs_bait_goes_with_cleanup_and_a_living_ones_stays():
     subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"], check=True,
                    capture_output=True, timeout=60)
     assert host_objects() == before
+
+
+def test_cleanup_leaves_anothers_directory_or_a_link_named_like_a_dead_labs(tmp_path):
+    # /tmp is everyone's: a name is no proof that a dead lab of ours made it.
+    dead = "mc-escape-999999-1-"                    # pid 999999 with that start time: gone
+    theirs = Path(tempfile.mkdtemp(prefix=dead))
+    os.chown(theirs, 65534, 65534)
+    (theirs / "work").write_text("a student's")
+    link = Path(tempfile.gettempdir()) / f"{dead}link"
+    link.symlink_to(tmp_path)
+    ours = Path(tempfile.mkdtemp(prefix=dead))
+    try:
+        devices, directories = escapes.lab_leftovers()
+        assert ours in directories
+        assert theirs not in directories and link not in directories
+        subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"], check=True,
+                       capture_output=True, timeout=60)
+        assert (theirs / "work").read_text() == "a student's" and link.is_symlink()
+        assert not ours.exists()
+    finally:
+        shutil.rmtree(theirs, ignore_errors=True)
+        shutil.rmtree(ours, ignore_errors=True)
+        link.unlink(missing_ok=True)
