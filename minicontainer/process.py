@@ -180,7 +180,8 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
           stdio: Sequence[int | None] = (None, None, None),
           main: Callable[[], None] | None = None,
           when_ready: Callable[[int], None] | None = None, preserve_fds: int = 0,
-          pass_fds: Sequence[int] = (), channel: Channel | None = None) -> Child:
+          pass_fds: Sequence[int] = (), channel: Channel | None = None,
+          adopt: Callable[[Child], None] | None = None) -> Child:
     """Fork, run `steps` in the child, then exec `argv` (or call `main`, for demos).
 
     `stdio` gives the files for the child's fds 0, 1, 2 (None: keep the caller's);
@@ -189,7 +190,8 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
     `channel` is the one the steps were given, if any talk to us (wait_for_parent,
     fork_and_wait...); if a step says it is ready, `when_ready(pid of the command)`
     runs here meanwhile. Returns once the command runs; raises here what failed in
-    the child.
+    the child. `adopt(child)` runs first, Ctrl-C held: where the caller keeps it, so
+    that a Ctrl-C as spawn returns cannot leave a running command nobody holds.
     """
     channel = channel or Channel()
     channel.open()
@@ -205,7 +207,7 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
         finally:
             os._exit(EXIT_SETUP_FAILED)  # never fall back into the caller's code
     go_write = channel.go_write
-    main_pid = pid
+    main_pid, child = pid, None
     try:
         channel.keep_parent_ends()
         with os.fdopen(channel.report_read, "rb") as pipe:
@@ -218,16 +220,24 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
                     os.write(go_write, b"go")
                 elif kind == b"error":
                     raise _error_from(rest)
+        with interrupts_held():     # a Ctrl-C from here on is raised once it is adopted
+            child = Child(pid, main_pid, open_pidfd(main_pid, parent=pid))
+            if adopt:
+                adopt(child)
     except BaseException:
-        # The command has not started (no end-of-file yet) and never will: a child
-        # waiting for "go" sees end-of-file and exits; one still in its steps (we were
-        # interrupted) is killed, and with it the command its waiter forked.
-        os.close(go_write)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        if child is None:
+            # Nobody holds the command (it may not have started, and then never will:
+            # a child waiting for "go" sees end-of-file and exits; one still in its steps
+            # is killed, and with it the command its waiter forked).
+            os.close(go_write)
+            go_write = None
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         raise
-    os.close(go_write)
-    return Child(pid, main_pid, open_pidfd(main_pid, parent=pid))
+    finally:
+        if go_write is not None:
+            os.close(go_write)
+    return child
 
 
 def fork_without_handlers() -> int:

@@ -342,3 +342,25 @@ def test_a_ctrl_c_held_in_a_block_that_fails_is_still_raised():
                 raise OSError("the step fails after the Ctrl-C")
         except OSError:
             pass                                           # handled: the cell goes on
+
+
+def test_a_ctrl_c_as_the_command_starts_leaves_nothing(monkeypatch):
+    # The narrowest window of a storm, hit each time: the command runs, and the Ctrl-C
+    # lands before start() has its handle (spawn's last lines). Removal must still
+    # find the command: it is adopted before the Ctrl-C is raised.
+    import psutil
+    from minicontainer import process
+    before = host_objects()
+    opened = process.open_pidfd
+
+    def then_ctrl_c(*args, **kwargs):
+        fd = opened(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return fd
+    monkeypatch.setattr(process, "open_pidfd", then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        Container("sleep 3131", cgroup=False).start()   # no cgroup to kill it with
+    counts["faults injected"] += 1
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] == ["sleep", "3131"]], "a command nobody holds runs on"
+    assert host_objects() == before
