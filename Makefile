@@ -34,7 +34,8 @@ image:
 # The image run under runc (umoci's bundle) and under minicontainer, notebooks 00-02
 # executed inside, pushed with skopeo and pulled back: about 2 minutes after the build.
 test-image: image
-	MINICONTAINER_TEST_IMAGE=1 $(PY) -m pytest -p no:nbmake -o addopts= -ra --timeout=3600 \
+	MINICONTAINER_TEST_IMAGE=1 $(PY) -m pytest -p no:nbmake -o addopts= -ra --timeout=1200 \
+	  -o faulthandler_timeout=600 \
 	  tests/test_labimage.py tests/test_deploy.py
 
 check: setup

@@ -196,7 +196,7 @@ def test_the_lab_answers_under_runc_from_an_umoci_bundle_and_nests_when_privileg
                                  "nested"], capture_output=True, text=True, timeout=120)
         assert nested.stdout.strip() == "nested", nested.stderr
     finally:
-        subprocess.run([*runc, "delete", "--force", name], capture_output=True)
+        subprocess.run([*runc, "delete", "--force", name], capture_output=True, timeout=120)
         shutil.rmtree(bundle, ignore_errors=True)
 
 
@@ -244,16 +244,19 @@ def test_the_lab_answers_on_a_published_port_and_runs_notebooks_00_to_02_inside(
                 capture_output=True, text=True, timeout=900)
         except subprocess.TimeoutExpired as stuck:
             said = stuck.stderr.decode() if isinstance(stuck.stderr, bytes) else stuck.stderr
+            inside = subprocess.run([*MC, "exec", name, "ps", "-ef"], capture_output=True,
+                                    text=True, timeout=60).stdout
             pytest.fail(f"notebooks 00-02 still running after {stuck.timeout} s; "
-                        f"nbconvert said: {(said or '')[-3000:]}")
+                        f"nbconvert said: {(said or '')[-3000:]}\nin the lab:\n{inside}")
         seconds = time.monotonic() - started
         after = memory_of(name)
-        disk = subprocess.run(["du", "-sb", state], capture_output=True, text=True).stdout
+        disk = subprocess.run(["du", "-sb", state], capture_output=True, text=True,
+                              timeout=60).stdout
         print(f"\nlab memory at rest {at_rest}, after notebooks 00-02 {after}, "
               f"{seconds:.0f} s, nested state {disk.split()[0]} bytes")
         assert run.returncode == 0, run.stderr[-3000:]
     finally:
-        subprocess.run([*MC, "rm", "-f", name], capture_output=True)
+        subprocess.run([*MC, "rm", "-f", name], capture_output=True, timeout=120)
 
 
 def layer_names(layout: Path) -> dict[str, set[str]]:
