@@ -84,7 +84,10 @@ def test_the_monitor_is_not_dumpable_so_its_uid_cannot_reach_its_fds():
         assert wait_until(lambda: Path(f"/proc/{launcher}/exe").exists() and
                           os.readlink(f"/proc/{launcher}/exe").endswith("mc-monitor"))
         assert psutil.Process(launcher).uids().real == 65534
-        assert os.stat(f"/proc/{launcher}/fd").st_uid == 0, "PR_SET_DUMPABLE 0 not in force"
+        # exec made it dumpable, its first line undoes that: on a busy machine we may look
+        # in between, so we wait for that line (without it, the fds stay nobody's).
+        assert wait_until(lambda: os.stat(f"/proc/{launcher}/fd").st_uid == 0, 5), \
+            "PR_SET_DUMPABLE 0 not in force"
     finally:
         os.kill(launcher, signal.SIGKILL)
         os.waitpid(launcher, 0)
