@@ -72,13 +72,6 @@ def pytest_terminal_summary(terminalreporter):
         f"{c['faults injected']} faults injected, {c['bad inputs tried']} bad inputs tried, "
         f"{c['escapes tried']} escapes tried and {c['escapes blocked']} blocked, "
         f"{'?' if report.leaked is None else report.leaked} objects leaked")
-    if report.course:        # what README says the course costs a student's machine
-        cells = [(seconds, f"{name.removesuffix('.py')} cell {number}")
-                 for name, times in report.course.items() for number, seconds in enumerate(times)]
-        slowest = max(cells)
-        terminalreporter.write_line(
-            f"course: {len(report.course)} notebooks' cells took {sum(s for s, _ in cells):.0f} s "
-            f"on their first run; the slowest, {slowest[1]}, {slowest[0]:.1f} s")
 
 
 def caller_view() -> dict:
