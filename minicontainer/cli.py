@@ -692,6 +692,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
               "`minicontainer cleanup --all` to remove them", file=sys.stderr)
     for why in refused_records().values():
         print(f"minicontainer: left alone: {why}", file=sys.stderr)
+    from .escapes import unproven_lab_devices
+    for device, backing in unproven_lab_devices().items():
+        print(f"minicontainer: left alone: loop device {device} over {backing}; if an "
+              f"escape lab of yours made it: losetup --detach {device}", file=sys.stderr)
     return 0
 
 

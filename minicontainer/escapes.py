@@ -470,38 +470,50 @@ def _take_down(sleeper: process.Child | None, listener: socket.socket | None,
 
 
 def lab_leftovers() -> tuple[list[str], list[Path]]:
-    """What labs whose owner died left (target() in a killed process): their loop
-    devices (also any whose disk file went with its directory) and their directories;
-    what `minicontainer cleanup` removes. A living lab's are left alone: its directory
-    is named mc-escape-PID-STARTTIME-…"""
+    """What labs whose owner died left (target() in a killed process): their directories
+    and the loop devices over a disk file in one of them; what `minicontainer cleanup`
+    removes. A living lab's are left alone: its directory is named
+    mc-escape-PID-STARTTIME-… (the owner's pid and start time, in cleanup's pid namespace)."""
     pattern = re.compile(r"mc-escape-(?:(\d+)-(\d+)-)?[^/]*$")
 
-    def ended(directory: str) -> bool:
+    def ended(directory: Path) -> bool:
         """Its owner is dead (or it is named as before owners were)."""
-        match = pattern.search(directory)
+        match = pattern.search(directory.name)
         return bool(match) and (not match[1]
                                 or process.start_time(int(match[1])) != int(match[2]))
 
     def made_by_a_lab(directory: Path) -> bool:
         """A real directory of root's, as target()'s mkdtemp makes it: /tmp is everyone's,
-        and another user's mc-escape-… (or a link named so) is not ours to remove."""
+        and another user's mc-escape-… (or a link named so) is not ours to remove. In
+        sticky /tmp nobody else can rename root's directory, or put one in its place."""
         try:
             status = directory.lstat()
         except FileNotFoundError:
             return False
         return stat.S_ISDIR(status.st_mode) and status.st_uid == 0
 
-    devices = []
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        path = backing.read_text().strip()
-        deleted = path.endswith(" (deleted)")   # nothing left to ask whose it was
-        directory = Path(path.removesuffix(" (deleted)")).parent
-        if path.removesuffix(" (deleted)").endswith("/disk") and pattern.search(str(directory)) \
-                and (deleted or (made_by_a_lab(directory) and ended(str(directory)))):
-            devices.append(f"/dev/{backing.parent.parent.name}")
     directories = [p for p in Path(tempfile.gettempdir()).glob("mc-escape-*")
-                   if made_by_a_lab(p) and ended(str(p))]
+                   if made_by_a_lab(p) and ended(p)]
+    # Only over a disk file still in such a directory: a backing file's path is worked
+    # out as it is read (a user can rename their own file or directory to any name), and
+    # a deleted one is nowhere (unproven_lab_devices).
+    disks = {str(directory / "disk") for directory in directories}
+    devices = [device for device, backing in _loop_devices() if backing in disks]
     return devices, directories
+
+
+def unproven_lab_devices() -> dict[str, str]:
+    """Loop devices over a deleted /tmp/mc-escape-…/disk, with that path: perhaps a dead
+    lab's, but a deleted file has no owner or place left to prove it, so cleanup names
+    them and leaves them."""
+    lab_disk = re.compile(re.escape(tempfile.gettempdir()) + r"/mc-escape-[^/]*/disk \(deleted\)$")
+    return {device: backing for device, backing in _loop_devices() if lab_disk.match(backing)}
+
+
+def _loop_devices() -> list[tuple[str, str]]:
+    """(/dev/loopN, its backing file's path as the kernel says it now) for each in use."""
+    return [(f"/dev/{backing.parent.parent.name}", backing.read_text().strip())
+            for backing in Path("/sys/block").glob("loop*/loop/backing_file")]
 
 
 def detach_loop_device(device: str) -> None:

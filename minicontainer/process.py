@@ -191,7 +191,8 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
     fork_and_wait...); if a step says it is ready, `when_ready(pid of the command)`
     runs here meanwhile. Returns once the command runs; raises here what failed in
     the child. `adopt(child)` runs first, Ctrl-C held: where the caller keeps it, so
-    that a Ctrl-C as spawn returns cannot leave a running command nobody holds.
+    that a Ctrl-C as spawn returns cannot leave a running command nobody holds (without
+    `adopt`, a Ctrl-C there ends the command).
     """
     channel = channel or Channel()
     channel.open()
@@ -220,23 +221,27 @@ def spawn(argv: Sequence[str], steps: Sequence[Step] = (), *, env: dict[str, str
                     os.write(go_write, b"go")
                 elif kind == b"error":
                     raise _error_from(rest)
-        with interrupts_held():     # a Ctrl-C from here on is raised once it is adopted
+        with interrupts_held():   # a Ctrl-C here: raised once the caller holds it, or it is killed
+            os.close(go_write)
+            go_write = None
             child = Child(pid, main_pid, open_pidfd(main_pid, parent=pid))
             if adopt:
                 adopt(child)
     except BaseException:
-        if child is None:
-            # Nobody holds the command (it may not have started, and then never will:
-            # a child waiting for "go" sees end-of-file and exits; one still in its steps
-            # is killed, and with it the command its waiter forked).
-            os.close(go_write)
-            go_write = None
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        if child is None or adopt is None:
+            # Nobody holds the command, so it ends here (it may not have started, and
+            # then never will: a child waiting for "go" sees end-of-file and exits; one
+            # still in its steps is killed, and with it the command its waiter forked).
+            # Held: a second Ctrl-C must not leave the child unreaped.
+            with interrupts_held():
+                if go_write is not None:
+                    os.close(go_write)
+                if child is not None:
+                    child.send_signal(signal.SIGKILL)
+                    child.close()
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
         raise
-    finally:
-        if go_write is not None:
-            os.close(go_write)
     return child
 
 

@@ -125,3 +125,51 @@ def test_cleanup_leaves_anothers_directory_or_a_link_named_like_a_dead_labs(tmp_
         shutil.rmtree(theirs, ignore_errors=True)
         shutil.rmtree(ours, ignore_errors=True)
         link.unlink(missing_ok=True)
+
+
+def test_cleanup_detaches_no_loop_device_a_user_named_like_a_dead_labs():
+    # Root attached two images in a user's directory (an admin's losetup of a student's
+    # disk, a VM tool's): the user renames them into a dead lab's names. A backing file's
+    # path is worked out as it is read, so a name proves nothing.
+    home = Path(tempfile.mkdtemp(prefix="a-users-home-"))   # where nobody can reach it
+    os.chown(home, 65534, 65534)
+    theirs, roots = home / "image", home / "vm"
+    theirs.write_bytes(bytes(4096))
+    os.chown(theirs, 65534, 65534)
+    roots.mkdir()
+    (roots / "disk").write_bytes(bytes(4096))
+    devices = [subprocess.run(["losetup", "--find", "--show", "--read-only", path],
+                              capture_output=True, text=True, check=True).stdout.strip()
+               for path in (theirs, roots / "disk")]
+    try:
+        subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh",
+                        "-c", f"mkdir {home}/mc-escape-x && mv {theirs} {home}/mc-escape-x/disk"
+                        f" && rm {home}/mc-escape-x/disk && mv {roots} {home}/mc-escape-1-1-x"],
+                       check=True)
+        found, _ = escapes.lab_leftovers()
+        assert not set(devices) & set(found), "root's loop devices taken for a dead lab's"
+        cleaned = subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"],
+                                 capture_output=True, text=True, check=True, timeout=60)
+        assert all(Path(f"/sys/block/{Path(d).name}/loop").exists() for d in devices)
+        assert "loop device" not in cleaned.stdout
+    finally:
+        for device in devices:
+            subprocess.run(["losetup", "--detach", device], capture_output=True)
+        shutil.rmtree(home)
+
+
+def test_cleanup_names_a_loop_device_whose_lab_disk_was_deleted_and_leaves_it():
+    lab = Path(tempfile.mkdtemp(prefix="mc-escape-999999-1-"))     # a dead lab's
+    (lab / "disk").write_bytes(bytes(512))
+    device = subprocess.run(["losetup", "--find", "--show", "--read-only", lab / "disk"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        (lab / "disk").unlink()              # by hand, or by a /tmp cleaner: no proof left
+        cleaned = subprocess.run([sys.executable, "-m", "minicontainer", "cleanup"],
+                                 capture_output=True, text=True, check=True, timeout=60)
+        assert not lab.exists()              # the directory was a dead lab's: it goes
+        assert Path(f"/sys/block/{Path(device).name}/loop").exists()
+        assert f"losetup --detach {device}" in cleaned.stderr
+    finally:
+        subprocess.run(["losetup", "--detach", device], capture_output=True)
+        shutil.rmtree(lab, ignore_errors=True)

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from functools import partial
 
 import pytest
 
@@ -220,7 +222,6 @@ STORMS = {"plain": {}, "with a terminal": {"tty": True},
 def test_a_storm_of_ctrl_c_while_containers_come_and_go_leaves_nothing(options, tmp_path):
     import json
     import random
-    import time
     before, log = host_objects(), tmp_path / "handlers"
     owner = subprocess.Popen([sys.executable, "-c", STORM, json.dumps(options), "6", str(log)],
                              start_new_session=True, stdout=subprocess.PIPE,
@@ -359,3 +360,89 @@ def test_a_ctrl_c_as_the_command_starts_leaves_nothing(monkeypatch):
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if p.info["cmdline"] == ["sleep", "3131"]], "a command nobody holds runs on"
     assert host_objects() == before
+
+
+def ctrl_c_as_spawn_returns(monkeypatch, presses: int = 1) -> None:
+    """Press Ctrl-C `presses` times as the command has started, before spawn returns
+    (open_pidfd runs inside its held block)."""
+    from minicontainer import process
+    opened = process.open_pidfd
+
+    def then_ctrl_c(*args, **kwargs):
+        fd = opened(*args, **kwargs)
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+        return fd
+    monkeypatch.setattr(process, "open_pidfd", then_ctrl_c)
+
+
+def running(argv: list[str]) -> list:
+    """The live (not zombie) processes running exactly `argv`."""
+    import psutil
+    return [p for p in psutil.process_iter(["cmdline", "status"])
+            if p.info["cmdline"] == argv and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_ctrl_c_as_a_bare_spawn_or_an_exec_returns_ends_the_command(monkeypatch):
+    # Callers that pass no `adopt` (exec, the console keeper, capture...): nobody can hold
+    # the command, so the Ctrl-C ends it, and spawn's fds go with it.
+    from minicontainer import process
+    with Container("sleep 300", cgroup=False) as container:
+        container.start()
+        for start, argv in ((process.spawn, ["sleep", "4141"]),
+                            (container.exec_start, ["sleep", "4242"])):
+            before = open_fds()
+            ctrl_c_as_spawn_returns(monkeypatch)
+            with pytest.raises(KeyboardInterrupt):
+                start(argv)
+            monkeypatch.undo()
+            counts["faults injected"] += 1
+            assert not running(argv), f"{argv} runs on, held by nobody"
+            assert open_fds() == before
+
+
+@pytest.mark.parametrize("options", [{"cgroup": False}, {"tty": True}], ids=["plain", "tty"])
+def test_two_quick_ctrl_c_as_the_command_starts_raise_once_and_leave_nothing(monkeypatch,
+                                                                           options):
+    before, fds = host_objects(), open_fds()
+    ctrl_c_as_spawn_returns(monkeypatch, presses=2)
+    with pytest.raises(KeyboardInterrupt):
+        Container("sleep 4343", **options).start()
+    monkeypatch.undo()
+    counts["faults injected"] += 1
+    assert not running(["sleep", "4343"]) and open_fds() == fds
+    assert host_objects() == before
+
+
+def test_a_second_ctrl_c_while_spawn_kills_its_child_leaves_no_zombie():
+    # The first Ctrl-C lands while the child is in its steps; the second as spawn has
+    # killed it, before it is reaped (spawn holds the second until the child is reaped).
+    import threading
+    import psutil
+    from minicontainer import process
+    real_kill, presses = os.kill, []
+
+    def kill_then_ctrl_c(pid, sig):
+        real_kill(pid, sig)
+        if pid != os.getpid() and not presses:
+            presses.append(pid)
+            real_kill(os.getpid(), signal.SIGINT)
+    children = {c.pid for c in psutil.Process().children()}
+    threading.Timer(0.5, real_kill, (os.getpid(), signal.SIGINT)).start()
+    os.kill = kill_then_ctrl_c
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            process.spawn(["true"], [partial(time.sleep, 30)])
+    finally:
+        os.kill = real_kill
+    counts["faults injected"] += 1
+    assert presses, "the second Ctrl-C was not pressed"
+    zombies = [c for c in psutil.Process().children()
+               if c.pid not in children and c.status() == psutil.STATUS_ZOMBIE]
+    for zombie in zombies:
+        os.waitpid(zombie.pid, 0)
+    assert not zombies, "nobody reaps the child spawn killed"
