@@ -142,7 +142,7 @@ class Container(Handles):
             steps = self.child_steps(setup_steps(spec, layer, channel, files, procs, pty,
                                                  waiter), channel)
             self._started = time.monotonic()
-            spawn_command(self, steps, stdio, channel)   # sets self._child
+            spawn_command(self, steps, stdio, channel)   # self._child from here on
             self._startup = time.monotonic() - self._started
             # Once: a later save may find it a zombie already (a -dit command that
             # exits at once), and a record must keep naming the process it started.
@@ -260,12 +260,12 @@ def publish_ports(container: Container) -> None:
 
 
 def spawn_command(container: Container, steps: list[process.Step],
-                  stdio: Sequence[int | None] | None, channel: process.Channel) -> process.Child:
+                  stdio: Sequence[int | None] | None, channel: process.Channel) -> None:
     """Fork the child that runs `steps` and execs the command (logs unless `stdio`); the
     container holds it (its _child) before a Ctrl-C can be raised between the two."""
     opened = open_logs(container.data) if stdio is None else []
     try:
-        return process.spawn(
+        process.spawn(
             list(container.spec.command), steps, env=container.spec.env,
             stdio=opened or stdio, main=container.main, when_ready=container.child_ready,
             preserve_fds=container.spec.preserve_fds, channel=channel,

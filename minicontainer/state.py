@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import secrets
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,7 +131,11 @@ def claim(name: str, record: dict) -> Path:
 def refuse_a_file_at(directory: Path) -> None:
     """NotADirectoryError if `directory` is something else (a state root given as a
     file): a loop that retries while a directory comes and goes must not wait for it."""
-    if directory.exists() and not directory.is_dir():
+    try:
+        mode = directory.stat().st_mode      # once: between two looks it may have gone
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
 
 

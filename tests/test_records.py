@@ -440,3 +440,28 @@ def test_a_budget_group_is_recorded_so_cleanup_removes_it_once_its_owner_died():
     finally:
         owner.kill()
         owner.wait()
+
+
+def test_the_state_lock_taken_by_many_threads_at_once_never_mistakes_a_going_root(
+        tmp_path, monkeypatch):
+    # The last holder removes the state root on its way out, while others make it
+    # again: a root that is gone between two looks was once refused as "not a directory"
+    # (50 containers removed at once hit it).
+    import threading
+    monkeypatch.setenv("MINICONTAINER_RUN", str(tmp_path / "run"))
+    errors = []
+
+    def take_and_leave():
+        try:
+            for _ in range(400):
+                with state.locked():
+                    pass
+        except OSError as e:
+            errors.append(e)
+    threads = [threading.Thread(target=take_and_leave) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    assert not (tmp_path / "run").exists()
